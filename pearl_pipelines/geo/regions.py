@@ -1,0 +1,176 @@
+"""Named regions (`assets/regions/*.geojson`) and building the synthetic ones into the local catalog.
+
+A region file is a GeoJSON Feature (lon/lat polygon) whose properties say its role (train, holdout,
+demo, shifted), its refresh cron and, for synthetic regions, the generator seed, shift and UTM grid.
+Each region becomes one STAC collection of 1 km items: an RGBN image COG plus reference-label COGs,
+which are reference data only and never read at inference.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pystac
+from pydantic import BaseModel, Field, ValidationError
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+from tqdm import tqdm
+
+from pearl_pipelines.classes import NODATA_CLASS, load_schema
+from pearl_pipelines.geo.catalog import AssetFile, item_from_raster, save_collection
+from pearl_pipelines.geo.cog import RGBN_DESCRIPTIONS, write_cog
+
+LABEL_SCHEMAS = ("chesapeake9", "chesapeake4")
+
+
+def label_asset_key(schema_id: str) -> str:
+    return f"labels_{schema_id}"
+
+
+class SyntheticGrid(BaseModel):
+    seed: int
+    shift: Literal["shifted"] | None = None
+    epsg: int
+    origin: tuple[float, float] = Field(description="UTM x of the left edge, y of the top edge (m)")
+    width_m: int = Field(gt=0, le=20000)
+    height_m: int = Field(gt=0, le=20000)
+    item_size_m: int = Field(default=1000, ge=100, le=10000)
+
+
+class RegionProperties(BaseModel):
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")
+    title: str = ""
+    role: Literal["train", "holdout", "demo", "shifted", "custom"]
+    datetime: dt.datetime
+    synthetic: SyntheticGrid | None = None
+    refresh_cron: str | None = None
+    class_schema: str = "chesapeake9"
+
+
+class Region(BaseModel):
+    """A region file: a lon/lat polygon plus properties."""
+
+    geometry: dict[str, object]
+    properties: RegionProperties
+
+    @property
+    def name(self) -> str:
+        return self.properties.name
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        from shapely.geometry import shape
+
+        return shape(self.geometry).bounds  # type: ignore[return-value]
+
+
+class RegionFileError(ValueError):
+    """A region file is missing, malformed, or has invalid properties."""
+
+
+def regions_dir(assets_dir: Path | None = None) -> Path:
+    from pearl_pipelines.settings import get_settings
+
+    return (assets_dir or get_settings().assets_dir) / "regions"
+
+
+def load_region_file(path: Path) -> Region:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RegionFileError(f"region file {path} is not readable GeoJSON: {exc}") from exc
+    if data.get("type") != "Feature":
+        raise RegionFileError(f"region file {path} must be a GeoJSON Feature, got type {data.get('type')!r}")
+    try:
+        region = Region.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise RegionFileError(f"region file {path} has invalid properties: {problems}") from exc
+    if region.name != Path(path).stem:
+        raise RegionFileError(f"region file {path} declares name {region.name!r}; the file must be named {region.name}.geojson")
+    return region
+
+
+def load_regions(assets_dir: Path | None = None) -> dict[str, Region]:
+    return {p.stem: load_region_file(p) for p in sorted(regions_dir(assets_dir).glob("*.geojson"))}
+
+
+def build_region(
+    region: Region,
+    catalog_dir: Path,
+    *,
+    scale: float = 1.0,
+    progress: Callable[[int, int], None] | None = None,
+    show_progress: bool = False,
+) -> pystac.Collection:
+    """Generate a synthetic region and write it as a STAC collection of COG items.
+
+    `scale` < 1 shrinks the region (tests use small regions with the same layout and seed).
+    """
+    from pearl_pipelines.geo.scene import SHIFTED, generate_scene
+
+    grid = region.properties.synthetic
+    if grid is None:
+        raise RegionFileError(f"region {region.name!r} is not synthetic; bring its imagery with `pearl ingest`")
+    width, height = int(grid.width_m * scale), int(grid.height_m * scale)
+    item_size = max(1, min(int(grid.item_size_m * scale), width, height))
+    scene = generate_scene(height, width, seed=grid.seed, shift=SHIFTED if grid.shift == "shifted" else None)
+    schema9 = load_schema("chesapeake9")
+    labels = {"chesapeake9": scene.labels, "chesapeake4": load_schema("chesapeake4").remap_from(schema9)[scene.labels]}
+    crs = CRS.from_epsg(grid.epsg)
+    collection_dir = Path(catalog_dir).resolve() / region.name
+    windows = [(r, c) for r in range(0, height, item_size) for c in range(0, width, item_size)]
+    items = []
+    for n, (row, col) in enumerate(tqdm(windows, desc=f"region {region.name}", unit="item", disable=not show_progress)):
+        x0 = grid.origin[0] + col
+        y0 = grid.origin[1] - row
+        item_id = f"{region.name}_{int(x0)}_{int(y0)}"
+        transform = from_origin(x0, y0, 1.0, 1.0)
+        item_dir = collection_dir / item_id
+        window = np.s_[row : row + item_size, col : col + item_size]
+        image_path = write_cog(
+            item_dir / "image.tif",
+            np.ascontiguousarray(scene.image[(slice(None), *window)]),
+            crs=crs,
+            transform=transform,
+            descriptions=RGBN_DESCRIPTIONS,
+            overview_resampling="average",
+        )
+        extra = {}
+        for schema_id, raster in labels.items():
+            schema = load_schema(schema_id)
+            path = write_cog(
+                item_dir / f"{label_asset_key(schema_id)}.tif",
+                np.ascontiguousarray(raster[window]),
+                crs=crs,
+                transform=transform,
+                nodata=NODATA_CLASS,
+                colormap=schema.colormap(),
+                descriptions=[f"{schema_id} class"],
+                tags={"class_schema": schema_id},
+                overview_resampling="mode",
+            )
+            extra[label_asset_key(schema_id)] = AssetFile(path, ("labels", "reference"), f"Reference labels ({schema.title})")
+        items.append(
+            item_from_raster(
+                item_id,
+                image_path,
+                datetime=region.properties.datetime,
+                extra_assets=extra,
+                properties={"pearl:region": region.name, "pearl:role": region.properties.role, "gsd": 1.0},
+            )
+        )
+        if progress:
+            progress(n + 1, len(windows))
+    return save_collection(
+        catalog_dir,
+        region.name,
+        f"Synthetic NAIP-like imagery, region {region.name} ({region.properties.role}); seed {grid.seed}",
+        items,
+        title=region.properties.title,
+    )

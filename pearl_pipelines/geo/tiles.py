@@ -1,0 +1,103 @@
+"""Imagery tiles: the RGBN pixels under a tile key, mosaicked across STAC items, written as a COG.
+
+The output stays in the imagery's native CRS and pixel grid (that of the newest covering item), so
+pixels are copied, not resampled, wherever items share that grid (NAIP quarter-quads, our regions).
+Items on another grid are warped onto it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import from_bounds
+
+from pearl_pipelines.geo.cog import RGBN_DESCRIPTIONS, write_cog
+from pearl_pipelines.geo.grid import get_tms, parse_tile_key
+
+
+class NoImageryError(LookupError):
+    """No STAC item covers the requested tile."""
+
+
+@dataclass
+class TileImagery:
+    key: str
+    data: np.ndarray  # uint8 (4, H, W), RGBN
+    valid: np.ndarray  # bool (H, W): covered by at least one item
+    crs: CRS
+    transform: Affine
+    sources: list[str]  # item ids that contributed pixels
+
+
+def _snap_bounds(bounds: Sequence[float], grid: Affine) -> tuple[float, float, float, float, int, int]:
+    """Expand bounds outward to whole pixels of `grid`; return snapped bounds and the pixel size."""
+    res_x, res_y = grid.a, -grid.e
+    left = grid.c + math.floor((bounds[0] - grid.c) / res_x) * res_x
+    right = grid.c + math.ceil((bounds[2] - grid.c) / res_x) * res_x
+    top = grid.f - math.floor((grid.f - bounds[3]) / res_y) * res_y
+    bottom = grid.f - math.ceil((grid.f - bounds[1]) / res_y) * res_y
+    return left, bottom, right, top, round((right - left) / res_x), round((top - bottom) / res_y)
+
+
+def read_tile(key: str, sources: Sequence[tuple[str, str]]) -> TileImagery:
+    """Mosaic the tile from (item_id, href) sources, newest first: earlier sources win where they overlap."""
+    if not sources:
+        raise NoImageryError(f"no imagery covers tile {key}")
+    tms = get_tms()
+    lonlat_bounds = tms.bounds(parse_tile_key(key))
+    with rasterio.open(sources[0][1]) as ref:
+        crs, grid = ref.crs, ref.transform
+    left, bottom, right, top, width, height = _snap_bounds(
+        transform_bounds("EPSG:4326", crs, *lonlat_bounds, densify_pts=21), grid
+    )
+    transform = Affine(grid.a, 0.0, left, 0.0, grid.e, top)
+    data = np.zeros((4, height, width), dtype=np.uint8)
+    valid = np.zeros((height, width), dtype=bool)
+    used: list[str] = []
+    for item_id, href in sources:
+        with rasterio.open(href) as src:
+            if src.count < 4:
+                raise ValueError(f"item {item_id} has {src.count} bands; RGBN imagery (4 bands) is required")
+            aligned = src.crs == crs and src.transform.a == grid.a and src.transform.e == grid.e
+            reader = src if aligned else WarpedVRT(src, crs=crs, transform=transform, width=width, height=height,
+                                                   resampling=Resampling.bilinear)
+            with reader:
+                window = from_bounds(left, bottom, right, top, reader.transform).round_offsets().round_lengths()
+                pixels = reader.read(
+                    [1, 2, 3, 4], window=window, out_shape=(4, height, width), boundless=True, fill_value=0
+                )
+                mask = reader.dataset_mask(window=window, out_shape=(height, width), boundless=True) > 0
+        take = mask & ~valid
+        if take.any():
+            data[:, take] = pixels[:, take]
+            valid |= take
+            used.append(item_id)
+        if valid.all():
+            break
+    if not used:
+        raise NoImageryError(f"the items found for tile {key} hold no valid pixels inside it")
+    return TileImagery(key=key, data=data, valid=valid, crs=crs, transform=transform, sources=used)
+
+
+def write_tile_cog(tile: TileImagery, path: Path) -> Path:
+    """Write tile imagery as an RGBN COG (band 4 is NIR, not alpha); uncovered pixels are masked."""
+    return write_cog(
+        path,
+        tile.data,
+        crs=tile.crs,
+        transform=tile.transform,
+        descriptions=RGBN_DESCRIPTIONS,
+        mask=None if tile.valid.all() else tile.valid,
+        overview_resampling="average",
+        tags={"pearl:tile_key": tile.key, "pearl:sources": ",".join(tile.sources)},
+    )

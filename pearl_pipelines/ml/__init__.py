@@ -1,0 +1,1 @@
+"""ML engine: models, training, inference, embeddings, retraining, metrics. Free of Dagster and FastAPI."""

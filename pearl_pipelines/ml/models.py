@@ -1,0 +1,155 @@
+"""Land-cover models split into a backbone (pixels -> per-pixel embeddings) and a 1x1 head.
+
+Input normalisation lives inside the model, and a saved model carries its own description
+(architecture, bands, class schema, normalisation), so a checkpoint is all one needs to predict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field
+from torch import nn
+
+from pearl_pipelines.classes import ClassSchema
+
+BANDS = ("red", "green", "blue", "nir")
+
+
+class ModelSpec(BaseModel):
+    """Everything needed to rebuild a model, stored next to its weights."""
+
+    arch: str = Field(description="fcn | unet")
+    bands: list[str] = Field(default_factory=lambda: list(BANDS))
+    schema_: ClassSchema = Field(alias="schema")
+    embed_dim: int = 64
+    # Per-band mean/std of inputs scaled to 0..1 (uint8 / 255).
+    mean: list[float] = Field(default_factory=lambda: [0.5, 0.5, 0.5, 0.5])
+    std: list[float] = Field(default_factory=lambda: [0.25, 0.25, 0.25, 0.25])
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    model_config = {"populate_by_name": True}
+
+    @property
+    def schema(self) -> ClassSchema:  # type: ignore[override]
+        return self.schema_
+
+
+class FCNBackbone(nn.Module):
+    """PEARL's FCN: five 3x3 conv layers of `width` features, ReLU, same-size output."""
+
+    def __init__(self, in_channels: int = 4, width: int = 64, layers: int = 5) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        for i in range(layers):
+            blocks += [nn.Conv2d(in_channels if i == 0 else width, width, 3, padding=1), nn.ReLU(inplace=True)]
+        self.body = nn.Sequential(*blocks)
+        self.out_channels = width
+        self.receptive_field = 2 * layers + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _double_conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1),
+        nn.GroupNorm(min(8, cout), cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1),
+        nn.GroupNorm(min(8, cout), cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class UNetBackbone(nn.Module):
+    """Small U-Net (GroupNorm, as in the landcover research harness); output = last decoder features."""
+
+    def __init__(self, in_channels: int = 4, base: int = 32, depth: int = 3, out_channels: int = 64) -> None:
+        super().__init__()
+        chans = [base * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList([_double_conv(in_channels, chans[0])])
+        self.down.extend(_double_conv(chans[i], chans[i + 1]) for i in range(depth))
+        self.up = nn.ModuleList(nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in reversed(range(depth)))
+        self.dec = nn.ModuleList(_double_conv(chans[i] * 2, chans[i]) for i in reversed(range(depth)))
+        self.proj = nn.Sequential(nn.Conv2d(chans[0], out_channels, 1), nn.ReLU(inplace=True))
+        self.out_channels = out_channels
+        self.multiple = 2**depth  # input sides must be multiples of this
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else nn.functional.max_pool2d(x, 2))
+            skips.append(x)
+        for up, dec, skip in zip(self.up, self.dec, reversed(skips[:-1]), strict=True):
+            x = dec(torch.cat([up(x), skip], dim=1))
+        return self.proj(x)
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"fcn": FCNBackbone, "unet": UNetBackbone}
+
+
+class LandcoverModel(nn.Module):
+    """normalise -> backbone -> 1x1 head. `embed()` and `head` are exposed for cached-embedding retrains."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        if spec.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {spec.arch!r}; known: {', '.join(ARCHITECTURES)}")
+        self.spec = spec
+        kwargs = dict(spec.arch_kwargs)
+        if spec.arch == "unet":
+            kwargs.setdefault("out_channels", spec.embed_dim)
+        else:
+            kwargs.setdefault("width", spec.embed_dim)
+        self.backbone = ARCHITECTURES[spec.arch](in_channels=len(spec.bands), **kwargs)
+        self.head = nn.Conv2d(self.backbone.out_channels, len(spec.schema), 1)
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std).view(1, -1, 1, 1))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (or 0..255 float) imagery -> standardised float."""
+        return (x.float() / 255.0 - self.mean) / self.std
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalise(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+    def replace_head(self, schema: ClassSchema, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Swap in a head for a (possibly larger) class schema, e.g. after a retrain that added classes."""
+        head = nn.Conv2d(self.backbone.out_channels, len(schema), 1)
+        with torch.no_grad():
+            head.weight.copy_(weight.reshape(head.weight.shape))
+            head.bias.copy_(bias.reshape(head.bias.shape))
+        self.head = head.to(self.mean.device)
+        self.spec = self.spec.model_copy(update={"schema_": schema})
+
+
+def save_model(model: LandcoverModel, path: Path, extra: dict[str, Any] | None = None) -> Path:
+    """One self-describing file: spec JSON + state dict (+ optional extra metadata)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "spec": model.spec.model_dump(mode="json", by_alias=True),
+        "state_dict": model.state_dict(),
+        "extra": extra or {},
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_model(path: Path, map_location: str | torch.device = "cpu") -> LandcoverModel:
+    payload = torch.load(path, map_location=map_location, weights_only=False)
+    model = LandcoverModel(ModelSpec.model_validate(payload["spec"]))
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,72 @@
+"""Run-time settings: one place, `PEARL_` environment prefix, all state under `PEARL_HOME`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Every knob of the system. Read from the environment (`PEARL_HOME=/data pearl ...`) or a `.env`."""
+
+    model_config = SettingsConfigDict(env_prefix="PEARL_", env_file=".env", extra="ignore")
+
+    home: Path = Field(default=Path(".pearl"), description="Data directory holding all run-time state")
+    assets_dir: Path = Field(default=REPO_ROOT / "assets", description="Class schemas and region files")
+    deployment: Literal["local", "k8s"] = "local"
+
+    # Imagery source: the local STAC API over the local catalog, or Planetary Computer's NAIP.
+    stac_source: Literal["local", "planetary-computer"] = "local"
+    stac_url: str | None = Field(default=None, description="STAC API root; default depends on stac_source")
+    stac_collection: str | None = Field(default=None, description="Collection to search; default per source")
+    stac_port: int = 7822
+    planetary_computer_url: str = "https://planetarycomputer.microsoft.com/api/stac/v1"
+
+    # Tile grid: morecantile TMS id and zoom of the tile keys (z15 of WebMercatorQuad ~ 0.9 km at 39N).
+    tms: str = "WebMercatorQuad"
+    tile_zoom: int = Field(default=15, ge=10, le=18)
+
+    mlflow_tracking_uri: str | None = None
+    mlflow_port: int = 5000
+
+    @property
+    def home_abs(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def catalog_dir(self) -> Path:
+        """Local STAC catalog: one folder per collection (region), items with COG assets."""
+        return self.home_abs / "catalog"
+
+    @property
+    def tiles_dir(self) -> Path:
+        return self.home_abs / "tiles"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home_abs / "models"
+
+    @property
+    def resolved_stac_url(self) -> str:
+        if self.stac_url:
+            return self.stac_url
+        if self.stac_source == "planetary-computer":
+            return self.planetary_computer_url
+        return f"http://127.0.0.1:{self.stac_port}"
+
+    @property
+    def resolved_mlflow_uri(self) -> str:
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
