@@ -63,12 +63,16 @@ def item_from_raster(
     )
     item.add_asset(
         IMAGE_ASSET,
-        pystac.Asset(href=str(Path(image_path).resolve()), media_type=COG_MEDIA_TYPE, roles=["data"], title="RGBN image"),
+        pystac.Asset(
+            href=str(Path(image_path).resolve()), media_type=COG_MEDIA_TYPE, roles=["data"], title="RGBN image"
+        ),
     )
     for key, asset in (extra_assets or {}).items():
         item.add_asset(
             key,
-            pystac.Asset(href=str(asset.path.resolve()), media_type=COG_MEDIA_TYPE, roles=list(asset.roles), title=asset.title),
+            pystac.Asset(
+                href=str(asset.path.resolve()), media_type=COG_MEDIA_TYPE, roles=list(asset.roles), title=asset.title
+            ),
         )
     proj = ProjectionExtension.ext(item, add_if_missing=True)
     proj.epsg = crs.to_epsg()
@@ -89,7 +93,9 @@ def save_collection(
         pystac.SpatialExtent([_union_bbox(items)]),
         pystac.TemporalExtent([[min(i.datetime for i in items), max(i.datetime for i in items)]]),  # type: ignore[type-var]
     )
-    collection = pystac.Collection(id=collection_id, description=description, extent=extent, title=title, license="other")
+    collection = pystac.Collection(
+        id=collection_id, description=description, extent=extent, title=title, license="other"
+    )
     for item in items:
         item.collection_id = collection_id
         collection.add_item(item)

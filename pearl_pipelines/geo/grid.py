@@ -84,7 +84,8 @@ def aoi_to_tile_keys(
     tms = tms or get_tms(settings)
     zoom = settings.tile_zoom if zoom is None else zoom
     geom = aoi_to_lonlat(geometry, crs)
-    candidates = tms.tiles(*geom.bounds, zooms=[zoom])
+    west, south, east, north = geom.bounds
+    candidates = tms.tiles(west, south, east, north, zooms=[zoom])
     keys = []
     for tile in candidates:
         if box(*tms.bounds(tile)).intersection(geom).area > 0:

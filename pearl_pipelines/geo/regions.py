@@ -92,7 +92,9 @@ def load_region_file(path: Path) -> Region:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise RegionFileError(f"region file {path} has invalid properties: {problems}") from exc
     if region.name != Path(path).stem:
-        raise RegionFileError(f"region file {path} declares name {region.name!r}; the file must be named {region.name}.geojson")
+        raise RegionFileError(
+            f"region file {path} declares name {region.name!r}; the file must be named {region.name}.geojson"
+        )
     return region
 
 
@@ -155,7 +157,9 @@ def build_region(
                 tags={"class_schema": schema_id},
                 overview_resampling="mode",
             )
-            extra[label_asset_key(schema_id)] = AssetFile(path, ("labels", "reference"), f"Reference labels ({schema.title})")
+            extra[label_asset_key(schema_id)] = AssetFile(
+                path, ("labels", "reference"), f"Reference labels ({schema.title})"
+            )
         items.append(
             item_from_raster(
                 item_id,

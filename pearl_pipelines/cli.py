@@ -1,0 +1,171 @@
+"""The `pearl` command: generate demo regions, ingest imagery, serve the STAC API, cut tiles, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pearl_pipelines.settings import Settings, get_settings
+
+
+class CliError(Exception):
+    """A user mistake: printed as one line, exit code 2, no traceback."""
+
+
+def _regions(names: str | None) -> list:
+    from pearl_pipelines.geo.regions import load_regions
+
+    regions = load_regions()
+    if not names:
+        return list(regions.values())
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in regions]
+    if unknown:
+        raise CliError(f"unknown region(s) {', '.join(unknown)}; known: {', '.join(regions)}")
+    return [regions[n] for n in wanted]
+
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
+    from pearl_pipelines.geo.regions import build_region
+
+    for region in _regions(args.regions):
+        if (settings.catalog_dir / region.name / "collection.json").exists() and not args.force:
+            print(f"region {region.name}: already in {settings.catalog_dir} (use --force to rebuild)")
+            continue
+        started = time.perf_counter()
+        collection = build_region(region, settings.catalog_dir, scale=args.scale, show_progress=True)
+        n_items = len(list(collection.get_items()))
+        print(f"region {region.name}: {n_items} items in {time.perf_counter() - started:.1f} s")
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> None:
+    from pearl_pipelines.geo.ingest import IngestError, ingest_files
+
+    band_map = None
+    if args.bands:
+        try:
+            band_map = tuple(int(b) for b in args.bands.split(","))
+        except ValueError:
+            raise CliError(
+                f"--bands {args.bands!r} must be 4 comma-separated band numbers for R,G,B,NIR, e.g. 3,2,1,4"
+            ) from None
+    try:
+        items = ingest_files(
+            [Path(p) for p in args.files], settings.catalog_dir, args.collection, band_map=band_map, show_progress=True
+        )
+    except IngestError as exc:
+        raise CliError(str(exc)) from exc
+    for item in items:
+        print(f"ingested {item.id} -> {item.assets['image'].href}")
+    print(f"collection {args.collection}: restart the STAC API (`pearl stac`) to serve the new items")
+
+
+def cmd_stac(args: argparse.Namespace, settings: Settings) -> None:
+    from pearl_pipelines.geo.stac_server import StacServer
+
+    with StacServer(settings.catalog_dir, settings.stac_port) as server:
+        print(f"STAC API: {server.url} (Ctrl-C stops it)")
+        _wait_for_interrupt()
+
+
+def cmd_tiles(args: argparse.Namespace, settings: Settings) -> list[Path]:
+    from pearl_pipelines.geo.grid import aoi_to_tile_keys
+    from pearl_pipelines.geo.stac import StacCatalog
+    from pearl_pipelines.geo.tiles import fetch_tile
+
+    region = _regions(args.region)[0]
+    keys = aoi_to_tile_keys(region.geometry)
+    catalog = StacCatalog.from_settings(
+        settings, collections=[region.name] if settings.stac_source == "local" else None
+    )
+    paths = [fetch_tile(catalog, key, settings.tiles_dir) for key in tqdm(keys, desc="imagery tiles", unit="tile")]
+    print(f"{len(paths)} imagery tiles (COG) under {settings.tiles_dir}")
+    return paths
+
+
+def cmd_render(args: argparse.Namespace, settings: Settings) -> None:
+    from pearl_pipelines.classes import load_schema
+    from pearl_pipelines.geo.render import false_color_png, labels_png, true_color_png
+    from pearl_pipelines.geo.scene import generate_scene
+
+    out = Path(args.out)
+    scene = generate_scene(args.size, args.size, seed=args.seed)
+    true_color_png(scene.image, out / "demo_true_color.png", max_size=args.size)
+    false_color_png(scene.image, out / "demo_false_color.png", max_size=args.size)
+    labels_png(scene.labels, load_schema("chesapeake9"), out / "demo_labels.png", max_size=args.size)
+    print(f"wrote demo_true_color.png, demo_false_color.png, demo_labels.png to {out}")
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
+    from pearl_pipelines.demo import run_demo
+
+    run_demo(settings, keep_running=not args.no_wait)
+
+
+def _wait_for_interrupt() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nstopping")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pearl", description="Human-in-the-loop land-cover mapping pipelines")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="generate the synthetic demo regions into the local STAC catalog")
+    p.add_argument("--regions", help="comma-separated region names (default: all in assets/regions)")
+    p.add_argument("--scale", type=float, default=1.0, help="shrink regions for quick trials (0 < scale <= 1)")
+    p.add_argument("--force", action="store_true", help="rebuild regions that already exist")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("ingest", help="turn your own GeoTIFFs into STAC items in the local catalog")
+    p.add_argument("files", nargs="+", help="GeoTIFF files (any CRS; uint8, uint16 or float)")
+    p.add_argument("--collection", default="ingested", help="collection to add the items to (default: ingested)")
+    p.add_argument("--bands", help="source band numbers for R,G,B,NIR, e.g. 3,2,1,4 for B,G,R,NIR files")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("stac", help="serve the local catalog as a STAC API on 127.0.0.1")
+    p.set_defaults(func=cmd_stac)
+
+    p = sub.add_parser("tiles", help="cut a region into imagery tile COGs through the STAC API")
+    p.add_argument("--region", default="demo")
+    p.set_defaults(func=cmd_tiles)
+
+    p = sub.add_parser("render", help="render true-colour, false-colour and label PNGs of a demo scene")
+    p.add_argument("--out", default="docs/images")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--seed", type=int, default=505)
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("demo", help="generate, start the local services, run the main job, print the URLs")
+    p.add_argument("--no-wait", action="store_true", help="stop the services once the job is done")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "scale", 1.0) is not None and not 0 < getattr(args, "scale", 1.0) <= 1:
+        print("pearl: error: --scale must be in (0, 1]", file=sys.stderr)
+        return 2
+    try:
+        args.func(args, get_settings())
+    except CliError as exc:
+        print(f"pearl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

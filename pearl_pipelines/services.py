@@ -1,0 +1,121 @@
+"""Local services (STAC API, MLflow, Dagster, review app) as child processes with health checks.
+
+Each service runs in its own process group so that stopping it stops its children too
+(`dagster dev` spawns four), and starts with SIGINT at its default so Ctrl-C reaches it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Self
+
+import httpx
+
+
+def venv_bin(name: str) -> str:
+    """A console script of this interpreter's environment (falls back to PATH)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def _reset_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.setpgrp()
+
+
+class Service:
+    """A child process that is ready once `health_url` answers 200."""
+
+    def __init__(
+        self,
+        name: str,
+        cmd: Sequence[str],
+        health_url: str,
+        *,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.cmd = list(cmd)
+        self.health_url = health_url
+        self.cwd = cwd
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(self.health_url, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def start(self, timeout: float = 60.0) -> Self:
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            self.cmd,
+            cwd=self.cwd,
+            env={**os.environ, **(self.env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_reset_signals,  # noqa: PLW1509 - own process group, default SIGINT
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                where = f"; see {self.log_path}" if self.log_path else ""
+                raise RuntimeError(f"{self.name} exited with code {self.process.returncode} while starting{where}")
+            if self.healthy():
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"{self.name} did not answer {self.health_url} within {timeout:.0f} s")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            self.process = None
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        except ProcessLookupError:
+            pass
+        self.process = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def mlflow_server(home: Path, port: int, host: str = "127.0.0.1") -> Service:
+    """MLflow tracking server: sqlite backend store, artifacts proxied from a local folder."""
+    mlflow_dir = Path(home) / "mlflow"
+    mlflow_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        venv_bin("mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(mlflow_dir / "artifacts"),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    return Service("MLflow", cmd, f"http://{host}:{port}/health", log_path=mlflow_dir / "server.log")
