@@ -1,0 +1,293 @@
+"""Label store: projects, their class schemas, AOIs and labels in SQL (SQLite WAL by default, PostgreSQL by URL).
+
+Geometries are stored as GeoJSON in EPSG:4326 plus a bounding box, so the same tables work on SQLite
+and PostgreSQL without spatial extensions; spatial queries needed here are bbox filters.
+Labels are soft-deleted (undo restores them) and ids only grow, so `max_label_id()` is a sensor cursor.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+from shapely.geometry import mapping, shape
+from shapely.geometry.base import BaseGeometry
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, create_engine, event, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from pearl_pipelines.classes import ClassDef, ClassSchema
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ProjectRow(Base):
+    __tablename__ = "projects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    imagery: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"stac_url":..., "collections": [...], "datetime": ...}
+    class_schema: Mapped[dict[str, Any]] = mapped_column(JSON)  # ClassSchema as JSON; classes only grow
+    base_model: Mapped[str] = mapped_column(String(300))  # model reference, e.g. "models:/starter-9@starter"
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class AoiRow(Base):
+    __tablename__ = "aois"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(120))
+    geometry: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tile_keys: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class LabelRow(Base):
+    __tablename__ = "labels"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    aoi_id: Mapped[int | None] = mapped_column(ForeignKey("aois.id"), nullable=True)
+    class_name: Mapped[str] = mapped_column(String(48))
+    geometry: Mapped[dict[str, Any]] = mapped_column(JSON)  # GeoJSON, EPSG:4326
+    geom_type: Mapped[str] = mapped_column(String(16))
+    minx: Mapped[float] = mapped_column(Float)
+    miny: Mapped[float] = mapped_column(Float)
+    maxx: Mapped[float] = mapped_column(Float)
+    maxy: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class LabelEventRow(Base):
+    """Append-only log of label adds and deletes, so undo reverts actions in reverse order."""
+
+    __tablename__ = "label_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    label_id: Mapped[int] = mapped_column(ForeignKey("labels.id"))
+    action: Mapped[str] = mapped_column(String(8))  # add | delete
+    undone: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class LabelStoreError(ValueError):
+    """A request the store refuses; the message says what is accepted."""
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers (Dagster sensor) never block the review app's writes
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def sqlite_url(home: Path) -> str:
+    return f"sqlite:///{Path(home).resolve() / 'labels.db'}"
+
+
+class LabelStore:
+    """All label-store access goes through here; every write is committed before the method returns."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = create_engine(url, future=True)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    # -- projects and classes -------------------------------------------------------------------------
+    def create_project(self, name: str, imagery: dict[str, Any], schema: ClassSchema, base_model: str) -> ProjectRow:
+        with self.session() as s:
+            if s.scalar(select(ProjectRow).where(ProjectRow.name == name)):
+                raise LabelStoreError(f"a project named {name!r} already exists; pick another name")
+            row = ProjectRow(
+                name=name, imagery=imagery, class_schema=schema.model_dump(by_alias=True), base_model=base_model
+            )
+            s.add(row)
+        return row
+
+    def get_project(self, project_id: int) -> ProjectRow:
+        with self.session() as s:
+            row = s.get(ProjectRow, project_id)
+            if row is None:
+                raise KeyError(f"no project with id {project_id}")
+            return row
+
+    def list_projects(self) -> list[ProjectRow]:
+        with self.session() as s:
+            return list(s.scalars(select(ProjectRow).order_by(ProjectRow.id)))
+
+    def schema(self, project_id: int) -> ClassSchema:
+        return ClassSchema.model_validate(self.get_project(project_id).class_schema)
+
+    def _update_schema(self, project_id: int, schema: ClassSchema) -> ClassSchema:
+        with self.session() as s:
+            row = s.get(ProjectRow, project_id)
+            if row is None:
+                raise KeyError(f"no project with id {project_id}")
+            row.class_schema = schema.model_dump(by_alias=True)
+        return schema
+
+    def add_class(self, project_id: int, name: str, title: str, color: str) -> ClassSchema:
+        schema = self.schema(project_id)
+        if name in schema.names:
+            raise LabelStoreError(f"class {name!r} already exists in this project")
+        new = ClassDef(name=name, title=title, color=color)
+        return self._update_schema(project_id, schema.model_copy(update={"classes": [*schema.classes, new]}))
+
+    def update_class(
+        self,
+        project_id: int,
+        name: str,
+        *,
+        new_name: str | None = None,
+        title: str | None = None,
+        color: str | None = None,
+    ) -> ClassSchema:
+        """Recolour or rename a class (its index stays, so models and rasters remain valid)."""
+        schema = self.schema(project_id)
+        index = schema.index(name)
+        if new_name and new_name != name and new_name in schema.names:
+            raise LabelStoreError(f"cannot rename {name!r} to {new_name!r}: that class already exists")
+        current = schema.classes[index]
+        updated = ClassDef(
+            name=new_name or current.name, title=title or current.title, color=color or current.color, **{}
+        )
+        classes = list(schema.classes)
+        classes[index] = updated
+        result = self._update_schema(project_id, ClassSchema(id=schema.id, title=schema.title, classes=classes))
+        if new_name and new_name != name:
+            with self.session() as s:
+                for label in s.scalars(
+                    select(LabelRow).where(LabelRow.project_id == project_id, LabelRow.class_name == name)
+                ):
+                    label.class_name = new_name
+        return result
+
+    # -- AOIs -------------------------------------------------------------------------------------------
+    def add_aoi(self, project_id: int, name: str, geometry: BaseGeometry, tile_keys: Sequence[str]) -> AoiRow:
+        self.get_project(project_id)
+        with self.session() as s:
+            row = AoiRow(project_id=project_id, name=name, geometry=mapping(geometry), tile_keys=list(tile_keys))
+            s.add(row)
+        return row
+
+    def list_aois(self, project_id: int) -> list[AoiRow]:
+        with self.session() as s:
+            return list(s.scalars(select(AoiRow).where(AoiRow.project_id == project_id).order_by(AoiRow.id)))
+
+    def get_aoi(self, aoi_id: int) -> AoiRow:
+        with self.session() as s:
+            row = s.get(AoiRow, aoi_id)
+            if row is None:
+                raise KeyError(f"no AOI with id {aoi_id}")
+            return row
+
+    # -- labels -----------------------------------------------------------------------------------------
+    def add_labels(
+        self, project_id: int, labels: Sequence[tuple[str, BaseGeometry]], aoi_id: int | None = None
+    ) -> list[LabelRow]:
+        """Add (class_name, lon/lat geometry) labels atomically: all are stored, or none (on any bad label)."""
+        schema = self.schema(project_id)
+        rows = []
+        for class_name, geom in labels:
+            if class_name not in schema.names:
+                raise LabelStoreError(f"unknown class {class_name!r}; this project has: {', '.join(schema.names)}")
+            if geom.geom_type not in ("Point", "Polygon"):
+                raise LabelStoreError(f"labels are Points or Polygons, got {geom.geom_type}")
+            if geom.is_empty or not geom.is_valid:
+                raise LabelStoreError(f"label geometry is empty or invalid ({geom.wkt[:80]})")
+            minx, miny, maxx, maxy = geom.bounds
+            rows.append(
+                LabelRow(
+                    project_id=project_id,
+                    aoi_id=aoi_id,
+                    class_name=class_name,
+                    geometry=mapping(geom),
+                    geom_type=geom.geom_type,
+                    minx=minx,
+                    miny=miny,
+                    maxx=maxx,
+                    maxy=maxy,
+                )
+            )
+        with self.session() as s:
+            s.add_all(rows)
+            s.flush()
+            s.add_all(LabelEventRow(project_id=project_id, label_id=r.id, action="add") for r in rows)
+        return rows
+
+    def delete_label(self, project_id: int, label_id: int) -> LabelRow:
+        with self.session() as s:
+            row = s.get(LabelRow, label_id)
+            if row is None or row.project_id != project_id or row.deleted_at is not None:
+                raise KeyError(f"no label {label_id} in project {project_id}")
+            row.deleted_at = _now()
+            s.add(LabelEventRow(project_id=project_id, label_id=label_id, action="delete"))
+        return row
+
+    def undo(self, project_id: int) -> LabelRow | None:
+        """Revert the newest not-yet-undone add or delete of this project; None when there is nothing to undo."""
+        with self.session() as s:
+            event_row = s.scalar(
+                select(LabelEventRow)
+                .where(LabelEventRow.project_id == project_id, LabelEventRow.undone.is_(False))
+                .order_by(LabelEventRow.id.desc())
+            )
+            if event_row is None:
+                return None
+            label = s.get(LabelRow, event_row.label_id)
+            assert label is not None
+            label.deleted_at = _now() if event_row.action == "add" else None
+            event_row.undone = True
+            return label
+
+    def list_labels(
+        self, project_id: int, *, aoi_id: int | None = None, include_deleted: bool = False
+    ) -> list[LabelRow]:
+        query = select(LabelRow).where(LabelRow.project_id == project_id).order_by(LabelRow.id)
+        if aoi_id is not None:
+            query = query.where(LabelRow.aoi_id == aoi_id)
+        if not include_deleted:
+            query = query.where(LabelRow.deleted_at.is_(None))
+        with self.session() as s:
+            return list(s.scalars(query))
+
+    def max_label_id(self, project_id: int | None = None) -> int:
+        """Highest label id ever written (0 if none): the sensor cursor. Deletions bump `changed_since`."""
+        query = select(func.max(LabelRow.id))
+        if project_id is not None:
+            query = query.where(LabelRow.project_id == project_id)
+        with self.session() as s:
+            return int(s.scalar(query) or 0)
+
+    def labels_frame(self, project_id: int, *, aoi_id: int | None = None) -> gpd.GeoDataFrame:
+        """Live labels as a GeoDataFrame (EPSG:4326) with columns label_id, class_name, geometry."""
+        rows = self.list_labels(project_id, aoi_id=aoi_id)
+        return gpd.GeoDataFrame(
+            {"label_id": [r.id for r in rows], "class_name": [r.class_name for r in rows]},
+            geometry=[shape(r.geometry) for r in rows],
+            crs="EPSG:4326",
+        )
+
+    def label_set_digest(self, project_id: int, *, aoi_id: int | None = None) -> str:
+        """Stable content hash of the live labels (ids, classes, geometries): names a label-set version."""
+        payload = [(r.id, r.class_name, r.geometry) for r in self.list_labels(project_id, aoi_id=aoi_id)]
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
