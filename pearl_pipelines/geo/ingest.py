@@ -105,8 +105,8 @@ def ingest_files(
     `datetime` is the acquisition time of all files; by default each file's TIFF DateTime tag, else its
     modification time. Raises IngestError before writing anything if any file is unusable.
     """
-    paths = [Path(p) for p in paths]
-    if not paths:
+    files = [Path(p) for p in paths]
+    if not files:
         raise IngestError("no files to ingest; pass one or more GeoTIFF paths")
     if not _COLLECTION_RE.match(collection_id):
         raise IngestError(
@@ -114,7 +114,7 @@ def ingest_files(
             "starting with a letter or digit"
         )
     mapping = _check_band_map_shape(band_map) if band_map is not None else None
-    plans = [_plan(p, mapping, datetime) for p in paths]
+    plans = [_plan(p, mapping, datetime) for p in files]
     _check_unique_ids(plans)
 
     catalog_dir = Path(catalog_dir).resolve()

@@ -76,7 +76,7 @@ class LabelEventRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     label_id: Mapped[int] = mapped_column(ForeignKey("labels.id"))
-    action: Mapped[str] = mapped_column(String(8))  # add | delete
+    action: Mapped[str] = mapped_column(String(8))  # add | delete | undo
     undone: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
@@ -248,7 +248,11 @@ class LabelStore:
         with self.session() as s:
             event_row = s.scalar(
                 select(LabelEventRow)
-                .where(LabelEventRow.project_id == project_id, LabelEventRow.undone.is_(False))
+                .where(
+                    LabelEventRow.project_id == project_id,
+                    LabelEventRow.undone.is_(False),
+                    LabelEventRow.action != "undo",
+                )
                 .order_by(LabelEventRow.id.desc())
             )
             if event_row is None:
@@ -257,6 +261,8 @@ class LabelStore:
             assert label is not None
             label.deleted_at = _now() if event_row.action == "add" else None
             event_row.undone = True
+            # The revert is itself an event (already undone), so the sensor cursor moves on undo too.
+            s.add(LabelEventRow(project_id=project_id, label_id=label.id, action="undo", undone=True))
             return label
 
     def list_labels(
@@ -271,12 +277,26 @@ class LabelStore:
             return list(s.scalars(query))
 
     def max_label_id(self, project_id: int | None = None) -> int:
-        """Highest label id ever written (0 if none): the sensor cursor. Deletions bump `changed_since`."""
+        """Highest label id ever written (0 if none)."""
         query = select(func.max(LabelRow.id))
         if project_id is not None:
             query = query.where(LabelRow.project_id == project_id)
         with self.session() as s:
             return int(s.scalar(query) or 0)
+
+    def max_event_id(self, project_id: int | None = None) -> int:
+        """Highest label-event id (adds, deletes, undos all move it): the label-submission sensor's cursor."""
+        query = select(func.max(LabelEventRow.id))
+        if project_id is not None:
+            query = query.where(LabelEventRow.project_id == project_id)
+        with self.session() as s:
+            return int(s.scalar(query) or 0)
+
+    def projects_changed_since(self, event_id: int) -> list[int]:
+        """Projects with label events after `event_id` (what a sensor tick must re-materialize)."""
+        query = select(LabelEventRow.project_id).where(LabelEventRow.id > event_id).distinct()
+        with self.session() as s:
+            return sorted(s.scalars(query))
 
     def labels_frame(self, project_id: int, *, aoi_id: int | None = None) -> gpd.GeoDataFrame:
         """Live labels as a GeoDataFrame (EPSG:4326) with columns label_id, class_name, geometry."""
