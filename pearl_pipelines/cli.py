@@ -45,17 +45,10 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> None:
-    from pearl_pipelines.geo.ingest import IngestError, ingest_files
+    from pearl_pipelines.geo.ingest import IngestError, ingest_files, parse_band_map
 
-    band_map = None
-    if args.bands:
-        try:
-            band_map = tuple(int(b) for b in args.bands.split(","))
-        except ValueError:
-            raise CliError(
-                f"--bands {args.bands!r} must be 4 comma-separated band numbers for R,G,B,NIR, e.g. 3,2,1,4"
-            ) from None
     try:
+        band_map = parse_band_map(args.bands) if args.bands else None
         items = ingest_files(
             [Path(p) for p in args.files], settings.catalog_dir, args.collection, band_map=band_map, show_progress=True
         )

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import httpx
 
@@ -119,3 +119,71 @@ def mlflow_server(home: Path, port: int, host: str = "127.0.0.1") -> Service:
         "1",
     ]
     return Service("MLflow", cmd, f"http://{host}:{port}/health", log_path=mlflow_dir / "server.log")
+
+
+DEFAULT_DAGSTER_PORT = 3000
+
+
+def dagster_home(home: Path) -> Path:
+    return Path(home).resolve() / "dagster"
+
+
+def write_dagster_yaml(home: Path) -> Path:
+    """`PEARL_HOME/dagster/dagster.yaml`: SQLite storage and the DefaultRunCoordinator.
+
+    The default queued coordinator adds 1-3 s to every run launch (the daemon polls the queue);
+    launching directly matters for the label-to-map latency. Telemetry stays off.
+    """
+    dagster_dir = dagster_home(home)
+    storage = dagster_dir / "storage"
+    storage.mkdir(parents=True, exist_ok=True)
+    path = dagster_dir / "dagster.yaml"
+    path.write_text(
+        "# Written by pearl_pipelines.services.write_dagster_yaml; local instance of `make demo`.\n"
+        "storage:\n"
+        "  sqlite:\n"
+        f"    base_dir: {storage}\n"
+        "run_coordinator:\n"
+        "  module: dagster._core.run_coordinator\n"
+        "  class: DefaultRunCoordinator\n"
+        "telemetry:\n"
+        "  enabled: false\n"
+    )
+    return path
+
+
+class DagsterDev(Service):
+    """`dagster dev -w workspace.yaml` (webserver + daemon + code server) with DAGSTER_HOME under PEARL_HOME.
+
+    Started like every Service (own process group, default SIGINT), so stopping it also stops the
+    children that `dagster dev` spawns. Healthy once the webserver answers `/server_info`.
+    """
+
+    def __init__(self, home: Path, port: int, host: str = "127.0.0.1", env: dict[str, str] | None = None) -> None:
+        from pearl_pipelines.settings import REPO_ROOT
+
+        self.host, self.port = host, port
+        home = Path(home).resolve()
+        write_dagster_yaml(home)
+        cmd = [venv_bin("dagster"), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", host, "-p", str(port)]
+        super().__init__(
+            "Dagster",
+            cmd,
+            f"{self.url}/server_info",
+            cwd=REPO_ROOT,
+            env={"DAGSTER_HOME": str(dagster_home(home)), "PEARL_HOME": str(home), **(env or {})},
+            log_path=dagster_home(home) / "dagster-dev.log",
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 120.0) -> Self:
+        return super().start(timeout)
+
+
+def dagster_dev(settings: Any, port: int | None = None, host: str = "127.0.0.1") -> DagsterDev:
+    """The local Dagster (UI on host:port; sensors and schedules run in its daemon)."""
+    port = port or getattr(settings, "dagster_port", DEFAULT_DAGSTER_PORT)
+    return DagsterDev(settings.home_abs, port, host)

@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None
     mlflow_port: int = 5000
 
+    # Label store (review app + Dagster sensor): SQLAlchemy URL; default SQLite (WAL) under PEARL_HOME.
+    label_store_url: str | None = Field(default=None, description="e.g. postgresql+psycopg://user@host/pearl")
+
+    # Review app (FastAPI + titiler): where uvicorn listens, and the live-mapping area limit.
+    review_host: str = "127.0.0.1"
+    review_port: int = 8000
+    live_aoi_max_km2: float = Field(default=25.0, gt=0, description="Largest AOI for live inference/retraining")
+
     @property
     def home_abs(self) -> Path:
         return self.home.expanduser().resolve()
@@ -51,6 +59,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.home_abs / "models"
+
+    @property
+    def resolved_label_store_url(self) -> str:
+        return self.label_store_url or f"sqlite:///{self.home_abs / 'labels.db'}"
 
     @property
     def resolved_stac_url(self) -> str:

@@ -51,6 +51,14 @@ def cog_from_dataset(
     return dst_path
 
 
+def gdal_tag_key(key: str) -> str:
+    """GDAL splits metadata items at the first ':' or '=', so 'pearl:x' would be stored as key 'pearl'.
+
+    write_cog stores such keys with '_' instead ('pearl:tile_key' -> 'pearl_tile_key'); read them back by that name.
+    """
+    return key.replace(":", "_").replace("=", "_")
+
+
 def write_cog(
     path: Path,
     data: np.ndarray,
@@ -94,7 +102,7 @@ def write_cog(
             for i, desc in enumerate(descriptions or [], start=1):
                 mem.set_band_description(i, desc)
             if tags:
-                mem.update_tags(**tags)
+                mem.update_tags(**{gdal_tag_key(k): v for k, v in tags.items()})
             if mask is not None:
                 mem.write_mask(mask.astype(np.uint8) * 255)
         with memfile.open() as src:

@@ -119,36 +119,52 @@ def ingest_files(
 
     catalog_dir = Path(catalog_dir).resolve()
     collection_dir = catalog_dir / collection_id
+    collection_file = collection_dir / "collection.json"
     existing: list[pystac.Item] = []
     description = f"Imagery ingested with `pearl ingest` into collection {collection_id}"
     title: str | None = None
-    if (collection_dir / "collection.json").is_file():
+    previous_json: bytes | None = None
+    if collection_file.is_file():
         existing = load_collection_items(catalog_dir, collection_id)
-        previous = pystac.Collection.from_file(str(collection_dir / "collection.json"))
-        description, title = previous.description, previous.title
+        previous = pystac.Collection.from_file(str(collection_file))
+        description, title, previous_json = previous.description, previous.title, collection_file.read_bytes()
 
+    created = not collection_dir.exists()
     collection_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".ingest-", dir=collection_dir))
+    moved: list[tuple[Path, Path | None]] = []  # (item folder now in the catalog, its previous version parked)
     try:
         for plan in tqdm(plans, desc=f"ingest {collection_id}", unit="file", disable=not show_progress):
-            _write_image(plan, staging / plan.item_id / "image.tif")
-        # Every file is written: only now touch the catalog (directory renames, then the collection).
-        new_items = []
+            _write_image(plan, staging / "new" / plan.item_id / "image.tif")
+        # Every file is written: only now touch the catalog. Replaced item folders are parked, not deleted,
+        # until the collection is saved, so that a failure below can put the catalog back as it was.
         for plan in plans:
-            final = collection_dir / plan.item_id
+            final, parked = collection_dir / plan.item_id, None
             if final.exists():
-                shutil.rmtree(final)
-            (staging / plan.item_id).rename(final)
-            new_items.append(
-                item_from_raster(
-                    plan.item_id, final / "image.tif", datetime=plan.datetime, properties=_properties(plan)
-                )
-            )
+                parked = staging / "old" / plan.item_id
+                parked.parent.mkdir(exist_ok=True)
+                final.rename(parked)
+            (staging / "new" / plan.item_id).rename(final)
+            moved.append((final, parked))
+        new_items = [
+            item_from_raster(plan.item_id, final / "image.tif", datetime=plan.datetime, properties=_properties(plan))
+            for plan, (final, _) in zip(plans, moved, strict=True)
+        ]
+        new_ids = {item.id for item in new_items}
+        kept = [item for item in existing if item.id not in new_ids]
+        save_collection(catalog_dir, collection_id, description, kept + new_items, title=title)
+    except BaseException:
+        for final, parked in reversed(moved):
+            shutil.rmtree(final, ignore_errors=True)
+            if parked is not None:
+                parked.rename(final)
+        if previous_json is not None:
+            collection_file.write_bytes(previous_json)
+        elif created:
+            shutil.rmtree(collection_dir, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    new_ids = {item.id for item in new_items}
-    kept = [item for item in existing if item.id not in new_ids]
-    save_collection(catalog_dir, collection_id, description, kept + new_items, title=title)
     return new_items
 
 
@@ -313,7 +329,7 @@ def stretch_to_uint8(pixels: np.ndarray, low: Sequence[float], high: Sequence[fl
     lows = np.asarray(low, dtype=np.float64)[:, None, None]
     span = np.maximum(np.asarray(high, dtype=np.float64)[:, None, None] - lows, 1e-9)  # a flat band maps to 0/255
     with np.errstate(invalid="ignore"):  # NaN pixels are masked; their value does not matter
-        scaled = np.clip(np.round((pixels.astype(np.float64) - lows) * (255.0 / span)), 0, 255)
+        scaled = np.clip(np.round((pixels.astype(np.float64) - lows) * 255.0 / span), 0, 255)
     return np.nan_to_num(scaled).astype(np.uint8)
 
 
@@ -346,7 +362,7 @@ def _write_image(plan: _Plan, dst: Path) -> None:
             descriptions=RGBN_DESCRIPTIONS,
             mask=None if valid.all() else valid,
             overview_resampling="average",
-            tags={"pearl:source_file": plan.path.name, "pearl:source_bands": ",".join(map(str, plan.band_map))},
+            tags={"pearl_source_file": plan.path.name, "pearl_source_bands": ",".join(map(str, plan.band_map))},
         )
 
 

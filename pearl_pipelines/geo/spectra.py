@@ -72,6 +72,7 @@ class Mat(IntEnum):
     PAVEMENT = 18  # parking lots
     PAVEMENT_MARK = 19  # parking stall lines
     CONCRETE = 20  # driveways, sidewalks, slabs
+    VEHICLE = 21  # parked cars: mapped as the pavement they stand on
 
 
 MATERIAL_CLASS: dict[Mat, str] = {
@@ -96,6 +97,7 @@ MATERIAL_CLASS: dict[Mat, str] = {
     Mat.PAVEMENT: "impervious_surfaces",
     Mat.PAVEMENT_MARK: "impervious_surfaces",
     Mat.CONCRETE: "impervious_surfaces",
+    Mat.VEHICLE: "impervious_surfaces",
 }
 
 # Amplitude of fine (1-2 m) brightness texture per base material
@@ -196,8 +198,8 @@ _GROUPS: dict[str, tuple[str, Callable[[pd.DataFrame], pd.Series]]] = {
     "litter": ("npv: litter + npv (dry grass, stubble, dead leaves)", _level3("litter", "npv")),
     "bark": ("npv: bark + wood (leaf-off branches)", _level3("bark", "wood")),
     "soil": (
-        "bare soil (ICRAF-ISRIC), red 0.12-0.32, NDVI < 0.25",
-        lambda m: (m.LEVEL_3 == "soil") & m.NDVI.lt(0.25) & m.R.between(0.12, 0.32),
+        "bare soil (ICRAF-ISRIC), red 0.12-0.30, red/blue < 2.2 (brown, not iron-red), NDVI < 0.25",
+        lambda m: (m.LEVEL_3 == "soil") & m.NDVI.lt(0.25) & m.R.between(0.12, 0.30) & (m.R < 2.2 * m.B),
     ),
     "sand": ("bare sand", _level3("sand")),
     "asphalt": (
@@ -214,6 +216,7 @@ _GROUPS: dict[str, tuple[str, Callable[[pd.DataFrame], pd.Series]]] = {
         "built: paint, bright and neutral",
         lambda m: (m.LEVEL_3 == "paint") & (m.G > 0.3) & m.NDVI.lt(0.1) & (m.B > 0.7 * m.R),
     ),
+    "paint": ("built: paint, all colours (car bodies)", _level3("paint", ndvi_max=0.12)),
     "paint_yellow": (
         "built: paint, yellow (red > 1.5 blue)",
         lambda m: (m.LEVEL_3 == "paint") & (m.R > 0.25) & (m.R > 1.5 * m.B) & m.NDVI.lt(0.1),
@@ -316,7 +319,7 @@ _CROP_STATES = np.array(
     ],
     dtype=np.float32,
 )
-CROP_STATE_WEIGHTS = (0.2, 0.14, 0.1, 0.16, 0.1, 0.08, 0.1, 0.12)  # how often a field parcel is in each state
+CROP_STATE_WEIGHTS = (0.22, 0.16, 0.08, 0.16, 0.09, 0.06, 0.09, 0.14)  # how often a field parcel is in each state
 CROP_GREEN = (0, 1, 7)  # states with green row crops (tramlines and row texture in green)
 
 
@@ -347,9 +350,11 @@ def _sand(rng: np.random.Generator, em: dict[str, Endmember], season: float) -> 
     return a, a * np.float32(0.7)  # wet sand
 
 
-def _simple(group: str, weathered: float, shrink: float = 0.7) -> Callable[..., Pair]:
+def _simple(group: str, weathered: float, shrink: float = 0.7, scale: float = 1.0) -> Callable[..., Pair]:
+    """Variants drawn from one group; `weathered` scales the second endmember, `scale` both."""
+
     def build(rng: np.random.Generator, em: dict[str, Endmember], season: float) -> Pair:
-        a = em[group].sample(rng, VARIANTS, shrink)
+        a = em[group].sample(rng, VARIANTS, shrink) * np.float32(scale)
         return a, a * np.float32(weathered)
 
     return build
@@ -368,11 +373,19 @@ def _paint_mix(background: str, share: float) -> Callable[..., Pair]:
     return build
 
 
+def _vehicles(rng: np.random.Generator, em: dict[str, Endmember], season: float) -> Pair:
+    # car paint is mostly white, silver, grey and black, with some colours; glass darkens a car's middle
+    paint = em["paint"].sample(rng, VARIANTS, shrink=0.9)
+    neutral = np.array([[0.55], [0.35], [0.2], [0.05], [0.45], [0.12], [1.0], [1.0]], np.float32)
+    colour = np.where(neutral < 1.0, neutral * np.ones(4, np.float32), paint)
+    return colour.astype(np.float32), (colour * np.float32(0.6)).astype(np.float32)
+
+
 def _water(rng: np.random.Generator, em: dict[str, Endmember], season: float) -> Pair:
     kinds = [em["water_clear"].mean, em["water_turbid"].mean, em["water_algal"].mean]
     a = np.stack([kinds[i % 3] for i in range(VARIANTS)]) * rng.uniform(0.85, 1.15, (VARIANTS, 1))
     a = a.astype(np.float32)
-    shallow = _lerp(a, em["soil"].mean * np.float32(0.35), 0.35)  # near the shore the bottom shows through
+    shallow = _lerp(a, em["soil"].mean * np.float32(0.3), 0.25)  # near the shore the bottom shows through
     return a, shallow
 
 
@@ -384,7 +397,7 @@ _BUILDERS: dict[Mat, Callable[..., Pair]] = {
     Mat.SHRUB: _shrub,
     Mat.SHRUB_GROUND: _shrub_ground,
     Mat.LAWN: lambda rng, em, s: _grassy(rng, em, s, dry=0.1, dormant=0.35),
-    Mat.MEADOW: lambda rng, em, s: _grassy(rng, em, s, dry=0.3, dormant=0.8),
+    Mat.MEADOW: lambda rng, em, s: _grassy(rng, em, s, dry=0.25, dormant=0.8),
     Mat.CROP: _crops,
     Mat.BARE_SOIL: _soil,
     Mat.SAND: _sand,
@@ -396,8 +409,9 @@ _BUILDERS: dict[Mat, Callable[..., Pair]] = {
     Mat.ROAD: _simple("asphalt", 1.25, shrink=0.5),
     Mat.ROAD_MARK: _paint_mix("asphalt", 0.45),
     Mat.PAVEMENT: _simple("asphalt", 1.2, shrink=0.6),
-    Mat.PAVEMENT_MARK: _paint_mix("asphalt", 0.5),
-    Mat.CONCRETE: _simple("concrete", 0.85, shrink=0.6),
+    Mat.PAVEMENT_MARK: _paint_mix("asphalt", 0.22),
+    Mat.CONCRETE: _simple("concrete", 0.85, shrink=0.5, scale=0.85),  # weathered, not fresh white
+    Mat.VEHICLE: _vehicles,
 }
 
 

@@ -24,6 +24,24 @@ class StacError(RuntimeError):
     """The STAC API could not be reached or answered with an error."""
 
 
+def _sign_planetary_computer(obj: Any) -> None:
+    """pystac-client modifier: sign blob hrefs in place with a Planetary Computer SAS token.
+
+    Token failures are HTTP errors (OSErrors) too; re-raised here so they are not reported as an
+    unreachable STAC API.
+    """
+    import planetary_computer
+    from planetary_computer.settings import Settings as PcSettings
+
+    try:
+        planetary_computer.sign_inplace(obj)
+    except (OSError, ValueError) as exc:
+        raise StacError(
+            f"could not get a Planetary Computer SAS token from {PcSettings.get().sas_url} to sign asset URLs: {exc}; "
+            "check network access, PC_SDK_SAS_URL and PC_SDK_SUBSCRIPTION_KEY"
+        ) from exc
+
+
 @dataclass
 class StacCatalog:
     """Searches a STAC API and yields items whose image assets rasterio can open."""
@@ -50,11 +68,7 @@ class StacCatalog:
     @property
     def client(self) -> Client:
         if self._client is None:
-            modifier = None
-            if self.sign_planetary_computer:
-                import planetary_computer
-
-                modifier = planetary_computer.sign_inplace
+            modifier = _sign_planetary_computer if self.sign_planetary_computer else None
             try:
                 self._client = Client.open(self.url, modifier=modifier)
             except (APIError, OSError) as exc:

@@ -17,9 +17,10 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
+from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
-from rasterio.windows import from_bounds
+from rasterio.windows import Window
 
 from pearl_pipelines.geo.cog import RGBN_DESCRIPTIONS, write_cog
 from pearl_pipelines.geo.grid import get_tms, parse_tile_key
@@ -50,6 +51,35 @@ def _snap_bounds(bounds: Sequence[float], grid: Affine) -> tuple[float, float, f
     return left, bottom, right, top, round((right - left) / res_x), round((top - bottom) / res_y)
 
 
+def _on_grid(src: DatasetReader, crs: CRS, grid: Affine) -> bool:
+    """Same CRS, pixel size and pixel phase: the source's pixels can be copied without resampling."""
+    if src.crs != crs or src.transform.a != grid.a or src.transform.e != grid.e:
+        return False
+    col, row = (src.transform.c - grid.c) / grid.a, (src.transform.f - grid.f) / grid.e
+    return abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6
+
+
+def _read_on_grid(
+    src: DatasetReader, crs: CRS, transform: Affine, width: int, height: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """RGBN pixels and validity of `src` on the tile grid: a windowed copy when aligned, else a bilinear warp."""
+    if _on_grid(src, crs, transform):
+        window = Window(
+            round((transform.c - src.transform.c) / transform.a),
+            round((transform.f - src.transform.f) / transform.e),
+            width,
+            height,
+        )
+        pixels = src.read([1, 2, 3, 4], window=window, boundless=True, fill_value=0)
+        return pixels, src.dataset_mask(window=window, boundless=True) > 0
+    # WarpedVRT refuses boundless reads and its dataset_mask ignores the warp's alpha band (rasterio 1.4):
+    # warp straight onto the tile grid and read validity from an explicit alpha band.
+    with WarpedVRT(
+        src, crs=crs, transform=transform, width=width, height=height, resampling=Resampling.bilinear, add_alpha=True
+    ) as vrt:
+        return vrt.read([1, 2, 3, 4]), vrt.read(vrt.count) > 0
+
+
 def read_tile(key: str, sources: Sequence[tuple[str, str]]) -> TileImagery:
     """Mosaic the tile from (item_id, href) sources, newest first: earlier sources win where they overlap."""
     if not sources:
@@ -58,7 +88,7 @@ def read_tile(key: str, sources: Sequence[tuple[str, str]]) -> TileImagery:
     lonlat_bounds = tms.bounds(parse_tile_key(key))
     with rasterio.open(sources[0][1]) as ref:
         crs, grid = ref.crs, ref.transform
-    left, bottom, right, top, width, height = _snap_bounds(
+    left, _, _, top, width, height = _snap_bounds(
         transform_bounds("EPSG:4326", crs, *lonlat_bounds, densify_pts=21), grid
     )
     transform = Affine(grid.a, 0.0, left, 0.0, grid.e, top)
@@ -69,20 +99,7 @@ def read_tile(key: str, sources: Sequence[tuple[str, str]]) -> TileImagery:
         with rasterio.open(href) as src:
             if src.count < 4:
                 raise ValueError(f"item {item_id} has {src.count} bands; RGBN imagery (4 bands) is required")
-            aligned = src.crs == crs and src.transform.a == grid.a and src.transform.e == grid.e
-            reader = (
-                src
-                if aligned
-                else WarpedVRT(
-                    src, crs=crs, transform=transform, width=width, height=height, resampling=Resampling.bilinear
-                )
-            )
-            with reader:
-                window = from_bounds(left, bottom, right, top, reader.transform).round_offsets().round_lengths()
-                pixels = reader.read(
-                    [1, 2, 3, 4], window=window, out_shape=(4, height, width), boundless=True, fill_value=0
-                )
-                mask = reader.dataset_mask(window=window, out_shape=(height, width), boundless=True) > 0
+            pixels, mask = _read_on_grid(src, crs, transform, width, height)
         take = mask & ~valid
         if take.any():
             data[:, take] = pixels[:, take]
@@ -105,7 +122,7 @@ def write_tile_cog(tile: TileImagery, path: Path) -> Path:
         descriptions=RGBN_DESCRIPTIONS,
         mask=None if tile.valid.all() else tile.valid,
         overview_resampling="average",
-        tags={"pearl:tile_key": tile.key, "pearl:sources": ",".join(tile.sources)},
+        tags={"pearl_tile_key": tile.key, "pearl_sources": ",".join(tile.sources)},
     )
 
 

@@ -1,0 +1,1 @@
+"""Dagster objects, one domain per module; `pearl_pipelines.definitions` assembles them."""

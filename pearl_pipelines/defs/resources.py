@@ -1,0 +1,296 @@
+"""Resources: STAC catalog, raster store, label store, MLflow registry, GPU compute; chosen by deployment.
+
+`PEARL_DEPLOYMENT=local` (default) runs the worker as a local subprocess through Dagster Pipes;
+`k8s` runs the same worker as a pod that requests `nvidia.com/gpu` through `dagster_k8s.PipesK8sClient`.
+Everything else (paths, STAC, MLflow) is configuration, not a fork.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from pearl_pipelines.geo.stac import StacCatalog
+from pearl_pipelines.labels.store import LabelStore
+from pearl_pipelines.settings import Settings, get_settings
+
+WORKER_MODULE = "pearl_pipelines.worker"
+RUN_ID_TAG = "dagster_run_id"  # MLflow tag on every training, retraining and inference run
+
+
+class RasterStore(dg.ConfigurableResource):
+    """Where the file outputs live: one tree under PEARL_HOME, addressed by ids (tile key, model, region).
+
+    Paths handed to the worker are relative to this root, so a pod that mounts PEARL_HOME elsewhere
+    resolves them against its own PEARL_HOME.
+    """
+
+    home: str
+
+    @property
+    def root(self) -> Path:
+        return Path(self.home).expanduser().resolve()
+
+    def rel(self, path: Path) -> str:
+        return str(Path(path).resolve().relative_to(self.root))
+
+    @property
+    def catalog_dir(self) -> Path:
+        return self.root / "catalog"
+
+    @property
+    def tiles_dir(self) -> Path:
+        return self.root / "tiles"
+
+    def tile_path(self, key: str) -> Path:
+        z, x, y = key.split("-")
+        return self.tiles_dir / z / x / y / "image.tif"
+
+    def embeddings_dir(self, backbone: str, key: str) -> Path:
+        z, x, y = key.split("-")
+        return self.root / "embeddings" / backbone / z / x / y
+
+    def predictions_dir(self, model_slug: str, key: str) -> Path:
+        z, x, y = key.split("-")
+        return self.root / "predictions" / model_slug / z / x / y
+
+    def index_path(self, region: str) -> Path:
+        return self.root / "imagery_index" / f"{region}.parquet"
+
+    def label_set_path(self, project_id: int, digest: str) -> Path:
+        return self.root / "label_sets" / f"project-{project_id}" / f"{digest}.parquet"
+
+    def map_dir(self, region: str, model_slug: str) -> Path:
+        return self.root / "maps" / region / model_slug
+
+
+class StacResource(dg.ConfigurableResource):
+    """The STAC API imagery comes from (local rustac API by default; Planetary Computer NAIP in production)."""
+
+    url: str
+    source: Literal["local", "planetary-computer"] = "local"
+    collection: str | None = None
+
+    def catalog(self, collections: list[str] | None = None) -> StacCatalog:
+        default = [self.collection] if self.collection else None
+        return StacCatalog(
+            url=self.url,
+            collections=collections or default,
+            sign_planetary_computer=self.source == "planetary-computer",
+        )
+
+
+class LabelStoreResource(dg.ConfigurableResource):
+    """The review app's label store (SQLite WAL by default: the sensor reads while the app writes)."""
+
+    url: str
+    _store: LabelStore | None = PrivateAttr(default=None)
+
+    def store(self) -> LabelStore:
+        if self._store is None:
+            self._store = LabelStore(self.url)
+        return self._store
+
+
+class MlflowRegistry(dg.ConfigurableResource):
+    """A small resource around `mlflow.MlflowClient` (not dagster-mlflow): resolve, alias, tag.
+
+    Model references are `models:/name@alias` or `models:/name/version`; runs pin aliases to version
+    numbers before they hand a model to the worker, so a run's lineage never depends on a moving alias.
+    """
+
+    tracking_uri: str
+    experiment: str = "pearl"
+
+    @cached_property
+    def _client(self) -> Any:
+        from mlflow import MlflowClient
+
+        return MlflowClient(self.tracking_uri)
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    def version_by_alias(self, name: str, alias: str) -> Any | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            return None
+
+    def resolve(self, model_ref: str) -> tuple[str, str]:
+        """`models:/name@alias` or `models:/name/3` -> (name, version number); KeyError when it does not exist."""
+        name, version = parse_model_ref(model_ref)
+        if not version.isdigit():
+            found = self.version_by_alias(name, version)
+            if found is None:
+                raise KeyError(f"{model_ref} does not exist on {self.tracking_uri} (no model {name!r} or alias)")
+            version = str(found.version)
+        return name, version
+
+    def set_alias(self, name: str, alias: str, version: str | int) -> None:
+        self.client.set_registered_model_alias(name, alias, str(version))
+
+    def model_version(self, name: str, version: str | int) -> Any:
+        return self.client.get_model_version(name, str(version))
+
+
+def parse_model_ref(model_ref: str) -> tuple[str, str]:
+    """`models:/name@alias` -> (name, alias); `models:/name/3` -> (name, "3")."""
+    if not model_ref.startswith("models:/"):
+        raise ValueError(f"model reference {model_ref!r} must look like models:/name@alias or models:/name/3")
+    rest = model_ref.removeprefix("models:/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, alias
+    name, _, version = rest.rpartition("/")
+    if not name or not version:
+        raise ValueError(f"model reference {model_ref!r} must look like models:/name@alias or models:/name/3")
+    return name, version
+
+
+def model_slug(name: str, version: str | int) -> str:
+    """Folder-safe id of a registered model version: predictions of different models never overwrite each other."""
+    return f"{name}-v{version}"
+
+
+DEFAULT_GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+class GpuCompute(dg.ConfigurableResource):
+    """Runs `python -m pearl_pipelines.worker <task>` through Dagster Pipes, locally or as a GPU pod.
+
+    The worker reads its parameters from the Pipes extras and reports materializations, asset checks
+    and per-tile results (custom messages) back through `dagster_pipes`.
+    """
+
+    mode: Literal["local", "k8s"] = "local"
+    python: str = ""  # local: interpreter for the worker; default this process's
+    env: dict[str, str] = {}
+    # k8s mode: the pod that runs the worker.
+    image: str = "ghcr.io/pearl-pipelines/pearl-worker:latest"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    namespace: str = "pearl"
+    service_account: str | None = None
+    gpus: int = 1
+    cpu_request: str = "2"
+    memory_request: str = "8Gi"
+    memory_limit: str = "16Gi"
+    node_selector: dict[str, str] = {"nvidia.com/gpu.present": "true"}
+    tolerations: list[dict[str, str]] = DEFAULT_GPU_TOLERATIONS
+    pearl_home_claim: str = "pearl-home"  # PVC shared with the Dagster run pods, mounted as the pod's PEARL_HOME
+    pearl_home_mount: str = "/data/pearl"
+    mlflow_tracking_uri: str | None = None  # the tracking server as the pod sees it (cluster DNS)
+    kubeconfig_file: str | None = None
+    load_incluster_config: bool | None = None
+    poll_interval: float = 5.0
+
+    def worker_command(self, task: str) -> list[str]:
+        python = "python" if self.mode == "k8s" else (self.python or sys.executable)
+        return [python, "-m", WORKER_MODULE, task]
+
+    def pod_spec(self) -> dict[str, Any]:
+        """Base pod spec (camelCase, as the Kubernetes API takes it) for a worker pod on a GPU node."""
+        container: dict[str, Any] = {
+            "name": "pearl-worker",
+            "image": self.image,
+            "imagePullPolicy": self.image_pull_policy,
+            "env": [{"name": "PEARL_HOME", "value": self.pearl_home_mount}],
+            "resources": {
+                "requests": {"cpu": self.cpu_request, "memory": self.memory_request, "nvidia.com/gpu": str(self.gpus)},
+                "limits": {"memory": self.memory_limit, "nvidia.com/gpu": str(self.gpus)},
+            },
+            "volumeMounts": [{"name": "pearl-home", "mountPath": self.pearl_home_mount}],
+        }
+        if self.mlflow_tracking_uri:
+            container["env"].append({"name": "PEARL_MLFLOW_TRACKING_URI", "value": self.mlflow_tracking_uri})
+        spec: dict[str, Any] = {
+            "restartPolicy": "Never",
+            "containers": [container],
+            "nodeSelector": dict(self.node_selector),
+            "tolerations": [dict(t) for t in self.tolerations],
+            "volumes": [{"name": "pearl-home", "persistentVolumeClaim": {"claimName": self.pearl_home_claim}}],
+        }
+        if self.service_account:
+            spec["serviceAccountName"] = self.service_account
+        return spec
+
+    def pod_meta(self, task: str) -> dict[str, Any]:
+        return {"labels": {"app.kubernetes.io/name": "pearl-worker", "pearl/task": task}}
+
+    def worker_extras(self, extras: Mapping[str, Any]) -> dict[str, Any]:
+        """Extras as the worker sees them (the pod reaches MLflow by its in-cluster address)."""
+        out = dict(extras)
+        if self.mode == "k8s" and self.mlflow_tracking_uri and "mlflow_uri" in out:
+            out["mlflow_uri"] = self.mlflow_tracking_uri
+        return out
+
+    def run(
+        self, context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext | dg.OpExecutionContext,
+        task: str,
+        extras: Mapping[str, Any],
+        env: Mapping[str, str] | None = None,
+    ) -> dg.PipesClientCompletedInvocation:
+        extras = self.worker_extras(extras)
+        if self.mode == "k8s":
+            from dagster_k8s import PipesK8sClient
+
+            client = PipesK8sClient(
+                env={**self.env, **(env or {})},
+                load_incluster_config=self.load_incluster_config,
+                kubeconfig_file=self.kubeconfig_file,
+                poll_interval=self.poll_interval,
+            )
+            return client.run(
+                context=context,  # type: ignore[arg-type]
+                extras=extras,
+                command=self.worker_command(task),
+                namespace=self.namespace,
+                base_pod_meta=self.pod_meta(task),
+                base_pod_spec=self.pod_spec(),
+            )
+        subprocess_client = dg.PipesSubprocessClient(env={**self.env, **(env or {})})
+        return subprocess_client.run(
+            context=context,  # type: ignore[arg-type]
+            command=self.worker_command(task),
+            extras=extras,
+        )
+
+
+def build_resources(settings: Settings | None = None) -> dict[str, Any]:
+    """Resources for `PEARL_DEPLOYMENT` (local | k8s); k8s reads its pod settings from PEARL_K8S_* variables."""
+    settings = settings or get_settings()
+    home = str(settings.home_abs)
+    compute = GpuCompute(env={"PEARL_HOME": home})
+    if settings.deployment == "k8s":
+        compute = GpuCompute(
+            mode="k8s",
+            image=dg.EnvVar("PEARL_K8S_WORKER_IMAGE").get_value("ghcr.io/pearl-pipelines/pearl-worker:latest") or "",
+            namespace=dg.EnvVar("PEARL_K8S_NAMESPACE").get_value("pearl") or "pearl",
+            pearl_home_claim=dg.EnvVar("PEARL_K8S_HOME_CLAIM").get_value("pearl-home") or "pearl-home",
+            mlflow_tracking_uri=dg.EnvVar("PEARL_K8S_MLFLOW_URI").get_value() or None,
+            load_incluster_config=True,
+        )
+    return {
+        "stac": StacResource(
+            url=settings.resolved_stac_url, source=settings.stac_source, collection=settings.stac_collection
+        ),
+        "rasters": RasterStore(home=home),
+        "label_store": LabelStoreResource(url=getattr(settings, "resolved_label_store_url", None) or _label_url(home)),
+        "mlflow": MlflowRegistry(tracking_uri=settings.resolved_mlflow_uri),
+        "compute": compute,
+    }
+
+
+def _label_url(home: str) -> str:
+    from pearl_pipelines.labels.store import sqlite_url
+
+    return sqlite_url(Path(home))

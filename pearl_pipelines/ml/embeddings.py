@@ -1,0 +1,188 @@
+"""Per-area embedding cache: backbone outputs on disk, so a retrained head re-predicts without the backbone.
+
+Layout of a cache directory:
+  embeddings.npy   float16 (H, W, C) memmap (pixel-major, so one pixel's embedding is contiguous)
+  valid.npy        uint8 (H, W): 1 inside the AOI, 0 outside (written as nodata on re-prediction)
+  embeddings.json  CRS (WKT), transform, shape, and the digest of the backbone that produced it
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from affine import Affine
+from pydantic import BaseModel
+from rasterio.crs import CRS
+
+from pearl_pipelines.classes import ClassSchema
+from pearl_pipelines.ml.models import LandcoverModel
+from pearl_pipelines.ml.outputs import ClassRasterWriter, PredictionResult
+
+ARRAY_FILE = "embeddings.npy"
+VALID_FILE = "valid.npy"
+META_FILE = "embeddings.json"
+
+
+class EmbeddingMeta(BaseModel):
+    crs_wkt: str
+    transform: list[float]  # affine a, b, c, d, e, f
+    height: int
+    width: int
+    channels: int
+    dtype: str = "float16"
+    backbone_digest: str
+    model_id: str | None = None
+    created: dt.datetime
+
+
+def backbone_digest(model: LandcoverModel) -> str:
+    """Stable id of everything that shapes the embeddings: architecture, normalisation and backbone weights."""
+    h = hashlib.sha256()
+    spec = model.spec.model_dump(mode="json", exclude={"schema_"})
+    h.update(json.dumps(spec, sort_keys=True).encode())
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    return "bb-" + h.hexdigest()[:20]
+
+
+class EmbeddingCache:
+    """An open cache: `array` (H, W, C) float16 and `valid` (H, W) uint8 memmaps plus their metadata."""
+
+    def __init__(self, directory: Path, meta: EmbeddingMeta, array: np.ndarray, valid: np.ndarray) -> None:
+        self.directory, self.meta, self.array, self.valid = Path(directory), meta, array, valid
+
+    @classmethod
+    def create(
+        cls,
+        directory: Path,
+        *,
+        crs: Any,
+        transform: Affine,
+        height: int,
+        width: int,
+        channels: int,
+        backbone_digest: str,
+        model_id: str | None = None,
+    ) -> EmbeddingCache:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = EmbeddingMeta(
+            crs_wkt=CRS.from_user_input(crs).to_wkt(),
+            transform=list(transform)[:6],
+            height=height,
+            width=width,
+            channels=channels,
+            backbone_digest=backbone_digest,
+            model_id=model_id,
+            created=dt.datetime.now(dt.UTC),
+        )
+        (directory / META_FILE).unlink(missing_ok=True)  # a half-written cache must not look complete
+        array = np.lib.format.open_memmap(directory / ARRAY_FILE, "w+", np.float16, (height, width, channels))
+        valid = np.lib.format.open_memmap(directory / VALID_FILE, "w+", np.uint8, (height, width))
+        return cls(directory, meta, array, valid)
+
+    @classmethod
+    def open(cls, directory: Path) -> EmbeddingCache:
+        directory = Path(directory)
+        meta_path = directory / META_FILE
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"no complete embedding cache in {directory} (missing {META_FILE})")
+        meta = EmbeddingMeta.model_validate_json(meta_path.read_text())
+        array = np.load(directory / ARRAY_FILE, mmap_mode="r")
+        valid = np.load(directory / VALID_FILE, mmap_mode="r")
+        return cls(directory, meta, array, valid)
+
+    @property
+    def crs(self) -> CRS:
+        return CRS.from_wkt(self.meta.crs_wkt)
+
+    @property
+    def transform(self) -> Affine:
+        return Affine(*self.meta.transform)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.meta.height, self.meta.width
+
+    def write_block(self, row: int, col: int, block: torch.Tensor, valid: np.ndarray | None = None) -> None:
+        """Store an (h, w, C) float block at (row, col); `valid` (h, w) bool, default all valid."""
+        h, w = block.shape[:2]
+        self.array[row : row + h, col : col + w] = block.to(torch.float16).numpy()
+        self.valid[row : row + h, col : col + w] = 1 if valid is None else valid
+
+    def flush(self) -> None:
+        """Write the memmaps, then the metadata that marks the cache complete."""
+        for array in (self.array, self.valid):
+            if isinstance(array, np.memmap):
+                array.flush()
+        (self.directory / META_FILE).write_text(self.meta.model_dump_json(indent=2))
+
+
+def sample_embeddings(cache: EmbeddingCache, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(n, C) float16 embeddings at pixel (rows[i], cols[i]) of the cache."""
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    height, width = cache.shape
+    if rows.size and (rows.min() < 0 or cols.min() < 0 or rows.max() >= height or cols.max() >= width):
+        raise IndexError(f"sample pixels fall outside the {height}x{width} embedding cache")
+    return np.asarray(cache.array[rows, cols])
+
+
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():  # read-only memmap: we only ever read through this tensor
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+def apply_head(
+    cache: EmbeddingCache,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    schema: ClassSchema,
+    out_dir: Path,
+    *,
+    chunk_pixels: int = 2**18,
+) -> PredictionResult:
+    """Re-predict a cached area with a (K, C) head: a chunked matmul, written as classes + confidence COGs."""
+    height, width = cache.shape
+    channels = cache.meta.channels
+    if weight.shape != (len(schema), channels) or bias.shape != (len(schema),):
+        raise ValueError(
+            f"head of shape {weight.shape} + {bias.shape} does not fit {len(schema)} classes x {channels} channels"
+        )
+    weight_t = np.ascontiguousarray(weight.T, dtype=np.float32)
+    bias32 = np.asarray(bias, dtype=np.float32)
+    rows = max(1, chunk_pixels // width)
+    buffer = torch.empty(rows * width, channels)
+    logits = np.empty((rows * width, len(schema)), dtype=np.float32)
+    with ClassRasterWriter(
+        out_dir, height=height, width=width, crs=cache.crs, transform=cache.transform, schema=schema
+    ) as writer:
+        for row in range(0, height, rows):
+            h = min(rows, height - row)
+            n = h * width
+            x = buffer[:n]
+            x.copy_(_as_tensor(cache.array[row : row + h]).reshape(n, channels))  # float16 -> float32, vectorised
+            out = logits[:n]
+            np.matmul(x.numpy(), weight_t, out=out)  # BLAS beats torch for this thin (C -> K) product
+            out += bias32
+            valid = cache.valid[row : row + h].astype(bool)
+            writer.write_logits(row, 0, torch.from_numpy(out).reshape(h, width, -1), valid)
+        classes_path, confidence_path = writer.close()
+    return PredictionResult(
+        classes_path=classes_path,
+        confidence_path=confidence_path,
+        height=height,
+        width=width,
+        crs=cache.crs,
+        transform=cache.transform,
+        embeddings_dir=cache.directory,
+    )

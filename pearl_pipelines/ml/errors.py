@@ -1,0 +1,7 @@
+"""Errors a mapper can act on: each message says what was wrong with the input and what is accepted."""
+
+from __future__ import annotations
+
+
+class RetrainError(ValueError):
+    """Labels, classes or options that a retrain cannot use."""

@@ -1,0 +1,309 @@
+"""Sliding-window inference over any 4-band uint8 raster (COG, VRT mosaic), streamed to COGs.
+
+Windows come from the global grid of `tiling.py`, run in batches, and their weighted outputs are
+accumulated into a buffer one window-row high. After each window row the rows no later window can
+touch are final: they are classified and written, and the buffer slides down. Wide areas are split
+into column bands, so memory depends on the window and band size, never on the area.
+
+With `embeddings_dir`, the backbone's output is accumulated instead, stored as the area's embedding
+cache, and the head is applied to it (a linear head commutes with the blending); otherwise the fused
+backbone+head model runs and only K channels are accumulated.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.features import geometry_mask
+from rasterio.warp import transform_geom
+from rasterio.windows import Window
+from shapely.geometry import mapping, shape
+from shapely.geometry.base import BaseGeometry
+from tqdm.auto import tqdm
+
+from pearl_pipelines.ml.embeddings import EmbeddingCache, backbone_digest
+from pearl_pipelines.ml.models import LandcoverModel, pick_device
+from pearl_pipelines.ml.outputs import ClassRasterWriter, PredictionResult
+from pearl_pipelines.ml.tiling import (
+    PixelSource,
+    RasterSource,
+    Tiling,
+    blend_kernel,
+    default_tiling,
+    grid_anchor,
+    read_reflected,
+    window_starts,
+)
+
+Progress = Callable[[int, int], None]
+# (row, col, block): a finished (h, w, C) float32 block at local raster pixel (row, col); read-only view.
+Sink = Callable[[int, int, torch.Tensor], None]
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+# GDAL's block cache defaults to 5% of RAM and would hold every written block of a large output.
+GDAL_CACHE_MB = 64
+
+
+@dataclass(frozen=True)
+class Region:
+    """A rectangle of raster pixels: rows [row0, row0 + height), cols [col0, col0 + width)."""
+
+    row0: int
+    col0: int
+    height: int
+    width: int
+
+    @property
+    def window(self) -> Window:
+        return Window(self.col0, self.row0, self.width, self.height)
+
+
+@dataclass
+class WindowPlan:
+    """Which grid windows cover a region, grouped into column bands (each band streams row by row)."""
+
+    region: Region
+    tiling: Tiling
+    row_starts: np.ndarray
+    bands: list[tuple[int, int, np.ndarray]] = field(default_factory=list)  # (col_lo, col_hi, col starts)
+
+    @classmethod
+    def build(cls, region: Region, tiling: Tiling, anchor: tuple[int, int], band_cols: int) -> WindowPlan:
+        plan = cls(region, tiling, window_starts(region.row0, region.row0 + region.height, tiling, anchor[0]))
+        col_end = region.col0 + region.width
+        for lo in range(region.col0, col_end, band_cols):
+            hi = min(lo + band_cols, col_end)
+            plan.bands.append((lo, hi, window_starts(lo, hi, tiling, anchor[1])))
+        return plan
+
+    @property
+    def total(self) -> int:
+        return len(self.row_starts) * sum(len(starts) for *_, starts in self.bands)
+
+
+def band_columns(tiling: Tiling, channels: int, buffer_mb: float) -> int:
+    """Widest column band whose accumulation buffer fits `buffer_mb`, at least four strides wide."""
+    cols = int(buffer_mb * 2**20 / (tiling.window * channels * 4))
+    return max(4, cols // tiling.stride) * tiling.stride
+
+
+def run_windows(
+    source: PixelSource,
+    plan: WindowPlan,
+    forward: Forward,
+    channels: int,
+    sink: Sink,
+    *,
+    device: torch.device,
+    batch_size: int = 4,
+    progress: Progress | None = None,
+) -> int:
+    """Run `forward` over every planned window, blend, and hand finished row blocks to `sink`. Returns windows run."""
+    t = plan.tiling
+    w, s, m = t.window, t.stride, t.margin
+    kernel = torch.from_numpy(blend_kernel(t)).to(device)[None, :, :, None]  # (1, W, W, 1) for NHWC outputs
+    r_lo, r_hi = plan.region.row0, plan.region.row0 + plan.region.height
+    done, total = 0, plan.total
+    for col_lo, col_hi, col_starts in plan.bands:
+        x0 = int(col_starts[0])
+        span = int(col_starts[-1]) + w - x0
+        acc = torch.zeros(w, span, channels)  # rows y .. y + W of the current window row
+        for y in plan.row_starts.tolist():
+            strip = read_reflected(source, y, w, x0, span).transpose(1, 2, 0)  # (W, span, bands), channels last
+            for first in range(0, len(col_starts), batch_size):
+                offsets = (col_starts[first : first + batch_size] - x0).tolist()
+                batch = torch.from_numpy(np.stack([strip[:, o : o + w] for o in offsets]))
+                out = forward(batch.permute(0, 3, 1, 2).to(device))  # NCHW view of NHWC memory
+                out = out.permute(0, 2, 3, 1).mul_(kernel).cpu()  # (B, W, W, C)
+                for i, o in enumerate(offsets):
+                    acc[:, o : o + w].add_(out[i])
+                done += len(offsets)
+                if progress:
+                    progress(done, total)
+            # Rows [y + m, y + m + S) get nothing from later windows: emit them, then slide the buffer by S.
+            top, bottom = max(y + m, r_lo), min(y + m + s, r_hi)
+            if bottom > top:
+                sink(top, col_lo, acc[top - y : bottom - y, col_lo - x0 : col_hi - x0])
+            acc[: w - s] = acc[s:].clone()
+            acc[w - s :] = 0
+    return done
+
+
+def aoi_region(dataset: Any, aoi: BaseGeometry | Mapping[str, Any] | None, aoi_crs: Any = None):
+    """(Region, AOI geometry in the raster's CRS or None) for an AOI given in `aoi_crs` (default: the raster's)."""
+    full = Region(0, 0, dataset.height, dataset.width)
+    if aoi is None:
+        return full, None
+    geom = aoi if isinstance(aoi, BaseGeometry) else shape(aoi)
+    if geom.is_empty or geom.geom_type not in ("Polygon", "MultiPolygon"):
+        raise ValueError(f"AOI must be a non-empty Polygon or MultiPolygon, got {geom.geom_type}")
+    if aoi_crs is not None and rasterio.crs.CRS.from_user_input(aoi_crs) != dataset.crs:
+        geom = shape(transform_geom(aoi_crs, dataset.crs, mapping(geom)))
+    inv = ~dataset.transform
+    xmin, ymin, xmax, ymax = geom.bounds
+    cols, rows = zip(*(inv @ (x, y) for x in (xmin, xmax) for y in (ymin, ymax)), strict=True)
+    r0, r1 = max(math.floor(min(rows)), 0), min(math.ceil(max(rows)), dataset.height)
+    c0, c1 = max(math.floor(min(cols)), 0), min(math.ceil(max(cols)), dataset.width)
+    if r1 <= r0 or c1 <= c0:
+        raise ValueError(f"AOI bounds {geom.bounds} do not intersect the imagery bounds {tuple(dataset.bounds)}")
+    return Region(r0, c0, r1 - r0, c1 - c0), geom
+
+
+def _aoi_mask(dataset: Any, geom: BaseGeometry | None) -> Callable[[int, int, int, int], np.ndarray | None]:
+    def mask(row: int, col: int, height: int, width: int) -> np.ndarray | None:
+        if geom is None:
+            return None
+        transform = dataset.window_transform(Window(col, row, width, height))
+        return geometry_mask([geom], out_shape=(height, width), transform=transform, invert=True)
+
+    return mask
+
+
+def inference_copy(model: LandcoverModel, device: torch.device) -> LandcoverModel:
+    """An eval-mode, channels-last copy on `device` (the caller's model is left as it is)."""
+    net = copy.deepcopy(model).eval().to(device)
+    return net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
+def _check_imagery(dataset: Any, model: LandcoverModel, tiling: Tiling) -> None:
+    bands = len(model.spec.bands)
+    if dataset.count < bands or dataset.dtypes[0] != "uint8":
+        raise ValueError(
+            f"imagery {dataset.name} has {dataset.count} band(s) of {dataset.dtypes[0]}; "
+            f"the model needs {bands} uint8 bands ({', '.join(model.spec.bands)})"
+        )
+    multiple = getattr(model.backbone, "multiple", 1)
+    if tiling.window % multiple:
+        raise ValueError(f"window {tiling.window} must be a multiple of {multiple} for a {model.spec.arch} backbone")
+
+
+def _tqdm_progress(total: int, progress: Progress | None) -> tuple[Progress, Callable[[], None]]:
+    bar = tqdm(total=total, unit="window", desc="predict")
+
+    def update(done: int, total_: int) -> None:
+        bar.update(done - bar.n)
+        if progress:
+            progress(done, total_)
+
+    return update, bar.close
+
+
+def predict(
+    model: LandcoverModel,
+    imagery: str | Path | Any,
+    out_dir: Path,
+    *,
+    aoi: BaseGeometry | Mapping[str, Any] | None = None,
+    aoi_crs: Any = None,
+    tiling: Tiling | None = None,
+    batch_size: int = 4,
+    device: torch.device | str | None = None,
+    embeddings_dir: Path | None = None,
+    model_id: str | None = None,
+    progress: Progress | None = None,
+    show_progress: bool = False,
+    buffer_mb: float = 64,
+) -> PredictionResult:
+    """Predict `imagery` (path or open rasterio dataset) inside `aoi`; write classes + confidence COGs to `out_dir`.
+
+    Pixels of the AOI's bounding box outside the AOI are nodata (255). With `embeddings_dir`, the
+    area's embeddings are cached there for head-only re-prediction (see `embeddings.py`).
+    """
+    started = time.perf_counter()
+    device = torch.device(device) if device is not None else pick_device()
+    tiling = tiling or default_tiling(model.backbone)
+    net = inference_copy(model, device)
+    with ExitStack() as stack:
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+        stack.enter_context(torch.inference_mode())
+        dataset = imagery if hasattr(imagery, "read") else stack.enter_context(rasterio.open(imagery))
+        _check_imagery(dataset, model, tiling)
+        region, geom = aoi_region(dataset, aoi, aoi_crs)
+        mask = _aoi_mask(dataset, geom)
+        crs, transform = dataset.crs, dataset.window_transform(region.window)
+        writer = stack.enter_context(
+            ClassRasterWriter(
+                out_dir,
+                height=region.height,
+                width=region.width,
+                crs=crs,
+                transform=transform,
+                schema=model.spec.schema,
+            )
+        )
+
+        def write_logits(row: int, col: int, logits: torch.Tensor) -> None:
+            h, w = logits.shape[:2]
+            writer.write_logits(row - region.row0, col - region.col0, logits, mask(row, col, h, w))
+
+        if embeddings_dir is None:
+            channels, forward = len(model.spec.schema), net
+
+            def sink(row: int, col: int, block: torch.Tensor) -> None:
+                write_logits(row, col, block.clone(memory_format=torch.contiguous_format))
+
+        else:
+            channels, forward = net.backbone.out_channels, net.embed
+            cache = EmbeddingCache.create(
+                embeddings_dir,
+                crs=crs,
+                transform=transform,
+                height=region.height,
+                width=region.width,
+                channels=channels,
+                backbone_digest=backbone_digest(model),
+                model_id=model_id,
+            )
+            weight = net.head.weight.detach().reshape(len(model.spec.schema), channels).cpu()
+            bias = net.head.bias.detach().cpu()
+
+            def sink(row: int, col: int, block: torch.Tensor) -> None:
+                h, w = block.shape[:2]
+                valid = mask(row, col, h, w)
+                cache.write_block(row - region.row0, col - region.col0, block, valid)
+                logits = torch.addmm(bias, block.reshape(h * w, channels), weight.T).reshape(h, w, -1)
+                write_logits(row, col, logits)
+
+        band_cols = band_columns(tiling, channels, buffer_mb)
+        plan = WindowPlan.build(region, tiling, grid_anchor(dataset.transform), band_cols)
+        close_bar = None
+        if show_progress:
+            progress, close_bar = _tqdm_progress(plan.total, progress)
+        try:
+            windows = run_windows(
+                RasterSource(dataset, len(model.spec.bands)),
+                plan,
+                forward,
+                channels,
+                sink,
+                device=device,
+                batch_size=batch_size,
+                progress=progress,
+            )
+        finally:
+            if close_bar:
+                close_bar()
+        if embeddings_dir is not None:
+            cache.flush()
+        classes_path, confidence_path = writer.close()
+    return PredictionResult(
+        classes_path=classes_path,
+        confidence_path=confidence_path,
+        height=region.height,
+        width=region.width,
+        crs=crs,
+        transform=transform,
+        windows=windows,
+        seconds=time.perf_counter() - started,
+        embeddings_dir=Path(embeddings_dir) if embeddings_dir is not None else None,
+    )

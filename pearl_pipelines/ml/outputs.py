@@ -1,0 +1,131 @@
+"""Prediction outputs: class and confidence COGs written block by block, whatever the area size.
+
+Two single-band COGs rather than one two-band file: a GTiff colour table turns the second band of a
+paletted image into alpha, and one nodata value cannot serve both bands (255 = no class, 0 = no
+confidence, since a max softmax probability is never below 1/K).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+from pearl_pipelines.classes import NODATA_CLASS, ClassSchema
+from pearl_pipelines.geo.cog import cog_from_dataset
+
+CLASSES_FILE = "classes.tif"
+CONFIDENCE_FILE = "confidence.tif"
+CONFIDENCE_NODATA = 0
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    """Where a prediction was written and on which pixel grid."""
+
+    classes_path: Path
+    confidence_path: Path
+    height: int
+    width: int
+    crs: CRS
+    transform: Affine
+    windows: int = 0
+    seconds: float = 0.0
+    embeddings_dir: Path | None = None
+
+
+def classify_logits(logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K) float logits -> (classes uint8, confidence uint8 = round(max softmax * 255)); overwrites `logits`."""
+    top, classes = logits.max(dim=1)
+    # max softmax = 1 / sum(exp(l - max)): one exp pass, no normalised probability array.
+    total = logits.sub_(top[:, None]).exp_().sum(dim=1)
+    confidence = torch.div(255.0, total).round_().to(torch.uint8)
+    return classes.to(torch.uint8).numpy(), confidence.numpy()
+
+
+class ClassRasterWriter:
+    """Streams blocks into tiled temporary GTiffs in `out_dir`, then turns them into COGs on `close()`."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        *,
+        height: int,
+        width: int,
+        crs: Any,
+        transform: Affine,
+        schema: ClassSchema,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.schema = schema
+        self.height, self.width, self.crs, self.transform = height, width, CRS.from_user_input(crs), transform
+        self._tmp = Path(tempfile.mkdtemp(prefix=".predict-", dir=self.out_dir))
+        profile = {
+            "driver": "GTiff",
+            "height": height,
+            "width": width,
+            "count": 1,
+            "dtype": "uint8",
+            "crs": self.crs,
+            "transform": transform,
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+        }
+        tags = {"schema": schema.id, "classes": ",".join(schema.names), **(tags or {})}
+        self._classes = rasterio.open(self._tmp / CLASSES_FILE, "w", nodata=NODATA_CLASS, **profile)
+        self._confidence = rasterio.open(self._tmp / CONFIDENCE_FILE, "w", nodata=CONFIDENCE_NODATA, **profile)
+        self._classes.update_tags(**tags)
+        self._classes.write_colormap(1, schema.colormap())
+        self._classes.set_band_description(1, "class")
+        self._confidence.set_band_description(1, "confidence")
+
+    def write(self, row: int, col: int, classes: np.ndarray, confidence: np.ndarray) -> None:
+        window = Window(col, row, classes.shape[1], classes.shape[0])
+        self._classes.write(classes, 1, window=window)
+        self._confidence.write(confidence, 1, window=window)
+
+    def write_logits(self, row: int, col: int, logits: torch.Tensor, valid: np.ndarray | None = None) -> None:
+        """(h, w, K) logits (overwritten) -> classes + confidence; pixels where `valid` is False are nodata."""
+        h, w, k = logits.shape
+        classes, confidence = classify_logits(logits.reshape(h * w, k))
+        classes, confidence = classes.reshape(h, w), confidence.reshape(h, w)
+        if valid is not None:
+            classes[~valid] = NODATA_CLASS
+            confidence[~valid] = CONFIDENCE_NODATA
+        self.write(row, col, classes, confidence)
+
+    def close(self) -> tuple[Path, Path]:
+        """Finish: translate both temporaries to COGs in `out_dir` (atomic renames) and clean up."""
+        paths = []
+        try:
+            for dataset in (self._classes, self._confidence):
+                dataset.close()
+                with rasterio.open(dataset.name) as src:
+                    paths.append(cog_from_dataset(src, self.out_dir / Path(dataset.name).name))
+        finally:
+            self.abort()
+        return paths[0], paths[1]
+
+    def abort(self) -> None:
+        self._classes.close()
+        self._confidence.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> ClassRasterWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is not None:
+            self.abort()

@@ -1,0 +1,309 @@
+"""Retraining: fit a new 1x1 head on cached embeddings under the user's labels (+ a replay set).
+
+The backbone is frozen; a retrain reads embeddings from the area's cache (no forward pass) and fits
+from scratch on the whole label set, so adding a class just means a head with one more row (PEARL's
+warm-started SGD crashed there). Classes are only ever appended or renamed, never removed or
+reordered: class index i is pixel value i in every map already written.
+
+Which labels are accepted:
+- at least one label; each a Point/Polygon (or Multi-) with a class_name, in any CRS, inside the cached area;
+- class names of the parent schema, or new ones listed in `new_classes` with their colour;
+- labels of a single class are fine when the replay set brings other classes; otherwise at least two
+  classes are needed (a classifier needs something to tell apart).
+Classes with no sample at all (not labelled, not in the replay set) cannot be learned: their head row
+gets zero weight and a very low bias, so they are never predicted; the version's info lists them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+from pydantic import ValidationError
+from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
+
+from pearl_pipelines.classes import ClassDef, ClassSchema
+from pearl_pipelines.ml.embeddings import EmbeddingCache, sample_embeddings
+from pearl_pipelines.ml.errors import RetrainError
+from pearl_pipelines.ml.metrics import compute_metrics, grouped_cross_val_predict
+from pearl_pipelines.ml.replay import ReplaySet
+from pearl_pipelines.ml.samples import SamplingConfig, labels_to_samples, validate_labels
+from pearl_pipelines.ml.versions import ModelVersion, label_set_digest, new_version_id
+
+__all__ = [
+    "STRATEGIES",
+    "LogisticRegressionHead",
+    "RetrainError",
+    "RetrainOptions",
+    "RetrainStrategy",
+    "evolve_schema",
+    "make_strategy",
+    "rename_classes",
+    "retrain",
+]
+
+# Bias of a class that has no training sample: exp(-1e4) is 0, so it is never predicted.
+UNLEARNED_BIAS = -1e4
+
+
+class RetrainStrategy(ABC):
+    """Fits a linear head (K, C) + (K,) on (N, C) embeddings. Implement `_fit` for the classes present.
+
+    `fit` maps the classes present in `y` to 0..P-1, calls `_fit`, and gives absent classes an
+    unlearned row, so every strategy handles schemas with classes nobody labelled.
+    """
+
+    name: ClassVar[str]
+
+    def params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+
+    def fit(
+        self, x: np.ndarray, y: np.ndarray, n_classes: int, *, sample_weight: np.ndarray | None = None, seed: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        present = np.unique(y)
+        if len(present) < 2:
+            raise RetrainError(f"a head needs samples of at least two classes, got only class index {present.tolist()}")
+        w, b = self._fit(x, np.searchsorted(present, y), len(present), sample_weight, seed)
+        weight = np.zeros((n_classes, x.shape[1]), dtype=np.float32)
+        bias = np.full(n_classes, UNLEARNED_BIAS, dtype=np.float32)
+        weight[present], bias[present] = w, b
+        return weight, bias
+
+    @abstractmethod
+    def _fit(
+        self, x: np.ndarray, y: np.ndarray, n_present: int, sample_weight: np.ndarray | None, seed: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(P, C) weight and (P,) bias for labels y in 0..P-1, applying to raw embeddings."""
+
+
+@dataclass
+class LogisticRegressionHead(RetrainStrategy):
+    """Multinomial logistic regression (lbfgs), refit from scratch, as microsoft/landcover does.
+
+    Features are standardised for the solver; the scaling is folded back into the weights, so the
+    head applies to raw embeddings.
+    """
+
+    name: ClassVar[str] = "logistic_regression"
+    C: float = 1.0
+    max_iter: int = 500
+    standardise: bool = True
+
+    def _fit(
+        self, x: np.ndarray, y: np.ndarray, n_present: int, sample_weight: np.ndarray | None, seed: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(x, dtype=np.float64)
+        mean = x.mean(axis=0) if self.standardise else np.zeros(x.shape[1])
+        std = x.std(axis=0) if self.standardise else np.ones(x.shape[1])
+        std[std < 1e-6] = 1.0  # constant channels (dead ReLUs) carry no information
+        clf = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=seed)
+        with threadpool_limits(1):  # small problem: BLAS threads cost ~10x more than they save here
+            clf.fit((x - mean) / std, y, sample_weight=sample_weight)
+        coef, intercept = clf.coef_, clf.intercept_
+        if n_present == 2:  # sklearn's binary model is one logit; softmax over [0, z] is the same model
+            coef = np.vstack([np.zeros_like(coef), coef])
+            intercept = np.concatenate([[0.0], intercept])
+        weight = coef / std
+        return weight.astype(np.float32), (intercept - weight @ mean).astype(np.float32)
+
+
+STRATEGIES: dict[str, type[RetrainStrategy]] = {LogisticRegressionHead.name: LogisticRegressionHead}
+
+
+def make_strategy(name: str, **params: Any) -> RetrainStrategy:
+    if name not in STRATEGIES:
+        raise RetrainError(f"unknown retrain strategy {name!r}; available: {', '.join(STRATEGIES)}")
+    try:
+        return STRATEGIES[name](**params)
+    except TypeError as exc:
+        raise RetrainError(f"bad parameters for strategy {name!r}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class RetrainOptions:
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    replay_weight: float = 1.0
+    # Replay samples of a class the user labelled: down-weighted, the user's labels describe this imagery.
+    labelled_replay_weight: float = 0.25
+    cv_folds: int = 5
+    seed: int = 0
+    evaluate: bool = True
+
+
+def _class_def(name: str, spec: str | Mapping[str, Any] | ClassDef) -> ClassDef:
+    if isinstance(spec, ClassDef):
+        return spec
+    fields = {"color": spec} if isinstance(spec, str) else dict(spec)
+    fields.setdefault("title", name.replace("_", " ").title())
+    try:
+        return ClassDef(name=name, **fields)
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"] for e in exc.errors())
+        raise RetrainError(f"new class {name!r} cannot be added: {problems}") from None
+
+
+def evolve_schema(
+    schema: ClassSchema,
+    *,
+    add: Mapping[str, str | Mapping[str, Any] | ClassDef] | None = None,
+    rename: Mapping[str, str] | None = None,
+    remove: Sequence[str] = (),
+) -> ClassSchema:
+    """A child schema: classes renamed in place (index kept) and new classes appended. Removal is refused."""
+    if remove:
+        raise RetrainError(
+            f"classes cannot be removed ({', '.join(remove)}): class index i is pixel value i in every map "
+            "already written. Rename a class instead, or stop labelling it"
+        )
+    classes = list(schema.classes)
+    for old, new in (rename or {}).items():
+        idx = schema.index(old) if old in schema.names else None
+        if idx is None:
+            raise RetrainError(f"cannot rename {old!r}: not in schema {schema.id!r} ({', '.join(schema.names)})")
+        try:
+            classes[idx] = ClassDef.model_validate({**classes[idx].model_dump(by_alias=True), "name": new})
+        except ValidationError as exc:
+            raise RetrainError(f"cannot rename {old!r} to {new!r}: {exc.errors()[0]['msg']}") from None
+    classes += [_class_def(name, spec) for name, spec in (add or {}).items() if name not in schema.names]
+    try:
+        return schema.model_copy(update={"classes": ClassSchema(id=schema.id, classes=classes).classes})
+    except ValidationError as exc:
+        raise RetrainError(f"invalid class schema: {exc.errors()[0]['msg']}") from None
+
+
+def rename_classes(version: ModelVersion, rename: Mapping[str, str]) -> ModelVersion:
+    """A child version with renamed classes and the same head (no retrain needed)."""
+    return dataclasses.replace(
+        version,
+        id=new_version_id(),
+        parent_id=version.id,
+        schema=evolve_schema(version.schema, rename=rename),
+        strategy="rename",
+        strategy_params={"rename": dict(rename)},
+        info={"renamed": dict(rename)},
+    )
+
+
+def _schema_for_labels(
+    parent: ClassSchema, names: Sequence[str], new_classes: Mapping[str, str | Mapping[str, Any] | ClassDef]
+) -> ClassSchema:
+    unknown = sorted(set(names) - set(parent.names))
+    missing = [n for n in unknown if n not in new_classes]
+    if missing:
+        example = ", ".join(f"{n!r}: '#rrggbb'" for n in missing)
+        raise RetrainError(
+            f"label class(es) {', '.join(map(repr, missing))} not in schema {parent.id!r} "
+            f"({', '.join(parent.names)}); to add them as new classes pass new_classes={{{example}}}"
+        )
+    return evolve_schema(parent, add={n: new_classes[n] for n in unknown})
+
+
+def retrain(
+    parent: ModelVersion,
+    cache: EmbeddingCache,
+    labels: gpd.GeoDataFrame,
+    *,
+    replay: ReplaySet | None = None,
+    strategy: RetrainStrategy | None = None,
+    new_classes: Mapping[str, str | Mapping[str, Any] | ClassDef] | None = None,
+    options: RetrainOptions | None = None,
+) -> ModelVersion:
+    """Fit a new head for `parent` on the labels' cached embeddings (+ replay); returns the child version."""
+    options = options or RetrainOptions()
+    strategy = strategy or LogisticRegressionHead()
+    labels = validate_labels(labels)
+    if cache.meta.backbone_digest != parent.base_model_id:
+        raise RetrainError(
+            f"the embedding cache was made by backbone {cache.meta.backbone_digest}, but version {parent.id} "
+            f"uses backbone {parent.base_model_id}: predict the area with this model (with embeddings) first"
+        )
+    if replay is not None and replay.backbone_digest and replay.backbone_digest != parent.base_model_id:
+        raise RetrainError(f"the replay set was made by backbone {replay.backbone_digest}, not {parent.base_model_id}")
+    schema = _schema_for_labels(parent.schema, labels["class_name"].unique().tolist(), new_classes or {})
+    samples = labels_to_samples(
+        labels, crs=cache.crs, transform=cache.transform, shape=cache.shape, config=options.sampling
+    )
+    x_user = sample_embeddings(cache, samples.rows, samples.cols).astype(np.float32)
+    y_user = np.array([schema.index(n) for n in samples.class_names], dtype=np.int64)
+    groups = pd.factorize(pd.Series(samples.groups).astype(str))[0]
+    x_replay, y_replay, w_replay = _replay_arrays(replay, schema, set(y_user.tolist()), options, x_user.shape[1])
+
+    y_all = np.concatenate([y_user, y_replay])
+    if len(np.unique(y_all)) < 2:
+        raise RetrainError(
+            f"all labels are of class {schema.names[y_user[0]]!r} and no replay set brings other classes: "
+            "label at least two classes"
+        )
+    x_all = np.concatenate([x_user, x_replay])
+    sample_weight = np.concatenate([np.ones(len(y_user), np.float32), w_replay])
+    weight, bias = strategy.fit(x_all, y_all, len(schema), sample_weight=sample_weight, seed=options.seed)
+
+    info: dict[str, Any] = {
+        "seed": options.seed,
+        "n_labels": int(labels["label_id"].nunique()),
+        "n_user_samples": len(y_user),
+        "n_replay_samples": len(y_replay),
+        "labels_outside_area": samples.labels_outside,
+        "new_classes": [n for n in schema.names if n not in parent.schema.names],
+        "unlearned_classes": [schema.names[i] for i in range(len(schema)) if i not in set(y_all.tolist())],
+        "options": dataclasses.asdict(options),
+    }
+    metrics = None
+    if options.evaluate:
+
+        def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+            y_train = np.concatenate([y_user[train], y_replay])
+            if len(np.unique(y_train)) < 2:  # a fold with one class and no replay can only predict that class
+                return np.full(len(test), y_train[0])
+            w, b = strategy.fit(
+                np.concatenate([x_user[train], x_replay]),
+                y_train,
+                len(schema),
+                sample_weight=np.concatenate([np.ones(len(train), np.float32), w_replay]),
+                seed=options.seed,
+            )
+            return np.argmax(x_user[test] @ w.T + b, axis=1)
+
+        predicted, notes = grouped_cross_val_predict(
+            y_user, groups, fit_predict, n_splits=options.cv_folds, seed=options.seed
+        )
+        held_out = predicted >= 0
+        info["metric_notes"] = notes
+        if held_out.any():
+            method = f"grouped_cv:{options.cv_folds}"
+            metrics = compute_metrics(y_user[held_out], predicted[held_out], schema.names, method=method, notes=notes)
+    return ModelVersion(
+        id=new_version_id(),
+        parent_id=parent.id,
+        base_model_id=parent.base_model_id,
+        schema=schema,
+        weight=weight,
+        bias=bias,
+        strategy=strategy.name,
+        strategy_params=strategy.params(),
+        label_set_digest=label_set_digest(labels),
+        metrics=metrics,
+        info=info,
+    )
+
+
+def _replay_arrays(
+    replay: ReplaySet | None, schema: ClassSchema, labelled: set[int], options: RetrainOptions, channels: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if replay is None or len(replay) == 0:
+        return np.empty((0, channels), np.float32), np.empty(0, np.int64), np.empty(0, np.float32)
+    if replay.embeddings.shape[1] != channels:
+        raise RetrainError(f"replay embeddings have {replay.embeddings.shape[1]} channels, the cache has {channels}")
+    if len(replay.class_names) > len(schema):
+        raise RetrainError(f"replay set has {len(replay.class_names)} classes, more than schema {schema.id!r}")
+    y = replay.labels.astype(np.int64)
+    weight = np.where(np.isin(y, list(labelled)), options.labelled_replay_weight, 1.0) * options.replay_weight
+    return replay.embeddings.astype(np.float32), y, weight.astype(np.float32)

@@ -1,0 +1,149 @@
+"""Model versions: a head (weights + schema) on a fixed backbone, with its lineage, saved as a checkpoint.
+
+A version never copies the backbone: `base_model_id` is the backbone's digest, and `to_model(base)`
+refuses a base model with another backbone. A checkpoint directory holds version.json (lineage,
+schema, strategy, metrics), head.npz, and, when given, the labels it was trained on (GeoParquet),
+so a retrain can be reproduced from the checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import shapely
+import torch
+
+from pearl_pipelines.classes import ClassSchema
+from pearl_pipelines.ml.embeddings import backbone_digest
+from pearl_pipelines.ml.metrics import MetricsReport
+from pearl_pipelines.ml.models import LandcoverModel
+
+VERSION_FILE = "version.json"
+HEAD_FILE = "head.npz"
+LABELS_FILE = "labels.parquet"
+
+
+def new_version_id() -> str:
+    """Sortable by creation time, unique without coordination."""
+    return f"v{dt.datetime.now(dt.UTC):%Y%m%d%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+def label_set_digest(labels: gpd.GeoDataFrame) -> str:
+    """Stable hash of a label set: independent of row order, sensitive to geometry, class, group and CRS."""
+    geoms = shapely.normalize(np.asarray(labels.geometry.values, dtype=object))
+    wkb = shapely.to_wkb(geoms, hex=True)
+    ids = labels["label_id"] if "label_id" in labels.columns else labels.index.to_series()
+    rows = sorted(zip(ids.astype(str), labels["class_name"].astype(str), wkb, strict=True))
+    h = hashlib.sha256(str(labels.crs.to_string() if labels.crs else None).encode())
+    for row in rows:
+        h.update("\x1f".join(row).encode() + b"\x1e")
+    return "ls-" + h.hexdigest()[:16]
+
+
+@dataclass
+class ModelVersion:
+    id: str
+    parent_id: str | None
+    base_model_id: str
+    schema: ClassSchema
+    weight: np.ndarray  # (K, C) float32
+    bias: np.ndarray  # (K,) float32
+    strategy: str
+    strategy_params: dict[str, Any] = field(default_factory=dict)
+    label_set_digest: str | None = None
+    metrics: MetricsReport | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # sample counts, seed, notes
+    created: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+    def __post_init__(self) -> None:
+        self.weight = np.asarray(self.weight, dtype=np.float32)
+        self.bias = np.asarray(self.bias, dtype=np.float32)
+        if self.weight.shape[0] != len(self.schema) or self.bias.shape != (len(self.schema),):
+            raise ValueError(f"head {self.weight.shape} + {self.bias.shape} does not match {len(self.schema)} classes")
+
+    @classmethod
+    def from_model(cls, model: LandcoverModel, version_id: str | None = None) -> ModelVersion:
+        """The root version of a starter model: its own head, no parent."""
+        k = len(model.spec.schema)
+        return cls(
+            id=version_id or new_version_id(),
+            parent_id=None,
+            base_model_id=backbone_digest(model),
+            schema=model.spec.schema,
+            weight=model.head.weight.detach().cpu().reshape(k, -1).numpy(),
+            bias=model.head.bias.detach().cpu().numpy(),
+            strategy="starter",
+        )
+
+    def to_model(self, base: LandcoverModel) -> LandcoverModel:
+        """A copy of `base` carrying this version's head and schema."""
+        digest = backbone_digest(base)
+        if digest != self.base_model_id:
+            raise ValueError(
+                f"version {self.id} was trained on backbone {self.base_model_id}; "
+                f"the given model's backbone is {digest}"
+            )
+        model = copy.deepcopy(base)
+        model.replace_head(self.schema, torch.from_numpy(self.weight), torch.from_numpy(self.bias))
+        return model.eval()
+
+    def _manifest(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "parent_id": self.parent_id,
+            "base_model_id": self.base_model_id,
+            "schema": self.schema.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "strategy": self.strategy,
+            "strategy_params": self.strategy_params,
+            "label_set_digest": self.label_set_digest,
+            "metrics": self.metrics.model_dump(mode="json") if self.metrics else None,
+            "info": self.info,
+            "created": self.created.isoformat(),
+        }
+
+    def save(self, directory: Path, labels: gpd.GeoDataFrame | None = None) -> Path:
+        """Write the checkpoint into `directory` (created); version.json last, so its presence means complete."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with (directory / HEAD_FILE).open("wb") as f:
+            np.savez(f, weight=self.weight, bias=self.bias)
+        if labels is not None:
+            labels.to_parquet(directory / LABELS_FILE)
+        tmp = directory / (VERSION_FILE + ".tmp")
+        tmp.write_text(json.dumps(self._manifest(), indent=2, default=str))
+        tmp.replace(directory / VERSION_FILE)
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> ModelVersion:
+        directory = Path(directory)
+        if not (directory / VERSION_FILE).is_file():
+            raise FileNotFoundError(f"no model version checkpoint in {directory} (missing {VERSION_FILE})")
+        manifest = json.loads((directory / VERSION_FILE).read_text())
+        with np.load(directory / HEAD_FILE) as head:
+            weight, bias = head["weight"], head["bias"]
+        metrics = manifest.pop("metrics")
+        schema = ClassSchema.model_validate(manifest.pop("schema"))
+        created = dt.datetime.fromisoformat(manifest.pop("created"))
+        return cls(
+            **manifest,
+            schema=schema,
+            created=created,
+            weight=weight,
+            bias=bias,
+            metrics=MetricsReport.model_validate(metrics) if metrics else None,
+        )
+
+    @staticmethod
+    def load_labels(directory: Path) -> gpd.GeoDataFrame | None:
+        path = Path(directory) / LABELS_FILE
+        return gpd.read_parquet(path) if path.is_file() else None

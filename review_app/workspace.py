@@ -1,0 +1,143 @@
+"""Per-project files under PEARL_HOME/review and the project's session state (model versions, layer versions).
+
+Every raster the tile routes serve sits at a path computed here from integer ids, so a tile request
+can never name a file: `ProjectPaths` is the whole id -> file mapping.
+The state is a small JSON document per project, written atomically under a lock (one app process).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from review_app.schemas import MetricsOut
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    root: Path
+
+    @classmethod
+    def of(cls, home: Path, project_id: int) -> ProjectPaths:
+        return cls(Path(home) / "review" / "projects" / str(int(project_id)))
+
+    @property
+    def imagery(self) -> Path:
+        return self.root / "imagery" / "mosaic.tif"
+
+    def aoi_dir(self, aoi_id: int) -> Path:
+        return self.root / "aois" / str(int(aoi_id))
+
+    def prediction_dir(self, aoi_id: int, version: int) -> Path:
+        return self.aoi_dir(aoi_id) / "predictions" / f"v{int(version)}"
+
+    def classes_path(self, aoi_id: int, version: int) -> Path:
+        return self.prediction_dir(aoi_id, version) / "classes.tif"
+
+    def confidence_path(self, aoi_id: int, version: int) -> Path:
+        return self.prediction_dir(aoi_id, version) / "confidence.tif"
+
+    def embeddings_dir(self, aoi_id: int) -> Path:
+        return self.aoi_dir(aoi_id) / "embeddings"
+
+    def model_path(self, version: int) -> Path:
+        return self.root / "models" / f"v{int(version)}.pt"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class ModelVersionInfo(BaseModel):
+    """One model of the project: the base model (id 0) or a retrained head; a checkpoint once named."""
+
+    id: int
+    kind: Literal["base", "retrain"]
+    parent: int | None = None
+    created_at: dt.datetime = Field(default_factory=_now)
+    label_set: str | None = None
+    n_labels: int = 0
+    classes: list[str] = Field(default_factory=list)
+    metrics: MetricsOut | None = None
+    name: str | None = None
+    mlflow_version: str | None = None
+
+
+class AoiLayer(BaseModel):
+    version: int = 0  # 0: nothing predicted yet
+    model_version: int | None = None
+    embeddings: bool = False
+
+
+class ImageryInfo(BaseModel):
+    state: Literal["missing", "building", "ready", "error"] = "missing"
+    message: str = ""
+    bounds: tuple[float, float, float, float] | None = None
+
+
+class ProjectState(BaseModel):
+    current_model: int | None = None
+    next_model_id: int = 0
+    models: dict[int, ModelVersionInfo] = Field(default_factory=dict)
+    aois: dict[int, AoiLayer] = Field(default_factory=dict)
+    imagery: ImageryInfo = Field(default_factory=ImageryInfo)
+
+
+class StateStore:
+    """Load-modify-save of project states; `update()` holds the lock for the whole change."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = Path(home)
+        self._lock = threading.RLock()
+        self._cache: dict[int, ProjectState] = {}
+
+    def paths(self, project_id: int) -> ProjectPaths:
+        return ProjectPaths.of(self.home, project_id)
+
+    def get(self, project_id: int) -> ProjectState:
+        with self._lock:
+            if project_id not in self._cache:
+                path = self.paths(project_id).state
+                state = ProjectState.model_validate_json(path.read_text()) if path.is_file() else ProjectState()
+                self._cache[project_id] = state
+            return self._cache[project_id].model_copy(deep=True)
+
+    def save(self, project_id: int, state: ProjectState) -> None:
+        with self._lock:
+            path = self.paths(project_id).state
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(state.model_dump_json(indent=1))
+            tmp.replace(path)
+            self._cache[project_id] = state.model_copy(deep=True)
+
+    def update(self, project_id: int) -> _StateUpdate:
+        return _StateUpdate(self, project_id)
+
+
+class _StateUpdate:
+    """`with store.update(pid) as state: ...` -> saved on a clean exit, discarded on an exception."""
+
+    def __init__(self, store: StateStore, project_id: int) -> None:
+        self.store, self.project_id = store, project_id
+
+    def __enter__(self) -> ProjectState:
+        self.store._lock.acquire()
+        self.state = self.store.get(self.project_id)
+        return self.state
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        try:
+            if exc_type is None:
+                self.store.save(self.project_id, self.state)
+        finally:
+            self.store._lock.release()

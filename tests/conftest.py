@@ -1,0 +1,69 @@
+"""Shared fixtures: an isolated PEARL_HOME, a small synthetic catalog, and a real STAC API over it.
+
+Settings come from the environment (`PEARL_HOME`, `PEARL_STAC_PORT`) exactly as in production;
+`get_settings` is cached, so every change to them is followed by `get_settings.cache_clear()`.
+The catalog is built once per session at 0.3 scale (the regions keep their layout, seed and CRS,
+with 300 m items instead of 1 km) so the tests stay fast on two cores.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pearl_pipelines.geo.regions import Region, build_region, load_regions
+from pearl_pipelines.geo.stac_server import StacServer
+from pearl_pipelines.settings import get_settings
+
+SMALL_SCALE = 0.3
+SMALL_REGIONS = ("demo", "train-a")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class SmallCatalog:
+    """The session's local catalog: its folder and the regions built into it (one collection each)."""
+
+    catalog_dir: Path
+    regions: dict[str, Region]
+    scale: float = SMALL_SCALE
+
+
+@pytest.fixture(scope="session")
+def pearl_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh PEARL_HOME (and STAC port) for the whole session; the real environment is restored after."""
+    home = tmp_path_factory.mktemp("pearl_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PEARL_HOME", str(home))
+        mp.setenv("PEARL_STAC_PORT", str(free_port()))
+        get_settings.cache_clear()
+        yield home
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def small_catalog(pearl_home: Path) -> SmallCatalog:
+    """Regions 'demo' (4 x 4 items) and 'train-a' (2 x 2 items) built at 0.3 scale into PEARL_HOME/catalog."""
+    settings = get_settings()
+    regions = load_regions(settings.assets_dir)
+    built = {name: regions[name] for name in SMALL_REGIONS}
+    for region in built.values():
+        build_region(region, settings.catalog_dir, scale=SMALL_SCALE)
+    return SmallCatalog(catalog_dir=settings.catalog_dir, regions=built)
+
+
+@pytest.fixture(scope="session")
+def stac_server(small_catalog: SmallCatalog) -> Iterator[StacServer]:
+    """`rustac serve` over the small catalog on the port the settings name (so `StacCatalog.from_settings()` works)."""
+    with StacServer(small_catalog.catalog_dir, port=get_settings().stac_port) as server:
+        yield server
