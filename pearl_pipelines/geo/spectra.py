@@ -13,9 +13,10 @@ reflectance endmembers per id (a spatial mixing field blends them) for a given s
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,9 +30,9 @@ VARIANTS = 8  # spectral variants per base material (distinct roofs, crops, tree
 # Remote-sensing reflectance of water (R, G, B, NIR); earthlib has none. Clear lake, turbid estuary
 # (Chesapeake-like sediment), algal pond: low red, ~0.01 NIR.
 WATER = {
-    "clear": (0.016, 0.030, 0.034, 0.005),
-    "turbid": (0.040, 0.052, 0.040, 0.012),
-    "algal": (0.020, 0.045, 0.026, 0.010),
+    "clear": (0.010, 0.020, 0.025, 0.004),
+    "turbid": (0.032, 0.042, 0.026, 0.010),
+    "algal": (0.013, 0.032, 0.018, 0.006),
 }
 
 # Chesapeake 9-class order (assets/schemas/chesapeake9.json)
@@ -103,7 +104,7 @@ MATERIAL_CLASS: dict[Mat, str] = {
 # Amplitude of fine (1-2 m) brightness texture per base material
 TEXTURE: dict[Mat, float] = {
     Mat.WATER: 0.015,
-    Mat.MARSH: 0.12,
+    Mat.MARSH: 0.16,
     Mat.TREE: 0.10,
     Mat.FOREST_FLOOR: 0.18,
     Mat.SHRUB: 0.10,
@@ -185,7 +186,7 @@ def _canopy(lai: tuple[float, float], chl: tuple[float, float]) -> Callable[[pd.
 
 
 def _level3(*names: str, ndvi_max: float = 1.0) -> Callable[[pd.DataFrame], pd.Series]:
-    return lambda m: m.LEVEL_3.isin(names) & (m.NDVI < ndvi_max)
+    return lambda m: m.LEVEL_3.isin(names) & m.NDVI.lt(ndvi_max)
 
 
 # name -> (description, selector on the metadata)
@@ -216,7 +217,7 @@ _GROUPS: dict[str, tuple[str, Callable[[pd.DataFrame], pd.Series]]] = {
         "built: paint, bright and neutral",
         lambda m: (m.LEVEL_3 == "paint") & (m.G > 0.3) & m.NDVI.lt(0.1) & (m.B > 0.7 * m.R),
     ),
-    "paint": ("built: paint, all colours (car bodies)", _level3("paint", ndvi_max=0.12)),
+    "paint": ("built: paint, all colours (car bodies)", _level3("paint")),
     "paint_yellow": (
         "built: paint, yellow (red > 1.5 blue)",
         lambda m: (m.LEVEL_3 == "paint") & (m.R > 0.25) & (m.R > 1.5 * m.B) & m.NDVI.lt(0.1),
@@ -288,7 +289,7 @@ def _grassy(rng: np.random.Generator, em: dict[str, Endmember], season: float, d
     litter = em["litter"].sample(rng, VARIANTS, shrink=0.4)
     a = _lerp(green, litter, dry)
     a = _lerp(a, _lerp(green, litter, 0.75), dormant * season)
-    return a, _lerp(a, litter, 0.45)
+    return a, _lerp(a, litter, 0.3)
 
 
 def _shrub_ground(rng: np.random.Generator, em: dict[str, Endmember], season: float) -> Pair:
@@ -298,7 +299,8 @@ def _shrub_ground(rng: np.random.Generator, em: dict[str, Endmember], season: fl
 
 def _marsh(rng: np.random.Generator, em: dict[str, Endmember], season: float) -> Pair:
     # emergent marsh (Spartina, Phragmites): green to tan vegetation over wet mud and water
-    veg = _lerp(em["grass"].sample(rng, VARIANTS), em["senescent"].mean, 0.35)
+    veg = _lerp(em["grass"].sample(rng, VARIANTS), em["senescent"].mean, 0.45)
+    veg = _lerp(veg, em["litter"].mean, 0.2)  # olive: last year's dead stems stand among the green
     veg = _lerp(veg, em["litter"].mean, 0.75 * season)
     water = em["water_turbid"].mean
     return _lerp(veg, water, 0.25), _lerp(veg, water, 0.55)
@@ -310,16 +312,16 @@ _CROP_STATES = np.array(
         # summer                          autumn (late: harvested)
         [[1.0, 0, 0, 0, 0, 0], [0, 0, 0, 0.75, 0.25, 0]],  # corn/soy -> stubble
         [[0.9, 0, 0.1, 0, 0, 0], [0, 0, 0, 0.15, 0.85, 0]],  # corn/soy -> tilled
-        [[0.35, 0, 0, 0, 0.4, 0.25], [0, 0, 0, 0.05, 0.95, 0]],  # young crop on soil -> tilled
-        [[0, 0.7, 0, 0.3, 0, 0], [0, 0.35, 0, 0.65, 0, 0]],  # hay
-        [[0, 0, 0, 0.85, 0.15, 0], [0, 0.2, 0, 0.1, 0.45, 0.25]],  # wheat stubble -> winter wheat emerging
+        [[0.5, 0, 0, 0, 0.3, 0.2], [0, 0, 0, 0.05, 0.95, 0]],  # young crop on soil -> tilled
+        [[0, 0.8, 0, 0.2, 0, 0], [0, 0.35, 0, 0.65, 0, 0]],  # hay
+        [[0, 0.15, 0, 0.75, 0.1, 0], [0, 0.2, 0, 0.1, 0.45, 0.25]],  # wheat stubble, weeds -> winter wheat
         [[0, 0, 0, 0.05, 0.95, 0], [0, 0, 0, 0, 1.0, 0]],  # tilled soil
         [[0.2, 0, 0.6, 0.2, 0, 0], [0, 0, 0, 0.8, 0.2, 0]],  # ripening grain -> stubble
         [[0.6, 0.4, 0, 0, 0, 0], [0, 0.6, 0.1, 0.3, 0, 0]],  # alfalfa/pasture
     ],
     dtype=np.float32,
 )
-CROP_STATE_WEIGHTS = (0.22, 0.16, 0.08, 0.16, 0.09, 0.06, 0.09, 0.14)  # how often a field parcel is in each state
+CROP_STATE_WEIGHTS = (0.28, 0.2, 0.07, 0.17, 0.07, 0.03, 0.05, 0.13)  # how often a field parcel is in each state
 CROP_GREEN = (0, 1, 7)  # states with green row crops (tramlines and row texture in green)
 
 
@@ -374,18 +376,29 @@ def _paint_mix(background: str, share: float) -> Callable[..., Pair]:
 
 
 def _vehicles(rng: np.random.Generator, em: dict[str, Endmember], season: float) -> Pair:
-    # car paint is mostly white, silver, grey and black, with some colours; glass darkens a car's middle
-    paint = em["paint"].sample(rng, VARIANTS, shrink=0.9)
-    neutral = np.array([[0.55], [0.35], [0.2], [0.05], [0.45], [0.12], [1.0], [1.0]], np.float32)
-    colour = np.where(neutral < 1.0, neutral * np.ones(4, np.float32), paint)
-    return colour.astype(np.float32), (colour * np.float32(0.6)).astype(np.float32)
+    """Cars seen from above: mostly white, silver, grey and black, some red and blue; glass darkens them."""
+    paint = em["paint"].members
+    red = paint[(paint[:, 0] > 3 * paint[:, 2]) & (paint[:, 1] < 0.5 * paint[:, 0])]
+    blue = paint[paint[:, 2] > 1.5 * paint[:, 0]]
+    white = em["paint_white"].members
+    grey = np.ones(4, np.float32)
+
+    def one(group: np.ndarray, fallback: float) -> np.ndarray:
+        return group[rng.integers(0, len(group))] if len(group) else grey * fallback
+
+    colours = [one(white, 0.5), one(white, 0.5), grey * 0.28, grey * 0.14, grey * 0.05, grey * 0.04]
+    colours += [one(red, 0.2), one(blue, 0.1)]
+    a = np.stack(colours).astype(np.float32) * np.float32(0.8)  # windscreen and roof glass
+    return a, a * np.float32(0.7)
 
 
 def _water(rng: np.random.Generator, em: dict[str, Endmember], season: float) -> Pair:
     kinds = [em["water_clear"].mean, em["water_turbid"].mean, em["water_algal"].mean]
     a = np.stack([kinds[i % 3] for i in range(VARIANTS)]) * rng.uniform(0.85, 1.15, (VARIANTS, 1))
     a = a.astype(np.float32)
-    shallow = _lerp(a, em["soil"].mean * np.float32(0.3), 0.25)  # near the shore the bottom shows through
+    # near the shore the bottom shows through in the visible; NIR is absorbed within centimetres of water
+    shallow = _lerp(a, em["soil"].mean * np.float32(0.3), 0.25)
+    shallow[:, 3] = a[:, 3]
     return a, shallow
 
 
@@ -397,7 +410,7 @@ _BUILDERS: dict[Mat, Callable[..., Pair]] = {
     Mat.SHRUB: _shrub,
     Mat.SHRUB_GROUND: _shrub_ground,
     Mat.LAWN: lambda rng, em, s: _grassy(rng, em, s, dry=0.1, dormant=0.35),
-    Mat.MEADOW: lambda rng, em, s: _grassy(rng, em, s, dry=0.25, dormant=0.8),
+    Mat.MEADOW: lambda rng, em, s: _grassy(rng, em, s, dry=0.2, dormant=0.8),
     Mat.CROP: _crops,
     Mat.BARE_SOIL: _soil,
     Mat.SAND: _sand,
@@ -439,7 +452,7 @@ def material_table(seed: int, season: float) -> MaterialTable:
 LUT_SIZE = 4096
 LUT_MAX_REFLECTANCE = 1.0
 # Atmospheric path reflectance added before encoding (blue scatters most)
-PATH_REFLECTANCE = np.array([0.006, 0.010, 0.022, 0.003], np.float32)
+PATH_REFLECTANCE = np.array([0.005, 0.010, 0.022, 0.003], np.float32)
 HAZE_REFLECTANCE = np.array([0.025, 0.03, 0.05, 0.012], np.float32)
 ENCODING_GAMMA = 2.2  # NAIP DN are tone-mapped, not linear in reflectance: dark vegetation is not black
 
