@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import time
@@ -89,9 +90,9 @@ def cmd_render(args: argparse.Namespace, settings: Settings) -> None:
 
     out = Path(args.out)
     scene = generate_scene(args.size, args.size, seed=args.seed)
-    true_color_png(scene.image, out / "demo_true_color.png", max_size=args.size)
-    false_color_png(scene.image, out / "demo_false_color.png", max_size=args.size)
-    labels_png(scene.labels, load_schema("chesapeake9"), out / "demo_labels.png", max_size=args.size)
+    true_color_png(scene.image, out / "demo_true_color.png", max_size=args.max_size)
+    false_color_png(scene.image, out / "demo_false_color.png", max_size=args.max_size)
+    labels_png(scene.labels, load_schema("chesapeake9"), out / "demo_labels.png", max_size=args.max_size)
     print(f"wrote demo_true_color.png, demo_false_color.png, demo_labels.png to {out}")
 
 
@@ -99,6 +100,33 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     from pearl_pipelines.demo import run_demo
 
     run_demo(settings, keep_running=not args.no_wait)
+
+
+def cmd_starter(args: argparse.Namespace, settings: Settings) -> None:
+    from pearl_pipelines.ml.starter import STARTER_SCHEMAS, ensure_mlflow, format_report, recipe_for, train_starter
+
+    schemas = list(STARTER_SCHEMAS) if args.schema == "all" else [args.schema]
+    try:
+        for schema_id in schemas:
+            recipe_for(schema_id, args.arch)  # fail on a bad schema/arch before starting anything
+    except KeyError as exc:
+        raise CliError(str(exc.args[0])) from None
+    with contextlib.ExitStack() as stack:
+        try:
+            uri = stack.enter_context(ensure_mlflow(settings))
+        except ConnectionError as exc:
+            raise CliError(str(exc)) from None
+        for schema_id in schemas:
+            result = train_starter(schema_id, args.arch, settings, epochs=args.epochs, tracking_uri=uri)
+            print(
+                f"\n{result.model_name} v{result.model_version} ({result.arch}): trained in "
+                f"{result.train_seconds:.0f} s; holdout:\n{format_report(result.holdout)}"
+            )
+            aliases = "starter, champion" if result.became_champion else "starter"
+            print(
+                f"  registered models:/{result.model_name}/{result.model_version} (aliases: {aliases}); "
+                f"run {uri}/#/experiments/{result.experiment_id}/runs/{result.run_id}; files {result.model_path.parent}"
+            )
 
 
 def _wait_for_interrupt() -> None:
@@ -135,9 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("render", help="render true-colour, false-colour and label PNGs of a demo scene")
     p.add_argument("--out", default="docs/images")
-    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--size", type=int, default=1024, help="scene side in metres (1 m pixels)")
+    p.add_argument("--max-size", type=int, default=512, help="PNG side in pixels")
     p.add_argument("--seed", type=int, default=505)
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("starter", help="train, evaluate on holdout and register the starter models in MLflow")
+    p.add_argument("--schema", default="all", choices=["chesapeake9", "chesapeake4", "all"])
+    p.add_argument("--arch", choices=["fcn", "unet"], help="default: each schema's starter architecture")
+    p.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
+    p.set_defaults(func=cmd_starter)
 
     p = sub.add_parser("demo", help="generate, start the local services, run the main job, print the URLs")
     p.add_argument("--no-wait", action="store_true", help="stop the services once the job is done")
