@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 export PEARL_HOME ?= $(CURDIR)/.pearl
 
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install demo test lint typecheck pytest bench clean frontend chromium
 
 # torch first, pinned: pip takes the CPU build from this machine's disk instead of a multi-GB CUDA build.
 # solaris is only a carrier of real Rotterdam test images: installed without its dependencies, never imported;
@@ -18,7 +18,21 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --disable-pip-version-check --no-deps solaris==0.4.0
 	touch $(STAMP)
 
-install: $(STAMP)
+# Review-app front-end: npm ci + esbuild bundle (MapLibre included) into review_app/static/dist, rebuilt only when
+# its sources or lock file change; nothing is fetched from a CDN at run time.
+FRONTEND := review_app/frontend
+FRONTEND_STAMP := review_app/static/dist/.built
+$(FRONTEND_STAMP): $(FRONTEND)/package.json $(FRONTEND)/package-lock.json $(FRONTEND)/build.mjs $(wildcard $(FRONTEND)/src/*)
+	cd $(FRONTEND) && npm ci --no-audit --no-fund && npm run build
+	touch $(FRONTEND_STAMP)
+
+frontend: $(FRONTEND_STAMP)
+
+install: $(STAMP) $(FRONTEND_STAMP)
+
+# Browser tests drive Debian's chromium through Playwright (never `playwright install`).
+chromium:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 demo: install
 	$(VENV)/bin/pearl demo
@@ -30,7 +44,7 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy pearl_pipelines
 
-pytest: install
+pytest: install chromium
 	$(PY) -m pytest
 
 test: lint typecheck pytest

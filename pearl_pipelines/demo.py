@@ -1,6 +1,9 @@
 """`make demo`: build the demo data, start the local services, run the main job, print the URLs.
 
 Every service is started by this process and stopped by it on Ctrl-C (or SIGTERM), in reverse order.
+The main job runs in Dagster (submitted through the webserver, like the review app's trigger): the
+starter model when none is registered yet, then the demo region's regional refresh (imagery via the
+STAC API, champion predictions, mosaic COG, STAC item, area per class).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import contextlib
 import signal
 import sys
 import time
+from typing import Any
 
 from tqdm import tqdm
 
@@ -17,9 +21,13 @@ from pearl_pipelines.geo.regions import build_region, load_regions
 from pearl_pipelines.geo.stac import StacCatalog
 from pearl_pipelines.geo.stac_server import StacServer
 from pearl_pipelines.geo.tiles import fetch_tile
+from pearl_pipelines.services import dagster_dev, mlflow_server
 from pearl_pipelines.settings import Settings
 
 DEMO_REGION = "demo"
+STARTER_SCHEMA = "chesapeake9"
+LOCATION = "pearl_pipelines"
+REPOSITORY = "__repository__"
 
 
 def ensure_regions(settings: Settings) -> None:
@@ -34,7 +42,7 @@ def ensure_regions(settings: Settings) -> None:
 
 
 def demo_imagery_tiles(settings: Settings) -> int:
-    """The main job until the Dagster pipeline runs it: demo-region imagery tiles via the STAC API."""
+    """Demo-region imagery tiles straight through the STAC API (what `imagery_index` does inside Dagster)."""
     region = load_regions(settings.assets_dir)[DEMO_REGION]
     catalog = StacCatalog.from_settings(settings, collections=[DEMO_REGION])
     keys = aoi_to_tile_keys(region.geometry)
@@ -43,7 +51,44 @@ def demo_imagery_tiles(settings: Settings) -> int:
     return len(keys)
 
 
+def starter_registered(tracking_uri: str, schema_id: str = STARTER_SCHEMA) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    from mlflow import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri).get_model_version_by_alias(f"pearl-starter-{schema_id}", "champion")
+    except MlflowException:
+        return False
+    return True
+
+
+def run_job(client: Any, job_name: str, *, tags: dict[str, str] | None = None, poll: float = 2.0) -> str:
+    """Submit a job through the webserver and wait for it; returns the final status name."""
+    from dagster_graphql import DagsterGraphQLClientError
+
+    run_id = client.submit_job_execution(
+        job_name, repository_location_name=LOCATION, repository_name=REPOSITORY, tags=tags or {}
+    )
+    started = time.perf_counter()
+    status = "QUEUED"
+    with tqdm(desc=f"  {job_name}", bar_format="{desc}: {postfix} [{elapsed}]") as bar:
+        while True:
+            try:
+                status = client.get_run_status(run_id).name
+            except DagsterGraphQLClientError:
+                status = "UNKNOWN"
+            bar.set_postfix_str(status.lower())
+            if status in ("SUCCESS", "FAILURE", "CANCELED"):
+                break
+            time.sleep(poll)
+    print(f"  {job_name}: {status.lower()} in {time.perf_counter() - started:.0f} s (run {run_id})")
+    return status
+
+
 def run_demo(settings: Settings, keep_running: bool = True) -> None:
+    from dagster_graphql import DagsterGraphQLClient
+
     settings.home_abs.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # SIGTERM unwinds the ExitStack like Ctrl-C
     print(f"PEARL_HOME = {settings.home_abs}")
@@ -53,9 +98,23 @@ def run_demo(settings: Settings, keep_running: bool = True) -> None:
         print("2/3 local services")
         stac = services.enter_context(StacServer(settings.catalog_dir, settings.stac_port))
         print(f"  STAC API     {stac.url}")
-        print("3/3 main job")
-        n_tiles = demo_imagery_tiles(settings)
-        print(f"\nDemo ready: {n_tiles} imagery tiles under {settings.tiles_dir}")
+        mlflow = mlflow_server(settings.home_abs, settings.mlflow_port)
+        services.callback(mlflow.stop)  # registered first: a start that fails half-way is cleaned up too
+        mlflow.start(timeout=120)
+        print(f"  MLflow       {settings.resolved_mlflow_uri}")
+        dagster = dagster_dev(settings)
+        services.callback(dagster.stop)
+        dagster.start(timeout=180)
+        print(f"  Dagster      {dagster.url}")
+        print("3/3 main job (Dagster)")
+        client = DagsterGraphQLClient(dagster.host, port_number=dagster.port, timeout=60)
+        if not starter_registered(settings.resolved_mlflow_uri):
+            run_job(client, "starter_model_job")
+        status = run_job(client, "regional_refresh_job", tags={"dagster/partition": DEMO_REGION})
+        maps = settings.home_abs / "maps" / DEMO_REGION
+        print(f"\nDemo ready ({status.lower()}): land-cover map of {DEMO_REGION} under {maps}")
+        print(f"  Dagster UI   {dagster.url}/assets/landcover_map")
+        print(f"  MLflow UI    {settings.resolved_mlflow_uri}/#/models")
         print(f"  STAC API     {stac.url}/collections/{DEMO_REGION}/items")
         if keep_running:
             print("Ctrl-C stops every service started here.")

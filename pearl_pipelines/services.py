@@ -185,5 +185,27 @@ class DagsterDev(Service):
 
 def dagster_dev(settings: Any, port: int | None = None, host: str = "127.0.0.1") -> DagsterDev:
     """The local Dagster (UI on host:port; sensors and schedules run in its daemon)."""
-    port = port or getattr(settings, "dagster_port", DEFAULT_DAGSTER_PORT)
+    port = port or int(getattr(settings, "dagster_port", DEFAULT_DAGSTER_PORT))
     return DagsterDev(settings.home_abs, port, host)
+
+
+def review_app(
+    settings: Any, port: int | None = None, host: str | None = None, env: dict[str, str] | None = None
+) -> Service:
+    """The review app (`uvicorn review_app.main:app`: API, tiles, websocket, front-end) on host:port.
+
+    It reads everything else from the environment like any `pearl` command; PEARL_HOME is passed explicitly.
+    """
+    from pearl_pipelines.settings import REPO_ROOT
+
+    host = host or settings.review_host
+    port = port or int(settings.review_port)
+    cmd = [sys.executable, "-m", "uvicorn", "review_app.main:app", "--host", host, "--port", str(port)]
+    return Service(
+        "review app",
+        cmd,
+        f"http://{host}:{port}/healthz",
+        cwd=REPO_ROOT,
+        env={"PEARL_HOME": str(settings.home_abs), **(env or {})},
+        log_path=settings.home_abs / "review" / "uvicorn.log",
+    )

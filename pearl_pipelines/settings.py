@@ -34,6 +34,7 @@ class Settings(BaseSettings):
 
     mlflow_tracking_uri: str | None = None
     mlflow_port: int = 5000
+    dagster_port: int = Field(default=3000, description="local Dagster webserver (direct label-run submission)")
 
     # Label store (review app + Dagster sensor): SQLAlchemy URL; default SQLite (WAL) under PEARL_HOME.
     label_store_url: str | None = Field(default=None, description="e.g. postgresql+psycopg://user@host/pearl")

@@ -1,12 +1,7 @@
 """PEARL review app: FastAPI + titiler tiles + websocket events + the MapLibre front-end.
 
-GDAL reads `GDAL_SKIP` once, when it registers its drivers (at the first dataset opened), so VRT is
-switched off here, before anything in this package can import rasterio. The tile reader also opens
-files with the GTiff driver only, which holds even when GDAL was initialised earlier in the process.
+VRT: the tile reader opens files with GDAL's GTiff driver only (tiles.GTiffReader), so a VRT (or any
+other format) is never read through a tile route, whatever its name. `GDAL_SKIP=VRT` is *not* set:
+rasterio builds in-memory VRTs for its own work (`calculate_default_transform`, boundless window
+reads), which rio-tiler uses for every reprojected tile; with the driver skipped those fail.
 """
-
-import os
-
-_skip = os.environ.get("GDAL_SKIP", "").split()
-if "VRT" not in _skip:
-    os.environ["GDAL_SKIP"] = " ".join([*_skip, "VRT"])

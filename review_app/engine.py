@@ -1,57 +1,68 @@
 """The single place where the review app calls the ML engine (`pearl_pipelines.ml`) and the Dagster trigger.
 
-Everything here is synchronous and runs in the job thread pool (see jobs.py). Functions marked
-`# ENGINE-ADAPTER` stand in for engine modules that do not exist yet; each names the module that
-replaces it, and keeps the call shape the app needs, so wiring the real one is a local change.
+Everything here is synchronous and runs in the job thread pool (jobs.py). Pieces marked
+`ENGINE-ADAPTER` stand in for engine features that do not exist yet; each names what replaces it.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import httpx
 import numpy as np
-from rasterio.features import geometry_mask
-from rasterio.windows import Window, from_bounds
+from affine import Affine
 
 from pearl_pipelines.classes import ClassSchema
+from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.ml import inference
 from pearl_pipelines.ml.embeddings import EmbeddingCache, apply_head, sample_embeddings
+from pearl_pipelines.ml.errors import RetrainError
+from pearl_pipelines.ml.metrics import MetricsReport, compute_metrics
 from pearl_pipelines.ml.models import LandcoverModel, load_model, save_model
 from pearl_pipelines.ml.outputs import PredictionResult
+from pearl_pipelines.ml.replay import ReplaySet
+from pearl_pipelines.ml.retrain import UNLEARNED_BIAS, retrain
+from pearl_pipelines.ml.samples import labels_to_samples
+from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
 
+__all__ = ["RetrainError"]
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
-
-POLYGON_SAMPLES = 200  # pixels drawn per polygon label (PEARL's newer branch uses 200)
-REPLAY_SAMPLES = 2000  # pseudo-labelled pixels that keep the map stable where nobody labelled
-REPLAY_SHARE = 1.0  # the replay set weighs as much as the labels (each label weighs 1), at least MIN_REPLAY_WEIGHT
-MIN_REPLAY_WEIGHT = 5.0
+MODEL_FILE = "model.pt"
+REPLAY_FILE = "replay.npz"
 
 
-class RetrainError(ValueError):  # ENGINE-ADAPTER: pearl_pipelines.ml.retrain.RetrainError
-    """A retrain the engine refuses (no labels, no cached embeddings...); the message says what to do."""
-
-
-# -- models ---------------------------------------------------------------------------------------------------
+# -- base model -------------------------------------------------------------------------------------------------
 @dataclass
-class BaseModelResult:
-    model: LandcoverModel | None
+class BaseModel:
+    """The frozen backbone + starter head, and the replay set it was trained with (if the registry has one)."""
+
+    model: LandcoverModel
+    replay: ReplaySet | None
     source: str
-    message: str
+
+    def save(self, directory: Path) -> None:
+        save_model(self.model, directory / MODEL_FILE, extra={"source": self.source})
+        if self.replay is not None:
+            self.replay.save(directory / REPLAY_FILE)
+
+    @classmethod
+    def load(cls, directory: Path) -> BaseModel:
+        replay = ReplaySet.load(directory / REPLAY_FILE) if (directory / REPLAY_FILE).is_file() else None
+        return cls(load_model(directory / MODEL_FILE), replay, str(directory))
 
 
 def _mlflow_reachable(uri: str) -> bool:
     if not uri.startswith("http"):
-        return True  # file or sqlite store: local
-    try:
+        return True  # file or database store: local
+    try:  # MLflow's client retries for minutes on a dead server: ask /health with a short timeout first
         return httpx.get(f"{uri.rstrip('/')}/health", timeout=1.0).status_code == 200
     except httpx.HTTPError:
         return False
@@ -66,77 +77,85 @@ def _parse_models_uri(ref: str) -> tuple[str, str]:
     return name, version or "champion"
 
 
-def local_model_candidates(ref: str, settings: Settings) -> list[Path]:
-    """Files under PEARL_HOME/models that may hold `ref` when MLflow is not reachable. ENGINE-ADAPTER: starter.py"""
+def local_model_dirs(ref: str, settings: Settings) -> list[Path]:
+    """Folders under PEARL_HOME/models that may hold `ref` (model.pt + replay.npz) when MLflow is down:
+    the starter models' local copies (`ml.starter.starter_dir`, default architecture first), then <name>/<alias>."""
+    from pearl_pipelines.ml.starter import DEFAULT_ARCH, RECIPES, starter_dir, starter_model_name
+
     name, alias = _parse_models_uri(ref)
-    models = settings.models_dir
-    return [
-        models / f"{name}@{alias}.pt",
-        models / f"{name}-{alias}.pt",
-        models / f"{name}.pt",
-        models / name / alias / "model.pt",
-        models / name / "model.pt",
-    ]
+    recipes = sorted(RECIPES, key=lambda key: key[1] != DEFAULT_ARCH.get(key[0]))
+    starters = [starter_dir(settings, schema, arch) for schema, arch in recipes if starter_model_name(schema) == name]
+    return [*starters, settings.models_dir / name / alias, settings.models_dir / name]
 
 
-def load_base_model(ref: str, settings: Settings) -> BaseModelResult:
-    """The project's base model: from the MLflow registry, else from a local file; None (with why) if neither."""
-    if ref.startswith("models:/"):
-        name, alias = _parse_models_uri(ref)
-        uri = settings.resolved_mlflow_uri
-        if _mlflow_reachable(uri):
-            from pearl_pipelines.ml.registry import ModelRegistry
+def load_base_model(ref: str, settings: Settings) -> tuple[BaseModel | None, str]:
+    """The project's base model from the MLflow registry, else from PEARL_HOME/models; (None, why) if neither."""
+    if not ref.startswith("models:/"):
+        path = Path(ref) if Path(ref).is_absolute() else settings.models_dir / ref
+        folder = path if path.is_dir() else path.parent
+        if (folder / MODEL_FILE).is_file() or path.is_file():
+            model = load_model(path if path.is_file() else folder / MODEL_FILE)
+            replay = ReplaySet.load(folder / REPLAY_FILE) if (folder / REPLAY_FILE).is_file() else None
+            return BaseModel(model, replay, str(path)), ""
+        return None, f"no model file at {path}"
+    name, alias = _parse_models_uri(ref)
+    uri = settings.resolved_mlflow_uri
+    if _mlflow_reachable(uri):
+        from pearl_pipelines.ml.registry import ModelRegistry
 
-            try:
-                model = ModelRegistry(uri).load_model(name, alias, cache_dir=settings.models_dir / "mlflow" / name / alias)
-                return BaseModelResult(model, f"{ref} ({uri})", "")
-            except Exception as exc:  # registry errors vary (missing alias, artifact store): fall back, say why
-                log.warning("base model %s not loadable from MLflow: %s", ref, exc)
-        for path in local_model_candidates(ref, settings):
-            if path.is_file():
-                return BaseModelResult(load_model(path), str(path), "")
-        return BaseModelResult(
-            None,
-            ref,
-            f"no model yet: {ref} is not in MLflow at {uri} and no local copy is in {settings.models_dir}. "
-            "Train the starter model (`make demo` does) and reload",
+        try:
+            folder = ModelRegistry(uri).download(name, alias, settings.models_dir / "mlflow" / name / alias)
+            return load_base_model(str(folder / MODEL_FILE), settings)[0], ""
+        except Exception as exc:  # missing alias, artifact store trouble: fall back to a local copy, say why
+            log.warning("base model %s not loadable from MLflow at %s: %s", ref, uri, exc)
+    for folder in local_model_dirs(ref, settings):
+        if (folder / MODEL_FILE).is_file():
+            return load_base_model(str(folder / MODEL_FILE), settings)
+    return None, (
+        f"no model yet: {ref} is not in MLflow at {uri} and there is no local copy under {settings.models_dir}. "
+        "Train the starter model (`make demo` does), then reload this page"
+    )
+
+
+# -- versions (heads) --------------------------------------------------------------------------------------------
+def root_version(base: BaseModel) -> ModelVersion:
+    return ModelVersion.from_model(base.model)
+
+
+def conform(version: ModelVersion, schema: ClassSchema) -> ModelVersion:
+    """The version's head on the project's schema: classes added since get a row that is never predicted,
+    renamed classes keep their index (schemas only grow; class i is pixel value i everywhere)."""
+    pad = len(schema) - len(version.schema)
+    if pad < 0:
+        raise RetrainError(
+            f"the project has {len(schema)} classes, fewer than model {version.id} ({len(version.schema)})"
         )
-    path = Path(ref) if Path(ref).is_absolute() else settings.models_dir / ref
-    if path.is_file():
-        return BaseModelResult(load_model(path), str(path), "")
-    return BaseModelResult(None, ref, f"no model file {path}")
+    weight = np.vstack([version.weight, np.zeros((pad, version.weight.shape[1]), np.float32)])
+    bias = np.concatenate([version.bias, np.full(pad, UNLEARNED_BIAS, np.float32)])
+    return dataclasses.replace(version, schema=schema, weight=weight, bias=bias)
 
 
-def head_arrays(model: LandcoverModel) -> tuple[np.ndarray, np.ndarray]:
-    """The 1x1 head as (K, C) weight and (K,) bias arrays."""
-    weight = model.head.weight.detach().cpu().numpy().reshape(model.head.out_channels, -1)
-    bias = model.head.bias.detach().cpu().numpy()  # type: ignore[union-attr]
-    return weight.astype(np.float32), bias.astype(np.float32)
+def save_version(version: ModelVersion, directory: Path, labels: gpd.GeoDataFrame | None) -> Path:
+    return version.save(directory, labels=labels)
 
 
-def with_head(model: LandcoverModel, schema: ClassSchema, weight: np.ndarray, bias: np.ndarray) -> LandcoverModel:
-    import torch
-
-    new = copy.deepcopy(model)
-    new.replace_head(schema, torch.from_numpy(weight), torch.from_numpy(bias))
-    return new.eval()
+def load_version(directory: Path) -> ModelVersion:
+    return ModelVersion.load(directory)
 
 
-def save_version(model: LandcoverModel, path: Path, extra: dict[str, Any]) -> Path:  # ENGINE-ADAPTER: versions.py
-    return save_model(model, path, extra=extra)
+def version_model(version: ModelVersion, base: BaseModel) -> LandcoverModel:
+    """A full model (backbone + this head) for a forward pass."""
+    return version.to_model(base.model)
 
 
-def load_version(path: Path) -> LandcoverModel:  # ENGINE-ADAPTER: versions.py
-    return load_model(path)
-
-
-# -- prediction -----------------------------------------------------------------------------------------------
+# -- prediction --------------------------------------------------------------------------------------------------
 def predict_aoi(
     model: LandcoverModel,
     imagery: Path,
     aoi_lonlat: Any,
     out_dir: Path,
     embeddings_dir: Path,
+    *,
     progress: Progress | None = None,
     model_id: str | None = None,
 ) -> PredictionResult:
@@ -153,276 +172,119 @@ def predict_aoi(
     )
 
 
-def repredict(
-    embeddings_dir: Path, weight: np.ndarray, bias: np.ndarray, schema: ClassSchema, out_dir: Path
-) -> PredictionResult:
+def repredict(embeddings_dir: Path, version: ModelVersion, schema: ClassSchema, out_dir: Path) -> PredictionResult:
     """Head-only re-prediction from the cached embeddings (no backbone): the live-retrain path."""
-    return apply_head(EmbeddingCache.open(embeddings_dir), weight, bias, schema, out_dir)
+    head = conform(version, schema)
+    return apply_head(EmbeddingCache.open(embeddings_dir), head.weight, head.bias, schema, out_dir)
 
 
 def has_embeddings(embeddings_dir: Path) -> bool:
-    try:
-        EmbeddingCache.open(embeddings_dir)
-    except (FileNotFoundError, OSError, ValueError):
-        return False
-    return True
+    return (Path(embeddings_dir) / "embeddings.json").is_file()
 
 
-# -- retraining -----------------------------------------------------------------------------------------------
-@dataclass
-class Samples:
-    x: np.ndarray  # (n, C) float32
-    y: np.ndarray  # (n,) class index
-    groups: np.ndarray  # (n,) label id
-    weight: np.ndarray  # (n,)
+# -- retraining ---------------------------------------------------------------------------------------------------
+class _UnionArray:
+    def __init__(self, parts: Sequence[tuple[EmbeddingCache, int, int]], channels: int) -> None:
+        self.parts, self.channels = parts, channels
+
+    def __getitem__(self, index: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        rows, cols = (np.asarray(i, dtype=np.int64) for i in index)
+        out = np.zeros((len(rows), self.channels), np.float16)
+        for cache, row0, col0 in self.parts:
+            height, width = cache.shape
+            r, c = rows - row0, cols - col0
+            inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+            if inside.any():
+                out[inside] = cache.array[r[inside], c[inside]]
+        return out
 
 
-@dataclass
-class HeadFit:
-    weight: np.ndarray
-    bias: np.ndarray
-    schema: ClassSchema
-    n_labels: int
-    labelled: Samples  # the user's samples (for metrics)
-    replay: Samples = field(repr=False)
+class UnionCache:
+    """Several AOI caches on one pixel grid (the project mosaic) seen as one cache, so one retrain uses the
+    labels of every AOI. ENGINE-ADAPTER: until `ml.retrain.retrain` accepts several caches."""
+
+    def __init__(self, caches: Sequence[EmbeddingCache]) -> None:
+        ref = caches[0]
+        a, e = ref.transform.a, ref.transform.e
+        x0 = min(c.transform.c for c in caches)
+        y0 = max(c.transform.f for c in caches)
+        self.transform = Affine(a, 0.0, x0, 0.0, e, y0)
+        parts = [(c, round((c.transform.f - y0) / e), round((c.transform.c - x0) / a)) for c in caches]
+        height = max(r + c.shape[0] for c, r, _ in parts)
+        width = max(col + c.shape[1] for c, _, col in parts)
+        self.crs = ref.crs
+        self.meta = ref.meta.model_copy(update={"height": height, "width": width})
+        self.array = _UnionArray(parts, ref.meta.channels)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.meta.height, self.meta.width
 
 
-def _label_pixels(cache: EmbeddingCache, geom: Any, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols) of cache pixels under a label given in the cache CRS (points: one pixel)."""
-    height, width = cache.shape
-    if geom.geom_type == "Point":
-        col, row = ~cache.transform * (geom.x, geom.y)
-        r, c = int(np.floor(row)), int(np.floor(col))
-        if 0 <= r < height and 0 <= c < width:
-            return np.array([r]), np.array([c])
-        return np.array([], dtype=int), np.array([], dtype=int)
-    window = from_bounds(*geom.bounds, transform=cache.transform).round_offsets(op="floor").round_lengths(op="ceil")
-    window = window.intersection(Window(0, 0, width, height))
-    inside = geometry_mask(
-        [geom],
-        out_shape=(int(window.height), int(window.width)),
-        transform=cache.transform * cache.transform.translation(window.col_off, window.row_off),
-        invert=True,
-        all_touched=True,
-    )
-    rows, cols = np.nonzero(inside)
-    if len(rows) > POLYGON_SAMPLES:
-        keep = rng.choice(len(rows), POLYGON_SAMPLES, replace=False)
-        rows, cols = rows[keep], cols[keep]
-    return rows + int(window.row_off), cols + int(window.col_off)
+def open_caches(dirs: Sequence[Path]) -> EmbeddingCache | UnionCache:
+    caches = [EmbeddingCache.open(d) for d in dirs]
+    if len({(c.crs.to_wkt(), c.transform.a, c.transform.e) for c in caches}) > 1:
+        raise RetrainError("the AOIs' embedding caches lie on different pixel grids; retrain one AOI at a time")
+    return caches[0] if len(caches) == 1 else UnionCache(caches)
 
 
-def collect_samples(
-    labels: gpd.GeoDataFrame, cache_dir: Path, schema: ClassSchema, seed: int = 0
-) -> Samples:  # ENGINE-ADAPTER: samples.py
-    """Embeddings under the labels of one AOI (one group per label, for grouped cross-validation)."""
-    cache = EmbeddingCache.open(cache_dir)
-    rng = np.random.default_rng(seed)
-    frame = labels.to_crs(cache.crs)
-    xs, ys, gs = [], [], []
-    for label_id, class_name, geom in zip(frame["label_id"], frame["class_name"], frame.geometry, strict=True):
-        rows, cols = _label_pixels(cache, geom, rng)
-        if len(rows) == 0:
-            continue
-        xs.append(sample_embeddings(cache, rows, cols).astype(np.float32))
-        ys.append(np.full(len(rows), schema.index(class_name)))
-        gs.append(np.full(len(rows), int(label_id)))
-    if not xs:
-        return Samples(np.zeros((0, cache.meta.channels), np.float32), np.zeros(0, int), np.zeros(0, int), np.zeros(0))
-    x = np.concatenate(xs)
-    # Each label weighs the same, whatever its pixel count: a big polygon must not drown the points.
-    groups = np.concatenate(gs)
-    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
-    return Samples(x, np.concatenate(ys), groups, 1.0 / counts[inverse])
-
-
-def replay_samples(
-    cache_dir: Path, weight: np.ndarray, bias: np.ndarray, n: int = REPLAY_SAMPLES, seed: int = 0
-) -> Samples:  # ENGINE-ADAPTER: retrain.py replay set
-    """Random AOI pixels labelled by the current head: what the model already says where nobody labelled."""
-    cache = EmbeddingCache.open(cache_dir)
-    rng = np.random.default_rng(seed)
-    rows, cols = np.nonzero(np.asarray(cache.valid))
-    if len(rows) == 0:
-        return Samples(np.zeros((0, weight.shape[1]), np.float32), np.zeros(0, int), np.zeros(0, int), np.zeros(0))
-    pick = rng.choice(len(rows), min(n, len(rows)), replace=False)
-    x = sample_embeddings(cache, rows[pick], cols[pick]).astype(np.float32)
-    y = np.argmax(x @ weight.T + bias, axis=1)
-    return Samples(x, y, np.full(len(y), -1), np.full(len(y), 1.0 / len(y)))
-
-
-def _concat(parts: list[Samples]) -> Samples:
-    return Samples(
-        np.concatenate([p.x for p in parts]),
-        np.concatenate([p.y for p in parts]),
-        np.concatenate([p.groups for p in parts]),
-        np.concatenate([p.weight for p in parts]),
-    )
-
-
-def _fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Multinomial logistic regression (PEARL's last-layer retrain, refit from scratch, so new classes just work)."""
-    from sklearn.linear_model import LogisticRegression
-
-    present = np.unique(y)
-    weight = np.zeros((n_classes, x.shape[1]), np.float32)
-    bias = np.full(n_classes, -30.0, np.float32)  # classes with no sample are never predicted
-    if len(present) == 1:
-        bias[present[0]] = 0.0
-        return weight, bias
-    clf = LogisticRegression(C=1.0, max_iter=300)
-    clf.fit(x, y, sample_weight=w / w.mean())
-    coef, intercept = clf.coef_, clf.intercept_
-    if len(present) == 2:  # sklearn's binary form: one row for the second class
-        coef = np.vstack([-coef[0] / 2, coef[0] / 2])
-        intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
-    weight[present] = coef
-    bias[present] = intercept
-    return weight, bias
-
-
-def retrain_head(
-    model: LandcoverModel,
+def retrain_version(
+    parent: ModelVersion,
     schema: ClassSchema,
-    labels_by_aoi: dict[int, gpd.GeoDataFrame],
-    caches: dict[int, Path],
-) -> HeadFit:  # ENGINE-ADAPTER: retrain.py
-    """A new head for `schema` (which may have grown) from the labels over cached embeddings plus a replay set."""
-    n_labels = sum(len(f) for f in labels_by_aoi.values())
-    if n_labels == 0:
-        raise RetrainError("there are no labels to retrain on: add points or polygons inside an AOI first")
-    missing = [aoi for aoi, frame in labels_by_aoi.items() if len(frame) and aoi not in caches]
-    if missing:
-        raise RetrainError(
-            f"AOI(s) {', '.join(map(str, missing))} have labels but no cached embeddings: run inference on them first"
-        )
-    weight, bias = pad_head(*head_arrays(model), len(schema))
-    user = [collect_samples(frame, caches[aoi], schema) for aoi, frame in labels_by_aoi.items() if len(frame)]
-    labelled = _concat(user)
-    if len(labelled.y) == 0:
-        raise RetrainError("none of the labels falls on a predicted pixel of its AOI; label inside the AOI")
-    replay = _concat([replay_samples(caches[aoi], weight, bias) for aoi in caches])
-    replay.weight *= max(MIN_REPLAY_WEIGHT, REPLAY_SHARE * n_labels) / max(1, len(caches))
-    data = _concat([labelled, replay])
-    new_weight, new_bias = _fit(data.x, data.y, data.weight, len(schema))
-    return HeadFit(new_weight, new_bias, schema, n_labels, labelled, replay)
+    cache_dirs: Sequence[Path],
+    labels: gpd.GeoDataFrame,
+    replay: ReplaySet | None,
+) -> ModelVersion:
+    """A child version for the project's schema from all labels over the cached AOIs (+ the replay set)."""
+    cache = open_caches(cache_dirs)
+    return retrain(conform(parent, schema), cache, labels, replay=replay)  # type: ignore[arg-type]
 
 
-def pad_head(weight: np.ndarray, bias: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Grow a head to `n_classes` rows; added classes get a bias that never wins (they have no samples yet)."""
-    pad = n_classes - weight.shape[0]
-    if pad <= 0:
-        return weight, bias
-    return (
-        np.vstack([weight, np.zeros((pad, weight.shape[1]), weight.dtype)]),
-        np.concatenate([bias, np.full(pad, -30.0, bias.dtype)]),
-    )
+def score_version(
+    version: ModelVersion, schema: ClassSchema, cache_dirs: Sequence[Path], labels: gpd.GeoDataFrame
+) -> MetricsReport | None:
+    """Metrics of a version on labels it was not fit on (the starter model on the mapper's labels)."""
+    if len(labels) == 0 or not cache_dirs:
+        return None
+    cache = open_caches(cache_dirs)
+    samples = labels_to_samples(labels, crs=cache.crs, transform=cache.transform, shape=cache.shape)
+    x = sample_embeddings(cache, samples.rows, samples.cols).astype(np.float32)  # type: ignore[arg-type]
+    head = conform(version, schema)
+    predicted = np.argmax(x @ head.weight.T + head.bias, axis=1)
+    truth = np.array([schema.index(n) for n in samples.class_names])
+    return compute_metrics(truth, predicted, schema.names, method="holdout:labels (never trained on)")
 
 
-def _report(
-    labelled: Samples, predicted: np.ndarray, schema: ClassSchema, method: str, base: dict[str, Any]
-) -> dict[str, Any]:
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-    classes = sorted(set(labelled.y.tolist()))
-    names = [schema.names[i] for i in classes]
-    # Each label counts once: its pixels vote by weight (a 200-pixel polygon is one example, like a point).
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        labelled.y, predicted, labels=classes, sample_weight=labelled.weight, zero_division=0
-    )
-    confusion = confusion_matrix(labelled.y, predicted, labels=classes, sample_weight=labelled.weight)
-    counts = [len(np.unique(labelled.groups[labelled.y == c])) for c in classes]
-    return {
-        **base,
-        "method": method,
-        "per_class": [
-            {"name": n, "f1": float(f), "precision": float(p), "recall": float(r), "support": int(s)}
-            for n, f, p, r, s in zip(names, f1, precision, recall, counts, strict=True)
-        ],
-        "confusion": np.rint(confusion).astype(int).tolist(),
-        "mean_f1": float(np.mean(f1)),
-        "accuracy": float(np.average(labelled.y == predicted, weights=labelled.weight)),
-        "message": "",
-    }
-
-
-def score_head(weight: np.ndarray, bias: np.ndarray, labelled: Samples, schema: ClassSchema) -> dict[str, Any]:
-    """Metrics of a head that was not fit on these labels (e.g. the starter model): the labels are a hold-out set."""
-    weight, bias = pad_head(weight, bias, len(schema))
-    classes = sorted(set(labelled.y.tolist()))
-    base = {"classes": [schema.names[i] for i in classes], "n_labels": len(np.unique(labelled.groups))}
-    base["n_samples"] = len(labelled.y)
-    predicted = np.argmax(labelled.x @ weight.T + bias, axis=1)
-    return _report(labelled, predicted, schema, "your labels as a hold-out set (this model never saw them)", base)
-
-
-def evaluate(labelled: Samples, replay: Samples, schema: ClassSchema, folds: int = 5) -> dict[str, Any]:
-    """Per-class F1 and confusion matrix by grouped k-fold CV: no label is ever in its own test fold.
-
-    `support` is the number of labels of a class (not pixels). ENGINE-ADAPTER: metrics.py
-    """
-    from sklearn.model_selection import GroupKFold
-
-    classes = sorted(set(labelled.y.tolist()))
-    names = [schema.names[i] for i in classes]
-    n_groups = len(np.unique(labelled.groups))
-    base = {"classes": names, "n_labels": n_groups, "n_samples": int(len(labelled.y))}
-    if n_groups < 2 or len(classes) < 2:
-        return {
-            **base,
-            "method": "not enough labels",
-            "per_class": [],
-            "confusion": [],
-            "mean_f1": None,
-            "accuracy": None,
-            "message": "metrics need labels of at least two classes (two labels or more)",
-        }
-    k = min(folds, n_groups)
-    predicted = np.empty_like(labelled.y)
-    for train, test in GroupKFold(n_splits=k).split(labelled.x, labelled.y, labelled.groups):
-        x = np.concatenate([labelled.x[train], replay.x])
-        y = np.concatenate([labelled.y[train], replay.y])
-        w = np.concatenate([labelled.weight[train], replay.weight])
-        weight, bias = _fit(x, y, w, len(schema))
-        predicted[test] = np.argmax(labelled.x[test] @ weight.T + bias, axis=1)
-    method = f"grouped {k}-fold cross-validation over labels (replay set in every training fold)"
-    return _report(labelled, predicted, schema, method, base)
-
-
-# -- tracking and orchestration --------------------------------------------------------------------------------
-def log_checkpoint(settings: Settings, project_name: str, name: str, model_path: Path, metrics: dict[str, Any]) -> str:
-    """Log a saved checkpoint as an MLflow run + registered model version; returns it. ENGINE-ADAPTER: tracking.py"""
+# -- tracking and orchestration -----------------------------------------------------------------------------------
+def log_checkpoint(
+    settings: Settings, project_name: str, checkpoint_name: str, version: ModelVersion, labels: gpd.GeoDataFrame | None
+) -> str:
+    """Log a saved checkpoint to MLflow (run with lineage + checkpoint artifacts) and register it as a version of
+    `pearl-review-<project>`; returns the registered version number."""
     uri = settings.resolved_mlflow_uri
     if not _mlflow_reachable(uri):
         raise ConnectionError(f"MLflow is not reachable at {uri}")
-    import mlflow
-
-    from pearl_pipelines.ml.registry import MODEL_ARTIFACT_PATH, MODEL_FILE, ModelRegistry
+    from pearl_pipelines.ml.registry import ModelRegistry
+    from pearl_pipelines.ml.tracking import CHECKPOINT_ARTIFACT_DIR, log_version
 
     slug = "".join(c if c.isalnum() else "-" for c in project_name.lower()).strip("-") or "project"
-    client = mlflow.MlflowClient(uri)
-    experiment = client.get_experiment_by_name(f"pearl-review-{slug}")
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(f"pearl-review-{slug}")
-    run = client.create_run(experiment_id, run_name=name, tags={"pearl.checkpoint": name})
-    for key, value in metrics.items():
-        if isinstance(value, int | float):
-            client.log_metric(run.info.run_id, key, float(value))
-    import shutil
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy(model_path, Path(tmp) / MODEL_FILE)
-        client.log_artifact(run.info.run_id, str(Path(tmp) / MODEL_FILE), MODEL_ARTIFACT_PATH)
-    client.set_terminated(run.info.run_id)
-    version = ModelRegistry(uri).register(f"pearl-review-{slug}", run.info.run_id, tags={"checkpoint": name})
-    return str(version.version)
+    run_id = log_version(version, tracking_uri=uri, labels=labels, tags={"pearl.checkpoint": checkpoint_name})
+    registered = ModelRegistry(uri).register(
+        f"pearl-review-{slug}",
+        run_id,
+        artifact_path=CHECKPOINT_ARTIFACT_DIR,
+        tags={"pearl.checkpoint": checkpoint_name, "pearl.version_id": version.id},
+    )
+    return str(registered.version)
 
 
-def submit_label_run(project_id: int) -> None:
-    """Tell Dagster that labels changed (direct run submission); absent trigger = nothing to do."""
+def submit_label_run(project_id: int, settings: Settings, store: LabelStore) -> None:
+    """Tell Dagster that labels changed (direct run submission). Not reachable: logged; the sensor catches up."""
+    from pearl_pipelines.trigger import TriggerError, submit_label_run
+
     try:
-        from pearl_pipelines.trigger import submit_label_run as submit  # type: ignore[import-not-found]
-    except ImportError:  # ENGINE-ADAPTER: pearl_pipelines.trigger (the Dagster agent's module)
-        log.info("pearl_pipelines.trigger not available: label run for project %s not submitted", project_id)
+        run_id = submit_label_run(project_id, settings=settings, store=store)
+    except TriggerError as exc:
+        log.info("label run for project %s not submitted: %s", project_id, exc)
         return
-    submit(project_id)
+    log.info("label run %s submitted for project %s", run_id, project_id)

@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
-from rasterio.errors import RasterioError
-from rio_tiler.errors import RioTilerError
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from rasterio.errors import RasterioError
+from rio_tiler.errors import RioTilerError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pearl_pipelines.geo.grid import AoiError

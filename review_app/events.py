@@ -8,6 +8,7 @@ event is the one dropped (progress is superseded by the next one anyway).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from typing import Any
@@ -52,8 +53,6 @@ class EventHub:
     def _deliver(self, project_id: int, event: dict[str, Any]) -> None:
         for queue in list(self._subscribers[project_id]):
             if queue.full():
-                try:
+                with contextlib.suppress(asyncio.QueueEmpty):
                     queue.get_nowait()  # drop the oldest: a stale progress figure
-                except asyncio.QueueEmpty:
-                    pass
             queue.put_nowait(event)

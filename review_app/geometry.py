@@ -11,6 +11,7 @@ from typing import Any
 from pyproj import CRS, Geod
 from pyproj.exceptions import CRSError
 from rasterio.warp import transform_geom
+from shapely.errors import ShapelyError
 from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.validation import explain_validity
@@ -30,7 +31,9 @@ def check_crs(crs: str) -> str:
     try:
         CRS.from_user_input(crs)
     except CRSError:
-        raise GeometryError(f"unknown CRS {crs!r}; send EPSG:4326 (lon/lat) or an EPSG code such as EPSG:26918") from None
+        raise GeometryError(
+            f"unknown CRS {crs!r}; send EPSG:4326 (lon/lat) or an EPSG code such as EPSG:26918"
+        ) from None
     return crs
 
 
@@ -39,8 +42,10 @@ def _shape(geometry: Mapping[str, Any]) -> BaseGeometry:
         raise GeometryError("geometry must be a GeoJSON geometry object with 'type' and 'coordinates'")
     try:
         geom = shape(geometry)
-    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
-        raise GeometryError(f"geometry is not valid GeoJSON ({exc}); e.g. {{'type': 'Point', 'coordinates': [lon, lat]}}")
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError, ShapelyError) as exc:
+        raise GeometryError(
+            f"geometry is not valid GeoJSON ({exc}); e.g. {{'type': 'Point', 'coordinates': [lon, lat]}}"
+        ) from None
     return geom
 
 
@@ -85,7 +90,8 @@ def parse_label(geometry: Mapping[str, Any], crs: str) -> BaseGeometry:
     minx, miny, maxx, maxy = geom.bounds
     if not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
         raise GeometryError(
-            f"coordinates {geom.bounds} are not lon/lat degrees; send lon/lat or name their CRS in `crs` (e.g. EPSG:26918)"
+            f"coordinates {geom.bounds} are not lon/lat degrees; "
+            "send lon/lat or name their CRS in `crs` (e.g. EPSG:26918)"
         )
     if geom.geom_type == "Polygon" and area_km2(geom) <= 0:
         raise GeometryError("polygon has no area; draw at least three distinct corners")

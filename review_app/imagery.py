@@ -18,7 +18,7 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
-from rasterio.windows import from_bounds
+from rasterio.windows import Window
 
 from pearl_pipelines.geo.catalog import load_collection_items
 from pearl_pipelines.geo.cog import RGBN_DESCRIPTIONS, write_cog
@@ -94,7 +94,7 @@ def build_mosaic(
         west, south, east, north = max(west, cw), max(south, cs), min(east, ce), min(north, cn)
         if east <= west or north <= south:
             raise ImageryError("the items found do not overlap the requested bbox")
-    left, bottom, right, top, width, height = _snap((west, south, east, north), grid)
+    left, _, _, top, width, height = _snap((west, south, east, north), grid)
     if width * height > MAX_MOSAIC_PIXELS:
         raise ImageryError(
             f"the imagery covers {width * height / 1e6:.0f} Mpx; the review app mosaics at most "
@@ -107,15 +107,10 @@ def build_mosaic(
         with rasterio.open(href) as src:
             if src.count < 4:
                 raise ImageryError(f"item {item_id} has {src.count} bands; RGBN imagery (4 bands) is required")
-            aligned = src.crs == crs and src.transform.a == grid.a and src.transform.e == grid.e
-            warp = dict(crs=crs, transform=transform, width=width, height=height, resampling=Resampling.bilinear)
-            with src if aligned else WarpedVRT(src, **warp) as reader:  # type: ignore[arg-type]
-                window = from_bounds(left, bottom, right, top, reader.transform).round_offsets().round_lengths()
-                pixels = reader.read([1, 2, 3, 4], window=window, out_shape=(4, height, width), boundless=True)
-                mask = reader.dataset_mask(window=window, out_shape=(height, width), boundless=True) > 0
-        take = mask & ~valid
-        data[:, take] = pixels[:, take]
-        valid |= take
+            pixels, mask, (r0, r1, c0, c1) = _read_onto(src, crs, transform, height, width)
+        take = mask & ~valid[r0:r1, c0:c1]
+        data[:, r0:r1, c0:c1][:, take] = pixels[:, take]
+        valid[r0:r1, c0:c1] |= take
         if progress:
             progress(n + 1, len(sources))
     if not valid.any():
@@ -130,6 +125,38 @@ def build_mosaic(
         overview_resampling="average",
         tags={"pearl:sources": ",".join(s[0] for s in sources)[:4000]},
     )
+
+
+def _read_onto(
+    src: rasterio.DatasetReader, crs: Any, transform: Affine, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """RGBN pixels + validity of `src` on the mosaic grid, and the (row0, row1, col0, col1) they cover.
+
+    No boundless reads: rasterio implements them with an in-memory VRT, and the VRT driver is off here.
+    """
+    col = (src.transform.c - transform.c) / transform.a
+    row = (src.transform.f - transform.f) / transform.e
+    same_grid = (
+        src.crs == crs
+        and src.transform.a == transform.a
+        and src.transform.e == transform.e
+        and abs(col - round(col)) < 1e-6
+        and abs(row - round(row)) < 1e-6
+    )
+    if same_grid:  # copy pixels, no resampling
+        col_off, row_off = round(col), round(row)
+        r0, c0 = max(0, row_off), max(0, col_off)
+        r1, c1 = min(height, row_off + src.height), min(width, col_off + src.width)
+        if r1 <= r0 or c1 <= c0:
+            return np.zeros((4, 0, 0), np.uint8), np.zeros((0, 0), bool), (0, 0, 0, 0)
+        window = Window(c0 - col_off, r0 - row_off, c1 - c0, r1 - r0)
+        return src.read([1, 2, 3, 4], window=window), src.dataset_mask(window=window) > 0, (r0, r1, c0, c1)
+    # Another grid: warp onto the mosaic grid; the warp's alpha band says which pixels it filled.
+    with WarpedVRT(
+        src, crs=crs, transform=transform, width=width, height=height, resampling=Resampling.bilinear, add_alpha=True
+    ) as vrt:
+        pixels = vrt.read()
+    return pixels[:4], pixels[-1] > 0, (0, height, 0, width)
 
 
 def lonlat_bounds(path: Path) -> tuple[float, float, float, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from pearl_pipelines.classes import ClassSchema
 
@@ -42,7 +42,14 @@ class StacImagery(BaseModel):
     datetime: str | None = Field(default=None, examples=["2021-01-01/2021-12-31"])
 
 
-ImagerySource = Annotated[LocalImagery | StacImagery, Field(discriminator="source")]
+def _imagery_source(value: Any) -> str:
+    """`source` picks the model; without it, a local collection is meant."""
+    return value.get("source", "local") if isinstance(value, dict) else getattr(value, "source", "local")
+
+
+ImagerySource = Annotated[
+    Annotated[LocalImagery, Tag("local")] | Annotated[StacImagery, Tag("stac")], Discriminator(_imagery_source)
+]
 
 
 class ProjectCreate(BaseModel):

@@ -7,10 +7,12 @@ errors.py turns into 4xx JSON. Long work goes to the job runner (tasks.py) and r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from shapely.geometry import shape
 from pearl_pipelines.classes import ClassSchema, load_schema
 from pearl_pipelines.geo.grid import aoi_to_tile_keys
 from pearl_pipelines.labels.store import AoiRow, LabelRow, LabelStore, LabelStoreError, ProjectRow
-from pearl_pipelines.ml.models import LandcoverModel
+from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
 from review_app import engine, geometry
 from review_app.events import EventHub
@@ -50,6 +52,14 @@ MODEL_RETRY_S = 10.0
 TMS = "WebMercatorQuad"
 
 
+@dataclass(frozen=True)
+class ProjectModel:
+    """The frozen backbone (+ replay set) and the head the project currently maps with."""
+
+    base: engine.BaseModel
+    version: ModelVersion
+
+
 class Conflict(RuntimeError):
     """The request is valid but the project is not in a state to do it (no model yet, imagery not ready)."""
 
@@ -75,9 +85,9 @@ class ReviewService:
         self.states = StateStore(settings.home_abs)
         self.hub = EventHub()
         self.runner = JobRunner(self.hub)
-        self.label_runs = Debouncer(engine.submit_label_run)
+        self.label_runs = Debouncer(lambda project_id: engine.submit_label_run(project_id, settings, self.store))
         self._lock = threading.RLock()
-        self._models: dict[int, LandcoverModel] = {}
+        self._models: dict[int, ProjectModel] = {}
         self._model_notes: dict[int, tuple[float, str]] = {}  # project -> (last attempt, why no model)
         self._schemas: dict[int, ClassSchema] = {}
 
@@ -105,7 +115,10 @@ class ReviewService:
 
     def create_project(self, req: ProjectCreate) -> ProjectRow:
         if isinstance(req.class_schema, str):
-            schema = load_schema(req.class_schema, self.settings.assets_dir)
+            try:
+                schema = load_schema(req.class_schema, self.settings.assets_dir)
+            except KeyError as exc:  # a bad value in the body, not an unknown path id: 422
+                raise LabelStoreError(exc.args[0]) from None
         else:
             schema = req.class_schema
         row = self.store.create_project(req.name, req.imagery.model_dump(), schema, req.base_model)
@@ -176,50 +189,63 @@ class ReviewService:
 
     @staticmethod
     def imagery_links(project_id: int) -> TileJsonLinks:
-        base = f"/tiles/imagery/{project_id}/{TMS}/tilejson.json"
-        return TileJsonLinks(true_color=f"{base}?bidx=1&bidx=2&bidx=3", false_color=f"{base}?bidx=4&bidx=1&bidx=2")
+        base = f"/tiles/imagery/{project_id}/{TMS}/tilejson.json?minzoom=11"
+        return TileJsonLinks(true_color=f"{base}&bidx=1&bidx=2&bidx=3", false_color=f"{base}&bidx=4&bidx=1&bidx=2")
 
     @staticmethod
     def prediction_links(project_id: int, aoi_id: int, version: int) -> TileJsonLinks:
         tail = f"{project_id}/{aoi_id}/{version}/{TMS}/tilejson.json"
-        return TileJsonLinks(classes=f"/tiles/predictions/{tail}", confidence=f"/tiles/confidence/{tail}")
+        return TileJsonLinks(
+            classes=f"/tiles/predictions/{tail}?tile_format=png&minzoom=12",
+            confidence=f"/tiles/confidence/{tail}?tile_format=png&minzoom=12",
+        )
 
     # -- models -----------------------------------------------------------------------------------------------------
-    def model(self, project_id: int) -> LandcoverModel | None:
-        """The project's current model (loaded once; the base model is retried every few seconds until found)."""
+    def model(self, project_id: int) -> ProjectModel | None:
+        """The project's base model and current version (loaded once; the base model is retried until found)."""
         with self._lock:
             if project_id in self._models:
                 return self._models[project_id]
             last, _ = self._model_notes.get(project_id, (0.0, ""))
-            if time.monotonic() - last < MODEL_RETRY_S and project_id in self._model_notes:
+            if project_id in self._model_notes and time.monotonic() - last < MODEL_RETRY_S:
                 return None
             self._model_notes[project_id] = (time.monotonic(), "loading the base model...")
-        state = self.states.get(project_id)
         paths = self.paths(project_id)
-        if state.current_model is not None and paths.model_path(state.current_model).is_file():
-            model: LandcoverModel | None = engine.load_version(paths.model_path(state.current_model))
-            note = ""
+        note = ""
+        if (paths.base_model_dir / engine.MODEL_FILE).is_file():
+            base: engine.BaseModel | None = engine.BaseModel.load(paths.base_model_dir)
         else:
-            result = engine.load_base_model(self.project(project_id).base_model, self.settings)
-            model, note = result.model, result.message
-            if model is not None:
-                engine.save_version(model, paths.model_path(0), {"source": result.source})
-                with self.states.update(project_id) as st:
-                    st.models[0] = ModelVersionInfo(
-                        id=0, kind="base", name="starter (base model)", classes=model.spec.schema.names
-                    )
-                    st.current_model, st.next_model_id = 0, max(st.next_model_id, 1)
+            base, note = engine.load_base_model(self.project(project_id).base_model, self.settings)
+            if base is not None:
+                base.save(paths.base_model_dir)
+        loaded = None
+        if base is not None:
+            loaded = ProjectModel(base, self._current_version(project_id, base))
         with self._lock:
-            if model is not None:
-                self._models[project_id] = model
+            if loaded is not None:
+                self._models[project_id] = loaded
             self._model_notes[project_id] = (time.monotonic(), note)
-        return model
+        return loaded
 
-    def set_model(self, project_id: int, model: LandcoverModel) -> None:
+    def _current_version(self, project_id: int, base: engine.BaseModel) -> ModelVersion:
+        paths = self.paths(project_id)
+        state = self.states.get(project_id)
+        if state.current_model is not None and paths.version_dir(state.current_model).is_dir():
+            return engine.load_version(paths.version_dir(state.current_model))
+        root = engine.root_version(base)
+        engine.save_version(root, paths.version_dir(0), None)
+        with self.states.update(project_id) as st:
+            st.models[0] = ModelVersionInfo(
+                id=0, engine_id=root.id, kind="base", name="starter (base model)", classes=root.schema.names
+            )
+            st.current_model, st.next_model_id = 0, max(st.next_model_id, 1)
+        return root
+
+    def set_version(self, project_id: int, version: ModelVersion) -> None:
         with self._lock:
-            self._models[project_id] = model
+            self._models[project_id] = dataclasses.replace(self._models[project_id], version=version)
 
-    def require_model(self, project_id: int) -> LandcoverModel:
+    def require_model(self, project_id: int) -> ProjectModel:
         model = self.model(project_id)
         if model is None:
             raise Conflict(self._model_notes.get(project_id, (0.0, "no model available"))[1])
@@ -294,6 +320,7 @@ class ReviewService:
         schema = self.schema(project_id)
         if req.class_name not in schema.names:
             raise LabelStoreError(f"unknown class {req.class_name!r}; this project has: {', '.join(schema.names)}")
+        aoi: AoiRow | None
         if req.aoi_id is not None:
             aoi = self.aoi(project_id, req.aoi_id)
             if not geometry.inside(shape(aoi.geometry), geom):
@@ -301,11 +328,11 @@ class ReviewService:
                     f"the label is not inside AOI {aoi.id} ({aoi.name}); labels must lie within their AOI"
                 )
         else:
-            aoi = next(
-                (a for a in self.store.list_aois(project_id) if geometry.inside(shape(a.geometry), geom)), None
-            )
+            aoi = next((a for a in self.store.list_aois(project_id) if geometry.inside(shape(a.geometry), geom)), None)
             if aoi is None:
-                raise geometry.GeometryError("the label is outside every AOI of this project; draw an AOI around it first")
+                raise geometry.GeometryError(
+                    "the label is outside every AOI of this project; draw an AOI around it first"
+                )
         (row,) = self.store.add_labels(project_id, [(req.class_name, geom)], aoi_id=aoi.id)
         self._labels_changed(project_id)
         return row
@@ -359,7 +386,7 @@ class ReviewService:
     def checkpoint_info(self, project_id: int, version: int) -> ModelVersionInfo:
         self.project(project_id)
         info = self.states.get(project_id).models.get(version)
-        if info is None or not self.paths(project_id).model_path(version).is_file():
+        if info is None or not self.paths(project_id).version_dir(version).is_dir():
             raise KeyError(f"no checkpoint {version} in project {project_id}")
         return info
 
@@ -380,13 +407,16 @@ class ReviewService:
         return info
 
     def _log_checkpoint(self, project_id: int, version: int, name: str) -> None:
-        info = self.states.get(project_id).models[version]
-        metrics = {"mean_f1": info.metrics.mean_f1} if info.metrics and info.metrics.mean_f1 is not None else {}
+        directory = self.paths(project_id).version_dir(version)
         try:
             mlflow_version = engine.log_checkpoint(
-                self.settings, self.project(project_id).name, name, self.paths(project_id).model_path(version), metrics
+                self.settings,
+                self.project(project_id).name,
+                name,
+                engine.load_version(directory),
+                ModelVersion.load_labels(directory),
             )
-        except Exception as exc:  # MLflow is optional locally: the checkpoint file is the source of truth
+        except Exception as exc:  # MLflow is optional locally: the checkpoint folder is the source of truth
             log.info("checkpoint %s not logged to MLflow: %s", name, exc)
             return
         with self.states.update(project_id) as state:

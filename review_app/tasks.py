@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import geopandas as gpd
 from shapely.geometry import shape
 
+from pearl_pipelines.classes import ClassSchema
+from pearl_pipelines.ml.metrics import MetricsReport
+from pearl_pipelines.ml.versions import ModelVersion
 from review_app import engine
 from review_app.imagery import ImageryError, build_mosaic, imagery_sources, lonlat_bounds
 from review_app.jobs import JobContext, JobFailed
-from review_app.schemas import MetricsOut
+from review_app.schemas import ClassMetric, MetricsOut
 from review_app.workspace import AoiLayer, ImageryInfo, ModelVersionInfo
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from review_app.service import ReviewService
 
 KEEP_LAYER_VERSIONS = 3  # the browser may still fetch the previous version's tiles while it swaps layers
@@ -43,13 +46,17 @@ def build_imagery(svc: ReviewService, project_id: int, ctx: JobContext) -> str:
         with svc.states.update(project_id) as state:
             state.imagery = ImageryInfo(state="missing" if missing else "error", message=str(exc))
         raise JobFailed(str(exc)) from None
+    except Exception:
+        with svc.states.update(project_id) as state:
+            state.imagery = ImageryInfo(state="error", message="the imagery could not be mosaicked (see server log)")
+        raise
     with svc.states.update(project_id) as state:
         state.imagery = ImageryInfo(state="ready", bounds=bounds)
     return f"imagery ready ({len(sources)} items)"
 
 
 def _publish_layer(
-    svc: ReviewService, ctx: JobContext, aoi_id: int, version: int, model_version: int | None, embeddings: bool
+    svc: ReviewService, ctx: JobContext, aoi_id: int, version: int, *, model_version: int | None, embeddings: bool
 ) -> None:
     project_id = ctx.job.project_id
     with svc.states.update(project_id) as state:
@@ -70,26 +77,26 @@ def _publish_layer(
 
 
 def run_inference(svc: ReviewService, project_id: int, aoi_id: int, ctx: JobContext) -> str:
-    model = svc.require_model(project_id)
+    current = svc.require_model(project_id)
     aoi = svc.aoi(project_id, aoi_id)
     paths = svc.paths(project_id)
     state = svc.states.get(project_id)
     version = state.aois.get(aoi_id, AoiLayer()).version + 1
     ctx.step(f"predicting {aoi.name}", 0.0)
     result = engine.predict_aoi(
-        model,
+        engine.version_model(current.version, current.base),
         paths.imagery,
         shape(aoi.geometry),
         paths.prediction_dir(aoi_id, version),
         paths.embeddings_dir(aoi_id),
         progress=lambda done, total: ctx.progress(done, total, f"predicting {aoi.name}: window {done}/{total}"),
-        model_id=f"project-{project_id}/v{state.current_model}",
+        model_id=current.version.id,
     )
-    _publish_layer(svc, ctx, aoi_id, version, state.current_model, embeddings=True)
+    _publish_layer(svc, ctx, aoi_id, version, model_version=state.current_model, embeddings=True)
     return f"{aoi.name} predicted in {result.seconds:.1f} s"
 
 
-def _cached_aois(svc: ReviewService, project_id: int) -> dict[int, object]:
+def _cached_aois(svc: ReviewService, project_id: int) -> dict[int, Path]:
     paths = svc.paths(project_id)
     return {
         aoi_id: paths.embeddings_dir(aoi_id)
@@ -110,78 +117,141 @@ def check_retrain(svc: ReviewService, project_id: int) -> None:
             f"the labelled AOI(s) {', '.join(map(str, aois))} have no predictions yet: run inference on them first "
             "(retraining re-uses the embeddings that inference caches)"
         )
+    classes = {label.class_name for label in labels}
+    if len(classes) < 2 and svc.require_model(project_id).base.replay is None:
+        raise engine.RetrainError(
+            f"all labels are of class {classes.pop()!r} and this model has no replay set: label at least two classes"
+        )
 
 
-def _repredict(
-    svc: ReviewService, ctx: JobContext, aoi_id: int, weight: np.ndarray, bias: np.ndarray, model_version: int
-) -> None:
+def _labels(svc: ReviewService, project_id: int, aoi_ids: list[int]) -> gpd.GeoDataFrame:
+    frame = svc.store.labels_frame(project_id)
+    aoi_of = {r.id: r.aoi_id for r in svc.store.list_labels(project_id)}
+    return frame[[aoi_of.get(i) in aoi_ids for i in frame["label_id"]]]
+
+
+def metrics_out(report: MetricsReport | None, model_version: int, notes: list[str] | None = None) -> MetricsOut:
+    """The engine's report on the classes that have labels (the rest would be rows of zeros)."""
+    if report is None:
+        return MetricsOut(
+            model_version=model_version,
+            method="none",
+            per_class=[],
+            confusion=[],
+            classes=[],
+            mean_f1=None,
+            accuracy=None,
+            n_labels=0,
+            n_samples=0,
+            message="; ".join(notes or []) or "metrics need labels of two classes or more in separate places",
+        )
+    present = [i for i, n in enumerate(report.support) if n > 0]
+    return MetricsOut(
+        model_version=model_version,
+        method=report.method,
+        per_class=[
+            ClassMetric(
+                name=report.class_names[i],
+                f1=report.f1[i],
+                precision=report.precision[i],
+                recall=report.recall[i],
+                support=report.support[i],
+            )
+            for i in present
+        ],
+        confusion=[[report.confusion[i][j] for j in present] for i in present],
+        classes=[report.class_names[i] for i in present],
+        mean_f1=report.macro_f1,
+        accuracy=report.accuracy,
+        n_labels=0,
+        n_samples=report.n_samples,
+        message="; ".join(report.notes),
+    )
+
+
+def _repredict(svc: ReviewService, ctx: JobContext, aoi_id: int, version: ModelVersion, model_version: int) -> None:
     project_id = ctx.job.project_id
     paths = svc.paths(project_id)
-    version = svc.states.get(project_id).aois.get(aoi_id, AoiLayer()).version + 1
-    weight, bias = engine.pad_head(weight, bias, len(svc.schema(project_id)))
+    layer_version = svc.states.get(project_id).aois.get(aoi_id, AoiLayer()).version + 1
     engine.repredict(
-        paths.embeddings_dir(aoi_id), weight, bias, svc.schema(project_id), paths.prediction_dir(aoi_id, version)
+        paths.embeddings_dir(aoi_id), version, svc.schema(project_id), paths.prediction_dir(aoi_id, layer_version)
     )
-    _publish_layer(svc, ctx, aoi_id, version, model_version, embeddings=True)
+    _publish_layer(svc, ctx, aoi_id, layer_version, model_version=model_version, embeddings=True)
 
 
 def run_retrain(svc: ReviewService, project_id: int, aoi_id: int | None, ctx: JobContext) -> str:
     started = time.perf_counter()
-    model = svc.require_model(project_id)
+    current = svc.require_model(project_id)
     schema = svc.schema(project_id)
     caches = _cached_aois(svc, project_id)
-    labels = {aid: svc.store.labels_frame(project_id, aoi_id=aid) for aid in caches}
+    labels = _labels(svc, project_id, list(caches))
     ctx.step("fitting the head on your labels", 0.1)
-    fit = engine.retrain_head(model, schema, labels, caches)  # type: ignore[arg-type]
-    new_model = engine.with_head(model, schema, fit.weight, fit.bias)
+    child = engine.retrain_version(current.version, schema, list(caches.values()), labels, current.base.replay)
     with svc.states.update(project_id) as state:
         parent = state.current_model
-        version = max(state.next_model_id, 1)
-        state.models[version] = ModelVersionInfo(
-            id=version,
-            kind="retrain",
-            parent=parent,
-            label_set=svc.store.label_set_digest(project_id),
-            n_labels=fit.n_labels,
-            classes=schema.names,
-        )
-        state.current_model, state.next_model_id = version, version + 1
-    svc.set_model(project_id, new_model)
+        number = max(state.next_model_id, 1)
+        state.next_model_id = number + 1
+    svc.set_version(project_id, child)
     # The AOI in view first, then the other labelled AOIs, then the rest.
-    order = sorted(caches, key=lambda a: (a != aoi_id, len(labels[a]) == 0, a))
+    labelled = {r.aoi_id for r in svc.store.list_labels(project_id)}
+    order = sorted(caches, key=lambda a: (a != aoi_id, a not in labelled, a))
     first_layer_s = 0.0
     for n, aid in enumerate(order):
-        ctx.step(f"re-predicting AOI {aid} from cached embeddings", 0.3 + 0.4 * n / len(order))
-        _repredict(svc, ctx, aid, fit.weight, fit.bias, version)
+        ctx.step(f"re-predicting AOI {aid} from cached embeddings", 0.3 + 0.6 * n / len(order))
+        _repredict(svc, ctx, aid, child, number)
         if n == 0:
             first_layer_s = time.perf_counter() - started
-            engine.save_version(new_model, svc.paths(project_id).model_path(version), {"parent": parent})
-    ctx.step("computing metrics (grouped cross-validation)", 0.8)
-    metrics = MetricsOut(model_version=version, **engine.evaluate(fit.labelled, fit.replay, schema))
-    base_metrics = None
-    base = svc.states.get(project_id).models.get(0)
-    if base is not None and svc.paths(project_id).model_path(0).is_file():
-        base_model = engine.load_version(svc.paths(project_id).model_path(0))
-        base_metrics = MetricsOut(model_version=0, **engine.score_head(*engine.head_arrays(base_model), fit.labelled, schema))
+    engine.save_version(child, svc.paths(project_id).version_dir(number), labels)
+    metrics = metrics_out(child.metrics, number, child.info.get("metric_notes"))
+    metrics.n_labels = int(child.info.get("n_labels", len(labels)))
     with svc.states.update(project_id) as state:
-        state.models[version].metrics = metrics
-        if base_metrics is not None and 0 in state.models:
-            state.models[0].metrics = base_metrics
-    ctx.publish({"type": "metrics_updated", "model_version": version})
+        state.models[number] = ModelVersionInfo(
+            id=number,
+            engine_id=child.id,
+            kind="retrain",
+            parent=parent,
+            label_set=child.label_set_digest,
+            n_labels=metrics.n_labels,
+            classes=child.schema.names,
+            metrics=metrics,
+        )
+        state.current_model = number
+    _score_base(svc, project_id, base=current.base, schema=schema, caches=list(caches.values()), labels=labels)
+    ctx.publish({"type": "metrics_updated", "model_version": number})
     f1 = f"mean F1 {metrics.mean_f1:.2f}" if metrics.mean_f1 is not None else "metrics need more labels"
-    return f"model v{version}: map updated in {first_layer_s:.2f} s; {f1}"
+    return f"model v{number}: map updated in {first_layer_s:.2f} s; {f1}"
 
 
-def run_restore(svc: ReviewService, project_id: int, version: int, ctx: JobContext) -> str:
-    info = svc.checkpoint_info(project_id, version)
-    model = engine.load_version(svc.paths(project_id).model_path(version))
-    svc.set_model(project_id, model)
+def _score_base(
+    svc: ReviewService,
+    project_id: int,
+    *,
+    base: engine.BaseModel,
+    schema: ClassSchema,
+    caches: list[Path],
+    labels: gpd.GeoDataFrame,
+) -> None:
+    """The starter model's F1 on the same labels, so checkpoints can be compared with where the mapper began."""
+    report = engine.score_version(engine.root_version(base), schema, caches, labels)
+    if report is None:
+        return
+    scored = metrics_out(report, 0)
+    scored.n_labels = len(labels)
     with svc.states.update(project_id) as state:
-        state.current_model = version
-    weight, bias = engine.head_arrays(model)
+        if 0 in state.models:
+            state.models[0].metrics = scored
+
+
+def run_restore(svc: ReviewService, project_id: int, number: int, ctx: JobContext) -> str:
+    info = svc.checkpoint_info(project_id, number)
+    version = engine.load_version(svc.paths(project_id).version_dir(number))
+    svc.require_model(project_id)
+    svc.set_version(project_id, version)
+    with svc.states.update(project_id) as state:
+        state.current_model = number
     caches = _cached_aois(svc, project_id)
     for n, aid in enumerate(sorted(caches)):
-        ctx.step(f"re-predicting AOI {aid} with {info.name or f'v{version}'}", n / max(1, len(caches)))
-        _repredict(svc, ctx, aid, weight, bias, version)
-    ctx.publish({"type": "metrics_updated", "model_version": version})
-    return f"restored {info.name or f'model v{version}'}"
+        ctx.step(f"re-predicting AOI {aid} with {info.name or f'v{number}'}", n / max(1, len(caches)))
+        _repredict(svc, ctx, aid, version, number)
+    ctx.publish({"type": "metrics_updated", "model_version": number})
+    return f"restored {info.name or f'model v{number}'}"

@@ -45,8 +45,14 @@ class ProjectPaths:
     def embeddings_dir(self, aoi_id: int) -> Path:
         return self.aoi_dir(aoi_id) / "embeddings"
 
-    def model_path(self, version: int) -> Path:
-        return self.root / "models" / f"v{int(version)}.pt"
+    @property
+    def base_model_dir(self) -> Path:
+        """The project's copy of its base model (model.pt + replay.npz): no MLflow needed after the first load."""
+        return self.root / "models" / "base"
+
+    def version_dir(self, version: int) -> Path:
+        """A model version checkpoint (ml.versions.ModelVersion: head, schema, lineage, metrics, labels)."""
+        return self.root / "models" / f"v{int(version)}"
 
     @property
     def state(self) -> Path:
@@ -61,6 +67,7 @@ class ModelVersionInfo(BaseModel):
     """One model of the project: the base model (id 0) or a retrained head; a checkpoint once named."""
 
     id: int
+    engine_id: str = Field(description="ml.versions.ModelVersion id")
     kind: Literal["base", "retrain"]
     parent: int | None = None
     created_at: dt.datetime = Field(default_factory=_now)

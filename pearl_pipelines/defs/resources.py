@@ -7,18 +7,19 @@ Everything else (paths, STAC, MLflow) is configuration, not a fork.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import dagster as dg
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from pearl_pipelines.geo.stac import StacCatalog
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.settings import Settings, get_settings
+from pearl_pipelines.worker.layout import prediction_dir
 
 WORKER_MODULE = "pearl_pipelines.worker"
 RUN_ID_TAG = "dagster_run_id"  # MLflow tag on every training, retraining and inference run
@@ -52,13 +53,19 @@ class RasterStore(dg.ConfigurableResource):
         z, x, y = key.split("-")
         return self.tiles_dir / z / x / y / "image.tif"
 
-    def embeddings_dir(self, backbone: str, key: str) -> Path:
-        z, x, y = key.split("-")
-        return self.root / "embeddings" / backbone / z / x / y
+    def embeddings_dir(self, base_model_slug: str, aoi_id: int) -> Path:
+        """Embedding cache of one review AOI, per base model (every head on that backbone shares it)."""
+        return self.root / "embeddings" / base_model_slug / f"aoi-{aoi_id}"
+
+    def aoi_predictions_dir(self, base_model_slug: str, aoi_id: int) -> Path:
+        return self.root / "predictions" / base_model_slug / "aois" / f"aoi-{aoi_id}"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
 
     def predictions_dir(self, model_slug: str, key: str) -> Path:
-        z, x, y = key.split("-")
-        return self.root / "predictions" / model_slug / z / x / y
+        return prediction_dir(self.root, model_slug, key)
 
     def index_path(self, region: str) -> Path:
         return self.root / "imagery_index" / f"{region}.parquet"
@@ -108,14 +115,14 @@ class MlflowRegistry(dg.ConfigurableResource):
     tracking_uri: str
     experiment: str = "pearl"
 
-    @cached_property
-    def _client(self) -> Any:
-        from mlflow import MlflowClient
-
-        return MlflowClient(self.tracking_uri)
+    _client: Any = PrivateAttr(default=None)
 
     @property
     def client(self) -> Any:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(self.tracking_uri)
         return self._client
 
     def version_by_alias(self, name: str, alias: str) -> Any | None:
@@ -157,9 +164,9 @@ def parse_model_ref(model_ref: str) -> tuple[str, str]:
     return name, version
 
 
-def model_slug(name: str, version: str | int) -> str:
-    """Folder-safe id of a registered model version: predictions of different models never overwrite each other."""
-    return f"{name}-v{version}"
+def cache_complete(directory: Path) -> bool:
+    """An embedding cache is complete once its metadata file is written (the engine writes it last)."""
+    return (Path(directory) / "embeddings.json").is_file()
 
 
 DEFAULT_GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -174,7 +181,7 @@ class GpuCompute(dg.ConfigurableResource):
 
     mode: Literal["local", "k8s"] = "local"
     python: str = ""  # local: interpreter for the worker; default this process's
-    env: dict[str, str] = {}
+    env: dict[str, str] = Field(default_factory=dict)
     # k8s mode: the pod that runs the worker.
     image: str = "ghcr.io/pearl-pipelines/pearl-worker:latest"
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
@@ -184,8 +191,8 @@ class GpuCompute(dg.ConfigurableResource):
     cpu_request: str = "2"
     memory_request: str = "8Gi"
     memory_limit: str = "16Gi"
-    node_selector: dict[str, str] = {"nvidia.com/gpu.present": "true"}
-    tolerations: list[dict[str, str]] = DEFAULT_GPU_TOLERATIONS
+    node_selector: dict[str, str] = Field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    tolerations: list[dict[str, str]] = Field(default_factory=lambda: [dict(t) for t in DEFAULT_GPU_TOLERATIONS])
     pearl_home_claim: str = "pearl-home"  # PVC shared with the Dagster run pods, mounted as the pod's PEARL_HOME
     pearl_home_mount: str = "/data/pearl"
     mlflow_tracking_uri: str | None = None  # the tracking server as the pod sees it (cluster DNS)
@@ -226,6 +233,26 @@ class GpuCompute(dg.ConfigurableResource):
     def pod_meta(self, task: str) -> dict[str, Any]:
         return {"labels": {"app.kubernetes.io/name": "pearl-worker", "pearl/task": task}}
 
+    def pod_manifest(
+        self, task: str, *, pod_name: str = "pearl-worker", env_vars: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The Pod that `PipesK8sClient.run` creates for a task (same `build_pod_body` call), as a manifest.
+
+        `env_vars` stands for the Pipes bootstrap variables the client adds at run time.
+        """
+        from dagster_k8s.pipes import build_pod_body
+        from kubernetes.client import ApiClient
+
+        pod = build_pod_body(
+            pod_name=pod_name,
+            image=None,
+            command=self.worker_command(task),
+            env_vars={**(env_vars or {}), **self.env},
+            base_pod_meta=self.pod_meta(task),
+            base_pod_spec=self.pod_spec(),
+        )
+        return {"apiVersion": "v1", "kind": "Pod", **ApiClient().sanitize_for_serialization(pod)}
+
     def worker_extras(self, extras: Mapping[str, Any]) -> dict[str, Any]:
         """Extras as the worker sees them (the pod reaches MLflow by its in-cluster address)."""
         out = dict(extras)
@@ -234,7 +261,8 @@ class GpuCompute(dg.ConfigurableResource):
         return out
 
     def run(
-        self, context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext | dg.OpExecutionContext,
+        self,
+        context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext | dg.OpExecutionContext,
         task: str,
         extras: Mapping[str, Any],
         env: Mapping[str, str] | None = None,
@@ -257,12 +285,22 @@ class GpuCompute(dg.ConfigurableResource):
                 base_pod_meta=self.pod_meta(task),
                 base_pod_spec=self.pod_spec(),
             )
-        subprocess_client = dg.PipesSubprocessClient(env={**self.env, **(env or {})})
+        # cwd: PEARL_HOME, so nothing a library writes by default (e.g. MLflow's ./mlflow.db) lands in the repo.
+        subprocess_client = dg.PipesSubprocessClient(env={**self.env, **(env or {})}, cwd=self.env.get("PEARL_HOME"))
         return subprocess_client.run(
             context=context,  # type: ignore[arg-type]
             command=self.worker_command(task),
             extras=extras,
         )
+
+
+def automation_enabled() -> bool:
+    """Whether sensors and schedules start RUNNING (default) or STOPPED (benchmarks and tests that submit
+    runs themselves set PEARL_DAGSTER_AUTOMATION=off, so no sensor run competes with theirs)."""
+    value = getattr(get_settings(), "dagster_automation", None)
+    if value is None:
+        value = os.environ.get("PEARL_DAGSTER_AUTOMATION", "on").lower() not in ("off", "0", "false", "no")
+    return bool(value)
 
 
 def build_resources(settings: Settings | None = None) -> dict[str, Any]:

@@ -12,11 +12,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mlflow
-from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+import mlflow
+from mlflow import MlflowClient
 from pearl_pipelines.ml.models import LandcoverModel, load_model
 
 MODEL_ARTIFACT_PATH = "model"  # run artifact folder that a model version points at
@@ -81,16 +81,27 @@ class ModelRegistry:
         self.set_alias(name, alias, version)
         return True
 
-    def download(self, name: str, alias_or_version: str | int, dst: Path) -> Path:
-        """Download a version's model folder into `dst`; returns the local folder."""
-        dst.mkdir(parents=True, exist_ok=True)
-        uri = model_uri(name, alias_or_version)
+    def resolve(self, name: str, alias_or_version: str | int) -> ModelVersion:
+        """The registered version behind an alias or a version number (KeyError when there is none)."""
+        ref = str(alias_or_version)
         try:
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=str(dst), tracking_uri=self.tracking_uri
-            )
+            if ref.isdigit():
+                return self.client.get_model_version(name, ref)
+            return self.client.get_model_version_by_alias(name, ref)
         except MlflowException as exc:
-            raise KeyError(f"cannot resolve {uri} on {self.tracking_uri}: {exc.message}") from exc
+            raise KeyError(f"{model_uri(name, ref)} does not exist on {self.tracking_uri}: {exc.message}") from exc
+
+    def download(self, name: str, alias_or_version: str | int, dst: Path) -> Path:
+        """Download a version's model folder into `dst`; returns the local folder that holds `model.pt`.
+
+        Resolves the version with this client and downloads its source, so MLflow's process-wide
+        registry URI (which `models:/` URIs would need) is never touched.
+        """
+        version = self.resolve(name, alias_or_version)
+        dst.mkdir(parents=True, exist_ok=True)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=version.source, dst_path=str(dst), tracking_uri=self.tracking_uri
+        )
         return Path(local)
 
     def load_model(

@@ -93,7 +93,6 @@ def build_replay_set(
         raise ValueError(f"{len(images)} images but {len(labels)} label rasters")
     device = torch.device(device) if device is not None else pick_device()
     net = inference_copy(model, device)
-    tiling = default_tiling(model.backbone)
     channels = net.backbone.out_channels
     picks = _pick_pixels(labels, per_class, np.random.default_rng(seed))
     embeddings, classes = [], []
@@ -111,6 +110,7 @@ def build_replay_set(
             if len(r):
                 found.append((np.ravel_multi_index((r + row, c + col), out.shape), block[r, c].numpy().copy()))
 
+        tiling = default_tiling(model.backbone, fit=(height, width))
         plan = WindowPlan.build(Region(0, 0, height, width), tiling, (0, 0), band_columns(tiling, channels, 64))
         with torch.inference_mode():
             run_windows(ArraySource(image), plan, net.embed, channels, keep, device=device, batch_size=batch_size)

@@ -23,11 +23,18 @@ from affine import Affine
 
 @dataclass(frozen=True)
 class Tiling:
-    """Window size, ignored edge margin and cross-fade width, in pixels."""
+    """Window size, ignored edge margin and cross-fade width, in pixels.
+
+    `crop`: run only the part of a window that the area needs (plus the margin). Exact for backbones
+    with a finite receptive field no wider than the margin (FCN), where a pixel's output does not depend
+    on the window around it, and it saves up to half the work on small areas. Not for backbones with
+    window-wide statistics (U-Net's GroupNorm), whose outputs near an area's edge would then depend on it.
+    """
 
     window: int = 512
     margin: int = 8
     fade: int = 16
+    crop: bool = False
 
     def __post_init__(self) -> None:
         if self.margin < 0 or self.fade < 0:
@@ -47,12 +54,20 @@ class Tiling:
         return self.window - self.overlap
 
 
-def default_tiling(backbone: object, window: int = 512) -> Tiling:
-    """Margin from the backbone's receptive field where it is finite (FCN); a generous one otherwise (U-Net)."""
+def default_tiling(backbone: object, window: int = 512, fit: tuple[int, int] | None = None) -> Tiling:
+    """Margin from the backbone's receptive field where it is finite (FCN); a generous one otherwise (U-Net).
+
+    `fit=(height, width)` shrinks the window for a small image (e.g. a training tile) to what covers it.
+    """
     receptive = getattr(backbone, "receptive_field", None)
-    margin = max(8, math.ceil(receptive / 2)) if receptive else 32
     multiple = getattr(backbone, "multiple", 1)
-    return Tiling(window=max(window // multiple, 1) * multiple, margin=margin, fade=16)
+    if receptive and multiple == 1:  # exact windows: nothing to cross-fade, crop edge windows
+        margin, fade, crop = max(8, math.ceil(receptive / 2)), 0, True
+    else:
+        margin, fade, crop = 32, 16, False
+    if fit is not None:
+        window = min(window, max(max(fit) + 2 * margin, 2 * (2 * margin + fade)))
+    return Tiling(window=math.ceil(window / multiple) * multiple, margin=margin, fade=fade, crop=crop)
 
 
 def blend_weights_1d(tiling: Tiling) -> np.ndarray:

@@ -44,6 +44,7 @@ class TrainConfig(BaseModel):
 class EpochStats:
     epoch: int
     loss: float
+    accuracy: float  # pixel accuracy on the epoch's training patches
     lr: float
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
@@ -54,7 +55,7 @@ EpochCallback = Callable[[EpochStats, LandcoverModel], dict[str, float] | None]
 
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 - legacy global state some libraries still read
+    np.random.seed(seed)  # legacy global state that some libraries still read
 
 
 def class_weights(rasters: Sequence[LabelledRaster], n_classes: int, power: float) -> torch.Tensor:
@@ -100,19 +101,28 @@ def train_model(
         model.train()
         started = time.perf_counter()
         losses = []
+        correct = labelled = 0
         for _ in range(config.steps_per_epoch):
             images, labels = sampler.batch(config.batch_size)
-            loss = criterion(model(images.contiguous(memory_format=torch.channels_last)), labels)
+            logits = model(images.contiguous(memory_format=torch.channels_last))
+            loss = criterion(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
+            valid = labels != NODATA_CLASS
+            correct += int((logits.detach().argmax(dim=1)[valid] == labels[valid]).sum())
+            labelled += int(valid.sum())
             bar.update()
             bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}")
         model.eval()
         stats = EpochStats(
-            epoch, float(np.mean(losses)), optimizer.param_groups[0]["lr"], time.perf_counter() - started
+            epoch=epoch,
+            loss=float(np.mean(losses)),
+            accuracy=correct / max(labelled, 1),
+            lr=optimizer.param_groups[0]["lr"],
+            seconds=time.perf_counter() - started,
         )
         if on_epoch is not None:
             with torch.no_grad():

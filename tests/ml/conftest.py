@@ -34,12 +34,17 @@ ORIGIN = (500_123.0, 4_400_457.0)
 def tiny_model(arch: str = "fcn", schema_id: str = "chesapeake4", seed: int = 0) -> LandcoverModel:
     torch.manual_seed(seed)
     kwargs = {"base": 8} if arch == "unet" else {}
-    model = LandcoverModel(ModelSpec(arch=arch, schema=load_schema(schema_id), embed_dim=8, arch_kwargs=kwargs)).eval()
+    model = LandcoverModel(ModelSpec(arch=arch, schema=load_schema(schema_id), embed_dim=16, arch_kwargs=kwargs)).eval()
     with torch.no_grad():
+        for conv in model.backbone.modules():
+            if isinstance(conv, torch.nn.Conv2d):  # variance-preserving init: live, varied embeddings
+                torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                torch.nn.init.normal_(conv.bias, 0.0, 0.1)
         # Centre and scale the head on typical embeddings so that every class wins somewhere.
         emb = model.embed(torch.from_numpy(blob_image(64, 64, seed=seed))[None])[0].flatten(1).T
         k = len(model.spec.schema)
-        weight = torch.randn(k, emb.shape[1]) / emb.std(dim=0).clamp_min(1e-3)
+        weight = torch.randn(k, emb.shape[1])
+        weight *= 3.0 / ((emb - emb.mean(dim=0)) @ weight.T).std()  # logits spread like a trained model's
         model.head.weight.copy_(weight.reshape(model.head.weight.shape))
         model.head.bias.copy_(-(emb.mean(dim=0) @ weight.T))
     return model
@@ -121,3 +126,21 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         log.close()
+
+
+def pixel_xy(rows: np.ndarray, cols: np.ndarray, origin: tuple[float, float] = ORIGIN) -> tuple[np.ndarray, np.ndarray]:
+    """Map coordinates of pixel centres of an image written with `write_image`."""
+    return origin[0] + np.asarray(cols) + 0.5, origin[1] - np.asarray(rows) - 0.5
+
+
+def pixel_box(row0: int, col0: int, row1: int, col1: int, origin: tuple[float, float] = ORIGIN):
+    """Polygon covering pixels [row0, row1) x [col0, col1)."""
+    from shapely.geometry import box
+
+    return box(origin[0] + col0, origin[1] - row1, origin[0] + col1, origin[1] - row0)
+
+
+def labels_frame(geometries: list, names: list[str], crs: str = CRS):
+    import geopandas as gpd
+
+    return gpd.GeoDataFrame({"class_name": names, "label_id": range(len(names))}, geometry=geometries, crs=crs)

@@ -49,10 +49,10 @@ def engine_probs(model: LandcoverModel, image: np.ndarray, region: Region, tilin
     return out
 
 
-@pytest.mark.parametrize("arch", ["fcn", "unet"])
-def test_prediction_is_position_independent(arch: str, image_array: np.ndarray) -> None:
+@pytest.mark.parametrize(("arch", "crop"), [("fcn", False), ("fcn", True), ("unet", False)])
+def test_prediction_is_position_independent(arch: str, crop: bool, image_array: np.ndarray) -> None:
     model = tiny_model(arch)
-    tiling = Tiling(window=64, margin=8, fade=8)
+    tiling = Tiling(window=64, margin=8, fade=0 if crop else 8, crop=crop)
     full = engine_probs(model, image_array, Region(0, 0, 300, 380), tiling, anchor=(11, 5))
     part = engine_probs(model, image_array, Region(97, 131, 71, 90), tiling, anchor=(11, 5))
     np.testing.assert_allclose(part, full[97:168, 131:221], atol=1e-5)

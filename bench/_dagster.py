@@ -1,0 +1,160 @@
+"""Shared setup of the Dagster benches: a bench home under PEARL_HOME, the local services, a starter model.
+
+The benches run the real local deployment: the STAC API, an MLflow server and `dagster dev` (with
+PEARL_DAGSTER_AUTOMATION=off, so no sensor run competes with the runs a bench submits), all on free
+ports, in `PEARL_HOME/bench/dagster` (the catalog is shared with PEARL_HOME). Regions and the starter
+model are created on first use and reused after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as `python bench/NAME.py`
+
+from pearl_pipelines.settings import get_settings  # noqa: E402
+
+STARTER = "pearl-starter-chesapeake9"
+LOCATION, REPOSITORY = "pearl_pipelines", "__repository__"
+# A PEARL-sized FCN (five 3x3 convs, 64 features), trained briefly: the benches time the pipeline, not quality.
+BENCH_STARTER = {
+    "train_regions": ["train-a"],
+    "holdout_regions": ["holdout"],
+    "arch": "fcn",
+    "embed_dim": 64,
+    "epochs": 2,
+    "steps_per_epoch": 20,
+    "batch_size": 4,
+    "patch_size": 128,
+    "replay_per_class": 200,
+}
+NEEDED_REGIONS = ("demo", "train-a", "holdout")
+
+_RUN_TIMES = """
+query RunTimes($runId: ID!) {
+  runOrError(runId: $runId) { __typename ... on Run { status creationTime startTime endTime } }
+}
+"""
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def emit(result: dict[str, Any]) -> None:
+    """The machine-readable result: always the last line of a bench's output."""
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}), flush=True)
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Bench:
+    home: Path
+    mlflow_uri: str
+    dagster_port: int
+    client: Any  # DagsterGraphQLClient
+
+    def submit(self, job: str, *, run_config: dict | None = None, tags: dict | None = None) -> str:
+        return self.client.submit_job_execution(
+            job, repository_location_name=LOCATION, repository_name=REPOSITORY, run_config=run_config, tags=tags
+        )
+
+    def wait(self, run_id: str, timeout: float = 3600, poll: float = 0.1) -> dict[str, Any]:
+        """Poll until the run ends; returns its status and Dagster's creation/start/end times (epoch s)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.client._execute(_RUN_TIMES, {"runId": run_id})["runOrError"]
+            if run.get("status") in ("SUCCESS", "FAILURE", "CANCELED"):
+                if run["status"] != "SUCCESS":
+                    raise RuntimeError(f"run {run_id} ended {run['status']}; see the Dagster UI or dagster-dev.log")
+                return run
+            time.sleep(poll)
+        raise TimeoutError(f"run {run_id} did not finish in {timeout:.0f} s")
+
+
+def ensure_regions(catalog_dir: Path) -> None:
+    from pearl_pipelines.geo.regions import build_region, load_regions
+
+    regions = load_regions(get_settings().assets_dir)
+    for name in NEEDED_REGIONS:
+        if not (catalog_dir / name / "collection.json").is_file():
+            started = time.perf_counter()
+            build_region(regions[name], catalog_dir, show_progress=True)
+            log(f"region {name} generated in {time.perf_counter() - started:.1f} s")
+
+
+def has_champion(uri: str) -> bool:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient(uri).get_model_version_by_alias(STARTER, "champion")
+    except MlflowException:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def bench_services(name: str) -> Iterator[Bench]:
+    """Services for a bench (stopped on exit); the starter is trained through Dagster if there is none."""
+    from dagster_graphql import DagsterGraphQLClient
+
+    from pearl_pipelines.geo.stac_server import StacServer
+    from pearl_pipelines.services import dagster_dev, mlflow_server
+
+    root = get_settings().home_abs
+    home = root / "bench" / "dagster"
+    home.mkdir(parents=True, exist_ok=True)
+    ensure_regions(root / "catalog")
+    if not (home / "catalog").exists():
+        (home / "catalog").symlink_to(root / "catalog", target_is_directory=True)
+    stac_port, mlflow_port, dagster_port = free_port(), free_port(), free_port()
+    os.environ.update(
+        {
+            "PEARL_HOME": str(home),
+            "PEARL_STAC_PORT": str(stac_port),
+            "PEARL_MLFLOW_PORT": str(mlflow_port),
+            "PEARL_DAGSTER_AUTOMATION": "off",
+        }
+    )
+    os.environ.pop("PEARL_MLFLOW_TRACKING_URI", None)
+    get_settings.cache_clear()
+    with contextlib.ExitStack() as stack:
+        log(f"[{name}] services under {home}")
+        stack.enter_context(StacServer(root / "catalog", stac_port))
+        mlflow = mlflow_server(home, mlflow_port)
+        stack.callback(mlflow.stop)
+        mlflow.start(timeout=180)
+        dagster = dagster_dev(get_settings(), port=dagster_port)
+        stack.callback(dagster.stop)
+        started = time.perf_counter()
+        dagster.start(timeout=300)
+        log(f"[{name}] dagster dev answered after {time.perf_counter() - started:.1f} s")
+        bench = Bench(
+            home, f"http://127.0.0.1:{mlflow_port}", dagster_port, DagsterGraphQLClient("127.0.0.1", port_number=dagster_port)
+        )
+        if not has_champion(bench.mlflow_uri):
+            log(f"[{name}] no starter model yet: training a PEARL-sized FCN through starter_model_job ...")
+            started = time.perf_counter()
+            bench.wait(bench.submit("starter_model_job", run_config={"ops": {"starter_model": {"config": BENCH_STARTER}}}))
+            log(f"[{name}] starter model registered in {time.perf_counter() - started:.1f} s")
+        yield bench

@@ -1,0 +1,150 @@
+"""Shared setup of the review-app benches: a bench PEARL_HOME, the demo region, a model, the app under uvicorn.
+
+The bench home is PEARL_HOME/bench/review: its own label DB and review state (the mapper's demo project
+is never touched), the demo collection linked from PEARL_HOME/catalog (generated at full size when
+missing), and the starter model linked from PEARL_HOME/models when one was trained (`make demo`);
+otherwise a PEARL-sized FCN (five 3x3 convs, 64 features; untrained: latency does not depend on weights).
+MLflow and Dagster ports point at nothing, so no run or label submission leaves the bench.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as `python bench/NAME.py`
+
+from pearl_pipelines.services import Service, review_app
+from pearl_pipelines.settings import Settings, get_settings
+
+DEMO = "demo"
+BASE_MODEL = "models:/pearl-starter-chesapeake9@starter"
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def emit(result: dict[str, float]) -> None:
+    """The machine-readable result: always the last line of a bench's output."""
+    print(json.dumps({k: round(v, 4) for k, v in result.items()}), flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def bench_settings() -> Settings:
+    """The bench home, with the demo region and a model in place."""
+    from pearl_pipelines.geo.regions import build_region, load_regions
+
+    main = get_settings()
+    if not (main.catalog_dir / DEMO / "collection.json").is_file():
+        log(f"generating the demo region into {main.catalog_dir} (first run only) ...")
+        build_region(load_regions(main.assets_dir)[DEMO], main.catalog_dir, show_progress=True)
+    home = main.home_abs / "bench" / "review"
+    (home / "models").mkdir(parents=True, exist_ok=True)
+    if not (home / "catalog").exists():
+        (home / "catalog").symlink_to(main.catalog_dir)
+    settings = Settings(home=home, mlflow_port=free_port(), dagster_port=free_port())
+    _ensure_model(main, settings)
+    return settings
+
+
+def _ensure_model(main: Settings, settings: Settings) -> None:
+    from review_app.engine import MODEL_FILE, local_model_dirs
+
+    for folder in local_model_dirs(BASE_MODEL, main):
+        if (folder / MODEL_FILE).is_file():
+            link = settings.models_dir / folder.name
+            if not link.exists():
+                link.symlink_to(folder)
+            log(f"model: the starter model {folder}")
+            return
+    for folder in local_model_dirs(BASE_MODEL, settings):
+        if (folder / MODEL_FILE).is_file():
+            log(f"model: {folder}")
+            return
+    import torch
+
+    from pearl_pipelines.classes import load_schema
+    from pearl_pipelines.ml.models import LandcoverModel, ModelSpec, save_model
+    from pearl_pipelines.ml.starter import starter_dir
+
+    torch.manual_seed(0)
+    model = LandcoverModel(ModelSpec(arch="fcn", schema=load_schema("chesapeake9"), embed_dim=64)).eval()
+    path = save_model(model, starter_dir(settings, "chesapeake9", "fcn") / MODEL_FILE, extra={"bench": True})
+    log(f"model: no starter model trained yet; a PEARL-sized FCN (64 features, untrained) at {path}")
+
+
+def start_app(settings: Settings) -> tuple[str, Service]:
+    port = free_port()
+    env = {"PEARL_MLFLOW_PORT": str(settings.mlflow_port), "PEARL_DAGSTER_PORT": str(settings.dagster_port)}
+    service = review_app(settings, port=port, env=env).start(timeout=120)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        project = httpx.get(f"{url}/api/projects/1", timeout=10).json()
+        if project["imagery"]["state"] == "ready" and project["model"]["ready"]:
+            return url, service
+        if project["imagery"]["state"] == "error":
+            service.stop()
+            raise RuntimeError(project["imagery"]["message"])
+        time.sleep(0.5)
+    service.stop()
+    raise TimeoutError("the review app did not get its imagery and model ready")
+
+
+def wait_job(url: str, job_id: str, timeout: float = 1800) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{url}/api/jobs/{job_id}", timeout=10).json()
+        if job["state"] in ("done", "failed"):
+            if job["state"] == "failed":
+                raise RuntimeError(f"{job['kind']} failed: {job['error']}")
+            return job
+        time.sleep(0.5)
+    raise TimeoutError(f"job {job_id} did not finish")
+
+
+def km2_square(lon: float, lat: float, km2: float) -> dict[str, Any]:
+    """A lon/lat square of `km2` area around (lon, lat)."""
+    import math
+
+    half_m = math.sqrt(km2) * 1000 / 2
+    dlat = half_m / 111_320
+    dlon = half_m / (111_320 * math.cos(math.radians(lat)))
+    ring = [[lon - dlon, lat - dlat], [lon + dlon, lat - dlat], [lon + dlon, lat + dlat], [lon - dlon, lat + dlat]]
+    return {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
+
+
+def ensure_predicted_aoi(url: str, km2: float = 1.0) -> dict[str, Any]:
+    """An AOI of `km2` at the imagery's centre, predicted with embeddings cached (reused across runs)."""
+    project = httpx.get(f"{url}/api/projects/1", timeout=10).json()
+    for aoi in project["aois"]:
+        if abs(aoi["area_km2"] - km2) < 0.05 and aoi["prediction"] and aoi["prediction"]["embeddings"]:
+            return aoi
+    west, south, east, north = project["imagery"]["bounds"]
+    geometry = km2_square((west + east) / 2, (south + north) / 2, km2)
+    aoi = httpx.post(f"{url}/api/projects/1/aois", json={"geometry": geometry, "name": "bench"}, timeout=30)
+    aoi.raise_for_status()
+    aoi_id = aoi.json()["id"]
+    log(f"predicting a {km2:g} km^2 AOI once (embeddings are cached for the next runs) ...")
+    started = time.perf_counter()
+    job = httpx.post(f"{url}/api/projects/1/aois/{aoi_id}/inference", timeout=30).json()
+    wait_job(url, job["id"])
+    log(f"  inference took {time.perf_counter() - started:.1f} s")
+    return httpx.get(f"{url}/api/projects/1/aois/{aoi_id}", timeout=10).json()

@@ -1,0 +1,248 @@
+"""Imagery: `imagery_index` (STAC search per region -> GeoParquet) and `imagery_tiles` (one RGBN COG per tile key).
+
+STAC and network steps retry with exponential backoff; a broken region file or an area without imagery
+fails at once with a message that says what to fix (retrying cannot help there).
+"""
+
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import geopandas as gpd
+from pydantic import Field
+from shapely.geometry import box, shape
+
+from pearl_pipelines.defs.partitions import TILE_KEYS, keys_to_add, region_partitions, tile_keys_partitions
+from pearl_pipelines.defs.resources import RasterStore, StacResource
+from pearl_pipelines.geo.grid import aoi_to_tile_keys, get_tms, parse_tile_key
+from pearl_pipelines.geo.regions import Region, RegionFileError, load_region_file, regions_dir
+from pearl_pipelines.geo.stac import StacError
+from pearl_pipelines.geo.tiles import NoImageryError, read_tile, write_tile_cog
+from pearl_pipelines.settings import get_settings
+
+# STAC APIs and blob storage fail transiently (timeouts, 5xx, throttling): retry 1 s, 2 s, 4 s (+-jitter).
+STAC_RETRY = dg.RetryPolicy(max_retries=3, delay=1.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+FETCH_THREADS = 4  # GDAL releases the GIL while reading and compressing
+
+
+def load_region_or_fail(name: str, assets_dir: Path | None = None) -> Region:
+    """The region file for a partition, or a dg.Failure naming the file and what is wrong with it."""
+    path = regions_dir(assets_dir or get_settings().assets_dir) / f"{name}.geojson"
+    if not path.is_file():
+        raise dg.Failure(description=f"region file {path} does not exist", allow_retries=False)
+    try:
+        return load_region_file(path)
+    except RegionFileError as exc:
+        raise dg.Failure(
+            description=str(exc), metadata={"region_file": dg.MetadataValue.path(str(path))}, allow_retries=False
+        ) from exc
+
+
+def register_tile_keys(instance: dg.DagsterInstance, tile_keys: Sequence[str]) -> list[str]:
+    """Add tile keys that are not yet `tile_keys` partitions; returns the keys added."""
+    new = keys_to_add(instance.get_dynamic_partitions(TILE_KEYS), tile_keys)
+    if new:
+        instance.add_dynamic_partitions(TILE_KEYS, new)
+    return new
+
+
+def index_frame(items: Sequence[Any], image_asset: str = "image") -> gpd.GeoDataFrame:
+    """STAC items -> GeoDataFrame (EPSG:4326): id, collection, datetime, href, gsd, epsg, geometry."""
+    rows = []
+    for item in items:
+        asset = item.assets.get(image_asset)
+        rows.append(
+            {
+                "id": item.id,
+                "collection": item.collection_id,
+                "datetime": item.datetime.isoformat() if item.datetime else None,
+                "href": asset.href if asset else None,
+                "gsd": item.properties.get("gsd"),
+                "epsg": item.properties.get("proj:epsg") or item.properties.get("proj:code"),
+                "geometry": shape(item.geometry),
+            }
+        )
+    return gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:4326")
+
+
+def tile_sources(index: gpd.GeoDataFrame, key: str) -> list[tuple[str, str]]:
+    """(item id, href) of the index items under a tile, newest first."""
+    footprint = box(*get_tms().bounds(parse_tile_key(key)))
+    hits = index[index.intersects(footprint) & index["href"].notna()].sort_values("datetime", ascending=False)
+    return list(zip(hits["id"], hits["href"], strict=True))
+
+
+def tile_needs_fetch(path: Path, sources: Sequence[tuple[str, str]]) -> bool:
+    """Missing, or the newest covering item is not among the items the tile was cut from (new imagery)."""
+    if not path.is_file():
+        return True
+    import rasterio
+
+    with rasterio.open(path) as src:
+        used = set((src.tags().get("pearl:sources") or "").split(","))
+    return bool(sources) and sources[0][0] not in used
+
+
+def fetch_tiles(
+    rasters: RasterStore,
+    keys: Sequence[str],
+    sources_for: Any,
+    *,
+    force: bool = False,
+    without_imagery: list[str] | None = None,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Cut the tiles that need it (in threads); yields (key, metadata) per tile written, in key order.
+
+    Tiles no imagery covers are skipped and appended to `without_imagery` (an AOI may reach past the imagery).
+    """
+
+    def one(key: str) -> tuple[str, dict[str, Any] | None]:
+        sources = sources_for(key)
+        path = rasters.tile_path(key)
+        if not force and not tile_needs_fetch(path, sources):
+            return key, None
+        started = time.perf_counter()
+        try:
+            tile = read_tile(key, sources)
+        except NoImageryError:
+            return key, {}
+        write_tile_cog(tile, path)
+        return key, {
+            "uri": dg.MetadataValue.path(str(path)),
+            "sources": ", ".join(tile.sources),
+            "valid_fraction": round(float(tile.valid.mean()), 4),
+            "width": int(tile.data.shape[2]),
+            "height": int(tile.data.shape[1]),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+
+    with ThreadPoolExecutor(FETCH_THREADS) as pool:
+        for key, meta in pool.map(one, keys):
+            if meta == {}:
+                if without_imagery is not None:
+                    without_imagery.append(key)
+            elif meta is not None:
+                yield key, meta
+
+
+class ImageryIndexConfig(dg.Config):
+    datetime: str | None = None  # STAC datetime filter, e.g. "2021-01-01/2021-12-31"; default: all imagery
+    refetch_tiles: bool = False  # cut every tile again, not only new or changed ones
+
+
+@dg.asset(
+    partitions_def=region_partitions,
+    group_name="imagery",
+    kinds={"stac", "geoparquet"},
+    retry_policy=STAC_RETRY,
+)
+def imagery_index(
+    context: dg.AssetExecutionContext, config: ImageryIndexConfig, stac: StacResource, rasters: RasterStore
+) -> dg.MaterializeResult:
+    """STAC items covering a region, as GeoParquet; registers the region's tile keys and brings its
+    imagery tiles up to date (new or changed imagery only), reporting each as an `imagery_tiles` partition."""
+    region = load_region_or_fail(context.partition_key)
+    keys = aoi_to_tile_keys(region.geometry)
+    added = register_tile_keys(context.instance, keys)
+    catalog = stac.catalog([region.name] if stac.source == "local" else None)
+    try:
+        items = catalog.search(intersects=region.geometry, datetime=config.datetime)
+    except StacError as exc:  # transient until proven otherwise: the retry policy takes it from here
+        raise RuntimeError(f"STAC search for region {region.name} failed: {exc}") from exc
+    if not items:
+        raise dg.Failure(
+            description=(
+                f"no imagery at {catalog.url} (collections {catalog.collections or 'all'}) intersects region "
+                f"{region.name}; generate it (`pearl generate --regions {region.name}`) or ingest imagery"
+            ),
+            allow_retries=False,
+        )
+    frame = index_frame(items, catalog.image_asset)
+    path = rasters.index_path(region.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path)
+    fetched = 0
+
+    def sources_for(key: str) -> list[tuple[str, str]]:
+        return tile_sources(frame, key)
+
+    covered = [k for k in keys if sources_for(k)]
+    missing = sorted(set(keys) - set(covered))
+    for key, meta in fetch_tiles(rasters, covered, sources_for, force=config.refetch_tiles):
+        fetched += 1
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key="imagery_tiles",
+                partition=key,
+                metadata={**meta, "region": region.name, "via": "imagery_index"},
+            )
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "region": region.name,
+            "uri": dg.MetadataValue.path(str(path)),
+            "stac_url": dg.MetadataValue.url(catalog.url) if catalog.url.startswith("http") else catalog.url,
+            "n_items": len(frame),
+            "newest_item": max(frame["datetime"].dropna(), default=""),
+            "n_tiles": len(keys),
+            "tile_keys_added": len(added),
+            "tiles_fetched": fetched,
+            "tiles_without_imagery": ", ".join(missing) or "none",
+        }
+    )
+
+
+class ImageryTilesConfig(dg.Config):
+    # Restrict to these keys of the run's partition range (empty: the whole range).
+    tile_keys: list[str] = Field(default_factory=list)
+    refetch: bool = False
+
+
+def selected_keys(context: dg.AssetExecutionContext, wanted: Sequence[str]) -> list[str]:
+    """The run's partition keys, narrowed to `wanted` when given (runs target the range covering them)."""
+    keys = list(context.partition_keys)
+    if not wanted:
+        return keys
+    in_run = set(keys)
+    outside = [k for k in wanted if k not in in_run]
+    if outside:
+        raise dg.Failure(
+            description=f"tile keys {', '.join(outside[:5])} are outside this run's partition range "
+            f"{keys[0]}..{keys[-1]}",
+            allow_retries=False,
+        )
+    return [k for k in keys if k in set(wanted)]
+
+
+@dg.asset(
+    partitions_def=tile_keys_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=[dg.AssetDep(imagery_index, partition_mapping=dg.AllPartitionMapping())],
+    output_required=False,
+    group_name="imagery",
+    kinds={"cog"},
+    retry_policy=STAC_RETRY,
+)
+def imagery_tiles(
+    context: dg.AssetExecutionContext, config: ImageryTilesConfig, stac: StacResource, rasters: RasterStore
+) -> Iterator[dg.AssetMaterialization]:
+    """RGBN COG per tile key, mosaicked from the STAC items under the tile, on the imagery's own pixel grid.
+
+    One step handles a whole partition range; a tile is materialized only when it is written (tiles
+    without imagery are logged and left out).
+    """
+    catalog = stac.catalog()
+
+    def sources_for(key: str) -> list[tuple[str, str]]:
+        items = catalog.search(bbox=get_tms().bounds(parse_tile_key(key)))
+        return [(item.id, href) for item, href in catalog.image_hrefs(items)]
+
+    keys = selected_keys(context, config.tile_keys)
+    without: list[str] = []
+    for key, meta in fetch_tiles(rasters, keys, sources_for, force=config.refetch, without_imagery=without):
+        yield dg.AssetMaterialization(asset_key=context.asset_key, partition=key, metadata=meta)
+    if without:
+        context.log.warning(f"no imagery covers tiles {', '.join(without)}: not materialized")

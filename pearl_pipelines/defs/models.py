@@ -1,0 +1,280 @@
+"""Models: `starter_model` (trained and registered), `landcover_model` (a retrained version per label set)
+and `champion_model` (the `champion` alias moved to a version that passed `model_not_worse_than_champion`).
+
+Every model is an MLflow registered-model version; runs pin aliases to version numbers before the
+worker sees them. Lineage lives in MLflow tags (parent version, label set, Dagster run id) and in the
+Dagster asset graph.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from pearl_pipelines.defs.events import materialization_in_run, upstream_metadata
+from pearl_pipelines.defs.labels import get_project_or_fail
+from pearl_pipelines.defs.resources import (
+    GpuCompute,
+    LabelStoreResource,
+    MlflowRegistry,
+    RasterStore,
+    cache_complete,
+    parse_model_ref,
+)
+from pearl_pipelines.worker.layout import model_slug
+
+CHAMPION = "champion"
+STARTER = "starter"
+
+
+def starter_model_name(schema_id: str) -> str:
+    """Registered-model name of a schema's starter family (the review app's default base model)."""
+    return f"pearl-starter-{schema_id}"
+
+
+def project_alias(project_id: int) -> str:
+    return f"project-{project_id}"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A pinned registered-model version."""
+
+    name: str
+    version: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    @property
+    def slug(self) -> str:
+        return model_slug(self.name, self.version)
+
+    def extras(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version}
+
+
+def resolve_or_fail(mlflow: MlflowRegistry, model_ref: str, what: str) -> ModelRef:
+    try:
+        name, version = mlflow.resolve(model_ref)
+    except (KeyError, ValueError) as exc:
+        raise dg.Failure(
+            description=f"{what} {model_ref} cannot be resolved: {exc}. Materialize starter_model first "
+            f"(or point the project at an existing models:/name@alias)",
+            allow_retries=False,
+        ) from exc
+    return ModelRef(name, version)
+
+
+def champion_ref(mlflow: MlflowRegistry, name: str) -> ModelRef | None:
+    found = mlflow.version_by_alias(name, CHAMPION)
+    return ModelRef(name, str(found.version)) if found is not None else None
+
+
+def project_model_ref(mlflow: MlflowRegistry, project: Any) -> tuple[ModelRef, ModelRef]:
+    """(latest model of the project, its base model): the project's alias if it has one, else the base."""
+    base = resolve_or_fail(mlflow, project.base_model, f"project {project.id}'s base model")
+    latest = mlflow.version_by_alias(base.name, project_alias(project.id))
+    return (ModelRef(base.name, str(latest.version)) if latest is not None else base), base
+
+
+def base_of(mlflow: MlflowRegistry, ref: ModelRef) -> ModelRef:
+    """The base (starter) version a registered version's head sits on; a starter is its own base."""
+    tags = mlflow.model_version(ref.name, ref.version).tags or {}
+    base = tags.get("pearl.base_model")
+    if not base:
+        return ref
+    name, version = parse_model_ref(base)
+    return ModelRef(name, version)
+
+
+class StarterModelConfig(dg.Config):
+    """Which starter to train; unset fields keep the engine's recipe (`ml.starter.RECIPES`)."""
+
+    schema_id: str = "chesapeake9"
+    train_regions: list[str] = Field(default_factory=lambda: ["train-a", "train-b", "train-c"])
+    holdout_regions: list[str] = Field(default_factory=lambda: ["holdout"])
+    arch: str | None = None  # fcn | unet; default per schema
+    embed_dim: int | None = None
+    replay_per_class: int | None = None
+    epochs: int | None = None
+    steps_per_epoch: int | None = None
+    batch_size: int | None = None
+    patch_size: int | None = None
+    model_name: str | None = None  # default: pearl-starter-<schema_id>
+
+    def recipe_overrides(self) -> dict[str, Any]:
+        train = {
+            k: v
+            for k, v in {
+                "epochs": self.epochs,
+                "steps_per_epoch": self.steps_per_epoch,
+                "batch_size": self.batch_size,
+                "patch_size": self.patch_size,
+            }.items()
+            if v is not None
+        }
+        top = {k: v for k, v in {"embed_dim": self.embed_dim, "replay_per_class": self.replay_per_class}.items() if v}
+        return {**top, **({"train": train} if train else {})}
+
+
+@dg.asset(
+    deps=[dg.AssetDep("imagery_index", partition_mapping=dg.AllPartitionMapping())],
+    group_name="models",
+    kinds={"pytorch", "mlflow"},
+)
+def starter_model(
+    context: dg.AssetExecutionContext,
+    *,
+    config: StarterModelConfig,
+    rasters: RasterStore,
+    mlflow: MlflowRegistry,
+    compute: GpuCompute,
+) -> dg.MaterializeResult:
+    """Backbone + head trained on the train regions' reference labels, evaluated on the holdout region,
+    registered in MLflow with alias `starter` (and `champion` when there is none yet)."""
+    regions = [*config.train_regions, *config.holdout_regions]
+    missing = [r for r in regions if not (rasters.catalog_dir / r / "collection.json").is_file()]
+    if missing:
+        raise dg.Failure(
+            description=f"regions {', '.join(missing)} are not in the local catalog {rasters.catalog_dir}; "
+            f"run `pearl generate --regions {','.join(missing)}` first",
+            allow_retries=False,
+        )
+    name = config.model_name or starter_model_name(config.schema_id)
+    extras = {
+        "asset": "starter_model",
+        "dagster_run_id": context.run_id,
+        "mlflow_uri": mlflow.tracking_uri,
+        "model_name": name,
+        "schema_id": config.schema_id,
+        "train_regions": config.train_regions,
+        "holdout_regions": config.holdout_regions,
+        "catalog_dir": rasters.rel(rasters.catalog_dir),
+        "report_dir": rasters.rel(rasters.reports_dir),
+        "arch": config.arch,
+        "recipe": config.recipe_overrides(),
+    }
+    return compute.run(context, "train-starter", extras).get_materialize_result()
+
+
+class LandcoverModelConfig(dg.Config):
+    project_id: int
+    holdout_fraction: float = 0.2  # labels held out of every retrain, to compare with the champion
+    seed: int = 0
+
+
+@dg.asset(deps=["label_set", "embeddings", "starter_model"], group_name="models", kinds={"pytorch", "mlflow"})
+def landcover_model(
+    context: dg.AssetExecutionContext,
+    *,
+    config: LandcoverModelConfig,
+    label_store: LabelStoreResource,
+    rasters: RasterStore,
+    mlflow: MlflowRegistry,
+    compute: GpuCompute,
+) -> dg.MaterializeResult:
+    """A new head fitted on the project's cached embeddings under its label set, registered as a version
+    of the base model's registered model with lineage tags (parent version, label set, Dagster run)."""
+    project = get_project_or_fail(label_store, config.project_id)
+    labels = upstream_metadata(context, dg.AssetKey("label_set"), match={"project_id": config.project_id})
+    if labels is None:
+        raise dg.Failure(
+            description=f"no label_set materialization for project {config.project_id}; run label_to_map_job",
+            allow_retries=False,
+        )
+    if not labels.get("n_labels"):
+        raise dg.Failure(
+            description=f"project {config.project_id} has no labels yet: add points or polygons in the review app",
+            allow_retries=False,
+        )
+    parent, base = project_model_ref(mlflow, project)
+    champion = champion_ref(mlflow, base.name)
+    aois = label_store.store().list_aois(config.project_id)
+    all_caches = [rasters.embeddings_dir(base.slug, a.id) for a in aois]
+    caches = [c for c in all_caches if cache_complete(c)]
+    if not caches:
+        raise dg.Failure(
+            description=f"project {config.project_id} has no embedding caches for {base.uri}; "
+            "materialize `embeddings` for the project (label_to_map_job does) first",
+            allow_retries=False,
+        )
+    extras = {
+        "asset": "landcover_model",
+        "dagster_run_id": context.run_id,
+        "mlflow_uri": mlflow.tracking_uri,
+        "project_id": config.project_id,
+        "label_set": rasters.rel(labels["uri"]),
+        "label_set_digest": labels["label_set_digest"],
+        "schema": label_store.store().schema(config.project_id).model_dump(mode="json", by_alias=True),
+        "parent": {"name": parent.name, "version": parent.version},
+        "base": {"name": base.name, "version": base.version},
+        "champion": champion.extras() if champion else None,
+        "caches": [rasters.rel(c) for c in caches],
+        "holdout_fraction": config.holdout_fraction,
+        "seed": config.seed,
+        "aliases": [project_alias(config.project_id)],
+        "report_dir": rasters.rel(rasters.reports_dir),
+        "tags": {"pearl.base_model": base.uri},
+        # The project's tiles under review, re-predicted head-only by the worker right after registering.
+        "predict_tiles": [
+            {"key": k, "cache_dir": rasters.rel(cache), "tile_path": rasters.rel(rasters.tile_path(k))}
+            for aoi, cache in zip(aois, all_caches, strict=True)
+            if cache_complete(cache)
+            for k in aoi.tile_keys
+            if rasters.tile_path(k).is_file()
+        ],
+    }
+    result = compute.run(context, "retrain", extras).get_materialize_result()
+    return dg.MaterializeResult(
+        metadata={
+            **(result.metadata or {}),
+            "project_id": config.project_id,
+            "label_set_uri": dg.MetadataValue.path(str(labels["uri"])),
+            "base_model": base.uri,
+        },
+        data_version=result.data_version,
+    )
+
+
+@dg.asset(deps=["landcover_model"], group_name="models", kinds={"mlflow"})
+def champion_model(context: dg.AssetExecutionContext, mlflow: MlflowRegistry) -> dg.MaterializeResult:
+    """Moves the `champion` alias to the version `landcover_model` registered in this run.
+
+    Runs only after the blocking check `model_not_worse_than_champion` passed in the same run, so it
+    refuses to promote a version materialized elsewhere (whose check it cannot vouch for).
+    """
+    model = materialization_in_run(context, dg.AssetKey("landcover_model"))
+    if model is None:
+        raise dg.Failure(
+            description="champion_model promotes the landcover_model materialized in the same run, after its "
+            "blocking check passed; run label_to_map_job (or landcover_model + champion_model together)",
+            allow_retries=False,
+        )
+    name, version = str(model["model_name"]), str(model["model_version"])
+    previous = champion_ref(mlflow, name)
+    compared = model.get("holdout_macro_f1") is not None and model.get("champion_holdout_macro_f1") is not None
+    # The blocking check stopped worse candidates; promote only on evidence (or when there is no champion).
+    promote = previous is None or compared
+    if promote:
+        mlflow.set_alias(name, CHAMPION, version)
+        context.log.info(f"champion of {name}: v{previous.version if previous else '-'} -> v{version}")
+    champion = ModelRef(name, version) if promote or previous is None else previous
+    if not promote:
+        context.log.info(f"champion of {name} stays v{champion.version}: too few held-out labels to compare")
+    return dg.MaterializeResult(
+        metadata={
+            "model_uri": champion.uri,
+            "model_name": name,
+            "model_version": int(champion.version),
+            "candidate": f"models:/{name}/{version}",
+            "promoted": promote,
+            "previous_champion": previous.uri if previous else "none",
+            "project_id": model.get("project_id"),
+            "holdout_macro_f1": model.get("holdout_macro_f1"),
+            "previous_champion_holdout_macro_f1": model.get("champion_holdout_macro_f1"),
+        },
+        data_version=dg.DataVersion(champion.uri),
+    )

@@ -1,0 +1,335 @@
+"""Starter models: train on the `train` regions, evaluate on `holdout`, log to MLflow, register.
+
+PEARL ships a 9-class and a 4-class Chesapeake starter model (F1 ~0.80); these are ours. Each is trained
+on the reference labels of the regions whose role is `train` (never demo, holdout or shifted), scored
+densely on the `holdout` region, saved with its replay set under `PEARL_HOME/models/starter-<schema>-<arch>/`,
+logged as one MLflow run (params, per-epoch loss/accuracy, holdout per-class metrics, confusion matrix,
+model + replay artifacts) and registered as `pearl-starter-<schema>` with alias `starter` (and `champion`
+when the model has none yet).
+
+Reproduce the registered starter models (regions are generated and an MLflow server is started when
+missing; the recipes below are the defaults, seed 0):
+
+    PEARL_HOME=.pearl .venv/bin/pearl starter --schema all
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from mlflow.entities import Metric, Param
+from pydantic import BaseModel, Field
+
+from mlflow import MlflowClient
+from pearl_pipelines.classes import load_schema
+from pearl_pipelines.geo.regions import LABEL_SCHEMAS, Region, build_region, load_regions
+from pearl_pipelines.ml.data import LabelledRaster, band_stats, load_labelled_rasters
+from pearl_pipelines.ml.embeddings import backbone_digest
+from pearl_pipelines.ml.metrics import MetricsReport, confusion_figure
+from pearl_pipelines.ml.models import LandcoverModel, ModelSpec, save_model
+from pearl_pipelines.ml.registry import MODEL_ARTIFACT_PATH, MODEL_FILE, ModelRegistry
+from pearl_pipelines.ml.replay import build_replay_set
+from pearl_pipelines.ml.tracking import CONFUSION_ARTIFACT, METRICS_ARTIFACT, TAG_BASE_MODEL, TAG_SCHEMA, TAG_VERSION
+from pearl_pipelines.ml.train import EpochStats, TrainConfig, evaluate_rasters, seed_everything, train_model
+from pearl_pipelines.settings import Settings, get_settings
+
+STARTER_SCHEMAS = LABEL_SCHEMAS  # every schema the regions carry reference labels for
+EXPERIMENT = "pearl-starter-models"
+STARTER_ALIAS = "starter"
+CHAMPION_ALIAS = "champion"
+REPLAY_FILE = "replay.npz"
+TRAIN_ROLE = "train"
+HOLDOUT_REGION = "holdout"
+
+
+class StarterRecipe(BaseModel):
+    """Architecture and training settings of one starter model."""
+
+    arch: str
+    embed_dim: int = 64
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    replay_per_class: int = 500
+
+
+# Chosen on a validation split of the training items (never on holdout); see the report in the issue.
+RECIPES: dict[tuple[str, str], StarterRecipe] = {
+    ("chesapeake9", "fcn"): StarterRecipe(arch="fcn", train=TrainConfig(epochs=12, steps_per_epoch=40)),
+    ("chesapeake9", "unet"): StarterRecipe(arch="unet", train=TrainConfig(epochs=12, steps_per_epoch=40)),
+    ("chesapeake4", "fcn"): StarterRecipe(arch="fcn", train=TrainConfig(epochs=12, steps_per_epoch=40)),
+    ("chesapeake4", "unet"): StarterRecipe(arch="unet", train=TrainConfig(epochs=12, steps_per_epoch=40)),
+}
+DEFAULT_ARCH: dict[str, str] = {"chesapeake9": "unet", "chesapeake4": "fcn"}
+
+
+def starter_model_name(schema_id: str) -> str:
+    return f"pearl-starter-{schema_id}"
+
+
+def starter_dir(settings: Settings, schema_id: str, arch: str) -> Path:
+    return settings.models_dir / f"starter-{schema_id}-{arch}"
+
+
+def recipe_for(schema_id: str, arch: str | None = None) -> StarterRecipe:
+    if schema_id not in DEFAULT_ARCH:
+        raise KeyError(f"no starter recipe for schema {schema_id!r}; known: {', '.join(DEFAULT_ARCH)}")
+    arch = arch or DEFAULT_ARCH[schema_id]
+    if (schema_id, arch) not in RECIPES:
+        known = sorted({a for _, a in RECIPES})
+        raise KeyError(f"no starter recipe for architecture {arch!r}; known: {', '.join(known)}")
+    return RECIPES[(schema_id, arch)].model_copy(deep=True)
+
+
+@dataclass
+class StarterResult:
+    schema_id: str
+    arch: str
+    model_name: str
+    model_version: str
+    experiment_id: str
+    run_id: str
+    model_path: Path
+    replay_path: Path
+    holdout: MetricsReport
+    train_seconds: float
+    history: list[EpochStats]
+    became_champion: bool
+
+
+def ensure_regions(settings: Settings, names: Sequence[str], *, scale: float = 1.0) -> dict[str, Region]:
+    """Build the named synthetic regions that are missing from the local catalog; returns them by name."""
+    regions = load_regions(settings.assets_dir)
+    unknown = [n for n in names if n not in regions]
+    if unknown:
+        raise KeyError(f"unknown region(s) {', '.join(unknown)}; known: {', '.join(regions)}")
+    for name in names:
+        if not (settings.catalog_dir / name / "collection.json").is_file():
+            build_region(regions[name], settings.catalog_dir, scale=scale, show_progress=True)
+    return {n: regions[n] for n in names}
+
+
+def training_regions(settings: Settings) -> list[str]:
+    """Regions whose role is `train` (demo, holdout and shifted are never trained on)."""
+    return [r.name for r in load_regions(settings.assets_dir).values() if r.properties.role == TRAIN_ROLE]
+
+
+def mlflow_answers(uri: str) -> bool:
+    try:
+        return httpx.get(f"{uri.rstrip('/')}/health", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def ensure_mlflow(settings: Settings) -> Iterator[str]:
+    """Yield a tracking URI that answers: the configured one, or a local server started here (stopped after)."""
+    from pearl_pipelines.services import mlflow_server
+
+    uri = settings.resolved_mlflow_uri
+    if mlflow_answers(uri):
+        yield uri
+        return
+    if settings.mlflow_tracking_uri and settings.mlflow_tracking_uri != f"http://127.0.0.1:{settings.mlflow_port}":
+        raise ConnectionError(
+            f"MLflow tracking server {uri} does not answer; start it or unset PEARL_MLFLOW_TRACKING_URI"
+        )
+    print(f"starting a local MLflow server on {uri} (store under {settings.home_abs / 'mlflow'})")
+    with mlflow_server(settings.home_abs, settings.mlflow_port).start(timeout=120):
+        yield uri
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found else client.create_experiment(name)
+
+
+def _params(schema_id: str, recipe: StarterRecipe, train: Sequence[str], holdout: Sequence[str]) -> list[Param]:
+    params: dict[str, Any] = {
+        "schema_id": schema_id,
+        "arch": recipe.arch,
+        "embed_dim": recipe.embed_dim,
+        "arch_kwargs": json.dumps(recipe.arch_kwargs, sort_keys=True),
+        "replay_per_class": recipe.replay_per_class,
+        "train_regions": ",".join(train),
+        "holdout_regions": ",".join(holdout),
+        **{f"train.{k}": v for k, v in recipe.train.model_dump().items()},
+    }
+    return [Param(k, str(v)) for k, v in params.items()]
+
+
+def train_starter(
+    schema_id: str,
+    arch: str | None = None,
+    settings: Settings | None = None,
+    *,
+    recipe: StarterRecipe | None = None,
+    epochs: int | None = None,
+    tracking_uri: str | None = None,
+    train_regions: Sequence[str] | None = None,
+    holdout_regions: Sequence[str] = (HOLDOUT_REGION,),
+    model_name: str | None = None,
+    tags: dict[str, str] | None = None,
+    show_progress: bool = True,
+) -> StarterResult:
+    """Train, evaluate on holdout, save (model + replay set), log one MLflow run and register the model.
+
+    Missing regions are generated at full scale. `recipe` overrides the default recipe of (schema, arch)
+    (tests use tiny ones); `epochs` overrides the recipe's epoch count.
+    """
+    settings = settings or get_settings()
+    recipe = recipe or recipe_for(schema_id, arch)
+    if epochs is not None:
+        recipe.train.epochs = epochs
+    train_names = list(train_regions or training_regions(settings))
+    holdout_names = list(holdout_regions)
+    ensure_regions(settings, [*train_names, *holdout_names])
+    train = load_labelled_rasters(settings.catalog_dir, train_names, schema_id, show_progress=show_progress)
+    holdout = load_labelled_rasters(settings.catalog_dir, holdout_names, schema_id, show_progress=show_progress)
+    name = model_name or starter_model_name(schema_id)
+    uri = tracking_uri or settings.resolved_mlflow_uri
+    client = MlflowClient(uri)
+
+    mean, std = band_stats(train)
+    seed_everything(recipe.train.seed)  # the initial weights are part of what the seed reproduces
+    spec = ModelSpec(
+        arch=recipe.arch,
+        schema=load_schema(schema_id, settings.assets_dir),
+        embed_dim=recipe.embed_dim,
+        mean=mean,
+        std=std,
+        arch_kwargs=recipe.arch_kwargs,
+    )
+    model = LandcoverModel(spec)
+    experiment_id = _experiment_id(client, EXPERIMENT)
+    run = client.create_run(
+        experiment_id,
+        tags={TAG_SCHEMA: schema_id, "mlflow.runName": f"starter-{schema_id}-{recipe.arch}", **(tags or {})},
+    )
+    run_id = run.info.run_id
+    try:
+        client.log_batch(run_id, params=_params(schema_id, recipe, train_names, holdout_names))
+
+        def log_epoch(stats: EpochStats, _: LandcoverModel) -> None:
+            now = int(time.time() * 1000)
+            values = {
+                "loss": stats.loss,
+                "train_accuracy": stats.accuracy,
+                "lr": stats.lr,
+                "epoch_seconds": stats.seconds,
+            }
+            client.log_batch(run_id, metrics=[Metric(k, v, now, stats.epoch) for k, v in values.items()])
+
+        started = time.perf_counter()
+        history = train_model(model, train, recipe.train, on_epoch=log_epoch, show_progress=show_progress)
+        train_seconds = time.perf_counter() - started
+        report = evaluate_rasters(model, holdout)
+        model_path, replay_path = _save_and_log(
+            client,
+            run_id=run_id,
+            model=model,
+            train=train,
+            report=report,
+            settings=settings,
+            schema_id=schema_id,
+            recipe=recipe,
+            train_seconds=train_seconds,
+            holdout_names=holdout_names,
+        )
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+    registry = ModelRegistry(uri)
+    version = registry.register(
+        name,
+        run_id,
+        aliases=[STARTER_ALIAS],
+        tags={
+            TAG_SCHEMA: schema_id,
+            TAG_BASE_MODEL: backbone_digest(model),
+            TAG_VERSION: f"{name}-starter-{run_id[:8]}",
+            **(tags or {}),
+        },
+        description=f"starter model ({recipe.arch}, {schema_id}) trained on {', '.join(train_names)}; "
+        f"holdout macro F1 {report.macro_f1:.3f}",
+    )
+    became_champion = registry.set_alias_if_missing(name, CHAMPION_ALIAS, version.version)
+    return StarterResult(
+        schema_id=schema_id,
+        arch=recipe.arch,
+        model_name=name,
+        model_version=str(version.version),
+        experiment_id=experiment_id,
+        run_id=run_id,
+        model_path=model_path,
+        replay_path=replay_path,
+        holdout=report,
+        train_seconds=train_seconds,
+        history=history,
+        became_champion=became_champion,
+    )
+
+
+def _save_and_log(
+    client: MlflowClient,
+    *,
+    run_id: str,
+    model: LandcoverModel,
+    train: Sequence[LabelledRaster],
+    report: MetricsReport,
+    settings: Settings,
+    schema_id: str,
+    recipe: StarterRecipe,
+    train_seconds: float,
+    holdout_names: Sequence[str],
+) -> tuple[Path, Path]:
+    """Replay set + model file under PEARL_HOME, then metrics and artifacts into the run."""
+    replay = build_replay_set(
+        model,
+        [r.image for r in train],
+        [r.labels for r in train],
+        per_class=recipe.replay_per_class,
+        seed=recipe.train.seed,
+    )
+    out_dir = starter_dir(settings, schema_id, recipe.arch)
+    replay_path = replay.save(out_dir / REPLAY_FILE)
+    extra = {
+        "schema_id": schema_id,
+        "recipe": recipe.model_dump(mode="json"),
+        "holdout_regions": list(holdout_names),
+        "holdout_macro_f1": report.macro_f1,
+        "mlflow_run_id": run_id,
+    }
+    model_path = save_model(model, out_dir / MODEL_FILE, extra=extra)
+    now = int(time.time() * 1000)
+    metrics = {**report.to_flat_dict("holdout_"), "train_seconds": train_seconds, "replay_samples": len(replay)}
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    client.log_artifacts(run_id, str(out_dir), MODEL_ARTIFACT_PATH)
+    with tempfile.TemporaryDirectory(prefix="pearl-starter-") as tmp:
+        confusion_figure(report, Path(tmp) / CONFUSION_ARTIFACT)
+        (Path(tmp) / METRICS_ARTIFACT).write_text(json.dumps(report.model_dump(mode="json"), indent=2))
+        client.log_artifact(run_id, str(Path(tmp) / CONFUSION_ARTIFACT))
+        client.log_artifact(run_id, str(Path(tmp) / METRICS_ARTIFACT))
+    return model_path, replay_path
+
+
+def format_report(report: MetricsReport) -> str:
+    """Per-class table (precision, recall, F1, support) plus macro F1 and overall accuracy."""
+    width = max(len(n) for n in report.class_names)
+    lines = [f"{'class':<{width}}  precision  recall     F1   support"]
+    for i, cls in enumerate(report.class_names):
+        lines.append(
+            f"{cls:<{width}}  {report.precision[i]:9.3f}  {report.recall[i]:6.3f}  {report.f1[i]:5.3f}  "
+            f"{report.support[i]:8d}"
+        )
+    lines.append(f"{'macro F1':<{width}}  {report.macro_f1:.3f}   overall accuracy {report.accuracy:.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,74 @@
+"""The `train-starter` task: `ml.starter.train_starter` (train, evaluate on holdout, log, register) + metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pearl_pipelines.settings import get_settings
+
+
+def _f1_table(report: Any) -> str:
+    rows = ["| class | F1 | precision | recall | support |", "|---|---|---|---|---|"]
+    for i, name in enumerate(report.class_names):
+        if report.support[i]:
+            rows.append(
+                f"| {name} | {report.f1[i]:.3f} | {report.precision[i]:.3f} | {report.recall[i]:.3f} | "
+                f"{report.support[i]} |"
+            )
+    return "\n".join(rows)
+
+
+def train_and_register(
+    extras: Mapping[str, Any], *, tags: dict[str, str], log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Train the starter model the extras describe; returns the materialization metadata."""
+    from pearl_pipelines.ml.metrics import confusion_figure
+    from pearl_pipelines.ml.starter import StarterRecipe, recipe_for, train_starter
+    from pearl_pipelines.ml.train import TrainConfig
+
+    settings = get_settings()
+    schema_id = extras["schema_id"]
+    recipe = recipe_for(schema_id, extras.get("arch"))
+    overrides = extras.get("recipe") or {}
+    if overrides:
+        train = recipe.train.model_copy(update=overrides.get("train", {}))
+        recipe = StarterRecipe(
+            **{**recipe.model_dump(exclude={"train"}), **{k: v for k, v in overrides.items() if k != "train"}},
+            train=TrainConfig.model_validate(train.model_dump()),
+        )
+    result = train_starter(
+        schema_id,
+        recipe.arch,
+        settings,
+        recipe=recipe,
+        tracking_uri=extras["mlflow_uri"],
+        train_regions=extras["train_regions"],
+        holdout_regions=extras["holdout_regions"],
+        model_name=extras["model_name"],
+        tags=tags,
+        show_progress=False,
+    )
+    log(f"{result.model_name} v{result.model_version}: holdout macro F1 {result.holdout.macro_f1:.3f}")
+    report_dir = settings.home_abs / extras.get("report_dir", "reports")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    confusion_path = report_dir / f"{result.model_name}-v{result.model_version}-confusion.png"
+    confusion_figure(result.holdout, confusion_path)
+    return {
+        "model_uri": f"models:/{result.model_name}/{result.model_version}",
+        "model_name": result.model_name,
+        "model_version": int(result.model_version),
+        "mlflow_run_id": result.run_id,
+        "arch": result.arch,
+        "schema": result.schema_id,
+        "holdout_macro_f1": result.holdout.macro_f1,
+        "holdout_accuracy": result.holdout.accuracy,
+        "holdout_f1_per_class": {"raw_value": _f1_table(result.holdout), "type": "md"},
+        "confusion_matrix": {"raw_value": f"![confusion matrix]({confusion_path})", "type": "md"},
+        "confusion_matrix_path": {"raw_value": str(confusion_path), "type": "path"},
+        "model_path": {"raw_value": str(result.model_path), "type": "path"},
+        "train_seconds": round(result.train_seconds, 1),
+        "epochs": len(result.history),
+        "final_loss": result.history[-1].loss if result.history else None,
+        "became_champion": result.became_champion,
+    }

@@ -1,0 +1,387 @@
+"""Worker tasks: each reads its Pipes extras, calls the ML engine, and reports back through Dagster Pipes.
+
+| task           | asset            | what it does                                                          |
+|----------------|------------------|-----------------------------------------------------------------------|
+| train-starter  | starter_model    | train on the train regions, evaluate on holdout, register (`starter`) |
+| embed          | embeddings       | backbone over each review AOI -> float16 embedding cache              |
+| retrain        | landcover_model  | new head on cached embeddings under the label set, register version   |
+| predict        | predictions      | classes + confidence COG per tile (head on cache, or full inference)  |
+
+Per-tile results go back as custom messages ({"kind": "tile", ...}); the Dagster side turns them into
+materializations of the tile partitions. Every task is one MLflow run tagged with the Dagster run id.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from dagster_pipes import PipesContext
+
+from pearl_pipelines.settings import get_settings
+
+RUN_ID_TAG = "dagster_run_id"
+
+
+def _path(rel: str | Path) -> Path:
+    """Paths in the extras are relative to PEARL_HOME (absolute ones are taken as they are)."""
+    return get_settings().home_abs / rel
+
+
+def _models_cache() -> Path:
+    return get_settings().home_abs / "models" / "registry-cache"
+
+
+def _run_tags(extras: Mapping[str, Any], task: str) -> dict[str, str]:
+    return {
+        RUN_ID_TAG: str(extras.get("dagster_run_id", "")),
+        "dagster_asset": str(extras.get("asset", "")),
+        "pearl.task": task,
+        **{k: str(v) for k, v in (extras.get("tags") or {}).items()},
+    }
+
+
+def _md(text: str) -> dict[str, str]:
+    return {"raw_value": text, "type": "md"}
+
+
+def _path_meta(path: Path) -> dict[str, str]:
+    return {"raw_value": str(path), "type": "path"}
+
+
+def _f1_table(report: Any) -> str:
+    rows = ["| class | F1 | precision | recall | support |", "|---|---|---|---|---|"]
+    for i, name in enumerate(report.class_names):
+        if report.support[i]:
+            rows.append(
+                f"| {name} | {report.f1[i]:.3f} | {report.precision[i]:.3f} | {report.recall[i]:.3f} | "
+                f"{report.support[i]} |"
+            )
+    return "\n".join(rows)
+
+
+# -- train-starter ---------------------------------------------------------------------------------------
+def train_starter(pipes: PipesContext) -> None:
+    extras = pipes.extras
+    from pearl_pipelines.worker.starter import train_and_register
+
+    result = train_and_register(extras, tags=_run_tags(extras, "train-starter"), log=pipes.log.info)
+    pipes.report_asset_materialization(metadata=result, data_version=str(result["model_version"]))
+
+
+# -- embed -----------------------------------------------------------------------------------------------
+def embed(pipes: PipesContext) -> None:
+    """Embedding cache per review AOI (and the base model's predictions of it, as a by-product)."""
+    from pearl_pipelines.ml.inference import predict
+    from pearl_pipelines.worker.engine import build_vrt, load_registered, log_inference_run
+
+    extras = pipes.extras
+    name, version = extras["model"]["name"], extras["model"]["version"]
+    model = load_registered(extras["mlflow_uri"], name, version, _models_cache())
+    started = time.perf_counter()
+    pixels = 0
+    with tempfile.TemporaryDirectory(prefix="pearl-embed-") as tmp:
+        for aoi in extras["aois"]:
+            vrt = build_vrt([_path(p) for p in aoi["tile_paths"]], Path(tmp) / f"aoi-{aoi['aoi_id']}.vrt")
+            result = predict(
+                model,
+                vrt,
+                _path(aoi["predictions_dir"]),
+                aoi=aoi["geometry"],
+                aoi_crs="EPSG:4326",
+                embeddings_dir=_path(aoi["cache_dir"]),
+                model_id=f"{name}/{version}",
+            )
+            pixels += result.height * result.width
+            pipes.report_custom_message(
+                {
+                    "kind": "aoi",
+                    "aoi_id": aoi["aoi_id"],
+                    "cache_dir": aoi["cache_dir"],
+                    "shape": [result.height, result.width],
+                    "seconds": round(result.seconds, 2),
+                }
+            )
+            pipes.log.info(f"AOI {aoi['aoi_id']}: {result.height}x{result.width} px embedded in {result.seconds:.1f} s")
+    seconds = time.perf_counter() - started
+    run_id = log_inference_run(
+        extras["mlflow_uri"],
+        tags=_run_tags(extras, "embed"),
+        params={"model": f"models:/{name}/{version}", "aois": ",".join(str(a["aoi_id"]) for a in extras["aois"])},
+        metrics={"seconds": seconds, "pixels": pixels, "pixels_per_second": pixels / max(seconds, 1e-9)},
+    )
+    pipes.report_asset_materialization(
+        metadata={
+            "model": f"models:/{name}/{version}",
+            "aois_embedded": len(extras["aois"]),
+            "pixels": pixels,
+            "seconds": round(seconds, 2),
+            "mlflow_run_id": run_id,
+        }
+    )
+
+
+# -- retrain ---------------------------------------------------------------------------------------------
+def retrain(pipes: PipesContext) -> None:
+    """A new head on the project's cached embeddings; registered in MLflow with its lineage."""
+    import geopandas as gpd
+
+    from pearl_pipelines.classes import ClassSchema
+    from pearl_pipelines.ml.embeddings import EmbeddingCache
+    from pearl_pipelines.ml.metrics import confusion_figure
+    from pearl_pipelines.ml.models import save_model
+    from pearl_pipelines.ml.registry import MODEL_ARTIFACT_PATH, MODEL_FILE, ModelRegistry
+    from pearl_pipelines.ml.retrain import RetrainOptions
+    from pearl_pipelines.ml.retrain import retrain as retrain_head
+    from pearl_pipelines.ml.tracking import TAG_LABEL_SET, TAG_PARENT, TAG_VERSION, log_version
+    from pearl_pipelines.worker.engine import (
+        evaluate_head,
+        find_replay,
+        head_arrays,
+        holdout_mask,
+        load_registered,
+        log_inference_run,
+        pick_cache_for_labels,
+        version_of,
+    )
+    from pearl_pipelines.worker.layout import model_slug, prediction_dir
+
+    extras = pipes.extras
+    uri = extras["mlflow_uri"]
+    registry = ModelRegistry(uri)
+    labels = gpd.read_parquet(_path(extras["label_set"]))
+    schema = ClassSchema.model_validate(extras["schema"])
+    parent_ref = extras["parent"]
+    parent_model = load_registered(uri, parent_ref["name"], parent_ref["version"], _models_cache())
+    parent = version_of(parent_model, uri, parent_ref["name"], parent_ref["version"])
+    caches = [EmbeddingCache.open(_path(d)) for d in extras["caches"]]
+    base = extras.get("base") or parent_ref
+    replay = find_replay(uri, base["name"], base["version"], _models_cache())
+    held_out = holdout_mask(labels, float(extras.get("holdout_fraction", 0.2)))
+    train_labels, holdout_labels = labels[~held_out], labels[held_out]
+    new_classes = {
+        c.name: {"color": c.color, "title": c.title} for c in schema.classes if c.name not in parent.schema.names
+    }
+    cache = pick_cache_for_labels(caches, train_labels)
+    started = time.perf_counter()
+    version = retrain_head(
+        parent,
+        cache,
+        train_labels,
+        replay=replay,
+        new_classes=new_classes,
+        options=RetrainOptions(seed=int(extras.get("seed", 0))),
+    )
+    # The label store's digest names the label set in Dagster; keep both on the version.
+    version.info["label_store_digest"] = extras["label_set_digest"]
+    version.info["n_holdout_labels"] = int(held_out.sum())
+    fit_seconds = time.perf_counter() - started
+
+    candidate_holdout = evaluate_head(version.weight, version.bias, version.schema.names, caches, holdout_labels)
+    champion_holdout = None
+    champion = extras.get("champion")
+    if champion and candidate_holdout is not None:
+        champion_model = load_registered(uri, champion["name"], champion["version"], _models_cache())
+        champion_weight, champion_bias = head_arrays(champion_model)
+        champion_holdout = evaluate_head(
+            champion_weight,
+            champion_bias,
+            champion_model.spec.schema.names,
+            caches,
+            holdout_labels,
+        )
+
+    tags = _run_tags(extras, "retrain")
+    tags["pearl.project_id"] = str(extras["project_id"])
+    run_id = log_version(version, tracking_uri=uri, labels=train_labels, tags=tags)
+    with tempfile.TemporaryDirectory(prefix="pearl-retrain-") as tmp:
+        # A self-contained model.pt (backbone + new head) so every version loads like the starter does.
+        save_model(version.to_model(parent_model), Path(tmp) / MODEL_FILE, extra={"version_id": version.id})
+        registry.client.log_artifact(run_id, str(Path(tmp) / MODEL_FILE), MODEL_ARTIFACT_PATH)
+        if candidate_holdout is not None:
+            registry.client.log_metric(run_id, "holdout_macro_f1", candidate_holdout.macro_f1)
+        if champion_holdout is not None:
+            registry.client.log_metric(run_id, "champion_holdout_macro_f1", champion_holdout.macro_f1)
+    registered = registry.register(
+        parent_ref["name"],
+        run_id,
+        aliases=extras.get("aliases", []),
+        tags={
+            TAG_VERSION: version.id,
+            TAG_PARENT: parent.id,
+            "pearl.parent_model": f"models:/{parent_ref['name']}/{parent_ref['version']}",
+            TAG_LABEL_SET: version.label_set_digest or "",
+            "pearl.label_store_digest": extras["label_set_digest"],
+            "pearl.project_id": str(extras["project_id"]),
+            RUN_ID_TAG: tags[RUN_ID_TAG],
+            **{k: str(v) for k, v in (extras.get("tags") or {}).items()},
+        },
+        description=f"project {extras['project_id']}: retrained on label set {extras['label_set_digest']}",
+    )
+    confusion_path = None
+    if version.metrics is not None:
+        confusion_path = _path(extras["report_dir"]) / f"confusion-v{registered.version}.png"
+        confusion_path.parent.mkdir(parents=True, exist_ok=True)
+        confusion_figure(version.metrics, confusion_path)
+
+    metadata: dict[str, Any] = {
+        "model_uri": f"models:/{registered.name}/{registered.version}",
+        "model_name": registered.name,
+        "model_version": int(registered.version),
+        "version_id": version.id,
+        "parent_model": f"models:/{parent_ref['name']}/{parent_ref['version']}",
+        "parent_version_id": parent.id,
+        "label_set_digest": extras["label_set_digest"],
+        "mlflow_run_id": run_id,
+        "classes": ", ".join(version.schema.names),
+        "new_classes": ", ".join(version.info.get("new_classes", [])) or "none",
+        "n_labels_train": len(train_labels),
+        "n_labels_holdout": int(held_out.sum()),
+        "n_user_samples": int(version.info.get("n_user_samples", 0)),
+        "fit_seconds": round(fit_seconds, 3),
+        "cv_macro_f1": version.metrics.macro_f1 if version.metrics else None,
+        "holdout_macro_f1": candidate_holdout.macro_f1 if candidate_holdout else None,
+        "champion_holdout_macro_f1": champion_holdout.macro_f1 if champion_holdout else None,
+        "champion_model": f"models:/{champion['name']}/{champion['version']}" if champion else None,
+    }
+    if version.metrics is not None:
+        metadata["cv_f1_per_class"] = _md(_f1_table(version.metrics))
+    if confusion_path is not None:
+        metadata["confusion_matrix"] = _md(f"![confusion matrix]({confusion_path})")
+        metadata["confusion_matrix_path"] = _path_meta(confusion_path)
+    # Re-predict the project's tiles under review right away: the head over the cached embeddings is
+    # sub-second, and doing it here saves the predictions step a second worker start-up. That step then
+    # materializes these files (and predicts anything still missing).
+    tiles = [
+        {
+            **t,
+            "out_dir": str(
+                prediction_dir(get_settings().home_abs, model_slug(registered.name, registered.version), t["key"])
+            ),
+        }
+        for t in extras.get("predict_tiles", [])
+    ]
+    if tiles:
+        model_id = f"models:/{registered.name}/{registered.version}"
+        started = time.perf_counter()
+        counts, invalid = predict_tile_list(pipes, version.to_model(parent_model), model_id, tiles)
+        seconds = time.perf_counter() - started
+        log_inference_run(
+            uri,
+            tags=_run_tags(extras, "predict-head"),
+            params={"model": model_id, "tiles": len(tiles), "mode": json.dumps(counts)},
+            metrics={"seconds": seconds, "tiles": len(tiles), "invalid": len(invalid)},
+        )
+        metadata["tiles_predicted_head_only"] = counts["head"]
+        metadata["predict_seconds"] = round(seconds, 3)
+    pipes.report_asset_materialization(
+        metadata={k: v for k, v in metadata.items() if v is not None}, data_version=version.id
+    )
+
+
+# -- predict ---------------------------------------------------------------------------------------------
+def predict_tile_list(
+    pipes: PipesContext, model: Any, model_id: str, tiles: list[dict[str, Any]]
+) -> tuple[dict[str, int], list[str]]:
+    """Predict tiles (head over an AOI cache where given, else full inference over a mosaic of the tiles,
+    so tile edges see their neighbours); one custom message per tile. Returns (counts per mode, invalid COGs)."""
+    from pearl_pipelines.geo.cog import validate_cog
+    from pearl_pipelines.ml.embeddings import EmbeddingCache, apply_head
+    from pearl_pipelines.ml.inference import predict as full_predict
+    from pearl_pipelines.worker.engine import (
+        build_vrt,
+        cache_view,
+        cache_window,
+        class_pixel_counts,
+        head_arrays,
+        tile_polygon,
+    )
+    from pearl_pipelines.worker.layout import write_prediction_meta
+
+    schema = model.spec.schema
+    weight, bias = head_arrays(model)
+    invalid: list[str] = []
+    counts = {"head": 0, "full": 0}
+    caches: dict[str, EmbeddingCache] = {}
+    with tempfile.TemporaryDirectory(prefix="pearl-predict-") as tmp:
+        need_full = [t for t in tiles if not t.get("cache_dir")]
+        vrt = build_vrt([_path(t["tile_path"]) for t in need_full], Path(tmp) / "tiles.vrt") if need_full else None
+        for i, tile in enumerate(tiles):
+            tile_started = time.perf_counter()
+            out_dir = _path(tile["out_dir"])
+            mode = "full"
+            result = None
+            if tile.get("cache_dir"):
+                cache = caches.get(tile["cache_dir"]) or EmbeddingCache.open(_path(tile["cache_dir"]))
+                caches[tile["cache_dir"]] = cache
+                window = cache_window(cache, tile_polygon(tile["key"]))
+                if window is not None:
+                    result = apply_head(cache_view(cache, window), weight, bias, schema, out_dir)
+                    mode = "head"
+            if result is None:
+                if vrt is None:  # a cache was given but does not cover the tile
+                    vrt = build_vrt([_path(tile["tile_path"])], Path(tmp) / f"tile-{i}.vrt")
+                result = full_predict(
+                    model, vrt, out_dir, aoi=tile_polygon(tile["key"]), aoi_crs="EPSG:4326", model_id=model_id
+                )
+            counts[mode] += 1
+            write_prediction_meta(out_dir, model=model_id, mode=mode, tile_key=tile["key"])
+            ok, errors, _ = validate_cog(result.classes_path)
+            if not ok:
+                invalid.append(f"{tile['key']}: {'; '.join(errors)}")
+            pixels = class_pixel_counts(result.classes_path, len(schema))
+            pipes.report_custom_message(
+                {
+                    "kind": "tile",
+                    "tile_key": tile["key"],
+                    "classes": str(result.classes_path),
+                    "confidence": str(result.confidence_path),
+                    "mode": mode,
+                    "seconds": round(time.perf_counter() - tile_started, 3),
+                    "class_pixels": dict(zip(schema.names, pixels, strict=True)),
+                    "width": result.width,
+                    "height": result.height,
+                }
+            )
+    return counts, invalid
+
+
+def predict(pipes: PipesContext) -> None:
+    """Classes + confidence COGs per tile with a registered model version; one MLflow inference run."""
+    from pearl_pipelines.worker.engine import load_registered, log_inference_run
+
+    extras = pipes.extras
+    name, version = extras["model"]["name"], extras["model"]["version"]
+    model = load_registered(extras["mlflow_uri"], name, version, _models_cache())
+    tiles = list(extras["tiles"])
+    started = time.perf_counter()
+    counts, invalid = predict_tile_list(pipes, model, f"models:/{name}/{version}", tiles)
+    seconds = time.perf_counter() - started
+    run_id = log_inference_run(
+        extras["mlflow_uri"],
+        tags=_run_tags(extras, "predict"),
+        params={"model": f"models:/{name}/{version}", "tiles": len(tiles), "mode": json.dumps(counts)},
+        metrics={"seconds": seconds, "tiles": len(tiles), "tiles_per_minute": 60 * len(tiles) / max(seconds, 1e-9)},
+    )
+    pipes.report_custom_message({"kind": "summary", "mlflow_run_id": run_id, "seconds": seconds, **counts})
+    if not extras.get("report_check", True):  # e.g. the map step validates its mosaic instead
+        return
+    pipes.report_asset_check(
+        asset_key="predictions",
+        check_name="predictions_cog_valid",
+        passed=not invalid,
+        severity="ERROR",
+        metadata={"tiles_checked": len(tiles), "invalid": "; ".join(invalid) or "none", "mlflow_run_id": run_id},
+    )
+
+
+TASKS: dict[str, Callable[[PipesContext], None]] = {
+    "train-starter": train_starter,
+    "embed": embed,
+    "retrain": retrain,
+    "predict": predict,
+}

@@ -1,0 +1,76 @@
+// Entry point: pick the project, mount panels and map, load data, connect the websocket, bind shortcuts.
+import "./style.css";
+import { api } from "./api";
+import { actions } from "./actions";
+import { cancelSketch, createMap, finishSketch, removeLastVertex } from "./map";
+import { mountPanels } from "./panels";
+import { emit, state } from "./state";
+import { $, toast } from "./ui";
+import { connect } from "./ws";
+
+async function main(): Promise<void> {
+  const wanted = Number(new URLSearchParams(location.search).get("project"));
+  const projects = await api.projects();
+  if (!projects.length) {
+    $("#banner").hidden = false;
+    $("#banner").textContent = "No project yet: the server creates the demo project at start-up.";
+    return;
+  }
+  state.projectId = projects.some((p) => p.id === wanted) ? wanted : projects[0].id;
+  mountPanels();
+  createMap($("#map"));
+  await Promise.all([actions.loadProject(), actions.loadLabels(), actions.loadModelPanels()]);
+  connect();
+  bindKeys();
+  emit("project", "jobs", "tool", "layers");
+}
+
+function bindKeys(): void {
+  document.addEventListener("keydown", (e) => {
+    const target = e.target as HTMLElement;
+    const typing = target.closest("textarea, select, [contenteditable]") ||
+      (target instanceof HTMLInputElement && !["checkbox", "radio", "range", "button"].includes(target.type));
+    if (typing) return; // keys are text there, not shortcuts
+    if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "z") {
+      e.preventDefault();
+      return void actions.undo();
+    }
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    const classes = state.project?.classes ?? [];
+    if (/^[1-9]$/.test(e.key)) {
+      const c = classes[Number(e.key) - 1];
+      if (c) actions.selectClass(c.name);
+      return;
+    }
+    switch (e.key) {
+      case "Escape":
+        cancelSketch();
+        return actions.setTool("pan");
+      case "Enter":
+        return void finishSketch();
+      case "Backspace":
+        return removeLastVertex();
+      case "p":
+      case "P":
+        return actions.setTool("point");
+      case "g":
+      case "G":
+        return actions.setTool("polygon");
+      case "e":
+      case "E":
+        return actions.setTool("erase");
+      case "a":
+      case "A":
+        return actions.setTool("aoi");
+      case "r":
+      case "R":
+        return void actions.retrain();
+      case "t":
+      case "T":
+        state.layers.predictions = !state.layers.predictions;
+        return emit("layers");
+    }
+  });
+}
+
+main().catch((error) => toast(`The app could not start: ${error}`, "error", 60000));

@@ -1,0 +1,409 @@
+// The MapLibre map: a blank style (no external basemap), imagery/prediction/confidence raster layers from the
+// app's TileJSON, AOIs and labels as GeoJSON, and the drawing tools (point, polygon, erase, AOI).
+import * as maplibregl from "maplibre-gl";
+import "maplibre-gl/dist/maplibre-gl.css";
+import type { Aoi, Geometry } from "./api";
+import { actions } from "./actions";
+import { classColor, currentAoi, emit, on, state } from "./state";
+
+type Position = [number, number];
+
+let map: maplibregl.Map;
+const predictionLayers = new Map<number, { version: number; id: string }>();
+let imageryKey = "";
+let sketch: Position[] = [];
+let cursor: Position | null = null;
+let pendingUpdate: { aoiId: number; started: number } | null = null;
+let fitted = false;
+let styleReady = false; // set on "load": isStyleLoaded() turns false again while added sources load
+
+const EMPTY = { type: "FeatureCollection", features: [] } as GeoJSON.FeatureCollection;
+const ANCHORS = ["anchor-predictions", "anchor-confidence", "anchor-vectors"];
+
+const absolute = (path: string) => new URL(path, window.location.href).toString();
+
+export function createMap(container: HTMLElement): maplibregl.Map {
+  maplibregl.setWorkerUrl(absolute("/static/maplibre-gl-worker.mjs"));
+  map = new maplibregl.Map({
+    container,
+    style: {
+      version: 8,
+      sources: {},
+      layers: [{ id: "background", type: "background", paint: { "background-color": "#0b1120" } }],
+    },
+    center: [-76.41, 38.97],
+    zoom: 13,
+    attributionControl: false,
+    maxZoom: 21,
+  });
+  map.addControl(new maplibregl.NavigationControl({ showCompass: false }), "bottom-right");
+  map.addControl(new maplibregl.ScaleControl({ unit: "metric" }), "bottom-left");
+  map.on("load", () => {
+    for (const id of ANCHORS) map.addLayer({ id, type: "background", layout: { visibility: "none" } });
+    addVectorLayers();
+    styleReady = true;
+    syncAll();
+  });
+  map.on("click", onClick);
+  map.on("dblclick", onDoubleClick);
+  map.on("mousemove", onMouseMove);
+  on(["project", "layers"], syncAll);
+  on(["labels", "class"], syncLabels);
+  on(["aoi"], syncAois);
+  on(["tool"], onToolChange);
+  (window as unknown as { __pearl: unknown }).__pearl = { map, state, predictionVersion };
+  return map;
+}
+
+function addVectorLayers(): void {
+  map.addSource("aois", { type: "geojson", data: EMPTY });
+  map.addSource("labels", { type: "geojson", data: EMPTY });
+  map.addSource("sketch", { type: "geojson", data: EMPTY });
+  map.addLayer({
+    id: "aoi-fill",
+    type: "fill",
+    source: "aois",
+    paint: { "fill-color": "#facc15", "fill-opacity": ["case", ["get", "selected"], 0.04, 0] },
+  });
+  map.addLayer({
+    id: "aoi-line",
+    type: "line",
+    source: "aois",
+    paint: {
+      "line-color": ["case", ["get", "selected"], "#facc15", "#e2e8f0"],
+      "line-width": ["case", ["get", "selected"], 2.5, 1.5],
+      "line-dasharray": [3, 2],
+    },
+  });
+  map.addLayer({
+    id: "label-halo",
+    type: "line",
+    source: "labels",
+    filter: ["==", ["geometry-type"], "Polygon"],
+    paint: { "line-color": "#0b1120", "line-width": 4, "line-opacity": 0.7 },
+  });
+  map.addLayer({
+    id: "label-fill",
+    type: "fill",
+    source: "labels",
+    filter: ["==", ["geometry-type"], "Polygon"],
+    paint: { "fill-color": ["get", "color"], "fill-opacity": 0.45 },
+  });
+  map.addLayer({
+    id: "label-line",
+    type: "line",
+    source: "labels",
+    filter: ["==", ["geometry-type"], "Polygon"],
+    paint: { "line-color": "#ffffff", "line-width": 2 },
+  });
+  map.addLayer({
+    id: "label-point-halo",
+    type: "circle",
+    source: "labels",
+    filter: ["==", ["geometry-type"], "Point"],
+    paint: { "circle-radius": 10, "circle-color": "#0b1120", "circle-opacity": 0.55, "circle-blur": 0.3 },
+  });
+  map.addLayer({
+    id: "label-point",
+    type: "circle",
+    source: "labels",
+    filter: ["==", ["geometry-type"], "Point"],
+    paint: {
+      "circle-radius": 6.5,
+      "circle-color": ["get", "color"],
+      "circle-stroke-color": "#ffffff",
+      "circle-stroke-width": 2,
+    },
+  });
+  map.addLayer({
+    id: "sketch-fill",
+    type: "fill",
+    source: "sketch",
+    filter: ["==", ["geometry-type"], "Polygon"],
+    paint: { "fill-color": ["get", "color"], "fill-opacity": 0.25 },
+  });
+  map.addLayer({
+    id: "sketch-line",
+    type: "line",
+    source: "sketch",
+    filter: ["==", ["geometry-type"], "LineString"],
+    paint: { "line-color": ["get", "color"], "line-width": 2, "line-dasharray": [2, 1] },
+  });
+  map.addLayer({
+    id: "sketch-vertex",
+    type: "circle",
+    source: "sketch",
+    filter: ["==", ["geometry-type"], "Point"],
+    paint: { "circle-radius": 4, "circle-color": "#ffffff", "circle-stroke-color": ["get", "color"], "circle-stroke-width": 2 },
+  });
+}
+
+// -- raster layers ---------------------------------------------------------------------------------------------
+function syncAll(): void {
+  if (!map || !styleReady) return;
+  syncImagery();
+  syncPredictions();
+  syncAois();
+  syncLabels();
+}
+
+function syncImagery(): void {
+  const project = state.project;
+  const style = state.layers.imagery;
+  const url = project?.imagery.state === "ready" && style !== "off" ? project.imagery.tilejson[style] : null;
+  const key = url ?? "";
+  if (key === imageryKey) return;
+  if (map.getLayer("imagery")) map.removeLayer("imagery");
+  if (map.getSource("imagery")) map.removeSource("imagery");
+  imageryKey = key;
+  if (!url) return;
+  map.addSource("imagery", { type: "raster", url: absolute(url), tileSize: 512 });
+  map.addLayer({ id: "imagery", type: "raster", source: "imagery", paint: { "raster-fade-duration": 0 } }, ANCHORS[0]);
+  if (!fitted) fitToImagery();
+}
+
+export function fitToImagery(): void {
+  const bounds = state.project?.imagery.bounds;
+  if (map && bounds) fitted = true;
+  if (map && bounds) map.fitBounds([bounds.slice(0, 2) as Position, bounds.slice(2, 4) as Position], { padding: 30, animate: false });
+}
+
+export function fitToAoi(aoi: Aoi): void {
+  const coords = (aoi.geometry.coordinates as Position[][]).flat();
+  const xs = coords.map((c) => c[0]);
+  const ys = coords.map((c) => c[1]);
+  map.fitBounds(
+    [
+      [Math.min(...xs), Math.min(...ys)],
+      [Math.max(...xs), Math.max(...ys)],
+    ],
+    { padding: 60, duration: 400 },
+  );
+}
+
+function layerIds(aoiId: number, version: number) {
+  return { classes: `pred-${aoiId}-v${version}`, confidence: `conf-${aoiId}-v${version}` };
+}
+
+function addPredictionLayers(aoi: Aoi): string {
+  const p = aoi.prediction!;
+  const ids = layerIds(aoi.id, p.version);
+  if (!map.getSource(ids.classes)) {
+    map.addSource(ids.classes, { type: "raster", url: absolute(p.tilejson.classes!), tileSize: 512 });
+    map.addLayer(
+      {
+        id: ids.classes,
+        type: "raster",
+        source: ids.classes,
+        paint: { "raster-opacity": state.layers.predictionOpacity, "raster-resampling": "nearest", "raster-fade-duration": 0 },
+        layout: { visibility: state.layers.predictions ? "visible" : "none" },
+      },
+      ANCHORS[1],
+    );
+    map.addSource(ids.confidence, { type: "raster", url: absolute(p.tilejson.confidence!), tileSize: 512 });
+    map.addLayer(
+      {
+        id: ids.confidence,
+        type: "raster",
+        source: ids.confidence,
+        paint: { "raster-opacity": state.layers.confidenceOpacity, "raster-fade-duration": 0 },
+        layout: { visibility: state.layers.confidence ? "visible" : "none" },
+      },
+      ANCHORS[2],
+    );
+  }
+  return ids.classes;
+}
+
+function removePredictionLayers(aoiId: number, version: number): void {
+  for (const id of Object.values(layerIds(aoiId, version))) {
+    if (map.getLayer(id)) map.removeLayer(id);
+    if (map.getSource(id)) map.removeSource(id);
+  }
+}
+
+function syncPredictions(): void {
+  const aois = state.project?.aois ?? [];
+  for (const aoi of aois) {
+    const shown = predictionLayers.get(aoi.id);
+    if (!aoi.prediction) continue;
+    if (!shown || shown.version < aoi.prediction.version) {
+      const id = addPredictionLayers(aoi);
+      const previous = shown?.version;
+      predictionLayers.set(aoi.id, { version: aoi.prediction.version, id });
+      // Double buffer: the old version stays under the new one until the new tiles are drawn (no flicker).
+      if (previous !== undefined) swapWhenLoaded(aoi.id, id, previous);
+    }
+  }
+  for (const [aoiId, shown] of predictionLayers) {
+    const ids = layerIds(aoiId, shown.version);
+    if (!map.getLayer(ids.classes)) continue;
+    map.setLayoutProperty(ids.classes, "visibility", state.layers.predictions ? "visible" : "none");
+    map.setPaintProperty(ids.classes, "raster-opacity", state.layers.predictionOpacity);
+    map.setLayoutProperty(ids.confidence, "visibility", state.layers.confidence ? "visible" : "none");
+    map.setPaintProperty(ids.confidence, "raster-opacity", state.layers.confidenceOpacity);
+  }
+}
+
+function swapWhenLoaded(aoiId: number, sourceId: string, previous: number): void {
+  const done = () => {
+    map.off("idle", done);
+    if (predictionLayers.get(aoiId)?.version !== previous) removePredictionLayers(aoiId, previous);
+    if (pendingUpdate && pendingUpdate.aoiId === aoiId) {
+      state.lastUpdateSeconds = (performance.now() - pendingUpdate.started) / 1000;
+      pendingUpdate = null;
+      emit("jobs");
+    }
+    document.getElementById("map")!.dataset.predictionVersion = String(predictionLayers.get(aoiId)?.version ?? "");
+  };
+  map.on("idle", done);
+  void sourceId;
+}
+
+/** Called when the mapper asks for a retrain: the status bar then says how long until the new map was drawn. */
+export function markUpdateRequested(aoiId: number | null): void {
+  pendingUpdate = aoiId === null ? null : { aoiId, started: performance.now() };
+}
+
+export function predictionVersion(aoiId: number): number | null {
+  return predictionLayers.get(aoiId)?.version ?? null;
+}
+
+// -- vectors --------------------------------------------------------------------------------------------------
+function syncAois(): void {
+  const source = map?.getSource("aois") as maplibregl.GeoJSONSource | undefined;
+  if (!source) return;
+  source.setData({
+    type: "FeatureCollection",
+    features: (state.project?.aois ?? []).map((a) => ({
+      type: "Feature",
+      id: a.id,
+      geometry: a.geometry as GeoJSON.Geometry,
+      properties: { id: a.id, selected: a.id === state.aoiId },
+    })),
+  });
+}
+
+function syncLabels(): void {
+  const source = map?.getSource("labels") as maplibregl.GeoJSONSource | undefined;
+  if (!source) return;
+  const features = state.layers.labels
+    ? state.labels.features.map((f) => ({
+        ...f,
+        properties: { ...f.properties, id: f.id, color: classColor(f.properties.class_name) },
+      }))
+    : [];
+  source.setData({ type: "FeatureCollection", features } as GeoJSON.FeatureCollection);
+}
+
+// -- drawing tools --------------------------------------------------------------------------------------------
+function sketchColor(): string {
+  return state.tool === "aoi" ? "#facc15" : classColor(state.selectedClass);
+}
+
+function renderSketch(): void {
+  const source = map.getSource("sketch") as maplibregl.GeoJSONSource | undefined;
+  if (!source) return;
+  const color = sketchColor();
+  const ring = cursor ? [...sketch, cursor] : sketch;
+  const features: GeoJSON.Feature[] = sketch.map((c) => ({
+    type: "Feature",
+    geometry: { type: "Point", coordinates: c },
+    properties: { color },
+  }));
+  if (ring.length >= 2) {
+    features.push({ type: "Feature", geometry: { type: "LineString", coordinates: [...ring, ring[0]] }, properties: { color } });
+  }
+  if (ring.length >= 3) {
+    features.push({ type: "Feature", geometry: { type: "Polygon", coordinates: [[...ring, ring[0]]] }, properties: { color } });
+  }
+  source.setData({ type: "FeatureCollection", features });
+  const hint = document.getElementById("draw-hint")!;
+  const drawing = state.tool === "polygon" || state.tool === "aoi";
+  hint.hidden = !drawing;
+  if (drawing) {
+    const what = state.tool === "aoi" ? "the AOI" : `a ${state.selectedClass.replaceAll("_", " ")} polygon`;
+    hint.textContent =
+      sketch.length < 3
+        ? `Click to place the corners of ${what} (${sketch.length} so far)`
+        : `Double-click or press Enter to finish ${what} · Backspace removes a corner · Esc cancels`;
+  }
+}
+
+export function cancelSketch(): void {
+  sketch = [];
+  cursor = null;
+  if (map) renderSketch();
+}
+
+export function removeLastVertex(): void {
+  sketch.pop();
+  renderSketch();
+}
+
+export async function finishSketch(): Promise<void> {
+  if (sketch.length < 3) return;
+  const ring = [...sketch, sketch[0]];
+  const geometry: Geometry = { type: "Polygon", coordinates: [ring] };
+  const tool = state.tool;
+  cancelSketch();
+  if (tool === "aoi") await actions.createAoi(geometry);
+  else if (tool === "polygon") await actions.addLabel(geometry);
+}
+
+function onToolChange(): void {
+  cancelSketch();
+  const drawing = state.tool !== "pan";
+  map.getCanvas().style.cursor = state.tool === "erase" ? "not-allowed" : drawing ? "crosshair" : "";
+  if (state.tool === "polygon" || state.tool === "aoi") map.doubleClickZoom.disable();
+  else map.doubleClickZoom.enable();
+}
+
+function onClick(e: maplibregl.MapMouseEvent): void {
+  const at: Position = [e.lngLat.lng, e.lngLat.lat];
+  switch (state.tool) {
+    case "point":
+      void actions.addLabel({ type: "Point", coordinates: at });
+      break;
+    case "polygon":
+    case "aoi":
+      sketch.push(at);
+      renderSketch();
+      break;
+    case "erase": {
+      const box: [maplibregl.PointLike, maplibregl.PointLike] = [
+        [e.point.x - 6, e.point.y - 6],
+        [e.point.x + 6, e.point.y + 6],
+      ];
+      const hit = map.queryRenderedFeatures(box, { layers: ["label-point", "label-fill"] })[0];
+      if (hit) void actions.deleteLabel(Number(hit.properties.id));
+      break;
+    }
+    default: {
+      const aoi = map.queryRenderedFeatures(e.point, { layers: ["aoi-fill"] })[0];
+      if (aoi && Number(aoi.properties.id) !== state.aoiId) actions.selectAoi(Number(aoi.properties.id));
+    }
+  }
+}
+
+function onDoubleClick(e: maplibregl.MapMouseEvent): void {
+  if (state.tool !== "polygon" && state.tool !== "aoi") return;
+  e.preventDefault();
+  // The double-click's two clicks already added the last corner twice: drop the duplicate.
+  if (sketch.length >= 2) {
+    const [a, b] = sketch.slice(-2);
+    if (Math.abs(a[0] - b[0]) < 1e-9 && Math.abs(a[1] - b[1]) < 1e-9) sketch.pop();
+  }
+  void finishSketch();
+}
+
+function onMouseMove(e: maplibregl.MapMouseEvent): void {
+  if ((state.tool === "polygon" || state.tool === "aoi") && sketch.length) {
+    cursor = [e.lngLat.lng, e.lngLat.lat];
+    renderSketch();
+  }
+}
+
+export function selectedAoiOrNull(): Aoi | null {
+  return currentAoi();
+}

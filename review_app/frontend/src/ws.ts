@@ -1,0 +1,90 @@
+// The project websocket: every progress figure and map update arrives here (the page never polls).
+import type { Job, TileJsonLinks } from "./api";
+import { actions } from "./actions";
+import { fitToImagery } from "./map";
+import { emit, state } from "./state";
+import { toast } from "./ui";
+
+type Event =
+  | { type: "hello"; active_jobs: Job[] }
+  | ({ type: "job" } & Job)
+  | { type: "prediction_updated"; aoi_id: number; version: number; model_version: number | null; tilejson: TileJsonLinks }
+  | { type: "metrics_updated"; model_version: number }
+  | { type: "labels_changed" }
+  | { type: "classes_changed" }
+  | { type: "error"; message: string; job_id?: string }
+  | { type: "ping" };
+
+let retryMs = 500;
+
+export function connect(): void {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const socket = new WebSocket(`${scheme}://${location.host}/api/projects/${state.projectId}/ws`);
+  socket.onopen = () => {
+    retryMs = 500;
+    state.wsConnected = true;
+    emit("ws");
+  };
+  socket.onclose = () => {
+    state.wsConnected = false;
+    emit("ws");
+    setTimeout(connect, retryMs);
+    retryMs = Math.min(retryMs * 2, 8000);
+  };
+  socket.onmessage = (message) => void handle(JSON.parse(message.data) as Event);
+}
+
+async function handle(event: Event): Promise<void> {
+  switch (event.type) {
+    case "hello":
+      for (const job of event.active_jobs) state.jobs.set(job.id, job);
+      emit("jobs");
+      // Catch up on anything that happened while the socket was down.
+      await Promise.all([actions.loadProject(), actions.loadLabels(), actions.loadModelPanels()]);
+      break;
+    case "job":
+      onJob(event);
+      break;
+    case "prediction_updated": {
+      const aoi = state.project?.aois.find((a) => a.id === event.aoi_id);
+      if (!aoi) return actions.loadProject();
+      aoi.prediction = { version: event.version, model_version: event.model_version, tilejson: event.tilejson, embeddings: true };
+      if (state.project && event.model_version !== null) state.project.model.current_version = event.model_version;
+      emit("project");
+      break;
+    }
+    case "metrics_updated":
+      await actions.loadModelPanels();
+      break;
+    case "labels_changed":
+      await actions.loadLabels();
+      break;
+    case "classes_changed":
+      await actions.loadProject();
+      break;
+    case "error":
+      if (!event.job_id) toast(event.message, "error", 7000);
+      break;
+  }
+}
+
+async function onJob(job: Job): Promise<void> {
+  const before = state.jobs.get(job.id);
+  state.jobs.set(job.id, job);
+  emit("jobs");
+  if (before?.state === job.state || (job.state !== "done" && job.state !== "failed")) return;
+  if (job.state === "failed") {
+    toast(job.error ?? `${job.kind} failed`, "error", 8000);
+  } else if (job.kind === "imagery") {
+    await actions.loadProject();
+    fitToImagery();
+  } else {
+    toast(job.message, "success", 3500);
+    if (job.kind !== "inference") await actions.loadModelPanels();
+    await actions.loadProject();
+  }
+  setTimeout(() => {
+    state.jobs.delete(job.id);
+    emit("jobs");
+  }, 4000);
+}

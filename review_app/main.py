@@ -1,0 +1,82 @@
+"""The review app: `uvicorn review_app.main:app` serves the API, the tiles, the websocket and the front-end.
+
+Everything comes from settings (PEARL_HOME, PEARL_LABEL_STORE_URL, PEARL_MLFLOW_TRACKING_URI...). On
+first start the demo project is created; its imagery mosaic and base model load in the background,
+and the page says what is missing (no imagery generated yet, no model trained yet) instead of failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from pearl_pipelines.settings import Settings, get_settings
+from review_app.errors import add_exception_handlers
+from review_app.routers import aois, labels, models, projects, ws
+from review_app.service import ReviewService
+from review_app.tiles import TileCacheMiddleware, mount_tiles
+
+log = logging.getLogger(__name__)
+DIST = Path(__file__).resolve().parent / "static" / "dist"
+NOT_BUILT = """<!doctype html><html><head><meta charset="utf-8"><title>PEARL review app</title></head>
+<body style="font-family:sans-serif;margin:3rem;max-width:40rem">
+<h1>PEARL review app</h1><p>The front-end is not built. Run <code>make install</code> (it runs
+<code>npm ci</code> and the esbuild bundle into <code>review_app/static/dist</code>), then reload.</p>
+<p>The API works already: <a href="/docs">/docs</a>.</p></body></html>"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = ReviewService(settings or get_settings())
+        service.hub.bind(asyncio.get_running_loop())
+        app.state.service = service
+        service.ensure_demo_project()
+        for project in service.store.list_projects():
+            service.warm_up(project.id)
+        log.info("review app ready; PEARL_HOME=%s", service.settings.home_abs)
+        try:
+            yield
+        finally:
+            service.close()
+
+    app = FastAPI(
+        title="PEARL review app",
+        version="0.1.0",
+        description=(
+            "Human-in-the-loop land-cover mapping: imagery and prediction tiles (titiler), projects, AOIs, "
+            "classes, labels, live retraining, checkpoints, metrics and exports. Progress and map updates "
+            "are pushed on the websocket `/api/projects/{id}/ws`."
+        ),
+        lifespan=lifespan,
+    )
+    add_exception_handlers(app)
+    app.add_middleware(TileCacheMiddleware)
+    for router in (projects.router, aois.router, labels.router, models.router, models.jobs_router, ws.router):
+        app.include_router(router)
+    mount_tiles(app)
+    _mount_frontend(app)
+    return app
+
+
+def _mount_frontend(app: FastAPI) -> None:
+    @app.get("/", include_in_schema=False, response_model=None)
+    def index() -> FileResponse | HTMLResponse:
+        page = DIST / "index.html"
+        return FileResponse(page, headers={"Cache-Control": "no-cache"}) if page.is_file() else HTMLResponse(NOT_BUILT)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.mount("/static", StaticFiles(directory=DIST, check_dir=False), name="static")
+
+
+app = create_app()

@@ -1,0 +1,1 @@
+"""REST + websocket routers, one domain per module, all under /api."""

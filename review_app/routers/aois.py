@@ -1,0 +1,88 @@
+"""AOIs (drawn areas to map live), inference over one, and exports of its classified map."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import rasterio
+from fastapi import APIRouter, status
+from fastapi.responses import FileResponse, Response
+
+from review_app.deps import AoiId, ProjectId, ServiceDep
+from review_app.schemas import AoiCreate, AoiOut, ErrorOut, JobOut
+from review_app.service import Conflict
+
+router = APIRouter(prefix="/api/projects/{project_id}/aois", tags=["aois"])
+ERRORS: dict[int | str, dict] = {404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+
+
+@router.get("", response_model=list[AoiOut])
+def list_aois(service: ServiceDep, project_id: ProjectId) -> list[AoiOut]:
+    service.project(project_id)
+    return [service.aoi_out(a) for a in service.store.list_aois(project_id)]
+
+
+@router.post("", response_model=AoiOut, status_code=status.HTTP_201_CREATED, responses=ERRORS)
+def create_aoi(service: ServiceDep, project_id: ProjectId, body: AoiCreate) -> AoiOut:
+    """A GeoJSON Polygon/MultiPolygon over the project's imagery, at most `live_aoi_max_km2` (default 25 km^2)."""
+    return service.aoi_out(service.add_aoi(project_id, body))
+
+
+@router.get("/{aoi_id}", response_model=AoiOut, responses=ERRORS)
+def get_aoi(service: ServiceDep, project_id: ProjectId, aoi_id: AoiId) -> AoiOut:
+    return service.aoi_out(service.aoi(project_id, aoi_id))
+
+
+@router.post("/{aoi_id}/inference", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED, responses=ERRORS)
+def start_inference(service: ServiceDep, project_id: ProjectId, aoi_id: AoiId) -> JobOut:
+    """Predict the AOI with the current model and cache its embeddings; progress and the new layer arrive on the
+    websocket (`job`, `prediction_updated`)."""
+    return service.start_inference(project_id, aoi_id).out()
+
+
+def _current_classes(service: ServiceDep, project_id: int, aoi_id: int) -> tuple[str, int]:
+    service.aoi(project_id, aoi_id)
+    layer = service.states.get(project_id).aois.get(aoi_id)
+    if layer is None or layer.version == 0:
+        raise Conflict(f"AOI {aoi_id} has no prediction yet: run inference first")
+    path = service.paths(project_id).classes_path(aoi_id, layer.version)
+    return str(path), layer.version
+
+
+@router.get("/{aoi_id}/export/classes.tif", response_class=FileResponse, responses=ERRORS)
+def export_classes(service: ServiceDep, project_id: ProjectId, aoi_id: AoiId) -> FileResponse:
+    """The AOI's current classified map: a COG (uint8 class index, colour table, nodata 255)."""
+    path, version = _current_classes(service, project_id, aoi_id)
+    return FileResponse(
+        path,
+        media_type="image/tiff; application=geotiff; profile=cloud-optimized",
+        filename=f"project{project_id}-aoi{aoi_id}-v{version}-classes.tif",
+    )
+
+
+@router.get("/{aoi_id}/export/areas.csv", response_class=Response, responses=ERRORS)
+def export_areas(service: ServiceDep, project_id: ProjectId, aoi_id: AoiId) -> Response:
+    """Area per class of the AOI's current map (pixels, m^2, ha, percent of the mapped area)."""
+    path, version = _current_classes(service, project_id, aoi_id)
+    schema = service.schema(project_id)
+    with rasterio.open(path) as src:
+        data = src.read(1)
+        pixel_m2 = abs(src.transform.a * src.transform.e)
+        if src.crs.is_geographic:
+            raise Conflict("areas need a projected CRS; this map is in degrees")
+    counts = np.bincount(data.ravel(), minlength=256)
+    mapped = int(counts[: len(schema)].sum()) or 1
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["class_index", "class_name", "title", "pixels", "area_m2", "area_ha", "percent"])
+    for i, c in enumerate(schema.classes):
+        n = int(counts[i])
+        writer.writerow(
+            [i, c.name, c.title, n, round(n * pixel_m2, 2), round(n * pixel_m2 / 1e4, 4), round(100 * n / mapped, 3)]
+        )
+    filename = f"project{project_id}-aoi{aoi_id}-v{version}-areas.csv"
+    return Response(
+        out.getvalue(), media_type="text/csv", headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+    )

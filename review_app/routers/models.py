@@ -1,0 +1,132 @@
+"""Live retrain, checkpoints (list, save with a name, restore, compare), metrics of the current model, jobs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, status
+
+from review_app.deps import ProjectDep, ProjectId, ServiceDep
+from review_app.schemas import (
+    CheckpointCreate,
+    CheckpointOut,
+    CompareOut,
+    CompareRow,
+    ErrorOut,
+    JobOut,
+    MetricsOut,
+    RetrainRequest,
+)
+from review_app.service import ReviewService
+from review_app.workspace import ModelVersionInfo
+
+router = APIRouter(prefix="/api/projects/{project_id}", tags=["models"])
+jobs_router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+ERRORS: dict[int | str, dict] = {404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+
+
+@router.post("/retrain", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED, responses=ERRORS)
+def retrain(service: ServiceDep, project_id: ProjectId, body: RetrainRequest | None = None) -> JobOut:
+    """Fit a new head on the labels over cached embeddings; the AOI in view is re-predicted first and announced
+    on the websocket (`prediction_updated`), then metrics follow (`metrics_updated`). Refused (422) without labels."""
+    return service.start_retrain(project_id, (body or RetrainRequest()).aoi_id).out()
+
+
+def _checkpoint(info: ModelVersionInfo, current: int | None) -> CheckpointOut:
+    return CheckpointOut(
+        id=info.id,
+        name=info.name,
+        kind=info.kind,
+        parent=info.parent,
+        created_at=info.created_at,
+        n_labels=info.n_labels,
+        label_set=info.label_set,
+        classes=info.classes,
+        mean_f1=info.metrics.mean_f1 if info.metrics else None,
+        current=info.id == current,
+        saved=info.name is not None,
+        mlflow_version=info.mlflow_version,
+    )
+
+
+@router.get("/checkpoints", response_model=list[CheckpointOut], responses=ERRORS)
+def list_checkpoints(
+    service: ServiceDep,
+    project: ProjectDep,
+    all_versions: bool = Query(default=False, description="include unnamed retrain versions"),
+) -> list[CheckpointOut]:
+    """Saved checkpoints (and the base model), newest first; the current model is always listed."""
+    state = service.states.get(project.id)
+    infos = sorted(state.models.values(), key=lambda m: m.id, reverse=True)
+    return [
+        _checkpoint(m, state.current_model)
+        for m in infos
+        if all_versions or m.name is not None or m.id == state.current_model
+    ]
+
+
+@router.post("/checkpoints", response_model=CheckpointOut, status_code=status.HTTP_201_CREATED, responses=ERRORS)
+def save_checkpoint(service: ServiceDep, project_id: ProjectId, body: CheckpointCreate) -> CheckpointOut:
+    """Name the current model as a checkpoint (also logged to MLflow as a model version when MLflow is up)."""
+    info = service.save_checkpoint(project_id, body.name)
+    return _checkpoint(info, service.states.get(project_id).current_model)
+
+
+@router.post(
+    "/checkpoints/{checkpoint_id}/restore",
+    response_model=JobOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=ERRORS,
+)
+def restore_checkpoint(service: ServiceDep, project_id: ProjectId, checkpoint_id: int) -> JobOut:
+    """Make a checkpoint the current model and re-predict the AOIs with it (from cached embeddings)."""
+    return service.start_restore(project_id, checkpoint_id).out()
+
+
+def _metrics(service: ReviewService, project_id: int, version: int) -> MetricsOut | None:
+    return service.checkpoint_info(project_id, version).metrics
+
+
+@router.get("/checkpoints/compare", response_model=CompareOut, responses=ERRORS)
+def compare_checkpoints(
+    service: ServiceDep,
+    project_id: ProjectId,
+    a: int = Query(description="checkpoint id"),
+    b: int = Query(description="checkpoint id"),
+) -> CompareOut:
+    """Per-class F1 of two checkpoints side by side (each measured on the labels it was evaluated with)."""
+    current = service.states.get(project_id).current_model
+    info_a, info_b = service.checkpoint_info(project_id, a), service.checkpoint_info(project_id, b)
+    f1_a = {c.name: c.f1 for c in info_a.metrics.per_class} if info_a.metrics else {}
+    f1_b = {c.name: c.f1 for c in info_b.metrics.per_class} if info_b.metrics else {}
+    names = [n for n in service.schema(project_id).names if n in f1_a or n in f1_b]
+    rows = []
+    for name in names:
+        fa, fb = f1_a.get(name), f1_b.get(name)
+        rows.append(CompareRow(class_name=name, f1_a=fa, f1_b=fb, delta=None if fa is None or fb is None else fb - fa))
+    return CompareOut(a=_checkpoint(info_a, current), b=_checkpoint(info_b, current), rows=rows)
+
+
+@router.get("/metrics", response_model=MetricsOut, responses=ERRORS)
+def current_metrics(service: ServiceDep, project: ProjectDep) -> MetricsOut:
+    """Per-class F1 and confusion matrix of the current model (grouped cross-validation over the labels)."""
+    state = service.states.get(project.id)
+    info = state.models.get(state.current_model) if state.current_model is not None else None
+    if info is not None and info.metrics is not None:
+        return info.metrics
+    return MetricsOut(
+        model_version=state.current_model,
+        method="none",
+        per_class=[],
+        confusion=[],
+        classes=[],
+        mean_f1=None,
+        accuracy=None,
+        n_labels=len(service.store.list_labels(project.id)),
+        n_samples=0,
+        message="no metrics yet: add labels of two classes or more and retrain",
+    )
+
+
+@jobs_router.get("/{job_id}", response_model=JobOut, responses={404: {"model": ErrorOut}})
+def get_job(service: ServiceDep, job_id: str) -> JobOut:
+    """A job's state (the browser gets the same on the websocket; this is for scripts)."""
+    return service.runner.get(job_id).out()

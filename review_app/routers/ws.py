@@ -1,0 +1,57 @@
+"""The project websocket: the browser's only source of progress and "prediction updated" events (no polling)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from review_app.service import ReviewService
+
+router = APIRouter(tags=["websocket"])
+PING_S = 20.0
+
+
+@router.websocket("/api/projects/{project_id}/ws")
+async def project_events(websocket: WebSocket, project_id: int) -> None:
+    """Server -> browser JSON events: `hello`, `job` (progress/state), `prediction_updated` (layer version and
+    TileJSON to fetch), `metrics_updated`, `labels_changed`, `classes_changed`, `error`."""
+    service: ReviewService = websocket.app.state.service
+    try:
+        service.project(project_id)
+    except KeyError:
+        await websocket.close(code=4404, reason=f"no project {project_id}")
+        return
+    await websocket.accept()
+    queue = service.hub.subscribe(project_id)
+    jobs = [j.out().model_dump(mode="json") for j in service.runner.active(project_id)]
+    await websocket.send_json({"type": "hello", "project_id": project_id, "active_jobs": jobs})
+    receiver = asyncio.create_task(_drain(websocket))
+    try:
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({getter, receiver}, timeout=PING_S, return_when=asyncio.FIRST_COMPLETED)
+            if receiver in done:  # the browser went away
+                getter.cancel()
+                break
+            if getter in done:
+                event = getter.result()
+            else:
+                getter.cancel()
+                event = {"type": "ping"}  # keeps proxies from closing an idle socket
+            await websocket.send_json(event)
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        service.hub.unsubscribe(project_id, queue)
+        receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
+            await receiver
+
+
+async def _drain(websocket: WebSocket) -> None:
+    """Read (and ignore) client messages so a disconnect is noticed."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while True:
+            await websocket.receive_text()

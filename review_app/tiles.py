@@ -1,0 +1,172 @@
+"""Tile routes: titiler factories whose path dependency maps ids to files; nothing else can be read.
+
+Security (titiler's SECURITY.md): no `url=` parameter exists (the path dependency takes ids from
+the path and computes the file from them, see workspace.ProjectPaths), no `expression` parameter
+(indexes only), VRT off (GDAL_SKIP in review_app/__init__.py, and the reader opens GTiff only),
+one uniform 404 for an unknown id, a missing file, or a malformed request (errors.py).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import attr
+import morecantile
+import rasterio
+from attrs import define
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from rio_tiler.io import Reader
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from titiler.core.dependencies import BidxParams
+from titiler.core.factory import TilerFactory
+
+from review_app.service import ReviewService
+
+_ID = re.compile(r"^[1-9][0-9]{0,8}$")
+MAX_TILESIZE = 1024
+TMS = morecantile.TileMatrixSets({"WebMercatorQuad": morecantile.tms.get("WebMercatorQuad")})
+
+
+def _not_found() -> HTTPException:
+    return HTTPException(status_code=404, detail="Not Found")
+
+
+def _id(value: str) -> int:
+    if not _ID.match(value):
+        raise _not_found()
+    return int(value)
+
+
+def _file(path: Path) -> str:
+    if not path.is_file():
+        raise _not_found()
+    return str(path)
+
+
+def _service(request: Request) -> ReviewService:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+IdParam = Annotated[str, PathParam(description="numeric id")]
+
+
+def imagery_path(request: Request, project_id: IdParam) -> str:
+    """Project id -> the project's imagery mosaic COG."""
+    return _file(_service(request).paths(_id(project_id)).imagery)
+
+
+def classes_path(request: Request, project_id: IdParam, aoi_id: IdParam, version: IdParam) -> str:
+    """(project, AOI, layer version) -> that prediction's class COG."""
+    return _file(_service(request).paths(_id(project_id)).classes_path(_id(aoi_id), _id(version)))
+
+
+def confidence_path(request: Request, project_id: IdParam, aoi_id: IdParam, version: IdParam) -> str:
+    return _file(_service(request).paths(_id(project_id)).confidence_path(_id(aoi_id), _id(version)))
+
+
+def class_colormap(request: Request, project_id: IdParam) -> dict[int, tuple[int, int, int, int]]:
+    """Colours from the project's class schema (so a recolour shows without rewriting rasters)."""
+    try:
+        return _service(request).colormap(_id(project_id))
+    except KeyError:
+        raise _not_found() from None
+
+
+def _uncertainty_colormap() -> dict[int, tuple[int, int, int, int]]:
+    """Confidence (max softmax x 255) -> transparent where sure, yellow to magenta where unsure."""
+    cmap: dict[int, tuple[int, int, int, int]] = {0: (0, 0, 0, 0)}
+    for value in range(1, 256):
+        u = 1.0 - value / 255.0
+        t = min(1.0, max(0.0, (u - 0.15) / 0.55))
+        alpha = round(min(1.0, max(0.0, (u - 0.05) / 0.45)) * 230)
+        cmap[value] = (255, round(225 - 185 * t), round(60 + 120 * t), alpha)
+    return cmap
+
+
+UNCERTAINTY = _uncertainty_colormap()
+
+
+def uncertainty_colormap() -> dict[int, tuple[int, int, int, int]]:
+    return UNCERTAINTY
+
+
+def limit_tilesize(tilesize: Annotated[int | None, Query(gt=0, le=MAX_TILESIZE)] = None) -> None:
+    """A 100000-pixel tile is a denial of service, not a map tile."""
+
+
+@attr.s
+class GTiffReader(Reader):
+    """rio-tiler Reader that opens (Geo)TIFFs only: a VRT or any other format is refused even if GDAL knows it."""
+
+    def __attrs_post_init__(self) -> None:
+        if not self.dataset:
+            self.dataset = self._ctx_stack.enter_context(rasterio.open(self.input, driver="GTiff"))
+        super().__attrs_post_init__()
+
+
+@define(kw_only=True)
+class IdTilerFactory(TilerFactory):
+    """TilerFactory with info, tiles and tilejson only (no preview/crop/statistics/viewer surface)."""
+
+    def register_routes(self) -> None:
+        self.info()
+        self.tile()
+        self.tilejson()
+
+
+def _factory(prefix: str, path_dependency: Any, colormap_dependency: Any | None = None) -> IdTilerFactory:
+    kwargs: dict[str, Any] = {}
+    if colormap_dependency is not None:
+        kwargs["colormap_dependency"] = colormap_dependency
+    return IdTilerFactory(
+        router=APIRouter(dependencies=[Depends(limit_tilesize)]),
+        router_prefix=prefix,
+        reader=GTiffReader,
+        path_dependency=path_dependency,
+        layer_dependency=BidxParams,
+        process_dependency=lambda: None,
+        supported_tms=TMS,
+        add_preview=False,
+        add_part=False,
+        add_viewer=False,
+        **kwargs,
+    )
+
+
+def mount_tiles(app: FastAPI) -> None:
+    layers = [
+        ("/tiles/imagery/{project_id}", imagery_path, None, "tiles: imagery (RGBN mosaic; bidx 1,2,3 or 4,1,2)"),
+        ("/tiles/predictions/{project_id}/{aoi_id}/{version}", classes_path, class_colormap, "tiles: predictions"),
+        (
+            "/tiles/confidence/{project_id}/{aoi_id}/{version}",
+            confidence_path,
+            uncertainty_colormap,
+            "tiles: confidence",
+        ),
+    ]
+    for prefix, path_dependency, colormap, tag in layers:
+        app.include_router(_factory(prefix, path_dependency, colormap).router, prefix=prefix, tags=[tag])
+
+
+class TileCacheMiddleware:
+    """Cache-Control for tiles: prediction layers are versioned in the URL, so their tiles never change."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not path.startswith("/tiles/") or "/tiles/WebMercatorQuad/" not in path:
+            await self.app(scope, receive, send)
+            return
+        value = b"public, max-age=3600" if path.startswith("/tiles/imagery/") else b"public, max-age=86400, immutable"
+
+        async def send_with_cache(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                message["headers"] = [*message.get("headers", []), (b"cache-control", value)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cache)

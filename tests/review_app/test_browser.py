@@ -1,0 +1,305 @@
+"""A mapper's whole loop in a real browser (headless Chromium, MapLibre with software WebGL) against the real app.
+
+uvicorn runs `review_app.main:app` on a free loopback port with only environment settings (a fresh
+PEARL_HOME holding the small demo catalog and the tiny starter model, MLflow unreachable). Each step
+asserts what the page shows *and* what the API/database hold, and leaves a screenshot in
+test-artifacts/review_app/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pearl_pipelines.labels.store import LabelStore
+from pearl_pipelines.settings import Settings
+from tests.conftest import free_port
+from tests.review_app.conftest import ARTIFACTS, new_home
+from tests.review_app.data import class_places
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DIST = Path(__file__).resolve().parents[2] / "review_app" / "static" / "dist" / "index.html"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def server(review_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Settings]]:
+    if not DIST.is_file():
+        pytest.fail("the front-end is not built: run `make install` (npm ci + esbuild into review_app/static/dist)")
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (make test does it)")
+    settings = new_home(tmp_path_factory, review_assets)
+    port = free_port()
+    env = {
+        **os.environ,
+        "PEARL_HOME": str(settings.home_abs),
+        "PEARL_MLFLOW_PORT": str(settings.mlflow_port),
+        "PEARL_DAGSTER_PORT": str(settings.dagster_port),
+        "PYTHONPATH": str(REPO),
+    }
+    env.pop("PEARL_LABEL_STORE_URL", None)
+    log = (settings.home_abs / "uvicorn.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "review_app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert process.poll() is None, (settings.home_abs / "uvicorn.log").read_text()
+            try:
+                project = httpx.get(f"{url}/api/projects/1", timeout=2).json()
+                if project["imagery"]["state"] == "ready" and project["model"]["ready"]:
+                    break
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            time.sleep(0.2)
+        else:
+            raise TimeoutError("the review app did not become ready")
+        yield url, settings
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server: tuple[str, Settings]) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.errors = errors
+        yield page
+        context.close()
+        browser.close()
+
+
+class Mapper:
+    """Drives the page like a person: keys, clicks at lon/lat on the map, and a screenshot per step."""
+
+    def __init__(self, page: Any, url: str, settings: Settings) -> None:
+        self.page, self.url, self.settings = page, url, settings
+        self.step = 0
+
+    def shot(self, name: str) -> None:
+        self.step += 1
+        self.page.wait_for_timeout(300)  # let the last tiles fade in
+        self.page.screenshot(path=str(ARTIFACTS / f"{self.step:02d}-{name}.png"))
+
+    def screen(self, lon: float, lat: float) -> tuple[float, float]:
+        point = self.page.evaluate("([x, y]) => window.__pearl.map.project([x, y])", [lon, lat])
+        box = self.page.locator("#map").bounding_box()
+        return box["x"] + point["x"], box["y"] + point["y"]
+
+    def click(self, lon: float, lat: float) -> None:
+        self.page.mouse.click(*self.screen(lon, lat))
+
+    def draw_polygon(self, ring: list[tuple[float, float]]) -> None:
+        for lon, lat in ring[:-1]:
+            self.click(lon, lat)
+            self.page.wait_for_timeout(80)
+        self.page.keyboard.press("Enter")
+
+    def api(self, path: str) -> Any:
+        return httpx.get(self.url + path, timeout=10).json()
+
+    def prediction_version(self, aoi_id: int) -> int | None:
+        return self.page.evaluate("(id) => window.__pearl.predictionVersion(id)", aoi_id)
+
+    def wait_for(self, condition: str, timeout: float = 60000) -> None:
+        """Wait for a JS condition; fail at once with the app's message if an error toast shows up instead."""
+        self.page.wait_for_function(
+            f"() => ({condition}) || document.querySelector('[data-testid=toast-error]') !== null", timeout=timeout
+        )
+        error = self.page.locator("[data-testid=toast-error]")
+        if error.count():
+            raise AssertionError(f"the app reported an error: {error.first.inner_text()}")
+
+    def wait_idle(self) -> None:
+        self.page.wait_for_function(
+            "() => window.__pearl.map.loaded() && window.__pearl.map.areTilesLoaded()", timeout=30000
+        )
+
+
+def test_mapper_loop(page: Any, server: tuple[str, Settings]) -> None:
+    url, settings = server
+    m = Mapper(page, url, settings)
+    store = LabelStore(settings.resolved_label_store_url)
+    tile_responses: list[tuple[str, int]] = []
+    page.on("response", lambda r: tile_responses.append((r.url, r.status)) if "/tiles/" in r.url else None)
+
+    # 1. Open the project: imagery tiles load, websocket connects.
+    page.goto(url)
+    page.get_by_test_id("project-name").filter(has_text="Demo").wait_for()
+    page.locator("[data-testid=ws-status][data-connected=true]").wait_for()
+    m.wait_idle()
+    imagery = [(u, s) for u, s in tile_responses if "/tiles/imagery/1/tiles/" in u]
+    assert imagery and all(s == 200 for _, s in imagery), imagery[:3]
+    assert page.get_by_test_id("class-list").locator("li").count() == 9
+    m.shot("project-opened")
+
+    # 2. NIR false colour is one click away.
+    page.get_by_test_id("imagery-false_color").click()
+    page.wait_for_function(
+        "() => [...window.__pearl.map.getStyle().sources.imagery.url.matchAll(/bidx=(\\d)/g)][0][1] === '4'"
+    )
+    m.wait_idle()
+    m.shot("false-colour")
+    page.get_by_test_id("imagery-true_color").click()
+
+    # 3. Draw an AOI (tool A): it is stored, and inference starts by itself; the prediction layer appears.
+    project = m.api("/api/projects/1")
+    west, south, east, north = project["imagery"]["bounds"]
+    lon, lat, d = (west + east) / 2, (south + north) / 2, 0.0018
+    aoi_ring = [(lon - d, lat - d), (lon + d, lat - d), (lon + d, lat + d), (lon - d, lat + d), (lon - d, lat - d)]
+    page.keyboard.press("a")
+    m.draw_polygon(aoi_ring)
+    page.get_by_test_id("aoi-1").wait_for()
+    assert len(store.list_aois(1)) == 1
+    m.wait_for("window.__pearl.predictionVersion(1) === 1")
+    page.get_by_test_id("prediction-version").filter(has_text="prediction v1").wait_for()
+    m.wait_idle()
+    assert any("/tiles/predictions/1/1/1/" in u and s == 200 for u, s in tile_responses)
+    m.shot("aoi-predicted")
+
+    # 4. Labels of two classes: water points (key 1) and a tree-canopy polygon (key 3, tool G).
+    bounds = (lon - d, lat - d, lon + d, lat + d)
+    page.keyboard.press("1")
+    for place in class_places(settings, bounds, "water", n=3):
+        m.click(*place[0])
+        page.wait_for_timeout(150)
+    page.keyboard.press("3")
+    for place in class_places(settings, bounds, "tree_canopy", n=2):
+        m.click(*place[0])
+        page.wait_for_timeout(150)
+    page.keyboard.press("g")
+    (tree_square,) = class_places(settings, bounds, "tree_canopy", n=1, size_px=14)
+    m.draw_polygon(tree_square)
+    page.locator("[data-testid=count-water]").filter(has_text="3").wait_for()
+    page.locator("[data-testid=count-tree_canopy]").filter(has_text="3").wait_for()
+    labels = store.list_labels(1)
+    assert sorted(r.class_name for r in labels) == ["tree_canopy"] * 3 + ["water"] * 3
+    assert sorted(r.geom_type for r in labels).count("Polygon") == 1
+    m.shot("labels-two-classes")
+
+    # 5. Erase one label and undo it (Ctrl+Z).
+    page.get_by_test_id("tool-erase").click()
+    water = next(r for r in labels if r.class_name == "water")
+    m.click(*water.geometry["coordinates"])
+    page.locator("[data-testid=count-water]").filter(has_text="2").wait_for()
+    assert len(store.list_labels(1)) == 5
+    page.keyboard.press("Control+z")
+    page.locator("[data-testid=count-water]").filter(has_text="3").wait_for()
+    assert len(store.list_labels(1)) == 6
+
+    # 6. Add a class and label it (structures, as a new class "Rooftops").
+    page.get_by_test_id("add-class").click()
+    page.get_by_test_id("new-class-name").fill("Rooftops")
+    page.get_by_test_id("new-class-color").fill("#e8590c")
+    m.shot("add-class")
+    page.get_by_test_id("new-class-submit").click()
+    page.get_by_test_id("class-rooftops").wait_for()
+    assert store.schema(1).names[-1] == "rooftops"
+    assert page.get_by_test_id("class-rooftops").get_attribute("class").find("selected") >= 0
+    page.keyboard.press("p")
+    for place in class_places(settings, bounds, "structures", n=3):
+        m.click(*place[0])
+        page.wait_for_timeout(150)
+    page.keyboard.press("g")
+    m.draw_polygon(class_places(settings, bounds, "structures", n=1, size_px=6)[0])
+    page.locator("[data-testid=count-rooftops]").filter(has_text="4").wait_for()
+    assert [r.class_name for r in store.list_labels(1)].count("rooftops") == 4
+    m.shot("new-class-labelled")
+
+    # 7. Retrain: the prediction layer is replaced (new version) without a reload, metrics appear.
+    version_before = m.prediction_version(1)
+    page.get_by_test_id("retrain").click()
+    m.wait_for(f"window.__pearl.predictionVersion(1) > {version_before}")
+    page.get_by_test_id("update-time").wait_for(timeout=30000)
+    page.get_by_test_id("f1-rooftops").wait_for(timeout=30000)
+    m.wait_idle()
+    seconds = float(page.get_by_test_id("update-time").inner_text().split()[2])
+    assert seconds < 10  # the bench measures the < 2 s target without a browser in the way
+    metrics = m.api("/api/projects/1/metrics")
+    assert {"water", "tree_canopy", "rooftops"} <= set(metrics["classes"])
+    shown = page.get_by_test_id("mean-f1").inner_text()
+    assert shown == f"{metrics['mean_f1']:.2f}"
+    assert page.get_by_test_id("confusion").locator("tbody tr").count() == len(metrics["classes"])
+    assert page.get_by_test_id("model-status").inner_text() == "model v1"
+    new_version = m.prediction_version(1)
+    assert any(f"/tiles/predictions/1/1/{new_version}/" in u and s == 200 for u, s in tile_responses)
+    page.get_by_test_id("layer-confidence").check()
+    m.wait_idle()
+    m.shot("retrained-with-uncertainty")
+    page.get_by_test_id("layer-confidence").uncheck()
+
+    # 8. Save a checkpoint with a name; it is listed, and is the current model.
+    page.get_by_test_id("checkpoint-name").fill("water and rooftops")
+    page.get_by_test_id("save-checkpoint").click()
+    page.get_by_test_id("checkpoint-1").filter(has_text="water and rooftops").wait_for()
+    saved = {c["id"]: c for c in m.api("/api/projects/1/checkpoints")}
+    assert saved[1]["name"] == "water and rooftops" and saved[1]["current"]
+
+    # 9. Compare the starter model with the checkpoint: per-class F1 side by side.
+    page.get_by_test_id("checkpoint-0").locator("input[type=checkbox]").check()
+    page.get_by_test_id("checkpoint-1").locator("input[type=checkbox]").check()
+    page.get_by_test_id("compare").wait_for()
+    assert page.get_by_test_id("compare").locator("tbody tr").count() >= 3
+    m.shot("checkpoint-saved-compare")
+
+    # 10. Restore the starter model: the map goes back, the checkpoint list says so.
+    version_before = m.prediction_version(1)
+    page.get_by_test_id("restore-0").click()
+    m.wait_for(f"window.__pearl.predictionVersion(1) > {version_before}")
+    page.get_by_test_id("model-status").filter(has_text="model v0").wait_for()
+    m.wait_idle()
+    assert m.api("/api/projects/1")["model"]["current_version"] == 0
+    assert page.get_by_test_id("checkpoint-0").filter(has_text="current").count() == 1
+    m.shot("starter-restored")
+
+    # 11. Export the labels (GeoJSON and GeoPackage downloads).
+    with page.expect_download() as download:
+        page.get_by_test_id("export-geojson").click()
+    geojson = Path(download.value.path()).read_text()
+    assert geojson.count('"Feature"') == 10
+    with page.expect_download() as download:
+        page.get_by_test_id("export-gpkg").click()
+    assert Path(download.value.path()).read_bytes()[:15] == b"SQLite format 3"
+    with page.expect_download() as download:
+        page.get_by_test_id("export-csv").click()
+    assert Path(download.value.path()).read_text().startswith("class_index,class_name")
+    m.shot("exported")
+
+    assert not page.errors, page.errors
