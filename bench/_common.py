@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,12 +18,10 @@ import numpy as np
 import torch
 from affine import Affine
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as `python bench/NAME.py`
-
-from pearl_pipelines.classes import load_schema  # noqa: E402
-from pearl_pipelines.geo.cog import write_cog  # noqa: E402
-from pearl_pipelines.ml.models import LandcoverModel, ModelSpec, load_model, save_model  # noqa: E402
-from pearl_pipelines.settings import get_settings  # noqa: E402
+from pearl_pipelines.classes import load_schema
+from pearl_pipelines.geo.cog import write_cog
+from pearl_pipelines.ml.models import LandcoverModel, ModelSpec, load_model, save_model
+from pearl_pipelines.settings import get_settings
 
 CRS = "EPSG:32618"
 ORIGIN = (400_000.0, 4_300_000.0)
@@ -88,7 +85,7 @@ def _registered_starter(arch: str) -> LandcoverModel | None:
     for path in sorted(models_dir.glob("**/*.pt")) if models_dir.is_dir() else []:
         try:
             model = load_model(path)
-        except Exception:  # noqa: BLE001 - not a LandcoverModel file; keep looking
+        except Exception:  # not a LandcoverModel file: keep looking
             continue
         if model.spec.arch == arch:
             log(f"using registered starter model {path}")

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as `python bench/NAME.py`
 
-from pearl_pipelines.settings import get_settings  # noqa: E402
+from pearl_pipelines.settings import get_settings
 
 STARTER = "pearl-starter-chesapeake9"
 LOCATION, REPOSITORY = "pearl_pipelines", "__repository__"
@@ -103,8 +103,9 @@ def ensure_regions(catalog_dir: Path) -> None:
 
 
 def has_champion(uri: str) -> bool:
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+
+    from mlflow import MlflowClient
 
     try:
         MlflowClient(uri).get_model_version_by_alias(STARTER, "champion")
@@ -150,11 +151,62 @@ def bench_services(name: str) -> Iterator[Bench]:
         dagster.start(timeout=300)
         log(f"[{name}] dagster dev answered after {time.perf_counter() - started:.1f} s")
         bench = Bench(
-            home, f"http://127.0.0.1:{mlflow_port}", dagster_port, DagsterGraphQLClient("127.0.0.1", port_number=dagster_port)
+            home,
+            f"http://127.0.0.1:{mlflow_port}",
+            dagster_port,
+            DagsterGraphQLClient("127.0.0.1", port_number=dagster_port),
         )
         if not has_champion(bench.mlflow_uri):
             log(f"[{name}] no starter model yet: training a PEARL-sized FCN through starter_model_job ...")
             started = time.perf_counter()
-            bench.wait(bench.submit("starter_model_job", run_config={"ops": {"starter_model": {"config": BENCH_STARTER}}}))
+            bench.wait(
+                bench.submit("starter_model_job", run_config={"ops": {"starter_model": {"config": BENCH_STARTER}}})
+            )
             log(f"[{name}] starter model registered in {time.perf_counter() - started:.1f} s")
         yield bench
+
+
+def utm_box_lonlat(region_name: str, offset_m: tuple[float, float], size_m: float) -> Any:
+    """A size_m x size_m square (in the region's UTM grid, offset from its north-west corner) as a lon/lat polygon."""
+    from rasterio.warp import transform_geom
+    from shapely.geometry import box, mapping, shape
+
+    from pearl_pipelines.geo.regions import load_regions
+
+    grid = load_regions(get_settings().assets_dir)[region_name].properties.synthetic
+    assert grid is not None
+    x0, y0 = grid.origin[0] + offset_m[0], grid.origin[1] - offset_m[1]
+    square = box(x0, y0 - size_m, x0 + size_m, y0)
+    return shape(transform_geom(f"EPSG:{grid.epsg}", "EPSG:4326", mapping(square)))
+
+
+def reference_labels(region_name: str, aoi: Any, n: int, seed: int) -> list[tuple[str, Any]]:
+    """n points inside the AOI, labelled from the region's reference rasters (a careful mapper's clicks)."""
+    import numpy as np
+    import rasterio
+    from rasterio.warp import transform as warp_transform
+    from shapely.geometry import Point
+
+    from pearl_pipelines.classes import load_schema
+    from pearl_pipelines.geo.catalog import load_collection_items
+    from pearl_pipelines.geo.regions import label_asset_key
+
+    schema = load_schema("chesapeake9")
+    items = load_collection_items(get_settings().catalog_dir, region_name)
+    rng = np.random.default_rng(seed)
+    minx, miny, maxx, maxy = aoi.bounds
+    labels: list[tuple[str, Any]] = []
+    while len(labels) < n:
+        lon, lat = float(rng.uniform(minx, maxx)), float(rng.uniform(miny, maxy))
+        if not aoi.contains(Point(lon, lat)):
+            continue
+        for item in items:
+            with rasterio.open(item.assets[label_asset_key("chesapeake9")].href) as src:
+                (x,), (y,) = warp_transform("EPSG:4326", src.crs, [lon], [lat])
+                left, bottom, right, top = src.bounds
+                if left <= x < right and bottom <= y < top:
+                    value = int(next(src.sample([(x, y)]))[0])
+                    if value < len(schema):
+                        labels.append((schema.names[value], Point(lon, lat)))
+                    break
+    return labels

@@ -3,7 +3,8 @@
 The bench home is PEARL_HOME/bench/review: its own label DB and review state (the mapper's demo project
 is never touched), the demo collection linked from PEARL_HOME/catalog (generated at full size when
 missing), and the starter model linked from PEARL_HOME/models when one was trained (`make demo`);
-otherwise a PEARL-sized FCN (five 3x3 convs, 64 features; untrained: latency does not depend on weights).
+otherwise a PEARL-sized FCN (five 3x3 convs, 64 features; untrained: latency does not depend on weights)
+with a replay set of 500 pixels per class, as starter models have.
 MLflow and Dagster ports point at nothing, so no run or label submission leaves the bench.
 """
 
@@ -81,13 +82,21 @@ def _ensure_model(main: Settings, settings: Settings) -> None:
     import torch
 
     from pearl_pipelines.classes import load_schema
+    from pearl_pipelines.geo.catalog import load_collection_items
+    from pearl_pipelines.ml.data import read_item
     from pearl_pipelines.ml.models import LandcoverModel, ModelSpec, save_model
+    from pearl_pipelines.ml.replay import build_replay_set
     from pearl_pipelines.ml.starter import starter_dir
 
     torch.manual_seed(0)
     model = LandcoverModel(ModelSpec(arch="fcn", schema=load_schema("chesapeake9"), embed_dim=64)).eval()
-    path = save_model(model, starter_dir(settings, "chesapeake9", "fcn") / MODEL_FILE, extra={"bench": True})
-    log(f"model: no starter model trained yet; a PEARL-sized FCN (64 features, untrained) at {path}")
+    folder = starter_dir(settings, "chesapeake9", "fcn")
+    log("model: no starter model trained yet; making a PEARL-sized FCN (64 features, untrained) + replay set ...")
+    # A starter's replay set (500 pixels per class) is part of every retrain: the bench must pay for it too.
+    item = read_item(sorted(load_collection_items(settings.catalog_dir, DEMO), key=lambda i: i.id)[0], "chesapeake9")
+    build_replay_set(model, [item.image], [item.labels], per_class=500).save(folder / "replay.npz")
+    save_model(model, folder / MODEL_FILE, extra={"bench": True})
+    log(f"  saved to {folder}")
 
 
 def start_app(settings: Settings) -> tuple[str, Service]:
@@ -148,3 +157,39 @@ def ensure_predicted_aoi(url: str, km2: float = 1.0) -> dict[str, Any]:
     wait_job(url, job["id"])
     log(f"  inference took {time.perf_counter() - started:.1f} s")
     return httpx.get(f"{url}/api/projects/1/aois/{aoi_id}", timeout=10).json()
+
+
+def reference_points(
+    settings: Settings, bounds: list[float], class_names: list[str], per_class: int, seed: int
+) -> list[tuple[str, float, float]]:
+    """(class, lon, lat) of random pixels inside lon/lat `bounds` whose reference label is that class."""
+    import numpy as np
+    import rasterio
+    from rasterio.warp import transform, transform_bounds
+
+    from pearl_pipelines.classes import load_schema
+    from pearl_pipelines.geo.catalog import load_collection_items
+    from pearl_pipelines.geo.regions import label_asset_key
+
+    schema = load_schema("chesapeake9")
+    rng = np.random.default_rng(seed)
+    found: dict[str, list[tuple[float, float]]] = {name: [] for name in class_names}
+    for item in load_collection_items(settings.catalog_dir, DEMO):
+        with rasterio.open(item.assets[label_asset_key("chesapeake9")].get_absolute_href()) as src:
+            left, bottom, right, top = transform_bounds("EPSG:4326", src.crs, *bounds)
+            labels = src.read(1)
+            rows, cols = np.indices(labels.shape)
+            xs, ys = src.transform @ (cols + 0.5, rows + 0.5)
+            inside = (xs > left) & (xs < right) & (ys > bottom) & (ys < top)
+            for name in class_names:
+                pick = np.flatnonzero(inside & (labels == schema.index(name)))
+                for i in rng.choice(pick, min(len(pick), per_class * 4), replace=False) if len(pick) else []:
+                    lon, lat = transform(src.crs, "EPSG:4326", [xs.flat[i]], [ys.flat[i]])
+                    found[name].append((lon[0], lat[0]))
+    points = []
+    for name, places in found.items():
+        if len(places) < per_class:
+            raise RuntimeError(f"fewer than {per_class} reference pixels of {name} in the AOI")
+        for j in rng.choice(len(places), per_class, replace=False):
+            points.append((name, *places[j]))
+    return points

@@ -51,9 +51,8 @@ def main() -> None:
     achieved = results["fcn_flops_per_px"] * 1e6 / results["fcn_seconds"]
     efficiency = achieved / peak
     log(f"conv peak (3x3, 64->64, channels-last): {peak / 1e9:.1f} GFLOP/s")
-    log(
-        f"FCN: {results['fcn_flops_per_px'] / 1e3:.0f} kFLOP/px, {achieved / 1e9:.1f} GFLOP/s = {efficiency:.0%} of peak"
-    )
+    flops_px = results["fcn_flops_per_px"]
+    log(f"FCN: {flops_px / 1e3:.0f} kFLOP/px, {achieved / 1e9:.1f} GFLOP/s = {efficiency:.0%} of peak")
     emit(
         {
             "fcn_km2_per_min": results["fcn_km2_per_min"],

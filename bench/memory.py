@@ -19,7 +19,7 @@ import rasterio
 from _common import ORIGIN, bench_dir, bench_model, emit, log, median, scene_cog, use_all_cores
 from shapely.geometry import box
 
-from pearl_pipelines.ml.inference import predict, reuse_freed_memory
+from pearl_pipelines.ml.inference import predict
 
 TILE = 1000
 MOSAIC = 4  # 4 x 4 tiles = 16 km^2
@@ -56,7 +56,6 @@ def mosaic_vrt() -> Path:
 def child(km: int) -> None:
     """Predict a km x km square of the mosaic (its top-left corner) and exit."""
     use_all_cores()
-    reuse_freed_memory()
     model, _ = bench_model("fcn")
     side = km * TILE
     aoi = box(ORIGIN[0], ORIGIN[1] - side, ORIGIN[0] + side, ORIGIN[1])

@@ -29,7 +29,7 @@ from scipy import ndimage as ndi
 from shapely.geometry import Point, box
 
 from pearl_pipelines.ml.embeddings import EmbeddingCache, apply_head
-from pearl_pipelines.ml.inference import predict, reuse_freed_memory
+from pearl_pipelines.ml.inference import predict
 from pearl_pipelines.ml.replay import ReplaySet
 from pearl_pipelines.ml.retrain import RetrainOptions, retrain
 from pearl_pipelines.ml.versions import ModelVersion
@@ -66,7 +66,6 @@ def make_labels(reference: np.ndarray, class_names: list[str], seed: int = 0) ->
 
 def main() -> None:
     threads = use_all_cores()
-    reuse_freed_memory()
     model, model_path = bench_model("fcn")
     replay = ReplaySet.load(replay_path(model_path)) if model_path and replay_path(model_path).is_file() else None
     image, reference = scene_cog("scene-1km-shifted", 1000, seed=31, shifted=True)

@@ -29,8 +29,11 @@ ROUNDS = 3
 TMS = morecantile.tms.get("WebMercatorQuad")
 
 
-def tiles_over(bounds: list[float], zooms: list[int]) -> list[tuple[int, int, int]]:
-    return [(t.z, t.x, t.y) for t in TMS.tiles(*bounds, zooms=zooms)]
+def tiles_over(bounds: list[float], zooms: list[int], inset: float = 0.03) -> list[tuple[int, int, int]]:
+    """Tiles over the bounds shrunk by `inset` on each side (edge tiles may fall outside the raster: 404)."""
+    west, south, east, north = bounds
+    dx, dy = (east - west) * inset, (north - south) * inset
+    return [(t.z, t.x, t.y) for t in TMS.tiles(west + dx, south + dy, east - dx, north - dy, zooms=zooms)]
 
 
 async def fetch_all(urls: list[str]) -> tuple[list[float], float]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.settings import Settings, get_settings
 
@@ -94,6 +96,13 @@ def submit_label_run(
     keys = project_tile_keys(store, project_id)
     if not keys:
         raise TriggerError(f"project {project_id} has no AOI: draw one before retraining")
+    try:  # a quick probe first: a refused connection would otherwise surface as an opaque GraphQL error
+        httpx.get(f"http://{host}:{port}/server_info", timeout=3.0).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise TriggerError(
+            f"Dagster webserver at http://{host}:{port} is not reachable ({exc.__class__.__name__}); "
+            "the label_submission_sensor will pick these labels up when Dagster runs"
+        ) from exc
     client = _client(host, port)
     try:
         order = tile_key_order(client)
@@ -112,13 +121,6 @@ def submit_label_run(
         )
     except DagsterGraphQLClientError as exc:
         raise TriggerError(f"Dagster at http://{host}:{port} refused the label run: {exc}") from exc
-    except Exception as exc:  # connection errors surface as requests/gql exceptions
-        if isinstance(exc, TriggerError):
-            raise
-        raise TriggerError(
-            f"Dagster webserver at http://{host}:{port} is not reachable ({exc.__class__.__name__}: {exc}); "
-            "the label_submission_sensor will pick these labels up when Dagster runs"
-        ) from exc
 
 
 def _sqlite_url(settings: Settings) -> str:

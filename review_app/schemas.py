@@ -200,8 +200,9 @@ class MetricsOut(BaseModel):
     model_version: int | None
     method: str = Field(description="how the figures were computed, e.g. grouped 5-fold cross-validation")
     per_class: list[ClassMetric]
-    confusion: list[list[int]] = Field(description="rows: true class, columns: predicted class (order of `classes`)")
-    classes: list[str]
+    confusion: list[list[int]] = Field(description="rows: labelled class (`classes`), columns: predicted (`columns`)")
+    classes: list[str] = Field(description="classes with labels (rows of the confusion matrix)")
+    columns: list[str] = Field(default_factory=list, description="classes predicted for them (columns)")
     mean_f1: float | None
     accuracy: float | None
     n_labels: int

@@ -146,6 +146,9 @@ def metrics_out(report: MetricsReport | None, model_version: int, notes: list[st
             message="; ".join(notes or []) or "metrics need labels of two classes or more in separate places",
         )
     present = [i for i, n in enumerate(report.support) if n > 0]
+    # Columns: the labelled classes plus any other class the model predicted for them (errors must show).
+    predicted = [j for j in range(len(report.class_names)) if any(report.confusion[i][j] for i in present)]
+    columns = present + [j for j in predicted if j not in present]
     return MetricsOut(
         model_version=model_version,
         method=report.method,
@@ -159,8 +162,9 @@ def metrics_out(report: MetricsReport | None, model_version: int, notes: list[st
             )
             for i in present
         ],
-        confusion=[[report.confusion[i][j] for j in present] for i in present],
+        confusion=[[report.confusion[i][j] for j in columns] for i in present],
         classes=[report.class_names[i] for i in present],
+        columns=[report.class_names[j] for j in columns],
         mean_f1=report.macro_f1,
         accuracy=report.accuracy,
         n_labels=0,

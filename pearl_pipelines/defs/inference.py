@@ -110,7 +110,7 @@ def embeddings(
     if todo:
         extras = {
             "asset": "embeddings",
-            "dagster_run_id": context.run_id,
+            "dagster_run_id": context.run.run_id,
             "mlflow_uri": mlflow.tracking_uri,
             "model": base.extras(),
             "aois": [
@@ -163,7 +163,7 @@ def predict_tiles(
     """Run the worker's `predict` task; returns (per-tile results, Pipes results such as check results)."""
     extras = {
         "asset": "predictions",
-        "dagster_run_id": context.run_id,
+        "dagster_run_id": context.run.run_id,
         "mlflow_uri": mlflow.tracking_uri,
         "model": model.extras(),
         "report_check": report_check,

@@ -146,7 +146,7 @@ def starter_model(
     name = config.model_name or starter_model_name(config.schema_id)
     extras = {
         "asset": "starter_model",
-        "dagster_run_id": context.run_id,
+        "dagster_run_id": context.run.run_id,
         "mlflow_uri": mlflow.tracking_uri,
         "model_name": name,
         "schema_id": config.schema_id,
@@ -203,7 +203,7 @@ def landcover_model(
         )
     extras = {
         "asset": "landcover_model",
-        "dagster_run_id": context.run_id,
+        "dagster_run_id": context.run.run_id,
         "mlflow_uri": mlflow.tracking_uri,
         "project_id": config.project_id,
         "label_set": rasters.rel(labels["uri"]),

@@ -39,7 +39,12 @@ class RasterStore(dg.ConfigurableResource):
         return Path(self.home).expanduser().resolve()
 
     def rel(self, path: Path) -> str:
-        return str(Path(path).resolve().relative_to(self.root))
+        """`path` relative to PEARL_HOME (symlinks inside it kept); absolute when it lies outside."""
+        path = Path(path)
+        for candidate in (path.absolute(), path.resolve()):
+            if candidate.is_relative_to(self.root):
+                return str(candidate.relative_to(self.root))
+        return str(path.resolve())
 
     @property
     def catalog_dir(self) -> Path:

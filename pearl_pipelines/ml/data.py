@@ -107,27 +107,66 @@ def class_counts(rasters: Sequence[LabelledRaster], n_classes: int) -> np.ndarra
 class PatchSampler:
     """Random square patches with flips and 90-degree rotations, drawn from a seeded generator.
 
-    Items are picked in proportion to their area, so every pixel is equally likely to be covered. Patch
-    sides are clamped to the smallest item (tests build tiny regions).
+    A patch is either placed uniformly (items picked in proportion to their area) or, with probability
+    `class_balance`, centred on a random pixel of a class drawn uniformly from the classes present: rare
+    classes (structures, ~1% of pixels) then appear in most batches instead of a few. Patch sides are
+    clamped to the smallest item (tests build tiny regions).
     """
 
     def __init__(
-        self, rasters: Sequence[LabelledRaster], patch_size: int, *, seed: int = 0, augment: bool = True
+        self,
+        rasters: Sequence[LabelledRaster],
+        patch_size: int,
+        *,
+        seed: int = 0,
+        augment: bool = True,
+        class_balance: float = 0.0,
+        anchors_per_class: int = 100_000,
     ) -> None:
         if not rasters:
             raise ValueError("no labelled rasters to sample patches from")
         self.rasters = list(rasters)
         self.patch_size = min(patch_size, *(min(r.shape) for r in self.rasters))
         self.augment = augment
+        self.class_balance = class_balance
         self.rng = np.random.default_rng(seed)
         areas = np.array([r.shape[0] * r.shape[1] for r in self.rasters], dtype=np.float64)
         self.weights = areas / areas.sum()
+        self.anchors = self._class_anchors(anchors_per_class) if class_balance > 0 else []
+
+    def _class_anchors(self, per_class: int) -> list[np.ndarray]:
+        """Per present class: (n, 3) [raster, row, col] of up to `per_class` random pixels of that class."""
+        found: dict[int, list[np.ndarray]] = {}
+        for i, r in enumerate(self.rasters):
+            rows, cols = np.nonzero(r.labels != NODATA_CLASS)
+            classes = r.labels[rows, cols]
+            for cls in np.unique(classes):
+                keep = classes == cls
+                found.setdefault(int(cls), []).append(np.stack([np.full(keep.sum(), i), rows[keep], cols[keep]], 1))
+        anchors = []
+        for cls in sorted(found):
+            pixels = np.concatenate(found[cls])
+            if len(pixels) > per_class:
+                pixels = pixels[self.rng.choice(len(pixels), per_class, replace=False)]
+            anchors.append(pixels)
+        return anchors
+
+    def _origin(self) -> tuple[LabelledRaster, int, int]:
+        p = self.patch_size
+        if self.anchors and self.rng.random() < self.class_balance:
+            pixels = self.anchors[int(self.rng.integers(0, len(self.anchors)))]
+            i, row, col = pixels[int(self.rng.integers(0, len(pixels)))]
+            r = self.rasters[int(i)]
+            # Centre on the pixel, jittered so it is not always in the middle; clamp inside the item.
+            row = int(np.clip(row - p // 2 + self.rng.integers(-p // 4, p // 4 + 1), 0, r.shape[0] - p))
+            col = int(np.clip(col - p // 2 + self.rng.integers(-p // 4, p // 4 + 1), 0, r.shape[1] - p))
+            return r, row, col
+        r = self.rasters[self.rng.choice(len(self.rasters), p=self.weights)]
+        return r, int(self.rng.integers(0, r.shape[0] - p + 1)), int(self.rng.integers(0, r.shape[1] - p + 1))
 
     def patch(self) -> tuple[np.ndarray, np.ndarray]:
-        r = self.rasters[self.rng.choice(len(self.rasters), p=self.weights)]
+        r, row, col = self._origin()
         p = self.patch_size
-        row = int(self.rng.integers(0, r.shape[0] - p + 1))
-        col = int(self.rng.integers(0, r.shape[1] - p + 1))
         image = r.image[:, row : row + p, col : col + p]
         labels = r.labels[row : row + p, col : col + p]
         if self.augment:

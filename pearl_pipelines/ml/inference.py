@@ -12,7 +12,6 @@ area's embedding cache; otherwise the fused backbone+head model runs and only K 
 from __future__ import annotations
 
 import copy
-import ctypes
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import rasterio
 import torch
+from rasterio.enums import MaskFlags
 from rasterio.features import geometry_mask
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
@@ -50,8 +50,10 @@ Progress = Callable[[int, int], None]
 Sink = Callable[[int, int, torch.Tensor], None]
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
-# GDAL's block cache defaults to 5% of RAM and would hold every written block of a large output.
-GDAL_CACHE_MB = 64
+# GDAL's block cache defaults to 5% of RAM and would hold every written block of a large output; reads
+# are whole strips and writes complete a block row per window row, so a small cache is enough.
+GDAL_CACHE_MB = 16
+SINK_COLUMNS = 1024
 
 
 @dataclass(frozen=True)
@@ -153,21 +155,6 @@ def run_windows(
     return done
 
 
-def reuse_freed_memory() -> bool:
-    """Keep freed memory in the process instead of returning it to the OS (glibc only; call once per worker).
-
-    Window activations are hundreds of MB; glibc serves each from fresh mmap'd pages and unmaps them on
-    free, so every forward pass page-faults its whole working set again (~15% of CPU inference time).
-    With these settings the heap keeps its peak size and reuses it. Process-wide, hence opt-in.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, (1 << 31) - 1))
-
-
 def aoi_region(dataset: Any, aoi: BaseGeometry | Mapping[str, Any] | None, aoi_crs: Any = None):
     """(Region, AOI geometry in the raster's CRS or None) for an AOI given in `aoi_crs` (default: the raster's)."""
     full = Region(0, 0, dataset.height, dataset.width)
@@ -188,12 +175,23 @@ def aoi_region(dataset: Any, aoi: BaseGeometry | Mapping[str, Any] | None, aoi_c
     return Region(r0, c0, r1 - r0, c1 - c0), geom
 
 
-def _aoi_mask(dataset: Any, geom: BaseGeometry | None) -> Callable[[int, int, int, int], np.ndarray | None]:
+def _valid_mask(dataset: Any, geom: BaseGeometry | None) -> Callable[[int, int, int, int], np.ndarray | None]:
+    """(row, col, h, w) -> bool mask of pixels to classify: inside the AOI and covered by imagery.
+
+    Imagery without nodata or masks (the common COG case) costs nothing; gaps in a mosaic or masked
+    collars become nodata instead of confident nonsense.
+    """
+    masked = any(MaskFlags.all_valid not in flags for flags in dataset.mask_flag_enums)
+
     def mask(row: int, col: int, height: int, width: int) -> np.ndarray | None:
+        window = Window(col, row, width, height)
+        valid = dataset.dataset_mask(window=window) > 0 if masked else None
         if geom is None:
-            return None
-        transform = dataset.window_transform(Window(col, row, width, height))
-        return geometry_mask([geom], out_shape=(height, width), transform=transform, invert=True)
+            return valid
+        inside = geometry_mask(
+            [geom], out_shape=(height, width), transform=dataset.window_transform(window), invert=True
+        )
+        return inside if valid is None else inside & valid
 
     return mask
 
@@ -261,7 +259,7 @@ def predict(
         dataset = imagery if hasattr(imagery, "read") else stack.enter_context(rasterio.open(imagery))
         _check_imagery(dataset, model, tiling)
         region, geom = aoi_region(dataset, aoi, aoi_crs)
-        mask = _aoi_mask(dataset, geom)
+        mask = _valid_mask(dataset, geom)
         crs, transform = dataset.crs, dataset.window_transform(region.window)
         writer = stack.enter_context(
             ClassRasterWriter(
@@ -275,15 +273,13 @@ def predict(
         )
 
         def write_logits(row: int, col: int, logits: torch.Tensor) -> None:
-            h, w = logits.shape[1:]
-            writer.write_logits(row - region.row0, col - region.col0, logits, mask(row, col, h, w))
+            """(h, w, K) logits view -> classes + confidence, with the AOI mask."""
+            h, w = logits.shape[:2]
+            valid = mask(row, col, h, w)
+            writer.write_logits(row - region.row0, col - region.col0, logits.permute(2, 0, 1).contiguous(), valid)
 
         if embeddings_dir is None:
-            channels, forward = len(model.spec.schema), net
-
-            def sink(row: int, col: int, block: torch.Tensor) -> None:
-                write_logits(row, col, block.permute(2, 0, 1).contiguous())
-
+            channels, forward, write_block = len(model.spec.schema), net, write_logits
         else:
             embed_dim = net.backbone.out_channels
             channels = embed_dim + len(model.spec.schema)
@@ -304,11 +300,15 @@ def predict(
                 model_id=model_id,
             )
 
-            def sink(row: int, col: int, block: torch.Tensor) -> None:
+            def write_block(row: int, col: int, block: torch.Tensor) -> None:
                 h, w = block.shape[:2]
-                valid = mask(row, col, h, w)
-                cache.write_block(row - region.row0, col - region.col0, block[..., :embed_dim], valid)
-                write_logits(row, col, block[..., embed_dim:].permute(2, 0, 1).contiguous())
+                cache.write_block(row - region.row0, col - region.col0, block[..., :embed_dim], mask(row, col, h, w))
+                write_logits(row, col, block[..., embed_dim:])
+
+        def sink(row: int, col: int, block: torch.Tensor) -> None:
+            # Column slices keep the per-block copies small however wide the band is.
+            for c in range(0, block.shape[1], SINK_COLUMNS):
+                write_block(row, col + c, block[:, c : c + SINK_COLUMNS])
 
         band_cols = band_columns(tiling, channels, buffer_mb)
         plan = WindowPlan.build(region, tiling, grid_anchor(dataset.transform), band_cols)

@@ -36,6 +36,8 @@ class TrainConfig(BaseModel):
     lr: float = Field(default=3e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     class_weight_power: float = Field(default=0.5, ge=0, le=1, description="0: unweighted, 1: inverse frequency")
+    class_balance: float = Field(default=0.0, ge=0, le=1, description="share of patches centred on a random class")
+    bf16: bool = Field(default=False, description="bfloat16 autocast: ~2x faster on CPUs with AVX512-BF16/AMX")
     seed: int = 0
     threads: int | None = Field(default=None, description="torch CPU threads; default os.cpu_count()")
 
@@ -85,7 +87,7 @@ def train_model(
     seed_everything(config.seed)
     # U-Net sides must be multiples of 2**depth; crop the patch down rather than fail.
     multiple = int(getattr(model.backbone, "multiple", 1))
-    sampler = PatchSampler(rasters, config.patch_size, seed=config.seed)
+    sampler = PatchSampler(rasters, config.patch_size, seed=config.seed, class_balance=config.class_balance)
     sampler.patch_size -= sampler.patch_size % multiple
     n_classes = len(model.spec.schema)
     weights = class_weights(rasters, n_classes, config.class_weight_power)
@@ -104,7 +106,8 @@ def train_model(
         correct = labelled = 0
         for _ in range(config.steps_per_epoch):
             images, labels = sampler.batch(config.batch_size)
-            logits = model(images.contiguous(memory_format=torch.channels_last))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                logits = model(images.contiguous(memory_format=torch.channels_last)).float()
             loss = criterion(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -129,6 +132,7 @@ def train_model(
                 stats.metrics.update(on_epoch(stats, model) or {})
         history.append(stats)
     bar.close()
+    model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     model.eval()
     return history
 

@@ -2,6 +2,7 @@
 
 | task           | asset            | what it does                                                          |
 |----------------|------------------|-----------------------------------------------------------------------|
+| probe          | (any)            | report Python, torch, CUDA device and PEARL_HOME (GPU pod smoke test) |
 | train-starter  | starter_model    | train on the train regions, evaluate on holdout, register (`starter`) |
 | embed          | embeddings       | backbone over each review AOI -> float16 embedding cache              |
 | retrain        | landcover_model  | new head on cached embeddings under the label set, register version   |
@@ -14,6 +15,7 @@ materializations of the tile partitions. Every task is one MLflow run tagged wit
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -43,6 +45,22 @@ def _run_tags(extras: Mapping[str, Any], task: str) -> dict[str, str]:
         "pearl.task": task,
         **{k: str(v) for k, v in (extras.get("tags") or {}).items()},
     }
+
+
+class Phases:
+    """Wall time per phase of a task, reported as materialization metadata (where the seconds go)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 3)
+        self._last = now
+
+    def metadata(self) -> dict[str, Any]:
+        return {"raw_value": self.seconds, "type": "json"}
 
 
 def _md(text: str) -> dict[str, str]:
@@ -128,6 +146,7 @@ def embed(pipes: PipesContext) -> None:
 # -- retrain ---------------------------------------------------------------------------------------------
 def retrain(pipes: PipesContext) -> None:
     """A new head on the project's cached embeddings; registered in MLflow with its lineage."""
+    phases = Phases()
     import geopandas as gpd
 
     from pearl_pipelines.classes import ClassSchema
@@ -150,6 +169,7 @@ def retrain(pipes: PipesContext) -> None:
     )
     from pearl_pipelines.worker.layout import model_slug, prediction_dir
 
+    phases.lap("imports")
     extras = pipes.extras
     uri = extras["mlflow_uri"]
     registry = ModelRegistry(uri)
@@ -167,6 +187,7 @@ def retrain(pipes: PipesContext) -> None:
         c.name: {"color": c.color, "title": c.title} for c in schema.classes if c.name not in parent.schema.names
     }
     cache = pick_cache_for_labels(caches, train_labels)
+    phases.lap("load")
     started = time.perf_counter()
     version = retrain_head(
         parent,
@@ -180,6 +201,7 @@ def retrain(pipes: PipesContext) -> None:
     version.info["label_store_digest"] = extras["label_set_digest"]
     version.info["n_holdout_labels"] = int(held_out.sum())
     fit_seconds = time.perf_counter() - started
+    phases.lap("fit")
 
     candidate_holdout = evaluate_head(version.weight, version.bias, version.schema.names, caches, holdout_labels)
     champion_holdout = None
@@ -195,6 +217,7 @@ def retrain(pipes: PipesContext) -> None:
             holdout_labels,
         )
 
+    phases.lap("evaluate")
     tags = _run_tags(extras, "retrain")
     tags["pearl.project_id"] = str(extras["project_id"])
     run_id = log_version(version, tracking_uri=uri, labels=train_labels, tags=tags)
@@ -222,6 +245,7 @@ def retrain(pipes: PipesContext) -> None:
         },
         description=f"project {extras['project_id']}: retrained on label set {extras['label_set_digest']}",
     )
+    phases.lap("mlflow")
     confusion_path = None
     if version.metrics is not None:
         confusion_path = _path(extras["report_dir"]) / f"confusion-v{registered.version}.png"
@@ -278,6 +302,8 @@ def retrain(pipes: PipesContext) -> None:
         )
         metadata["tiles_predicted_head_only"] = counts["head"]
         metadata["predict_seconds"] = round(seconds, 3)
+    phases.lap("predict")
+    metadata["worker_seconds"] = phases.metadata()
     pipes.report_asset_materialization(
         metadata={k: v for k, v in metadata.items() if v is not None}, data_version=version.id
     )
@@ -379,7 +405,32 @@ def predict(pipes: PipesContext) -> None:
     )
 
 
+# -- probe ---------------------------------------------------------------------------------------------
+def probe(pipes: PipesContext) -> None:
+    """What the worker sees: Python, torch, the accelerator, PEARL_HOME (a GPU pod's smoke test)."""
+    import platform
+
+    import torch
+
+    home = get_settings().home_abs
+    writable = home.is_dir() and os.access(home, os.W_OK)
+    cuda = torch.cuda.is_available()
+    pipes.report_asset_materialization(
+        metadata={
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": cuda,
+            "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+            "pearl_home": str(home),
+            "pearl_home_writable": bool(writable),
+            "echo": str(pipes.extras.get("echo", "")),
+            "forked_from_warm_server": os.environ.get("PEARL_WORKER_FORKED") == "1",
+        }
+    )
+
+
 TASKS: dict[str, Callable[[PipesContext], None]] = {
+    "probe": probe,
     "train-starter": train_starter,
     "embed": embed,
     "retrain": retrain,

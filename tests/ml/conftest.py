@@ -63,6 +63,15 @@ def write_image(path: Path, image: np.ndarray, origin: tuple[float, float] = ORI
     return write_cog(path, image, crs=CRS, transform=Affine(1, 0, origin[0], 0, -1, origin[1]))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny tensors: on a shared 2-core box, intra-op thread barriers cost more than the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def schema4() -> ClassSchema:
     return load_schema("chesapeake4")

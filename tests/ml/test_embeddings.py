@@ -35,7 +35,11 @@ def test_cache_describes_its_grid(cached, fcn: LandcoverModel) -> None:
     fused, _, cache = cached
     assert cache.shape == (fused.height, fused.width)
     assert cache.transform == fused.transform and cache.crs == fused.crs
-    assert cache.array.dtype == np.float16 and len(cache.offset) == fcn.backbone.out_channels and cache.array.shape[2] == fcn.backbone.out_channels
+    assert (
+        cache.array.dtype == np.float16
+        and len(cache.offset) == fcn.backbone.out_channels
+        and cache.array.shape[2] == fcn.backbone.out_channels
+    )
     assert cache.meta.backbone_digest == backbone_digest(fcn)
     np.testing.assert_array_equal(cache.valid == 1, read(fused.classes_path) != NODATA_CLASS)
 

@@ -7,16 +7,16 @@ import pytest
 import rasterio
 import shapely
 import torch
+from affine import Affine
 from shapely.geometry import Point, box
-from shapely.ops import transform as shapely_transform
 
 from pearl_pipelines.classes import NODATA_CLASS
-from pearl_pipelines.geo.cog import validate_cog
+from pearl_pipelines.geo.cog import validate_cog, write_cog
 from pearl_pipelines.ml.inference import Region, WindowPlan, inference_copy, predict, run_windows
 from pearl_pipelines.ml.models import LandcoverModel
 from pearl_pipelines.ml.outputs import CONFIDENCE_NODATA
 from pearl_pipelines.ml.tiling import ArraySource, Tiling, default_tiling
-from tests.ml.conftest import ORIGIN, tiny_model, write_image
+from tests.ml.conftest import CRS, ORIGIN, tiny_model, write_image
 
 SMALL = Tiling(window=64, margin=6, fade=8)
 
@@ -118,7 +118,9 @@ def test_vrt_mosaic_predicts_like_the_single_file(fcn: LandcoverModel, image_arr
         f'<VRTDataset rasterXSize="380" rasterYSize="300"><SRS>{srs}</SRS>'
         f"<GeoTransform>{t.c}, {t.a}, 0, {t.f}, 0, {t.e}</GeoTransform>{bands}</VRTDataset>"
     )
-    single, _ = read(predict(fcn, write_image(tmp_path / "one.tif", image_array), tmp_path / "a", device="cpu").classes_path)
+    single, _ = read(
+        predict(fcn, write_image(tmp_path / "one.tif", image_array), tmp_path / "a", device="cpu").classes_path
+    )
     mosaic, _ = read(predict(fcn, vrt, tmp_path / "b", device="cpu").classes_path)
     np.testing.assert_array_equal(mosaic, single)
 
@@ -161,8 +163,9 @@ def test_narrow_column_bands_change_nothing(fcn: LandcoverModel, image_path: Pat
 def test_aoi_in_another_crs(fcn: LandcoverModel, image_path: Path, tmp_path: Path) -> None:
     from pyproj import Transformer
 
-    to_lonlat = Transformer.from_crs("EPSG:32618", "EPSG:4326", always_xy=True).transform
-    aoi = shapely_transform(to_lonlat, box(ORIGIN[0] + 50, ORIGIN[1] - 150, ORIGIN[0] + 150, ORIGIN[1] - 50))
+    to_lonlat = Transformer.from_crs("EPSG:32618", "EPSG:4326", always_xy=True)
+    utm = box(ORIGIN[0] + 50, ORIGIN[1] - 150, ORIGIN[0] + 150, ORIGIN[1] - 50)
+    aoi = shapely.transform(utm, lambda xy: np.column_stack(to_lonlat.transform(xy[:, 0], xy[:, 1])))
     result = predict(fcn, image_path, tmp_path, aoi=aoi, aoi_crs="EPSG:4326", device="cpu")
     assert 99 <= result.height <= 102 and 99 <= result.width <= 102
 
@@ -178,3 +181,13 @@ def test_bad_aoi_and_imagery_are_refused(fcn: LandcoverModel, image_path: Path, 
 def test_default_tiling_follows_the_backbone(fcn: LandcoverModel, unet: LandcoverModel) -> None:
     assert default_tiling(fcn.backbone).margin >= fcn.backbone.receptive_field // 2
     assert default_tiling(unet.backbone).window % unet.backbone.multiple == 0
+
+
+def test_pixels_without_imagery_are_nodata(fcn: LandcoverModel, image_array: np.ndarray, tmp_path: Path) -> None:
+    covered = np.ones(image_array.shape[1:], bool)
+    covered[:, :100] = False  # e.g. the collar of a scene, or a gap in a mosaic
+    path = write_cog(
+        tmp_path / "masked.tif", image_array, crs=CRS, transform=Affine(1, 0, ORIGIN[0], 0, -1, ORIGIN[1]), mask=covered
+    )
+    classes, _ = read(predict(fcn, path, tmp_path / "out", device="cpu").classes_path)
+    assert np.all(classes[:, :100] == NODATA_CLASS) and np.all(classes[:, 100:] != NODATA_CLASS)

@@ -46,7 +46,9 @@ def area(fcn: LandcoverModel, tmp_path_factory: pytest.TempPathFactory) -> Area:
     image = blob_image(288, 384, seed=3)
     for r0, c0, r1, c1 in PANELS:
         image[:, r0:r1, c0:c1] = np.array([40, 60, 200, 30], np.uint8)[:, None, None]
-    result = predict(fcn, write_image(root / "image.tif", image), root / "pred", device="cpu", embeddings_dir=root / "emb")
+    result = predict(
+        fcn, write_image(root / "image.tif", image), root / "pred", device="cpu", embeddings_dir=root / "emb"
+    )
     with rasterio.open(result.classes_path) as src:
         classes = src.read(1)
     replay = build_replay_set(fcn, [blob_image(128, 128, seed=9)], [classes[:128, :128]], per_class=40, device="cpu")
@@ -150,11 +152,12 @@ def bad(area: Area, case: str) -> tuple[gpd.GeoDataFrame | None, dict]:
         "empty": (good.iloc[:0], {}),
         "no class column": (good.drop(columns="class_name"), {}),
         "no crs": (good.set_crs(None, allow_override=True), {}),
-        "blank class": (good.assign(class_name=[""] + good["class_name"].tolist()[1:]), {}),
+        "blank class": (good.assign(class_name=["", *good["class_name"].tolist()[1:]]), {}),
         "null geometry": (good.set_geometry([None, *good.geometry.iloc[1:]]), {}),
         "line": (labels_frame([LineString([(x[0], y[0]), (x[0] + 5, y[0])])], ["water"]), {}),
         "nan": (labels_frame([Point(np.nan, np.nan)], ["water"]), {}),
-        "bowtie": (labels_frame([Polygon([(x[0], y[0]), (x[0] + 9, y[0] - 9), (x[0] + 9, y[0]), (x[0], y[0] - 9)])], ["water"]), {}),
+        "bowtie": (labels_frame([Polygon([(x[0], y[0]), (x[0] + 9, y[0] - 9), (x[0] + 9, y[0]), (x[0], y[0] - 9)])],
+                                ["water"]), {}),
         "outside": (labels_frame([Point(ORIGIN[0] - 5000, ORIGIN[1])], ["water"]), {}),
         "unknown class": (with_panel_label(good, "solar_panel"), {}),
         "bad colour": (with_panel_label(good, "solar_panel"), {"new_classes": {"solar_panel": "orange"}}),

@@ -35,7 +35,7 @@ def test_retrain_on_shifted_scene_improves_macro_f1(tmp_path: Path) -> None:
     raster = LabelledRaster("train", train.image, to_schema[train.labels])
     mean, std = band_stats([raster])
     model = LandcoverModel(ModelSpec(arch="fcn", schema=schema, embed_dim=16, mean=mean, std=std))
-    config = TrainConfig(epochs=3, steps_per_epoch=50, batch_size=8, patch_size=64, lr=1e-2, seed=0)
+    config = TrainConfig(epochs=3, steps_per_epoch=50, batch_size=8, patch_size=64, lr=1e-2, seed=0, threads=1)
     train_model(model, [raster], config, show_progress=False)
     replay = build_replay_set(model, [raster.image], [raster.labels], per_class=300, device="cpu")
 

@@ -86,6 +86,7 @@ export interface Metrics {
   per_class: ClassMetric[];
   confusion: number[][];
   classes: string[];
+  columns: string[];
   mean_f1: number | null;
   accuracy: number | null;
   n_labels: number;

@@ -203,13 +203,14 @@ function renderMetrics(): void {
     .join("");
   const max = Math.max(1, ...m.confusion.flat());
   const abbrev = (name: string) => esc(title(name).slice(0, 3));
-  const matrix = `<table class="confusion" data-testid="confusion"><thead><tr><th title="true \\ predicted">t\\p</th>${m.classes
+  const columns = m.columns?.length ? m.columns : m.classes;
+  const matrix = `<table class="confusion" data-testid="confusion"><thead><tr><th title="labelled \\ predicted">l\\p</th>${columns
     .map((c) => `<th title="${esc(title(c))}"><span class="dot" style="background:${esc(color(c))}"></span>${abbrev(c)}</th>`)
     .join("")}</tr></thead><tbody>${m.confusion
     .map(
       (row, i) =>
         `<tr><th title="${esc(title(m.classes[i]))}"><span class="dot" style="background:${esc(color(m.classes[i]))}"></span>${abbrev(m.classes[i])}</th>${row
-          .map((v, j) => `<td class="${i === j ? "diag" : ""}" style="--a:${(v / max).toFixed(2)}">${v}</td>`)
+          .map((v, j) => `<td class="${m.classes[i] === columns[j] ? "diag" : v ? "off" : ""}" style="--a:${(v / max).toFixed(2)}">${v}</td>`)
           .join("")}</tr>`,
     )
     .join("")}</tbody></table>`;
@@ -218,7 +219,7 @@ function renderMetrics(): void {
       <div class="kpi"><span class="kpi-value">${pct(m.accuracy)}</span><span class="kpi-label">accuracy</span></div>
       <div class="kpi"><span class="kpi-value">${m.n_labels || "–"}</span><span class="kpi-label">labels</span></div></div>
     <div class="f1-bars">${bars}</div>
-    <div class="subhead">Confusion matrix <span class="hint">rows: labelled · columns: predicted (pixels)</span></div>${matrix}
+    <div class="subhead">Confusion matrix <span class="hint">rows: labelled · columns: predicted (pixels)</span></div><div class="confusion-wrap">${matrix}</div>
     <p class="method" title="${esc(m.message)}">${esc(m.method.replace("grouped_cv:", "grouped CV, folds: "))}</p>`;
 }
 

@@ -1,0 +1,151 @@
+"""Regional refresh through Dagster vs the same work called directly: wall time and tiles per minute.
+
+Region `demo` (16 km^2 at 1 m, full scale). Both paths do the same work: STAC search of the region, every
+imagery tile cut again (COG), every tile predicted by the champion with full inference (the worker's
+`predict_tile_list`, over a mosaic of the tiles), the mosaic COG, confidence COG, STAC item and areas.
+- Dagster: `regional_refresh_job[demo]` submitted through `dagster dev` (imagery_index -> landcover_map,
+  the worker as a Pipes subprocess, MLflow inference run, asset checks);
+- direct: the same functions in this process, no Dagster, no Pipes, no MLflow.
+The JSON line reports {"tiles_per_min", "overhead_ratio" (Dagster wall / direct wall), ...}; target ratio <= 1.25.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from _dagster import STARTER, bench_services, emit, log
+
+REGION = "demo"
+ROUNDS = 2  # alternated (direct, Dagster) x ROUNDS; the median of each is reported
+
+
+class LocalPipes:
+    """Stands in for the Pipes context when the worker's prediction loop is called directly."""
+
+    class _Log:
+        def info(self, message: str) -> None:
+            pass
+
+    log = _Log()
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    def report_custom_message(self, payload: dict[str, Any]) -> None:
+        self.messages.append(payload)
+
+
+def direct_refresh(home: Path, stac_url: str, mlflow_uri: str, version: str) -> tuple[float, int]:
+    """The regional refresh without Dagster; returns (seconds, tiles predicted)."""
+    from pearl_pipelines.classes import NODATA_CLASS
+    from pearl_pipelines.defs.imagery import fetch_tiles, index_frame, tile_sources
+    from pearl_pipelines.defs.maps import area_hectares, map_item, mosaic, schema_of
+    from pearl_pipelines.defs.models import ModelRef
+    from pearl_pipelines.defs.resources import RasterStore
+    from pearl_pipelines.geo.cog import write_cog
+    from pearl_pipelines.geo.grid import aoi_to_tile_keys
+    from pearl_pipelines.geo.regions import load_regions
+    from pearl_pipelines.geo.render import labels_png
+    from pearl_pipelines.geo.stac import StacCatalog
+    from pearl_pipelines.worker.engine import load_registered
+    from pearl_pipelines.worker.tasks import predict_tile_list
+
+    started = time.perf_counter()
+    rasters = RasterStore(home=str(home))
+    region = load_regions()[REGION]
+    keys = aoi_to_tile_keys(region.geometry)
+    catalog = StacCatalog(url=stac_url, collections=[REGION])
+    frame = index_frame(catalog.search(intersects=region.geometry))
+    list(fetch_tiles(rasters, keys, lambda k: tile_sources(frame, k), force=True, without_imagery=[]))
+    keys = [k for k in keys if rasters.tile_path(k).is_file()]
+    model_ref = ModelRef(STARTER, version)
+    model = load_registered(mlflow_uri, STARTER, version, home / "models" / "registry-cache")
+    tiles = [
+        {"key": k, "tile_path": str(rasters.tile_path(k)), "out_dir": str(rasters.predictions_dir(model_ref.slug, k))}
+        for k in keys
+    ]
+    predict_tile_list(LocalPipes(), model, model_ref.uri, tiles)  # type: ignore[arg-type]
+    class_paths = [rasters.predictions_dir(model_ref.slug, k) / "classes.tif" for k in keys]
+    schema = schema_of(class_paths[0])
+    classes, transform, crs = mosaic(class_paths, region, NODATA_CLASS)
+    confidence, _, _ = mosaic([p.with_name("confidence.tif") for p in class_paths], region, 0)
+    out = rasters.map_dir(REGION, model_ref.slug)
+    classes_path = write_cog(
+        out / "landcover.tif",
+        classes,
+        crs=crs,
+        transform=transform,
+        nodata=NODATA_CLASS,
+        colormap=schema.colormap(),
+        overview_resampling="mode",
+    )
+    confidence_path = write_cog(out / "confidence.tif", confidence, crs=crs, transform=transform, nodata=0)
+    preview = Path(labels_png(classes, schema, out / "preview.png", max_size=512))
+    areas = area_hectares(classes, transform, crs, schema.names)
+    map_item(
+        region,
+        model=model_ref,
+        schema=schema,
+        areas=areas,
+        classes_path=classes_path,
+        confidence_path=confidence_path,
+        preview_path=preview,
+        item_path=out / "item.json",
+    )
+    return time.perf_counter() - started, len(keys)
+
+
+def main() -> None:
+    from mlflow import MlflowClient
+    from pearl_pipelines.settings import get_settings
+
+    with bench_services("regional_refresh") as bench:
+        settings = get_settings()
+        champion = MlflowClient(bench.mlflow_uri).get_model_version_by_alias(STARTER, "champion").version
+        log(f"champion: models:/{STARTER}/{champion}")
+        config = {
+            "ops": {
+                "imagery_index": {"config": {"refetch_tiles": True}},
+                "landcover_map": {"config": {"repredict": True}},
+            }
+        }
+        direct_times, dagster_times, tiles = [], [], 0
+        for round_ in range(1, ROUNDS + 1):
+            seconds, tiles = direct_refresh(
+                settings.home_abs / "direct", settings.resolved_stac_url, bench.mlflow_uri, champion
+            )
+            direct_times.append(seconds)
+            log(f"round {round_}: direct  {seconds:6.1f} s  ({tiles} tiles, {60 * tiles / seconds:.1f} tiles/min)")
+            submitted = time.time()
+            run = bench.wait(
+                bench.submit("regional_refresh_job", run_config=config, tags={"dagster/partition": REGION})
+            )
+            seconds = time.time() - submitted
+            dagster_times.append(seconds)
+            log(
+                f"round {round_}: Dagster {seconds:6.1f} s  ({60 * tiles / seconds:.1f} tiles/min; "
+                f"launch {run['startTime'] - submitted:.1f} s)"
+            )
+        direct_s, dagster_s = (
+            sorted(direct_times)[len(direct_times) // 2],
+            sorted(dagster_times)[len(dagster_times) // 2],
+        )
+        ratio = dagster_s / direct_s
+        log(f"overhead ratio {ratio:.3f} (Dagster {dagster_s:.1f} s / direct {direct_s:.1f} s); target <= 1.25")
+        emit(
+            {
+                "tiles_per_min": 60 * tiles / dagster_s,
+                "overhead_ratio": ratio,
+                "dagster_s": dagster_s,
+                "direct_s": direct_s,
+                "direct_tiles_per_min": 60 * tiles / direct_s,
+                "tiles": tiles,
+                "region_km2": 16.0,
+            }
+        )
+
+
+if __name__ == "__main__":
+    main()
