@@ -121,6 +121,7 @@ def bench_services(name: str) -> Iterator[Bench]:
 
     from pearl_pipelines.geo.stac_server import StacServer
     from pearl_pipelines.services import dagster_dev, mlflow_server
+    from pearl_pipelines.worker.forkserver import WorkerServer
 
     root = get_settings().home_abs
     home = root / "bench" / "dagster"
@@ -145,6 +146,9 @@ def bench_services(name: str) -> Iterator[Bench]:
         mlflow = mlflow_server(home, mlflow_port)
         stack.callback(mlflow.stop)
         mlflow.start(timeout=180)
+        worker = WorkerServer(home)  # warm worker, as `make demo` runs it
+        stack.callback(worker.stop)
+        worker.start()
         dagster = dagster_dev(get_settings(), port=dagster_port)
         stack.callback(dagster.stop)
         started = time.perf_counter()

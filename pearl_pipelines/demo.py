@@ -23,6 +23,7 @@ from pearl_pipelines.geo.stac_server import StacServer
 from pearl_pipelines.geo.tiles import fetch_tile
 from pearl_pipelines.services import dagster_dev, mlflow_server
 from pearl_pipelines.settings import Settings
+from pearl_pipelines.worker.forkserver import WorkerServer
 
 DEMO_REGION = "demo"
 STARTER_SCHEMA = "chesapeake9"
@@ -102,6 +103,10 @@ def run_demo(settings: Settings, keep_running: bool = True) -> None:
         services.callback(mlflow.stop)  # registered first: a start that fails half-way is cleaned up too
         mlflow.start(timeout=120)
         print(f"  MLflow       {settings.resolved_mlflow_uri}")
+        worker = WorkerServer(settings.home_abs)  # warm worker: Pipes tasks fork it instead of importing torch
+        services.callback(worker.stop)
+        worker.start()
+        print(f"  worker       warm, {worker.path}")
         dagster = dagster_dev(settings)
         services.callback(dagster.stop)
         dagster.start(timeout=180)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,7 +268,7 @@ def log_checkpoint(
     from pearl_pipelines.ml.registry import ModelRegistry
     from pearl_pipelines.ml.tracking import CHECKPOINT_ARTIFACT_DIR, log_version
 
-    slug = "".join(c if c.isalnum() else "-" for c in project_name.lower()).strip("-") or "project"
+    slug = re.sub(r"[^a-z0-9]+", "-", project_name.lower()).strip("-") or "project"
     run_id = log_version(version, tracking_uri=uri, labels=labels, tags={"pearl.checkpoint": checkpoint_name})
     registered = ModelRegistry(uri).register(
         f"pearl-review-{slug}",

@@ -247,7 +247,18 @@ class Event(BaseModel):
     """A server -> browser message on /api/projects/{id}/ws; `type` says which."""
 
     model_config = ConfigDict(extra="allow")
-    type: Literal["hello", "job", "prediction_updated", "metrics_updated", "labels_changed", "classes_changed", "error"]
+    type: Literal[
+        "hello",
+        "job",
+        "imagery_ready",
+        "model_status",
+        "prediction_updated",
+        "metrics_updated",
+        "labels_changed",
+        "classes_changed",
+        "error",
+        "ping",
+    ]
 
 
 class ErrorOut(BaseModel):

@@ -48,7 +48,8 @@ from review_app.workspace import ModelVersionInfo, ProjectPaths, StateStore
 log = logging.getLogger(__name__)
 DEMO_PROJECT = "Demo: Chesapeake shoreline"
 DEMO_COLLECTION = "demo"
-MODEL_RETRY_S = 10.0
+MODEL_RETRY_S = 10.0  # look for a base model (and for missing imagery) again at most this often
+IMAGERY_RETRY_S = 10.0
 TMS = "WebMercatorQuad"
 
 
@@ -90,6 +91,8 @@ class ReviewService:
         self._models: dict[int, ProjectModel] = {}
         self._model_notes: dict[int, tuple[float, str]] = {}  # project -> (last attempt, why no model)
         self._schemas: dict[int, ClassSchema] = {}
+        self._loading: set[int] = set()
+        self._imagery_tried: dict[int, float] = {}
 
     def close(self) -> None:
         self.label_runs.close()
@@ -130,10 +133,33 @@ class ReviewService:
         from review_app import tasks
 
         state = self.states.get(project_id)
-        if state.imagery.state in ("missing", "error") and not self._job_running(project_id, "imagery"):
+        with self._lock:
+            retry = (
+                state.imagery.state in ("missing", "error")
+                and not self._job_running(project_id, "imagery")
+                and time.monotonic() - self._imagery_tried.get(project_id, -1e9) > IMAGERY_RETRY_S
+            )
+            if retry:
+                self._imagery_tried[project_id] = time.monotonic()
+        if retry:
             self.runner.submit(project_id, "imagery", lambda ctx: tasks.build_imagery(self, project_id, ctx))
-        if project_id not in self._models:
-            threading.Thread(target=self.model, args=(project_id,), daemon=True, name="pearl-model-load").start()
+        with self._lock:
+            load = project_id not in self._models and project_id not in self._loading
+            if load:
+                self._loading.add(project_id)
+        if load:
+            threading.Thread(target=self._load_model, args=(project_id,), daemon=True, name="pearl-model").start()
+
+    def _load_model(self, project_id: int) -> None:
+        try:
+            self.model(project_id)
+        except Exception:  # a broken model file must not kill the app: say so on the project, log the rest
+            log.exception("loading the model of project %s failed", project_id)
+            with self._lock:
+                self._model_notes[project_id] = (time.monotonic(), "the model could not be loaded (see server log)")
+        finally:
+            with self._lock:
+                self._loading.discard(project_id)
 
     def _job_running(self, project_id: int, kind: str) -> bool:
         return any(j.kind == kind for j in self.runner.active(project_id))
@@ -153,8 +179,8 @@ class ReviewService:
     def project_out(self, project_id: int, *, retry_missing: bool = True) -> ProjectOut:
         row = self.project(project_id)
         state = self.states.get(project_id)
-        if retry_missing and state.imagery.state in ("missing", "error"):
-            self.warm_up(project_id)  # e.g. `pearl generate` ran after the app started
+        if retry_missing:
+            self.warm_up(project_id)  # e.g. `pearl generate` or the starter training ran after the app started
         schema = self.schema(project_id)
         counts = Counter(label.class_name for label in self.store.list_labels(project_id))
         classes = [
@@ -222,9 +248,12 @@ class ReviewService:
         if base is not None:
             loaded = ProjectModel(base, self._current_version(project_id, base))
         with self._lock:
+            changed = loaded is not None or self._model_notes.get(project_id, (0, ""))[1] != note
             if loaded is not None:
                 self._models[project_id] = loaded
             self._model_notes[project_id] = (time.monotonic(), note)
+        if changed:  # the page shows the model's status: tell it (no polling)
+            self.hub.publish(project_id, {"type": "model_status", "ready": loaded is not None, "message": note})
         return loaded
 
     def _current_version(self, project_id: int, base: engine.BaseModel) -> ModelVersion:

@@ -45,6 +45,8 @@ def build_imagery(svc: ReviewService, project_id: int, ctx: JobContext) -> str:
         missing = "generate" in str(exc)
         with svc.states.update(project_id) as state:
             state.imagery = ImageryInfo(state="missing" if missing else "error", message=str(exc))
+        if missing:  # not an error of this job: the project page says what to run
+            return "imagery not generated yet"
         raise JobFailed(str(exc)) from None
     except Exception:
         with svc.states.update(project_id) as state:
@@ -52,6 +54,7 @@ def build_imagery(svc: ReviewService, project_id: int, ctx: JobContext) -> str:
         raise
     with svc.states.update(project_id) as state:
         state.imagery = ImageryInfo(state="ready", bounds=bounds)
+    ctx.publish({"type": "imagery_ready", "bounds": bounds})
     return f"imagery ready ({len(sources)} items)"
 
 

@@ -34,8 +34,18 @@ from pearl_pipelines.worker.layout import CLASSES_FILE, CONFIDENCE_FILE, predict
 PREDICTIONS_COG_CHECK = "predictions_cog_valid"
 
 
+def project_collections(project: Any) -> list[str] | None:
+    """The STAC collections a review-app project draws its imagery from (None: the resource's default)."""
+    collections = (project.imagery or {}).get("collections") if project is not None else None
+    return list(collections) if collections else None
+
+
 def ensure_tiles(
-    context: dg.AssetExecutionContext, stac: StacResource, rasters: RasterStore, keys: Sequence[str]
+    context: dg.AssetExecutionContext,
+    stac: StacResource,
+    rasters: RasterStore,
+    keys: Sequence[str],
+    collections: list[str] | None = None,
 ) -> int:
     """Cut the imagery tiles that are missing (STAC search per tile); each is reported as an `imagery_tiles`
     partition. Returns how many were cut."""
@@ -43,7 +53,7 @@ def ensure_tiles(
     if not missing:
         return 0
     register_tile_keys(context.instance, missing)
-    catalog = stac.catalog()
+    catalog = stac.catalog(collections)
 
     def sources_for(key: str) -> list[tuple[str, str]]:
         items = catalog.search(bbox=get_tms().bounds(parse_tile_key(key)))
@@ -97,7 +107,7 @@ def embeddings(
         )
     keys = sorted({k for a in aois for k in a.tile_keys})
     register_tile_keys(context.instance, keys)
-    fetched = ensure_tiles(context, stac, rasters, keys)
+    fetched = ensure_tiles(context, stac, rasters, keys, project_collections(project))
     todo = [a for a in aois if config.refresh or not cache_complete(rasters.embeddings_dir(base.slug, a.id))]
     blind = [a.id for a in todo if not any(rasters.tile_path(k).is_file() for k in a.tile_keys)]
     if blind:
@@ -212,12 +222,19 @@ def existing_prediction(rasters: RasterStore, model: ModelRef, key: str) -> dict
 
 
 def split_fresh(
-    rasters: RasterStore, model: ModelRef, keys: Sequence[str], *, force: bool = False
+    rasters: RasterStore, model: ModelRef, keys: Sequence[str], *, force: bool = False, whole_tile: bool = False
 ) -> tuple[list[str], list[str]]:
-    """(keys whose prediction by `model` is on disk and newer than their imagery, keys to predict)."""
+    """(keys whose prediction by `model` is on disk and newer than their imagery, keys to predict).
+
+    `whole_tile`: head-only predictions (the AOI part of a tile) do not count, e.g. for a regional map.
+    """
     if force:
         return [], list(keys)
-    fresh = [k for k in keys if prediction_is_fresh(rasters.predictions_dir(model.slug, k), rasters.tile_path(k))]
+    fresh = [
+        k
+        for k in keys
+        if prediction_is_fresh(rasters.predictions_dir(model.slug, k), rasters.tile_path(k), whole_tile=whole_tile)
+    ]
     return fresh, [k for k in keys if k not in set(fresh)]
 
 
@@ -276,6 +293,7 @@ def predictions(
     """
     keys = selected_keys(context, config.tile_keys)
     tile_cache: dict[str, str] = {}
+    project = None
     if config.model:
         name, version = mlflow.resolve(config.model)
         model = ModelRef(name, version)
@@ -297,7 +315,7 @@ def predictions(
                 allow_retries=False,
             )
         model = found
-    ensure_tiles(context, stac, rasters, keys)
+    ensure_tiles(context, stac, rasters, keys, project_collections(project))
     keys = [k for k in keys if rasters.tile_path(k).is_file()]  # tiles without imagery cannot be predicted
     fresh, todo = split_fresh(rasters, model, keys, force=config.repredict)
     results = [existing_prediction(rasters, model, k) for k in fresh]

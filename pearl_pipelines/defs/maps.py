@@ -43,14 +43,22 @@ def schema_of(classes_path: Path) -> ClassSchema:
 
 
 def mosaic(paths: Sequence[Path], region: Region, nodata: int) -> tuple[np.ndarray, Any, Any]:
-    """Merge tile rasters (first valid pixel wins) and blank everything outside the region polygon."""
-    data, transform = merge([str(p) for p in paths], nodata=nodata, method="first")
+    """Merge tile rasters (first valid pixel wins), crop to the region's bounds, blank what lies outside it."""
+    from rasterio.windows import from_bounds
+
     with rasterio.open(paths[0]) as src:
         crs = src.crs
-    band = data[0]
-    outside = geometry_mask(
-        [transform_geom("EPSG:4326", crs, region.geometry)], out_shape=band.shape, transform=transform
-    )
+    footprint = transform_geom("EPSG:4326", crs, region.geometry)
+    from shapely.geometry import shape
+
+    bounds = shape(footprint).bounds
+    data, transform = merge([str(p) for p in paths], nodata=nodata, method="first")
+    window = from_bounds(*bounds, transform=transform).round_offsets().round_lengths()
+    row0, col0 = max(int(window.row_off), 0), max(int(window.col_off), 0)
+    band = data[0, row0 : row0 + int(window.height), col0 : col0 + int(window.width)]
+    transform = transform * transform.translation(col0, row0)
+    outside = geometry_mask([footprint], out_shape=band.shape, transform=transform)
+    band = np.ascontiguousarray(band)
     band[outside] = nodata
     return band, transform, crs
 
@@ -151,7 +159,7 @@ def landcover_map(
             description=f"no imagery tiles for region {region.name}; materialize imagery_index[{region.name}] first",
             allow_retries=False,
         )
-    _, todo = split_fresh(rasters, model, keys, force=config.repredict)
+    _, todo = split_fresh(rasters, model, keys, force=config.repredict, whole_tile=True)
     if todo:
         results, _ = predict_tiles(
             context,

@@ -9,7 +9,6 @@ import logging
 from pathlib import Path
 
 import dagster as dg
-from dagster._utils.schedules import is_valid_cron_string
 
 from pearl_pipelines.defs.jobs import regional_refresh_job
 from pearl_pipelines.defs.resources import automation_enabled
@@ -55,8 +54,12 @@ def region_crons(assets_dir: Path | None = None) -> dict[str, str]:
             continue
         if cron is None:
             continue
-        if not isinstance(cron, str) or not is_valid_cron_string(cron):
-            logger.warning("region file %s: refresh_cron %r is not a cron string: no schedule", path, cron)
+        try:
+            build_regional_refresh_schedule(path.stem, cron)  # Dagster validates the cron expression
+        except (dg.DagsterInvalidDefinitionError, TypeError) as exc:
+            logger.warning(
+                "region file %s: refresh_cron %r is not a cron expression (%s): no schedule", path, cron, exc
+            )
             continue
         crons[path.stem] = cron
     return crons

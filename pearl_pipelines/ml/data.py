@@ -64,10 +64,27 @@ def load_labelled_rasters(
     ]
 
 
+def cut_rasters(rasters: Sequence[LabelledRaster], size: int) -> list[LabelledRaster]:
+    """Cut every raster into blocks of at most `size` x `size` (views, no copies), e.g. for a validation split."""
+    blocks = []
+    for r in rasters:
+        height, width = r.shape
+        for row in range(0, height, size):
+            for col in range(0, width, size):
+                window = np.s_[row : row + size, col : col + size]
+                blocks.append(
+                    LabelledRaster(f"{r.name}[{row}:{col}]", r.image[(slice(None), *window)], r.labels[window])
+                )
+    return blocks
+
+
 def split_rasters(
     rasters: Sequence[LabelledRaster], val_fraction: float, seed: int = 0
 ) -> tuple[list[LabelledRaster], list[LabelledRaster]]:
-    """Item-level train/validation split (whole items, so validation pixels never sit inside a training patch)."""
+    """Train/validation split of whole rasters (so validation pixels never sit inside a training patch).
+
+    Cut items into blocks first (`cut_rasters`) for a validation set that samples every region.
+    """
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     n_val = round(len(rasters) * val_fraction)

@@ -16,8 +16,6 @@ import datetime as dt
 import hashlib
 import json
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +24,11 @@ import torch
 from affine import Affine
 from pydantic import BaseModel
 from rasterio.crs import CRS
-from threadpoolctl import threadpool_limits
 
 from pearl_pipelines.classes import ClassSchema
 from pearl_pipelines.ml.models import LandcoverModel
 from pearl_pipelines.ml.outputs import ClassRasterWriter, PredictionResult
+from pearl_pipelines.ml.threads import single_threaded
 
 ARRAY_FILE = "embeddings.npy"
 VALID_FILE = "valid.npy"
@@ -157,19 +155,6 @@ def _as_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
-@contextmanager
-def _single_threaded() -> Iterator[None]:
-    """Run torch and BLAS on one thread: the head pass is many small memory-bound steps, where intra-op
-    thread barriers cost more than they give (on a busy 2-core machine, 10-100x more)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1):
-            yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def apply_head(
     cache: EmbeddingCache,
     weight: np.ndarray,
@@ -195,7 +180,7 @@ def apply_head(
     buffer = torch.empty(rows * width, channels)
     logits = np.empty((len(schema), rows * width), dtype=np.float32)
     with (
-        _single_threaded(),
+        single_threaded(),
         ClassRasterWriter(
             out_dir, height=height, width=width, crs=cache.crs, transform=cache.transform, schema=schema
         ) as writer,

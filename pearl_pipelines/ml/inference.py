@@ -214,6 +214,16 @@ def _check_imagery(dataset: Any, model: LandcoverModel, tiling: Tiling) -> None:
         raise ValueError(f"window {tiling.window} must be a multiple of {multiple} for a {model.spec.arch} backbone")
 
 
+def _embed_and_classify(net: LandcoverModel) -> Forward:
+    """Embeddings and logits in one (B, C + K, H, W) output, so the map is the fused path's, bit for bit."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        embedding = net.embed(x)
+        return torch.cat([embedding, net.head(embedding)], dim=1)
+
+    return forward
+
+
 def _tqdm_progress(total: int, progress: Progress | None) -> tuple[Progress, Callable[[], None]]:
     bar = tqdm(total=total, unit="window", desc="predict")
 
@@ -256,7 +266,7 @@ def predict(
     with ExitStack() as stack:
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
         stack.enter_context(torch.inference_mode())
-        dataset = imagery if hasattr(imagery, "read") else stack.enter_context(rasterio.open(imagery))
+        dataset: Any = imagery if hasattr(imagery, "read") else stack.enter_context(rasterio.open(imagery))
         _check_imagery(dataset, model, tiling)
         region, geom = aoi_region(dataset, aoi, aoi_crs)
         mask = _valid_mask(dataset, geom)
@@ -272,43 +282,31 @@ def predict(
             )
         )
 
-        def write_logits(row: int, col: int, logits: torch.Tensor) -> None:
-            """(h, w, K) logits view -> classes + confidence, with the AOI mask."""
-            h, w = logits.shape[:2]
-            valid = mask(row, col, h, w)
-            writer.write_logits(row - region.row0, col - region.col0, logits.permute(2, 0, 1).contiguous(), valid)
-
-        if embeddings_dir is None:
-            channels, forward, write_block = len(model.spec.schema), net, write_logits
-        else:
-            embed_dim = net.backbone.out_channels
-            channels = embed_dim + len(model.spec.schema)
-
-            def forward(x: torch.Tensor) -> torch.Tensor:
-                # Logits ride along with the embeddings, so the map is the fused path's, bit for bit.
-                embedding = net.embed(x)
-                return torch.cat([embedding, net.head(embedding)], dim=1)
-
+        k = len(model.spec.schema)
+        cache = None
+        if embeddings_dir is not None:
             cache = EmbeddingCache.create(
                 embeddings_dir,
                 crs=crs,
                 transform=transform,
                 height=region.height,
                 width=region.width,
-                channels=embed_dim,
+                channels=net.head.in_channels,
                 backbone_digest=backbone_digest(model),
                 model_id=model_id,
             )
-
-            def write_block(row: int, col: int, block: torch.Tensor) -> None:
-                h, w = block.shape[:2]
-                cache.write_block(row - region.row0, col - region.col0, block[..., :embed_dim], mask(row, col, h, w))
-                write_logits(row, col, block[..., embed_dim:])
+        forward: Forward = net if cache is None else _embed_and_classify(net)
+        channels = k if cache is None else net.head.in_channels + k
 
         def sink(row: int, col: int, block: torch.Tensor) -> None:
-            # Column slices keep the per-block copies small however wide the band is.
-            for c in range(0, block.shape[1], SINK_COLUMNS):
-                write_block(row, col + c, block[:, c : c + SINK_COLUMNS])
+            """(h, w, [C +] K) finished block: logits are the last K channels, embeddings any before them."""
+            for c in range(0, block.shape[1], SINK_COLUMNS):  # column slices keep per-block copies small
+                part = block[:, c : c + SINK_COLUMNS]
+                valid = mask(row, col + c, part.shape[0], part.shape[1])
+                r, c0 = row - region.row0, col + c - region.col0
+                if cache is not None:
+                    cache.write_block(r, c0, part[..., :-k], valid)
+                writer.write_logits(r, c0, part[..., -k:].permute(2, 0, 1).contiguous(), valid)
 
         band_cols = band_columns(tiling, channels, buffer_mb)
         plan = WindowPlan.build(region, tiling, grid_anchor(dataset.transform), band_cols)
@@ -329,7 +327,7 @@ def predict(
         finally:
             if close_bar:
                 close_bar()
-        if embeddings_dir is not None:
+        if cache is not None:
             cache.flush()
         classes_path, confidence_path = writer.close()
     return PredictionResult(

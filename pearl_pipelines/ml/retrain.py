@@ -27,14 +27,14 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 from sklearn.linear_model import LogisticRegression
-from threadpoolctl import threadpool_limits
 
 from pearl_pipelines.classes import ClassDef, ClassSchema
 from pearl_pipelines.ml.embeddings import EmbeddingCache, sample_embeddings
 from pearl_pipelines.ml.errors import RetrainError
 from pearl_pipelines.ml.metrics import compute_metrics, grouped_cross_val_predict
 from pearl_pipelines.ml.replay import ReplaySet
-from pearl_pipelines.ml.samples import SamplingConfig, labels_to_samples, validate_labels
+from pearl_pipelines.ml.samples import SamplingConfig, labels_to_samples, sample_on_grid, validate_labels
+from pearl_pipelines.ml.threads import single_threaded
 from pearl_pipelines.ml.versions import ModelVersion, label_set_digest, new_version_id
 
 __all__ = [
@@ -108,7 +108,7 @@ class LogisticRegressionHead(RetrainStrategy):
         std = x.std(axis=0) if self.standardise else np.ones(x.shape[1])
         std[std < 1e-6] = 1.0  # constant channels (dead ReLUs) carry no information
         clf = LogisticRegression(C=self.C, max_iter=self.max_iter, tol=self.tol, random_state=seed)
-        with threadpool_limits(1):  # small problem: BLAS threads cost ~10x more than they save here
+        with single_threaded():  # a small problem: threads cost ~10x more than they save here
             clf.fit((x - mean) / std, y, sample_weight=sample_weight)
         coef, intercept = clf.coef_, clf.intercept_
         if n_present == 2:  # sklearn's binary model is one logit; softmax over [0, z] is the same model
@@ -211,7 +211,7 @@ def _schema_for_labels(
 
 def retrain(
     parent: ModelVersion,
-    cache: EmbeddingCache,
+    cache: EmbeddingCache | Sequence[EmbeddingCache],
     labels: gpd.GeoDataFrame,
     *,
     replay: ReplaySet | None = None,
@@ -219,24 +219,27 @@ def retrain(
     new_classes: Mapping[str, str | Mapping[str, Any] | ClassDef] | None = None,
     options: RetrainOptions | None = None,
 ) -> ModelVersion:
-    """Fit a new head for `parent` on the labels' cached embeddings (+ replay); returns the child version."""
+    """Fit a new head for `parent` on the labels' cached embeddings (+ replay); returns the child version.
+
+    `cache` may be several caches (e.g. every AOI of a project): each label is sampled in every cache
+    it falls in, and labels outside all of them are counted in `info["labels_outside_area"]`.
+    """
     options = options or RetrainOptions()
     strategy = strategy or LogisticRegressionHead()
     labels = validate_labels(labels)
-    if cache.meta.backbone_digest != parent.base_model_id:
-        raise RetrainError(
-            f"the embedding cache was made by backbone {cache.meta.backbone_digest}, but version {parent.id} "
-            f"uses backbone {parent.base_model_id}: predict the area with this model (with embeddings) first"
-        )
+    caches = [cache] if isinstance(cache, EmbeddingCache) else list(cache)
+    for c in caches:
+        if c.meta.backbone_digest != parent.base_model_id:
+            raise RetrainError(
+                f"the embedding cache {c.directory} was made by backbone {c.meta.backbone_digest}, but version "
+                f"{parent.id} uses backbone {parent.base_model_id}: predict the area with this model (with embeddings)"
+            )
     if replay is not None and replay.backbone_digest and replay.backbone_digest != parent.base_model_id:
         raise RetrainError(f"the replay set was made by backbone {replay.backbone_digest}, not {parent.base_model_id}")
     schema = _schema_for_labels(parent.schema, labels["class_name"].unique().tolist(), new_classes or {})
-    samples = labels_to_samples(
-        labels, crs=cache.crs, transform=cache.transform, shape=cache.shape, config=options.sampling
-    )
-    x_user = sample_embeddings(cache, samples.rows, samples.cols).astype(np.float32)
-    y_user = np.array([schema.index(n) for n in samples.class_names], dtype=np.int64)
-    groups = pd.factorize(pd.Series(samples.groups).astype(str))[0]
+    x_user, names, group_ids, outside = _sample_caches(caches, labels, options.sampling)
+    y_user = np.array([schema.index(n) for n in names], dtype=np.int64)
+    groups = pd.factorize(pd.Series(group_ids).astype(str))[0]
     x_replay, y_replay, w_replay = _replay_arrays(replay, schema, set(y_user.tolist()), options, x_user.shape[1])
 
     y_all = np.concatenate([y_user, y_replay])
@@ -254,7 +257,7 @@ def retrain(
         "n_labels": int(labels["label_id"].nunique()),
         "n_user_samples": len(y_user),
         "n_replay_samples": len(y_replay),
-        "labels_outside_area": samples.labels_outside,
+        "labels_outside_area": outside,
         "new_classes": [n for n in schema.names if n not in parent.schema.names],
         "unlearned_classes": [schema.names[i] for i in range(len(schema)) if i not in set(y_all.tolist())],
         "options": dataclasses.asdict(options),
@@ -295,6 +298,34 @@ def retrain(
         label_set_digest=label_set_digest(labels),
         metrics=metrics,
         info=info,
+    )
+
+
+def _sample_caches(
+    caches: Sequence[EmbeddingCache], labels: gpd.GeoDataFrame, sampling: SamplingConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(embeddings float32, class names, group ids, labels outside every cache) of validated labels."""
+    if len(caches) == 1:  # the one-cache case keeps labels_to_samples' error message with the cache bounds
+        c = caches[0]
+        one = labels_to_samples(
+            labels, crs=c.crs, transform=c.transform, shape=c.shape, config=sampling, validate=False
+        )
+        return sample_embeddings(c, one.rows, one.cols), one.class_names, one.groups, one.labels_outside
+    found = [
+        (c, sample_on_grid(labels, crs=c.crs, transform=c.transform, shape=c.shape, config=sampling)) for c in caches
+    ]
+    found = [(c, s) for c, s in found if len(s)]
+    if not found:
+        raise RetrainError(
+            f"none of the {labels['label_id'].nunique()} labels falls inside the {len(caches)} areas with "
+            "embeddings; label inside an area under review, or predict the area the labels are in first"
+        )
+    inside = set().union(*(s.groups.tolist() for _, s in found))
+    return (
+        np.concatenate([sample_embeddings(c, s.rows, s.cols) for c, s in found]),
+        np.concatenate([s.class_names for _, s in found]),
+        np.concatenate([s.groups for _, s in found]),
+        labels["label_id"].nunique() - len(inside),
     )
 
 

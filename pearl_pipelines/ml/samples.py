@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.features import rasterize
@@ -93,53 +94,66 @@ def labels_to_samples(
     transform: Affine,
     shape: tuple[int, int],
     config: SamplingConfig | None = None,
+    validate: bool = True,
 ) -> PixelSamples:
-    """Sample validated labels onto a pixel grid (reprojected to `crs` first); raises if none lands on it."""
-    config = config or SamplingConfig()
-    labels = validate_labels(labels)
-    if CRS.from_user_input(labels.crs) != CRS.from_user_input(crs):
-        labels = labels.to_crs(crs)
-    labels = labels.explode(index_parts=False)
-    rng = np.random.default_rng(config.seed)
-    rows: list[np.ndarray] = []
-    cols: list[np.ndarray] = []
-    names: list[np.ndarray] = []
-    groups: list[np.ndarray] = []
-    inside_ids: set = set()
-    for geom, name, group in zip(labels.geometry, labels["class_name"], labels["label_id"], strict=True):
-        if geom.geom_type == "Point":
-            r, c = _point_pixel(geom, transform)
-        else:
-            r, c = _polygon_pixels(geom, transform, shape, config.max_pixels_per_polygon, rng)
-        keep = (r >= 0) & (r < shape[0]) & (c >= 0) & (c < shape[1])
-        if keep.any():
-            inside_ids.add(group)
-            rows.append(r[keep])
-            cols.append(c[keep])
-            names.append(np.full(int(keep.sum()), name, dtype=object))
-            groups.append(np.full(int(keep.sum()), group, dtype=object))
-    total_ids = labels["label_id"].nunique()
-    if not rows:
+    """Sample labels onto a pixel grid (reprojected to `crs` first); raises if none lands on it.
+
+    `validate=False` skips `validate_labels` for a caller that has just run it.
+    """
+    if validate:
+        labels = validate_labels(labels)
+    samples = sample_on_grid(labels, crs=crs, transform=transform, shape=shape, config=config)
+    if not len(samples):
         x0, y0 = transform @ (0, 0)
         x1, y1 = transform @ (shape[1], shape[0])
-        bounds = f"{min(x0, x1):.1f}, {min(y0, y1):.1f}, {max(x0, x1):.1f}, {max(y0, y1):.1f}"
         raise RetrainError(
-            f"none of the {total_ids} labels falls inside the area with embeddings "
-            f"(bounds {bounds} in {CRS.from_user_input(crs).to_string()}); "
+            f"none of the {samples.labels_outside} labels falls inside the area with embeddings "
+            f"(bounds {min(x0, x1):.1f}, {min(y0, y1):.1f}, {max(x0, x1):.1f}, {max(y0, y1):.1f} "
+            f"in {CRS.from_user_input(crs).to_string()}); "
             "label inside the area under review, or predict the area the labels are in first"
         )
+    return samples
+
+
+def sample_on_grid(
+    labels: gpd.GeoDataFrame,
+    *,
+    crs: CRS,
+    transform: Affine,
+    shape: tuple[int, int],
+    config: SamplingConfig | None = None,
+) -> PixelSamples:
+    """The samples of validated labels that land on the grid; empty (never an error) when none does."""
+    config = config or SamplingConfig()
+    if CRS.from_user_input(labels.crs) != CRS.from_user_input(crs):
+        labels = labels.to_crs(crs)
+    if labels.geom_type.str.startswith("Multi").any():
+        labels = labels.explode(index_parts=False)
+    is_point = (labels.geom_type == "Point").to_numpy()
+    names = labels["class_name"].to_numpy(dtype=object)
+    groups = labels["label_id"].to_numpy(dtype=object)
+    parts = [(*_point_pixels(labels.geometry.to_numpy()[is_point], transform), names[is_point], groups[is_point])]
+    rng = np.random.default_rng(config.seed)
+    for geom, name, group in zip(labels.geometry[~is_point], names[~is_point], groups[~is_point], strict=True):
+        r, c = _polygon_pixels(geom, transform, shape, config.max_pixels_per_polygon, rng)
+        parts.append((r, c, np.full(len(r), name, dtype=object), np.full(len(r), group, dtype=object)))
+    rows, cols, names, groups = (np.concatenate(p) for p in zip(*parts, strict=True))
+    keep = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
     return PixelSamples(
-        rows=np.concatenate(rows),
-        cols=np.concatenate(cols),
-        class_names=np.concatenate(names),
-        groups=np.concatenate(groups),
-        labels_outside=total_ids - len(inside_ids),
+        rows=rows[keep],
+        cols=cols[keep],
+        class_names=names[keep],
+        groups=groups[keep],
+        labels_outside=labels["label_id"].nunique() - len(set(groups[keep].tolist())),
     )
 
 
-def _point_pixel(point: BaseGeometry, transform: Affine) -> tuple[np.ndarray, np.ndarray]:
-    col, row = ~transform @ (point.x, point.y)
-    return np.array([int(np.floor(row))]), np.array([int(np.floor(col))])
+def _point_pixels(points: np.ndarray, transform: Affine) -> tuple[np.ndarray, np.ndarray]:
+    xy = shapely.get_coordinates(points)
+    inv = ~transform
+    cols = np.floor(inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c).astype(np.int64)
+    rows = np.floor(inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f).astype(np.int64)
+    return rows, cols
 
 
 def _polygon_pixels(

@@ -80,7 +80,7 @@ class ModelVersion:
             base_model_id=backbone_digest(model),
             schema=model.spec.schema,
             weight=model.head.weight.detach().cpu().reshape(k, -1).numpy(),
-            bias=model.head.bias.detach().cpu().numpy(),
+            bias=np.zeros(k) if model.head.bias is None else model.head.bias.detach().cpu().numpy(),
             strategy="starter",
         )
 

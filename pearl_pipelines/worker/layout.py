@@ -28,9 +28,14 @@ def write_prediction_meta(out_dir: Path, **meta: object) -> None:
     (Path(out_dir) / PREDICTION_META).write_text(json.dumps(meta, indent=2, default=str))
 
 
-def prediction_is_fresh(out_dir: Path, image_path: Path) -> bool:
-    """A tile's prediction exists, is complete (meta written last) and is newer than the tile's imagery."""
+def prediction_is_fresh(out_dir: Path, image_path: Path, *, whole_tile: bool = False) -> bool:
+    """A tile's prediction exists, is complete (meta written last) and is newer than the tile's imagery.
+
+    `whole_tile`: only a full-inference prediction counts (a head-only one covers just the AOI part of a tile).
+    """
     meta = Path(out_dir) / PREDICTION_META
     if not meta.is_file() or not (Path(out_dir) / CLASSES_FILE).is_file():
+        return False
+    if whole_tile and json.loads(meta.read_text()).get("mode") != "full":
         return False
     return not Path(image_path).is_file() or meta.stat().st_mtime >= Path(image_path).stat().st_mtime

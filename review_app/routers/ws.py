@@ -15,8 +15,9 @@ PING_S = 20.0
 
 @router.websocket("/api/projects/{project_id}/ws")
 async def project_events(websocket: WebSocket, project_id: int) -> None:
-    """Server -> browser JSON events: `hello`, `job` (progress/state), `prediction_updated` (layer version and
-    TileJSON to fetch), `metrics_updated`, `labels_changed`, `classes_changed`, `error`."""
+    """Server -> browser JSON events: `hello`, `job` (progress/state), `imagery_ready`, `model_status`,
+    `prediction_updated` (layer version and TileJSON to fetch), `metrics_updated`, `labels_changed`,
+    `classes_changed`, `error`, `ping`."""
     service: ReviewService = websocket.app.state.service
     try:
         service.project(project_id)

@@ -222,6 +222,7 @@ def test_trigger_submits_the_label_run_through_dagster_dev(pipeline: Pipeline, t
 
     from pearl_pipelines.services import dagster_dev
     from pearl_pipelines.trigger import submit_label_run
+    from pearl_pipelines.worker.forkserver import WorkerServer
 
     store = pipeline.store
     (project,) = [p for p in store.list_projects() if p.name == "e2e"]
@@ -229,7 +230,8 @@ def test_trigger_submits_the_label_run_through_dagster_dev(pipeline: Pipeline, t
     store.add_labels(project.id, reference_labels(DEMO_AOI, 5, seed=1), aoi_id=aoi.id)
     versions_before = len(MlflowClient(pipeline.mlflow_uri).search_model_versions(f"name = '{STARTER}'"))
     port = free_port()
-    with dagster_dev(get_settings(), port=port) as dagster:
+    # As `make demo` runs it: with the warm worker server (tasks fork it instead of importing torch again).
+    with WorkerServer(get_settings().home_abs), dagster_dev(get_settings(), port=port) as dagster:
         started = time.perf_counter()
         run_id = submit_label_run(project.id, port=port, store=store)
         client = DagsterGraphQLClient("127.0.0.1", port_number=port)

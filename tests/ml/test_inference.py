@@ -166,7 +166,7 @@ def test_aoi_in_another_crs(fcn: LandcoverModel, image_path: Path, tmp_path: Pat
     to_lonlat = Transformer.from_crs("EPSG:32618", "EPSG:4326", always_xy=True)
     utm = box(ORIGIN[0] + 50, ORIGIN[1] - 150, ORIGIN[0] + 150, ORIGIN[1] - 50)
     aoi = shapely.transform(utm, lambda xy: np.column_stack(to_lonlat.transform(xy[:, 0], xy[:, 1])))
-    result = predict(fcn, image_path, tmp_path, aoi=aoi, aoi_crs="EPSG:4326", device="cpu")
+    result = predict(fcn, image_path, tmp_path, aoi=aoi, aoi_crs="EPSG:4326", device="cpu", show_progress=True)
     assert 99 <= result.height <= 102 and 99 <= result.width <= 102
 
 

@@ -211,3 +211,21 @@ def test_logistic_head_folds_standardisation_into_the_weights() -> None:
     logits = x @ weight.T + bias
     probs = np.exp(logits - logits.max(1, keepdims=True))
     np.testing.assert_allclose(probs / probs.sum(1, keepdims=True), reference, atol=5e-4)
+
+
+def test_several_caches_pool_their_labels(area: Area, fcn: LandcoverModel, tmp_path: Path) -> None:
+    """Two AOIs of a project: one retrain sees the labels of both; labels outside both are counted."""
+    image = blob_image(128, 128, seed=4)
+    origin = (ORIGIN[0] + 1000, ORIGIN[1])
+    second = predict(fcn, write_image(tmp_path / "b.tif", image, origin), tmp_path / "b", embeddings_dir=tmp_path / "e")
+    assert second.embeddings_dir is not None
+    points = model_points(area, 40, seed=6)
+    x, y = origin[0] + 64.5, origin[1] - 64.5
+    far = labels_frame([Point(x, y), Point(ORIGIN[0] - 9000, ORIGIN[1])], ["built", "water"])
+    far["label_id"] = [500, 501]
+    labels = gpd.GeoDataFrame(gpd.pd.concat([points, far], ignore_index=True), crs=CRS)
+    caches = [area.cache, EmbeddingCache.open(tmp_path / "e")]
+    version = retrain(area.parent, caches, labels, replay=area.replay)
+    assert version.info["n_user_samples"] == 41 and version.info["labels_outside_area"] == 1
+    with pytest.raises(RetrainError, match="none of the 1 labels falls inside the 2 areas"):
+        retrain(area.parent, caches, far.iloc[[1]])

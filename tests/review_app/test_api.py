@@ -179,3 +179,25 @@ def test_exports_of_the_classified_map(client: TestClient, aoi: dict[str, Any]) 
     percent = sum(float(r[-1]) for r in rows[1:])
     assert percent == pytest.approx(100, abs=0.1)
     assert int(np.sum([int(r[3]) for r in rows[1:]])) == int((data != 255).sum())
+
+
+def test_second_project_from_another_collection(client: TestClient) -> None:
+    created = client.post(
+        "/api/projects",
+        json={
+            "name": "Train A",
+            "imagery": {"source": "local", "collection": "train-a"},
+            "class_schema": "chesapeake4",
+        },
+    )
+    assert created.status_code == 201, created.text
+    project_id = created.json()["id"]
+    assert [c["name"] for c in created.json()["classes"]] == ["water", "tree_canopy", "field", "built"]
+    deadline = time.monotonic() + 60
+    while (project := client.get(f"/api/projects/{project_id}").json())["imagery"]["state"] != "ready":
+        assert project["imagery"]["state"] in ("missing", "building"), project["imagery"]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert project["imagery"]["bounds"] != client.get("/api/projects/1").json()["imagery"]["bounds"]
+    assert [p["name"] for p in client.get("/api/projects").json()][-1] == "Train A"
+    assert client.post("/api/projects", json={"name": "Train A", "imagery": {"collection": "demo"}}).status_code == 422

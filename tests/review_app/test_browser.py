@@ -8,6 +8,7 @@ test-artifacts/review_app/.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -43,13 +44,13 @@ DIST = Path(__file__).resolve().parents[2] / "review_app" / "static" / "dist" / 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def server(review_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Settings]]:
+@contextlib.contextmanager
+def running_app(settings: Settings, *, wait_ready: bool = True) -> Iterator[str]:
+    """`uvicorn review_app.main:app` on a free port, configured by environment variables only."""
     if not DIST.is_file():
         pytest.fail("the front-end is not built: run `make install` (npm ci + esbuild into review_app/static/dist)")
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (make test does it)")
-    settings = new_home(tmp_path_factory, review_assets)
     port = free_port()
     env = {
         **os.environ,
@@ -74,18 +75,25 @@ def server(review_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
             assert process.poll() is None, (settings.home_abs / "uvicorn.log").read_text()
             try:
                 project = httpx.get(f"{url}/api/projects/1", timeout=2).json()
-                if project["imagery"]["state"] == "ready" and project["model"]["ready"]:
+                if not wait_ready or (project["imagery"]["state"] == "ready" and project["model"]["ready"]):
                     break
             except (httpx.HTTPError, KeyError, ValueError):
                 pass
             time.sleep(0.2)
         else:
             raise TimeoutError("the review app did not become ready")
-        yield url, settings
+        yield url
     finally:
         process.terminate()
         process.wait(timeout=15)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(review_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Settings]]:
+    settings = new_home(tmp_path_factory, review_assets)
+    with running_app(settings) as url:
+        yield url, settings
 
 
 @pytest.fixture(scope="module")
@@ -243,17 +251,29 @@ def test_mapper_loop(page: Any, server: tuple[str, Settings]) -> None:
     assert [r.class_name for r in store.list_labels(1)].count("rooftops") == 4
     m.shot("new-class-labelled")
 
+    # 6b. Rename it ("Roofs") and recolour it: index and labels stay, the map legend follows.
+    page.get_by_test_id("class-rooftops").hover()
+    page.get_by_test_id("rename-btn-rooftops").click()
+    page.get_by_test_id("rename-rooftops").fill("Roofs")
+    page.get_by_test_id("rename-rooftops").press("Enter")
+    page.get_by_test_id("class-roofs").wait_for()
+    page.get_by_test_id("class-roofs").locator("input[type=color]").fill("#d9480f")
+    page.wait_for_function("() => window.__pearl.state.project.classes.at(-1).color === '#d9480f'")
+    schema = store.schema(1)
+    assert schema.names[9] == "roofs" and schema.classes[9].color == "#d9480f"
+    assert [r.class_name for r in store.list_labels(1)].count("roofs") == 4
+
     # 7. Retrain: the prediction layer is replaced (new version) without a reload, metrics appear.
     version_before = m.prediction_version(1)
     page.get_by_test_id("retrain").click()
     m.wait_for(f"window.__pearl.predictionVersion(1) > {version_before}")
     page.get_by_test_id("update-time").wait_for(timeout=30000)
-    page.get_by_test_id("f1-rooftops").wait_for(timeout=30000)
+    page.get_by_test_id("f1-roofs").wait_for(timeout=30000)
     m.wait_idle()
     seconds = float(page.get_by_test_id("update-time").inner_text().split()[2])
     assert seconds < 10  # the bench measures the < 2 s target without a browser in the way
     metrics = m.api("/api/projects/1/metrics")
-    assert {"water", "tree_canopy", "rooftops"} <= set(metrics["classes"])
+    assert {"water", "tree_canopy", "roofs"} <= set(metrics["classes"])
     shown = page.get_by_test_id("mean-f1").inner_text()
     assert shown == f"{metrics['mean_f1']:.2f}"
     assert page.get_by_test_id("confusion").locator("tbody tr").count() == len(metrics["classes"])
@@ -266,11 +286,11 @@ def test_mapper_loop(page: Any, server: tuple[str, Settings]) -> None:
     page.get_by_test_id("layer-confidence").uncheck()
 
     # 8. Save a checkpoint with a name; it is listed, and is the current model.
-    page.get_by_test_id("checkpoint-name").fill("water and rooftops")
+    page.get_by_test_id("checkpoint-name").fill("water and roofs")
     page.get_by_test_id("save-checkpoint").click()
-    page.get_by_test_id("checkpoint-1").filter(has_text="water and rooftops").wait_for()
+    page.get_by_test_id("checkpoint-1").filter(has_text="water and roofs").wait_for()
     saved = {c["id"]: c for c in m.api("/api/projects/1/checkpoints")}
-    assert saved[1]["name"] == "water and rooftops" and saved[1]["current"]
+    assert saved[1]["name"] == "water and roofs" and saved[1]["current"]
 
     # 9. Compare the starter model with the checkpoint: per-class F1 side by side.
     page.get_by_test_id("checkpoint-0").locator("input[type=checkbox]").check()
@@ -303,3 +323,17 @@ def test_mapper_loop(page: Any, server: tuple[str, Settings]) -> None:
     m.shot("exported")
 
     assert not page.errors, page.errors
+
+
+def test_bare_home_says_what_is_missing(page: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No imagery generated, no model trained: the page still opens and the banner says what to run."""
+    home = tmp_path_factory.mktemp("bare_home")
+    settings = Settings(home=home, mlflow_port=free_port(), dagster_port=free_port())
+    with running_app(settings, wait_ready=False) as url:
+        page.goto(url)
+        banner = page.get_by_test_id("banner")
+        banner.filter(has_text="No model: no model yet").wait_for(timeout=30000)
+        banner.filter(has_text="pearl generate --regions demo").wait_for(timeout=30000)
+        assert page.get_by_test_id("model-status").inner_text() == "no model"
+        assert page.get_by_test_id("retrain").is_disabled()
+        page.screenshot(path=str(ARTIFACTS / "00-bare-home-banner.png"))

@@ -97,8 +97,11 @@ def test_prediction_freshness_follows_the_imagery(tmp_path: Path) -> None:
     out.mkdir()
     assert not prediction_is_fresh(out, image)
     (out / CLASSES_FILE).write_bytes(b"x")
-    write_prediction_meta(out, model="models:/m/1")
+    write_prediction_meta(out, model="models:/m/1", mode="head")
     assert prediction_is_fresh(out, image)
+    assert not prediction_is_fresh(out, image, whole_tile=True)  # head-only: the AOI part of the tile
+    write_prediction_meta(out, model="models:/m/1", mode="full")
+    assert prediction_is_fresh(out, image, whole_tile=True)
     time.sleep(0.01)
     image.write_bytes(b"newer imagery")
     import os

@@ -9,7 +9,7 @@ import { classColor, currentAoi, emit, on, state } from "./state";
 type Position = [number, number];
 
 let map: maplibregl.Map;
-const predictionLayers = new Map<number, { version: number; id: string }>();
+const predictionLayers = new Map<number, { version: number; id: string; palette: string }>();
 let imageryKey = "";
 let sketch: Position[] = [];
 let cursor: Position | null = null;
@@ -181,15 +181,23 @@ export function fitToAoi(aoi: Aoi): void {
   );
 }
 
-function layerIds(aoiId: number, version: number) {
-  return { classes: `pred-${aoiId}-v${version}`, confidence: `conf-${aoiId}-v${version}` };
+/** Class colours as a short key: part of the prediction tile URLs, so a recolour refetches (tiles are cached). */
+function paletteKey(): string {
+  const colors = (state.project?.classes ?? []).map((c) => c.color).join("");
+  let hash = 0;
+  for (let i = 0; i < colors.length; i++) hash = (hash * 31 + colors.charCodeAt(i)) >>> 0;
+  return hash.toString(36);
 }
 
-function addPredictionLayers(aoi: Aoi): string {
+function layerIds(aoiId: number, version: number, palette: string) {
+  return { classes: `pred-${aoiId}-v${version}-${palette}`, confidence: `conf-${aoiId}-v${version}-${palette}` };
+}
+
+function addPredictionLayers(aoi: Aoi, palette: string): string {
   const p = aoi.prediction!;
-  const ids = layerIds(aoi.id, p.version);
+  const ids = layerIds(aoi.id, p.version, palette);
   if (!map.getSource(ids.classes)) {
-    map.addSource(ids.classes, { type: "raster", url: absolute(p.tilejson.classes!), tileSize: 512 });
+    map.addSource(ids.classes, { type: "raster", url: absolute(`${p.tilejson.classes!}&palette=${palette}`), tileSize: 512 });
     map.addLayer(
       {
         id: ids.classes,
@@ -215,8 +223,8 @@ function addPredictionLayers(aoi: Aoi): string {
   return ids.classes;
 }
 
-function removePredictionLayers(aoiId: number, version: number): void {
-  for (const id of Object.values(layerIds(aoiId, version))) {
+function removePredictionLayers(aoiId: number, version: number, palette: string): void {
+  for (const id of Object.values(layerIds(aoiId, version, palette))) {
     if (map.getLayer(id)) map.removeLayer(id);
     if (map.getSource(id)) map.removeSource(id);
   }
@@ -224,19 +232,19 @@ function removePredictionLayers(aoiId: number, version: number): void {
 
 function syncPredictions(): void {
   const aois = state.project?.aois ?? [];
+  const palette = paletteKey();
   for (const aoi of aois) {
     const shown = predictionLayers.get(aoi.id);
     if (!aoi.prediction) continue;
-    if (!shown || shown.version < aoi.prediction.version) {
-      const id = addPredictionLayers(aoi);
-      const previous = shown?.version;
-      predictionLayers.set(aoi.id, { version: aoi.prediction.version, id });
+    if (!shown || shown.version < aoi.prediction.version || shown.palette !== palette) {
+      const id = addPredictionLayers(aoi, palette);
+      predictionLayers.set(aoi.id, { version: aoi.prediction.version, id, palette });
       // Double buffer: the old version stays under the new one until the new tiles are drawn (no flicker).
-      if (previous !== undefined) swapWhenLoaded(aoi.id, id, previous);
+      if (shown) swapWhenLoaded(aoi.id, shown);
     }
   }
   for (const [aoiId, shown] of predictionLayers) {
-    const ids = layerIds(aoiId, shown.version);
+    const ids = layerIds(aoiId, shown.version, shown.palette);
     if (!map.getLayer(ids.classes)) continue;
     map.setLayoutProperty(ids.classes, "visibility", state.layers.predictions ? "visible" : "none");
     map.setPaintProperty(ids.classes, "raster-opacity", state.layers.predictionOpacity);
@@ -245,10 +253,13 @@ function syncPredictions(): void {
   }
 }
 
-function swapWhenLoaded(aoiId: number, sourceId: string, previous: number): void {
+function swapWhenLoaded(aoiId: number, previous: { version: number; palette: string }): void {
   const done = () => {
     map.off("idle", done);
-    if (predictionLayers.get(aoiId)?.version !== previous) removePredictionLayers(aoiId, previous);
+    const now = predictionLayers.get(aoiId);
+    if (now?.version !== previous.version || now?.palette !== previous.palette) {
+      removePredictionLayers(aoiId, previous.version, previous.palette);
+    }
     if (pendingUpdate && pendingUpdate.aoiId === aoiId) {
       state.lastUpdateSeconds = (performance.now() - pendingUpdate.started) / 1000;
       pendingUpdate = null;
@@ -257,7 +268,6 @@ function swapWhenLoaded(aoiId: number, sourceId: string, previous: number): void
     document.getElementById("map")!.dataset.predictionVersion = String(predictionLayers.get(aoiId)?.version ?? "");
   };
   map.on("idle", done);
-  void sourceId;
 }
 
 /** Called when the mapper asks for a retrain: the status bar then says how long until the new map was drawn. */

@@ -134,7 +134,7 @@ function renderClasses(): void {
         <span class="key">${i < 9 ? i + 1 : ""}</span>
         <label class="swatch" style="background:${esc(c.color)}" title="Recolour"><input type="color" value="${esc(c.color)}" data-recolor="${esc(c.name)}"></label>
         <span class="class-title" title="${esc(c.name)}">${esc(c.title)}</span>
-        <button class="icon-btn rename" data-rename="${esc(c.name)}" title="Rename">✎</button>
+        <button class="icon-btn rename" data-rename="${esc(c.name)}" data-testid="rename-btn-${esc(c.name)}" title="Rename">✎</button>
         <span class="count" data-testid="count-${esc(c.name)}">${counts.get(c.name) ?? 0}</span>
       </li>`,
     )
@@ -275,6 +275,7 @@ function bindEvents(): void {
     if (el.dataset.tool) return actions.setTool(el.dataset.tool as Tool);
     if (el.dataset.restore) return void actions.restore(Number(el.dataset.restore));
     if (el.dataset.rename) return renameClass(el.dataset.rename);
+    if (target.classList.contains("rename-input")) return;
     if (el.dataset.class && !target.closest(".swatch")) return actions.selectClass(el.dataset.class);
     if (el.dataset.aoi) {
       actions.selectAoi(Number(el.dataset.aoi));
@@ -329,8 +330,33 @@ function bindEvents(): void {
 }
 
 function renameClass(name: string): void {
+  // Inline: the title becomes an input; Enter (or leaving it) saves, Esc cancels.
+  const row = document.querySelector<HTMLElement>(`[data-class="${CSS.escape(name)}"]`);
+  const span = row?.querySelector<HTMLElement>(".class-title");
   const current = state.project?.classes.find((c) => c.name === name);
-  const title = window.prompt("New name for this class", current?.title ?? name)?.trim();
-  if (!title || title === current?.title) return;
-  void actions.updateClass(name, { title, name: slug(title) !== name ? slug(title) : undefined });
+  if (!row || !span || !current) return;
+  const input = document.createElement("input");
+  input.className = "rename-input";
+  input.value = current.title;
+  input.maxLength = 60;
+  input.setAttribute("data-testid", `rename-${name}`);
+  span.replaceWith(input);
+  input.focus();
+  input.select();
+  let done = false;
+  const finish = (save: boolean) => {
+    if (done) return;
+    done = true;
+    const title = input.value.trim();
+    if (save && title && title !== current.title) {
+      void actions.updateClass(name, { title, name: slug(title) !== name ? slug(title) : undefined });
+    } else renderClasses();
+  };
+  input.addEventListener("keydown", (e) => {
+    e.stopPropagation();
+    if (e.key === "Enter") finish(true);
+    if (e.key === "Escape") finish(false);
+  });
+  input.addEventListener("blur", () => finish(true));
+  input.addEventListener("click", (e) => e.stopPropagation());
 }

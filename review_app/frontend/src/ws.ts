@@ -9,6 +9,8 @@ type Event =
   | { type: "hello"; active_jobs: Job[] }
   | ({ type: "job" } & Job)
   | { type: "prediction_updated"; aoi_id: number; version: number; model_version: number | null; tilejson: TileJsonLinks }
+  | { type: "imagery_ready"; bounds: [number, number, number, number] }
+  | { type: "model_status"; ready: boolean; message: string }
   | { type: "metrics_updated"; model_version: number }
   | { type: "labels_changed" }
   | { type: "classes_changed" }
@@ -53,6 +55,13 @@ async function handle(event: Event): Promise<void> {
       emit("project");
       break;
     }
+    case "imagery_ready":
+      await actions.loadProject();
+      fitToImagery();
+      break;
+    case "model_status":
+      await Promise.all([actions.loadProject(), actions.loadModelPanels()]);
+      break;
     case "metrics_updated":
       await actions.loadModelPanels();
       break;
@@ -75,10 +84,7 @@ async function onJob(job: Job): Promise<void> {
   if (before?.state === job.state || (job.state !== "done" && job.state !== "failed")) return;
   if (job.state === "failed") {
     toast(job.error ?? `${job.kind} failed`, "error", 8000);
-  } else if (job.kind === "imagery") {
-    await actions.loadProject();
-    fitToImagery();
-  } else {
+  } else if (job.kind !== "imagery") {
     toast(job.message, "success", 3500);
     if (job.kind !== "inference") await actions.loadModelPanels();
     await actions.loadProject();
