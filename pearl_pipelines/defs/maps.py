@@ -11,6 +11,7 @@ import dagster as dg
 import numpy as np
 import pystac
 import rasterio
+from affine import Affine
 from rasterio.features import geometry_mask
 from rasterio.merge import merge
 from rasterio.warp import transform_geom
@@ -56,7 +57,7 @@ def mosaic(paths: Sequence[Path], region: Region, nodata: int) -> tuple[np.ndarr
     window = from_bounds(*bounds, transform=transform).round_offsets().round_lengths()
     row0, col0 = max(int(window.row_off), 0), max(int(window.col_off), 0)
     band = data[0, row0 : row0 + int(window.height), col0 : col0 + int(window.width)]
-    transform = transform * transform.translation(col0, row0)
+    transform = transform @ Affine.translation(col0, row0)
     outside = geometry_mask([footprint], out_shape=band.shape, transform=transform)
     band = np.ascontiguousarray(band)
     band[outside] = nodata

@@ -133,9 +133,11 @@ def make_strategy(name: str, **params: Any) -> RetrainStrategy:
 @dataclass(frozen=True)
 class RetrainOptions:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # Replay weight of a class nobody labelled, relative to the labels of an average labelled class.
     replay_weight: float = 1.0
-    # Replay samples of a class the user labelled: down-weighted, the user's labels describe this imagery.
-    labelled_replay_weight: float = 0.25
+    # Replay weight of a class the user labelled, relative to that class's labels: small, since the labels
+    # describe this imagery and the replay set another (a shifted domain's replay pulls the head back).
+    labelled_replay_weight: float = 0.1
     cv_folds: int = 5
     seed: int = 0
     evaluate: bool = True
@@ -240,7 +242,7 @@ def retrain(
     x_user, names, group_ids, outside = _sample_caches(caches, labels, options.sampling)
     y_user = np.array([schema.index(n) for n in names], dtype=np.int64)
     groups = pd.factorize(pd.Series(group_ids).astype(str))[0]
-    x_replay, y_replay, w_replay = _replay_arrays(replay, schema, set(y_user.tolist()), options, x_user.shape[1])
+    x_replay, y_replay, w_replay = _replay_arrays(replay, schema, y_user, options, x_user.shape[1])
 
     y_all = np.concatenate([y_user, y_replay])
     if len(np.unique(y_all)) < 2:
@@ -330,8 +332,9 @@ def _sample_caches(
 
 
 def _replay_arrays(
-    replay: ReplaySet | None, schema: ClassSchema, labelled: set[int], options: RetrainOptions, channels: int
+    replay: ReplaySet | None, schema: ClassSchema, y_user: np.ndarray, options: RetrainOptions, channels: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Replay embeddings, labels and sample weights, weighted per class (see `RetrainOptions`)."""
     if replay is None or len(replay) == 0:
         return np.empty((0, channels), np.float32), np.empty(0, np.int64), np.empty(0, np.float32)
     if replay.embeddings.shape[1] != channels:
@@ -339,5 +342,10 @@ def _replay_arrays(
     if len(replay.class_names) > len(schema):
         raise RetrainError(f"replay set has {len(replay.class_names)} classes, more than schema {schema.id!r}")
     y = replay.labels.astype(np.int64)
-    weight = np.where(np.isin(y, list(labelled)), options.labelled_replay_weight, 1.0) * options.replay_weight
-    return replay.embeddings.astype(np.float32), y, weight.astype(np.float32)
+    user = np.bincount(y_user, minlength=len(schema)).astype(np.float64)
+    labelled = user > 0
+    # Total replay weight per class: a share of the class's own labels where the user labelled it, else
+    # that of an average labelled class, so unlabelled classes neither vanish nor swamp the user's labels.
+    total = np.where(labelled, options.labelled_replay_weight * user, options.replay_weight * user[labelled].mean())
+    per_sample = total / np.maximum(np.bincount(y, minlength=len(schema)), 1)
+    return replay.embeddings.astype(np.float32), y, per_sample[y].astype(np.float32)

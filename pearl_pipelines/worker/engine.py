@@ -135,7 +135,7 @@ def cache_window(cache: EmbeddingCache, lonlat_geometry: Mapping[str, Any]) -> t
 
     bounds = transform_bounds("EPSG:4326", cache.crs, *shape(lonlat_geometry).bounds, densify_pts=21)
     inv = ~cache.transform
-    cols, rows = zip(*(inv * (x, y) for x in (bounds[0], bounds[2]) for y in (bounds[1], bounds[3])), strict=True)
+    cols, rows = zip(*(inv @ (x, y) for x in (bounds[0], bounds[2]) for y in (bounds[1], bounds[3])), strict=True)
     r0, r1 = max(int(np.floor(min(rows))), 0), min(int(np.ceil(max(rows))), cache.shape[0])
     c0, c1 = max(int(np.floor(min(cols))), 0), min(int(np.ceil(max(cols))), cache.shape[1])
     if r1 <= r0 or c1 <= c0:
@@ -149,7 +149,7 @@ def cache_view(cache: EmbeddingCache, window: tuple[int, int, int, int]) -> Embe
     ENGINE-ADAPTER: the engine has no windowed `apply_head`; this builds an EmbeddingCache over slices.
     """
     r0, c0, h, w = window
-    transform = cache.transform * Affine.translation(c0, r0)
+    transform = cache.transform @ Affine.translation(c0, r0)
     meta = EmbeddingMeta.model_validate(
         {**cache.meta.model_dump(), "transform": list(transform)[:6], "height": h, "width": w}
     )

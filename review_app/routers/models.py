@@ -15,7 +15,6 @@ from review_app.schemas import (
     MetricsOut,
     RetrainRequest,
 )
-from review_app.service import ReviewService
 from review_app.workspace import ModelVersionInfo
 
 router = APIRouter(prefix="/api/projects/{project_id}", tags=["models"])
@@ -79,10 +78,6 @@ def save_checkpoint(service: ServiceDep, project_id: ProjectId, body: Checkpoint
 def restore_checkpoint(service: ServiceDep, project_id: ProjectId, checkpoint_id: int) -> JobOut:
     """Make a checkpoint the current model and re-predict the AOIs with it (from cached embeddings)."""
     return service.start_restore(project_id, checkpoint_id).out()
-
-
-def _metrics(service: ReviewService, project_id: int, version: int) -> MetricsOut | None:
-    return service.checkpoint_info(project_id, version).metrics
 
 
 @router.get("/checkpoints/compare", response_model=CompareOut, responses=ERRORS)

@@ -257,6 +257,7 @@ def test_mapper_loop(page: Any, server: tuple[str, Settings]) -> None:
     page.get_by_test_id("rename-rooftops").fill("Roofs")
     page.get_by_test_id("rename-rooftops").press("Enter")
     page.get_by_test_id("class-roofs").wait_for()
+    page.wait_for_function("() => window.__pearl.state.selectedClass === 'roofs'")  # still the class in hand
     page.get_by_test_id("class-roofs").locator("input[type=color]").fill("#d9480f")
     page.wait_for_function("() => window.__pearl.state.project.classes.at(-1).color === '#d9480f'")
     schema = store.schema(1)

@@ -72,8 +72,8 @@ def test_cache_view_is_the_tile_window_of_an_aoi_cache(tmp_path: Path) -> None:
     view = cache_view(cache, window)
     assert view.shape == (h, w)
     assert np.array_equal(view.array[0, 0], cache.array[r0, c0])
-    x, y = view.transform * (0, 0)
-    assert (x, y) == cache.transform * (c0, r0)
+    x, y = view.transform @ (0, 0)
+    assert (x, y) == cache.transform @ (c0, r0)
 
 
 def test_holdout_is_stable_and_about_the_requested_fraction() -> None:

@@ -21,8 +21,12 @@ export const actions = {
   async loadProject(): Promise<void> {
     const project = await api.project(state.projectId);
     const first = state.project === null;
+    // A renamed class keeps its index: stay on it (the rename may arrive here before its own answer does).
+    const selectedIndex = state.project?.classes.findIndex((c) => c.name === state.selectedClass) ?? -1;
     state.project = project;
-    if (!project.classes.some((c) => c.name === state.selectedClass)) state.selectedClass = project.classes[0]?.name ?? "";
+    if (!project.classes.some((c) => c.name === state.selectedClass)) {
+      state.selectedClass = (project.classes[selectedIndex] ?? project.classes[0])?.name ?? "";
+    }
     if (state.aoiId === null || !project.aois.some((a) => a.id === state.aoiId)) {
       state.aoiId = project.aois.length ? project.aois[project.aois.length - 1].id : null;
     }
@@ -101,10 +105,11 @@ export const actions = {
   },
 
   async updateClass(name: string, change: { name?: string; title?: string; color?: string }): Promise<void> {
+    const index = state.project?.classes.findIndex((c) => c.name === state.selectedClass) ?? -1;
     const classes = await guarded(() => api.updateClass(state.projectId, name, change));
     if (!classes || !state.project) return;
     state.project.classes = classes;
-    if (change.name && state.selectedClass === name) state.selectedClass = change.name;
+    if (index >= 0 && classes[index]) state.selectedClass = classes[index].name;
     if (change.name) await actions.loadLabels();
     emit("project", "class", "labels");
   },

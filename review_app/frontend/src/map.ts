@@ -49,6 +49,7 @@ export function createMap(container: HTMLElement): maplibregl.Map {
   map.on("mousemove", onMouseMove);
   on(["project", "layers"], syncAll);
   on(["labels", "class"], syncLabels);
+  on(["class"], () => styleReady && renderSketch());
   on(["aoi"], syncAois);
   on(["tool"], onToolChange);
   (window as unknown as { __pearl: unknown }).__pearl = { map, state, predictionVersion };
@@ -332,7 +333,8 @@ function renderSketch(): void {
   const drawing = state.tool === "polygon" || state.tool === "aoi";
   hint.hidden = !drawing;
   if (drawing) {
-    const what = state.tool === "aoi" ? "the AOI" : `a ${state.selectedClass.replaceAll("_", " ")} polygon`;
+    const title = state.project?.classes.find((c) => c.name === state.selectedClass)?.title ?? state.selectedClass;
+    const what = state.tool === "aoi" ? "the AOI" : `a “${title}” polygon`;
     hint.textContent =
       sketch.length < 3
         ? `Click to place the corners of ${what} (${sketch.length} so far)`

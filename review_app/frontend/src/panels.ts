@@ -47,7 +47,7 @@ export function mountPanels(): void {
   on(["metrics"], renderMetrics);
   on(["checkpoints"], renderCheckpoints);
   on(["project", "aoi"], renderExports);
-  on(["project", "jobs", "tool", "aoi"], renderStatus);
+  on(["project", "jobs", "tool", "aoi", "class"], renderStatus);
   on(["project", "aoi"], renderBanner);
   renderAddClass(false);
   renderTools();
@@ -81,7 +81,7 @@ function renderTopbar(): void {
 function renderStatus(): void {
   const tips: Record<Tool, string> = {
     pan: "Drag to pan · click an AOI to select it",
-    point: `Click to add a point of ${state.selectedClass.replaceAll("_", " ")}`,
+    point: `Click to add a point of “${state.project?.classes.find((c) => c.name === state.selectedClass)?.title ?? ""}”`,
     polygon: "Click corners, double-click to finish",
     erase: "Click a label to erase it",
     aoi: `Click the corners of an area (≤ ${state.project?.live_aoi_max_km2 ?? 25} km²), double-click to finish`,
