@@ -42,7 +42,7 @@ lint: install
 	$(VENV)/bin/ruff format --check pearl_pipelines review_app tests bench
 
 typecheck: install
-	$(VENV)/bin/mypy pearl_pipelines
+	$(VENV)/bin/mypy pearl_pipelines review_app
 
 pytest: install chromium
 	$(PY) -m pytest

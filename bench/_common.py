@@ -103,6 +103,7 @@ def _train_fcn(path: Path) -> LandcoverModel:
     scene = generate_scene(512, 512, seed=21)
     raster = LabelledRaster("bench-train", scene.image, schema_lut()[scene.labels])
     mean, std = band_stats([raster])
+    torch.manual_seed(0)
     model = LandcoverModel(ModelSpec(arch="fcn", schema=load_schema(SCHEMA_ID), embed_dim=64, mean=mean, std=std))
     config = TrainConfig(epochs=3, steps_per_epoch=40, batch_size=8, patch_size=64, lr=5e-3, seed=0)
     train_model(model, [raster], config, show_progress=False)

@@ -57,9 +57,9 @@ class Service:
             return False
 
     def start(self, timeout: float = 60.0) -> Self:
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             self.cmd,
             cwd=self.cwd,

@@ -6,8 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
-from pearl_pipelines.labels.store import LabelStore, ProjectRow
-from pearl_pipelines.settings import Settings
+from pearl_pipelines.labels.store import ProjectRow
 from review_app.service import ReviewService
 
 
@@ -18,16 +17,6 @@ def get_service(request: Request) -> ReviewService:
 ServiceDep = Annotated[ReviewService, Depends(get_service)]
 
 
-def get_settings_dep(service: ServiceDep) -> Settings:
-    return service.settings
-
-
-def get_store(service: ServiceDep) -> LabelStore:
-    return service.store
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-StoreDep = Annotated[LabelStore, Depends(get_store)]
 ProjectId = Annotated[int, Path(ge=1, description="project id")]
 AoiId = Annotated[int, Path(ge=1, description="AOI id")]
 

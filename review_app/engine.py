@@ -1,7 +1,6 @@
 """The single place where the review app calls the ML engine (`pearl_pipelines.ml`) and the Dagster trigger.
 
-Everything here is synchronous and runs in the job thread pool (jobs.py). Pieces marked
-`ENGINE-ADAPTER` stand in for engine features that do not exist yet; each names what replaces it.
+Everything here is synchronous and runs in the job thread pool (jobs.py).
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from typing import Any
 import geopandas as gpd
 import httpx
 import numpy as np
-from affine import Affine
 
 from pearl_pipelines.classes import ClassSchema
 from pearl_pipelines.labels.store import LabelStore
@@ -28,7 +26,7 @@ from pearl_pipelines.ml.metrics import MetricsReport, compute_metrics
 from pearl_pipelines.ml.models import LandcoverModel, load_model, save_model
 from pearl_pipelines.ml.outputs import PredictionResult
 from pearl_pipelines.ml.replay import ReplaySet
-from pearl_pipelines.ml.retrain import UNLEARNED_BIAS, retrain
+from pearl_pipelines.ml.retrain import UNLEARNED_BIAS, RetrainOptions, retrain
 from pearl_pipelines.ml.samples import labels_to_samples
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
@@ -184,76 +182,41 @@ def has_embeddings(embeddings_dir: Path) -> bool:
 
 
 # -- retraining ---------------------------------------------------------------------------------------------------
-class _UnionArray:
-    def __init__(self, parts: Sequence[tuple[EmbeddingCache, int, int]], channels: int) -> None:
-        self.parts, self.channels = parts, channels
-
-    def __getitem__(self, index: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        rows, cols = (np.asarray(i, dtype=np.int64) for i in index)
-        out = np.zeros((len(rows), self.channels), np.float16)
-        for cache, row0, col0 in self.parts:
-            height, width = cache.shape
-            r, c = rows - row0, cols - col0
-            inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
-            if inside.any():
-                out[inside] = cache.array[r[inside], c[inside]]
-        return out
-
-
-class UnionCache:
-    """Several AOI caches on one pixel grid (the project mosaic) seen as one cache, so one retrain uses the
-    labels of every AOI. ENGINE-ADAPTER: until `ml.retrain.retrain` accepts several caches."""
-
-    def __init__(self, caches: Sequence[EmbeddingCache]) -> None:
-        ref = caches[0]
-        a, e = ref.transform.a, ref.transform.e
-        x0 = min(c.transform.c for c in caches)
-        y0 = max(c.transform.f for c in caches)
-        self.transform = Affine(a, 0.0, x0, 0.0, e, y0)
-        parts = [(c, round((c.transform.f - y0) / e), round((c.transform.c - x0) / a)) for c in caches]
-        height = max(r + c.shape[0] for c, r, _ in parts)
-        width = max(col + c.shape[1] for c, _, col in parts)
-        self.crs = ref.crs
-        self.meta = ref.meta.model_copy(update={"height": height, "width": width})
-        self.array = _UnionArray(parts, ref.meta.channels)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.meta.height, self.meta.width
-
-
-def open_caches(dirs: Sequence[Path]) -> EmbeddingCache | UnionCache:
-    caches = [EmbeddingCache.open(d) for d in dirs]
-    if len({(c.crs.to_wkt(), c.transform.a, c.transform.e) for c in caches}) > 1:
-        raise RetrainError("the AOIs' embedding caches lie on different pixel grids; retrain one AOI at a time")
-    return caches[0] if len(caches) == 1 else UnionCache(caches)
-
-
 def retrain_version(
     parent: ModelVersion,
     schema: ClassSchema,
     cache_dirs: Sequence[Path],
     labels: gpd.GeoDataFrame,
     replay: ReplaySet | None,
+    *,
+    evaluate: bool,
 ) -> ModelVersion:
-    """A child version for the project's schema from all labels over the cached AOIs (+ the replay set)."""
-    cache = open_caches(cache_dirs)
-    return retrain(conform(parent, schema), cache, labels, replay=replay)  # type: ignore[arg-type]
+    """A child version for the project's schema from all labels over the cached AOIs (+ the replay set).
+
+    `evaluate=False` is the live path (one fit); `evaluate=True` adds grouped cross-validation metrics.
+    """
+    caches = [EmbeddingCache.open(d) for d in cache_dirs]
+    return retrain(conform(parent, schema), caches, labels, replay=replay, options=RetrainOptions(evaluate=evaluate))
 
 
 def score_version(
     version: ModelVersion, schema: ClassSchema, cache_dirs: Sequence[Path], labels: gpd.GeoDataFrame
 ) -> MetricsReport | None:
     """Metrics of a version on labels it was not fit on (the starter model on the mapper's labels)."""
-    if len(labels) == 0 or not cache_dirs:
-        return None
-    cache = open_caches(cache_dirs)
-    samples = labels_to_samples(labels, crs=cache.crs, transform=cache.transform, shape=cache.shape)
-    x = sample_embeddings(cache, samples.rows, samples.cols).astype(np.float32)  # type: ignore[arg-type]
     head = conform(version, schema)
-    predicted = np.argmax(x @ head.weight.T + head.bias, axis=1)
-    truth = np.array([schema.index(n) for n in samples.class_names])
-    return compute_metrics(truth, predicted, schema.names, method="holdout:labels (never trained on)")
+    xs, truth = [], []
+    for directory in cache_dirs:
+        cache = EmbeddingCache.open(directory)
+        try:
+            samples = labels_to_samples(labels, crs=cache.crs, transform=cache.transform, shape=cache.shape)
+        except RetrainError:  # no label on this AOI
+            continue
+        xs.append(sample_embeddings(cache, samples.rows, samples.cols).astype(np.float32))
+        truth += [schema.index(n) for n in samples.class_names]
+    if not xs:
+        return None
+    predicted = np.argmax(np.concatenate(xs) @ head.weight.T + head.bias, axis=1)
+    return compute_metrics(np.array(truth), predicted, schema.names, method="holdout:labels (never trained on)")
 
 
 # -- tracking and orchestration -----------------------------------------------------------------------------------

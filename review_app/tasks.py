@@ -1,12 +1,13 @@
 """Job bodies: imagery mosaic, inference over an AOI, live retrain, checkpoint restore.
 
-The live retrain is ordered for latency: fit the head, re-predict the AOI the mapper is looking at
-from its cached embeddings, announce the new layer version, and only then save the model version,
-re-predict the other AOIs and compute metrics (grouped CV fits several more heads).
+The live retrain is ordered for latency: fit the head (one fit, no metrics), re-predict the AOI the
+mapper is looking at from its cached embeddings, announce the new layer version, and only then
+re-predict the other AOIs, compute metrics (grouped CV fits several more heads) and save the version.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -193,11 +194,22 @@ def run_retrain(svc: ReviewService, project_id: int, aoi_id: int | None, ctx: Jo
     caches = _cached_aois(svc, project_id)
     labels = _labels(svc, project_id, list(caches))
     ctx.step("fitting the head on your labels", 0.1)
-    child = engine.retrain_version(current.version, schema, list(caches.values()), labels, current.base.replay)
+    cache_dirs = list(caches.values())
+    child = engine.retrain_version(current.version, schema, cache_dirs, labels, current.base.replay, evaluate=False)
     with svc.states.update(project_id) as state:
         parent = state.current_model
         number = max(state.next_model_id, 1)
         state.next_model_id = number + 1
+    version_dir = svc.paths(project_id).version_dir(number)
+    info = ModelVersionInfo(
+        id=number,
+        engine_id=child.id,
+        kind="retrain",
+        parent=parent,
+        label_set=child.label_set_digest,
+        n_labels=int(child.info.get("n_labels", len(labels))),
+        classes=child.schema.names,
+    )
     svc.set_version(project_id, child)
     # The AOI in view first, then the other labelled AOIs, then the rest.
     labelled = {r.aoi_id for r in svc.store.list_labels(project_id)}
@@ -208,22 +220,22 @@ def run_retrain(svc: ReviewService, project_id: int, aoi_id: int | None, ctx: Jo
         _repredict(svc, ctx, aid, child, number)
         if n == 0:
             first_layer_s = time.perf_counter() - started
-    engine.save_version(child, svc.paths(project_id).version_dir(number), labels)
-    metrics = metrics_out(child.metrics, number, child.info.get("metric_notes"))
-    metrics.n_labels = int(child.info.get("n_labels", len(labels)))
+            # The version is current (and can be saved as a checkpoint) as soon as the map shows it.
+            engine.save_version(child, version_dir, labels)
+            with svc.states.update(project_id) as state:
+                state.models[number], state.current_model = info, number
+    ctx.step("computing metrics (grouped cross-validation)", 0.9)
+    # Off the live path: the same fit again (deterministic) plus the cross-validation folds.
+    evaluated = engine.retrain_version(current.version, schema, cache_dirs, labels, current.base.replay, evaluate=True)
+    notes = evaluated.info.get("metric_notes", [])
+    child = dataclasses.replace(child, metrics=evaluated.metrics, info={**child.info, "metric_notes": notes})
+    svc.set_version(project_id, child)
+    engine.save_version(child, version_dir, labels)
+    metrics = metrics_out(child.metrics, number, notes)
+    metrics.n_labels = info.n_labels
     with svc.states.update(project_id) as state:
-        state.models[number] = ModelVersionInfo(
-            id=number,
-            engine_id=child.id,
-            kind="retrain",
-            parent=parent,
-            label_set=child.label_set_digest,
-            n_labels=metrics.n_labels,
-            classes=child.schema.names,
-            metrics=metrics,
-        )
-        state.current_model = number
-    _score_base(svc, project_id, base=current.base, schema=schema, caches=list(caches.values()), labels=labels)
+        state.models[number].metrics = metrics
+    _score_base(svc, project_id, base=current.base, schema=schema, caches=cache_dirs, labels=labels)
     ctx.publish({"type": "metrics_updated", "model_version": number})
     f1 = f"mean F1 {metrics.mean_f1:.2f}" if metrics.mean_f1 is not None else "metrics need more labels"
     return f"model v{number}: map updated in {first_layer_s:.2f} s; {f1}"

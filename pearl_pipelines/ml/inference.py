@@ -155,7 +155,9 @@ def run_windows(
     return done
 
 
-def aoi_region(dataset: Any, aoi: BaseGeometry | Mapping[str, Any] | None, aoi_crs: Any = None):
+def aoi_region(
+    dataset: Any, aoi: BaseGeometry | Mapping[str, Any] | None, aoi_crs: Any = None
+) -> tuple[Region, BaseGeometry | None]:
     """(Region, AOI geometry in the raster's CRS or None) for an AOI given in `aoi_crs` (default: the raster's)."""
     full = Region(0, 0, dataset.height, dataset.width)
     if aoi is None:
