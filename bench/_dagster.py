@@ -103,9 +103,8 @@ def ensure_regions(catalog_dir: Path) -> None:
 
 
 def has_champion(uri: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     try:
         MlflowClient(uri).get_model_version_by_alias(STARTER, "champion")

@@ -24,6 +24,7 @@ AOI_KM = 1.0
 
 def main() -> None:
     from mlflow import MlflowClient
+
     from pearl_pipelines.classes import load_schema
     from pearl_pipelines.geo.grid import aoi_to_tile_keys
     from pearl_pipelines.labels.store import LabelStore

@@ -99,6 +99,7 @@ def direct_refresh(home: Path, stac_url: str, mlflow_uri: str, version: str) -> 
 
 def main() -> None:
     from mlflow import MlflowClient
+
     from pearl_pipelines.settings import get_settings
 
     with bench_services("regional_refresh") as bench:

@@ -53,9 +53,8 @@ def demo_imagery_tiles(settings: Settings) -> int:
 
 
 def starter_registered(tracking_uri: str, schema_id: str = STARTER_SCHEMA) -> bool:
-    from mlflow.exceptions import MlflowException
-
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     try:
         MlflowClient(tracking_uri).get_model_version_by_alias(f"pearl-starter-{schema_id}", "champion")

@@ -12,11 +12,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import mlflow
+from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-import mlflow
-from mlflow import MlflowClient
 from pearl_pipelines.ml.models import LandcoverModel, load_model
 
 MODEL_ARTIFACT_PATH = "model"  # run artifact folder that a model version points at

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from pydantic import BaseModel, Field
 
-from mlflow import MlflowClient
 from pearl_pipelines.classes import load_schema
 from pearl_pipelines.geo.regions import LABEL_SCHEMAS, Region, build_region, load_regions
 from pearl_pipelines.ml.data import LabelledRaster, band_stats, load_labelled_rasters

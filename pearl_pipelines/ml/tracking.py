@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
+from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run
 
-from mlflow import MlflowClient
 from pearl_pipelines.ml.metrics import confusion_figure
 from pearl_pipelines.ml.versions import ModelVersion
 

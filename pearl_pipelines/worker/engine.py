@@ -227,9 +227,8 @@ def log_inference_run(
     experiment: str = INFERENCE_EXPERIMENT,
 ) -> str:
     """A finished MLflow run for an inference or embedding task (tagged with the Dagster run id)."""
-    from mlflow.entities import Metric, Param
-
     from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
 
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)

@@ -16,10 +16,10 @@ import dagster as dg
 import numpy as np
 import pytest
 import rasterio
+from mlflow import MlflowClient
 from rasterio.warp import transform as warp_transform
 from shapely.geometry import Point
 
-from mlflow import MlflowClient
 from pearl_pipelines.classes import load_schema
 from pearl_pipelines.defs.jobs import LABEL_EVENT_TAG, PROJECT_TAG
 from pearl_pipelines.defs.partitions import TILE_KEYS

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import numpy as np
+from mlflow import MlflowClient
 from shapely.geometry import Point
 
-from mlflow import MlflowClient
 from pearl_pipelines.ml.metrics import compute_metrics
 from pearl_pipelines.ml.models import LandcoverModel
 from pearl_pipelines.ml.tracking import (

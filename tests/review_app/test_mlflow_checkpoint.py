@@ -19,6 +19,7 @@ def test_checkpoint_is_an_mlflow_model_version(
     review_assets: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mlflow import MlflowClient
+
     from review_app.main import create_app
 
     settings = new_home(tmp_path_factory, review_assets)
