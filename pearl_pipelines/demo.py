@@ -16,12 +16,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pearl_pipelines.geo.grid import aoi_to_tile_keys
 from pearl_pipelines.geo.regions import build_region, load_regions
-from pearl_pipelines.geo.stac import StacCatalog
 from pearl_pipelines.geo.stac_server import StacServer
-from pearl_pipelines.geo.tiles import fetch_tile
-from pearl_pipelines.services import dagster_dev, mlflow_server
+from pearl_pipelines.services import dagster_dev, mlflow_server, review_app
 from pearl_pipelines.settings import Settings
 from pearl_pipelines.worker.forkserver import WorkerServer
 
@@ -40,16 +37,6 @@ def ensure_regions(settings: Settings) -> None:
             started = time.perf_counter()
             build_region(region, settings.catalog_dir, show_progress=True)
             print(f"  region {region.name} generated in {time.perf_counter() - started:.1f} s")
-
-
-def demo_imagery_tiles(settings: Settings) -> int:
-    """Demo-region imagery tiles straight through the STAC API (what `imagery_index` does inside Dagster)."""
-    region = load_regions(settings.assets_dir)[DEMO_REGION]
-    catalog = StacCatalog.from_settings(settings, collections=[DEMO_REGION])
-    keys = aoi_to_tile_keys(region.geometry)
-    for key in tqdm(keys, desc="imagery tiles (COG)", unit="tile"):
-        fetch_tile(catalog, key, settings.tiles_dir)
-    return len(keys)
 
 
 def starter_registered(tracking_uri: str, schema_id: str = STARTER_SCHEMA) -> bool:
@@ -110,6 +97,11 @@ def run_demo(settings: Settings, keep_running: bool = True) -> None:
         services.callback(dagster.stop)
         dagster.start(timeout=180)
         print(f"  Dagster      {dagster.url}")
+        review = review_app(settings)
+        services.callback(review.stop)
+        review.start(timeout=120)
+        review_url = f"http://{settings.review_host}:{settings.review_port}/"
+        print(f"  review app   {review_url}")
         print("3/3 main job (Dagster)")
         client = DagsterGraphQLClient(dagster.host, port_number=dagster.port, timeout=60)
         if not starter_registered(settings.resolved_mlflow_uri):
@@ -117,6 +109,7 @@ def run_demo(settings: Settings, keep_running: bool = True) -> None:
         status = run_job(client, "regional_refresh_job", tags={"dagster/partition": DEMO_REGION})
         maps = settings.home_abs / "maps" / DEMO_REGION
         print(f"\nDemo ready ({status.lower()}): land-cover map of {DEMO_REGION} under {maps}")
+        print(f"  review app   {review_url}")
         print(f"  Dagster UI   {dagster.url}/assets/landcover_map")
         print(f"  MLflow UI    {settings.resolved_mlflow_uri}/#/models")
         print(f"  STAC API     {stac.url}/collections/{DEMO_REGION}/items")

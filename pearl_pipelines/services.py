@@ -200,7 +200,6 @@ def review_app(
 
     host = host or settings.review_host
     port = port or int(settings.review_port)
-    (settings.home_abs / "review").mkdir(parents=True, exist_ok=True)  # for the log file
     cmd = [sys.executable, "-m", "uvicorn", "review_app.main:app", "--host", host, "--port", str(port)]
     return Service(
         "review app",

@@ -15,7 +15,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from rasterio.crs import CRS
 
 from pearl_pipelines.classes import ClassSchema
 from pearl_pipelines.ml.models import LandcoverModel
-from pearl_pipelines.ml.outputs import ClassRasterWriter, PredictionResult
+from pearl_pipelines.ml.outputs import ClassRasterWriter, PredictionResult, classify_block
 from pearl_pipelines.ml.threads import single_threaded
 
 ARRAY_FILE = "embeddings.npy"
@@ -163,10 +166,13 @@ def apply_head(
     out_dir: Path,
     *,
     chunk_pixels: int = 16384,
+    workers: int | None = None,
 ) -> PredictionResult:
     """Re-predict a cached area with a (K, C) head: a chunked matmul, written as classes + confidence COGs.
 
-    Chunks are small enough for their float32 copy to stay in cache between conversion and matmul.
+    Chunks are small enough for their float32 copy to stay in cache between conversion and matmul, and
+    `workers` threads (default: up to 4 cores) each classify whole chunks on one core: parallel without
+    per-operation thread barriers.
     """
     height, width = cache.shape
     channels = cache.meta.channels
@@ -177,22 +183,28 @@ def apply_head(
     weight_t = np.ascontiguousarray(np.asarray(weight, dtype=np.float32).T)
     bias32 = (np.asarray(bias, dtype=np.float32) + cache.offset @ weight_t)[:, None]  # W (x + offset) + b
     rows = max(1, chunk_pixels // width)
-    buffer = torch.empty(rows * width, channels)
-    logits = np.empty((len(schema), rows * width), dtype=np.float32)
+    local = threading.local()  # per-worker buffers: fresh multi-MB allocations page-fault, reuse does not
+
+    def classify_rows(row: int) -> tuple[int, np.ndarray, np.ndarray]:
+        if not hasattr(local, "x"):
+            local.x = torch.empty(rows * width, channels)
+            local.logits = np.empty((len(schema), rows * width), dtype=np.float32)
+        h = min(rows, height - row)
+        x, logits = local.x[: h * width], local.logits[:, : h * width]
+        x.copy_(_as_tensor(cache.array[row : row + h]).reshape(h * width, channels))  # float16 -> float32
+        np.add((x.numpy() @ weight_t).T, bias32, out=logits)  # BLAS's (N, C) x (C, K) beats torch; (K, N) after
+        valid = cache.valid[row : row + h].astype(bool)
+        return row, *classify_block(torch.from_numpy(logits).reshape(-1, h, width), valid)
+
     with (
         single_threaded(),
+        ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool,
         ClassRasterWriter(
             out_dir, height=height, width=width, crs=cache.crs, transform=cache.transform, schema=schema
         ) as writer,
     ):
-        for row in range(0, height, rows):
-            h = min(rows, height - row)
-            x = buffer[: h * width]
-            x.copy_(_as_tensor(cache.array[row : row + h]).reshape(h * width, channels))  # float16 -> float32
-            out = logits[:, : h * width]
-            np.add((x.numpy() @ weight_t).T, bias32, out=out)  # BLAS's (N, C) x (C, K) beats torch; (K, N) after
-            valid = cache.valid[row : row + h].astype(bool)
-            writer.write_logits(row, 0, torch.from_numpy(out).reshape(-1, h, width), valid)
+        for row, classes, confidence in pool.map(classify_rows, range(0, height, rows)):
+            writer.write(row, 0, classes, confidence)
         classes_path, confidence_path = writer.close()
     return PredictionResult(
         classes_path=classes_path,
