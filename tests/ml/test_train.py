@@ -96,9 +96,10 @@ def test_training_lowers_the_loss_and_beats_chance_on_holdout(tiny_catalog: Path
     train = load_labelled_rasters(tiny_catalog, ["train-a"], "chesapeake4")
     holdout = load_labelled_rasters(tiny_catalog, ["holdout"], "chesapeake4")
     model = tiny_model("chesapeake4", train)
-    config = TrainConfig(epochs=4, steps_per_epoch=8, batch_size=4, patch_size=64, lr=1e-2, threads=2)
+    # lr 1e-2 on 64 px patches collapsed to one class on this scene; 96 px patches at 5e-3 learn reliably.
+    config = TrainConfig(epochs=8, steps_per_epoch=12, batch_size=4, patch_size=96, lr=5e-3, threads=2)
     history = train_model(model, train, config, show_progress=False)
-    assert [s.epoch for s in history] == [1, 2, 3, 4]
+    assert [s.epoch for s in history] == list(range(1, 9))
     assert history[-1].loss < 0.8 * history[0].loss
     report = evaluate_rasters(model, holdout)
     counts = class_counts(holdout, 4)
