@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -118,10 +119,12 @@ def cmd_starter(args: argparse.Namespace, settings: Settings) -> None:
             raise CliError(str(exc)) from None
         for schema_id in schemas:
             result = train_starter(schema_id, args.arch, settings, epochs=args.epochs, tracking_uri=uri)
+            load = os.getloadavg()[0]
             print(
                 f"\n{result.model_name} v{result.model_version} ({result.arch}): trained in "
-                f"{result.train_seconds:.0f} s; holdout:\n{format_report(result.holdout)}"
+                f"{result.train_seconds:.0f} s ({result.train_cpu_seconds:.0f} CPU s, load average {load:.1f})"
             )
+            print(format_report(result.holdout))
             aliases = "starter, champion" if result.became_champion else "starter"
             print(
                 f"  registered models:/{result.model_name}/{result.model_version} (aliases: {aliases}); "

@@ -100,6 +100,7 @@ class StarterResult:
     replay_path: Path
     holdout: MetricsReport
     train_seconds: float
+    train_cpu_seconds: float
     history: list[EpochStats]
     became_champion: bool
 
@@ -185,7 +186,7 @@ def train_starter(
     (tests use tiny ones); `epochs` overrides the recipe's epoch count.
     """
     settings = settings or get_settings()
-    recipe = recipe or recipe_for(schema_id, arch)
+    recipe = (recipe or recipe_for(schema_id, arch)).model_copy(deep=True)
     if epochs is not None:
         recipe.train.epochs = epochs
     train_names = list(train_regions or training_regions(settings))
@@ -227,9 +228,11 @@ def train_starter(
             }
             client.log_batch(run_id, metrics=[Metric(k, v, now, stats.epoch) for k, v in values.items()])
 
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         history = train_model(model, train, recipe.train, on_epoch=log_epoch, show_progress=show_progress)
         train_seconds = time.perf_counter() - started
+        # CPU time of this process: on a shared machine wall time says more about the neighbours than the model.
+        train_cpu_seconds = time.process_time() - cpu_started
         report = evaluate_rasters(model, holdout)
         model_path, replay_path = _save_and_log(
             client,
@@ -240,7 +243,7 @@ def train_starter(
             settings=settings,
             schema_id=schema_id,
             recipe=recipe,
-            train_seconds=train_seconds,
+            timings={"train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds},
             holdout_names=holdout_names,
         )
     except BaseException:
@@ -274,6 +277,7 @@ def train_starter(
         replay_path=replay_path,
         holdout=report,
         train_seconds=train_seconds,
+        train_cpu_seconds=train_cpu_seconds,
         history=history,
         became_champion=became_champion,
     )
@@ -289,7 +293,7 @@ def _save_and_log(
     settings: Settings,
     schema_id: str,
     recipe: StarterRecipe,
-    train_seconds: float,
+    timings: dict[str, float],
     holdout_names: Sequence[str],
 ) -> tuple[Path, Path]:
     """Replay set + model file under PEARL_HOME, then metrics and artifacts into the run."""
@@ -311,7 +315,7 @@ def _save_and_log(
     }
     model_path = save_model(model, out_dir / MODEL_FILE, extra=extra)
     now = int(time.time() * 1000)
-    metrics = {**report.to_flat_dict("holdout_"), "train_seconds": train_seconds, "replay_samples": len(replay)}
+    metrics = {**report.to_flat_dict("holdout_"), **timings, "replay_samples": len(replay)}
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
     client.log_artifacts(run_id, str(out_dir), MODEL_ARTIFACT_PATH)
     with tempfile.TemporaryDirectory(prefix="pearl-starter-") as tmp:
