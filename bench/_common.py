@@ -80,16 +80,17 @@ def scene_cog(name: str, size: int, seed: int, shifted: bool = False) -> tuple[P
     return path, np.load(labels_path)
 
 
-def _registered_starter(arch: str) -> LandcoverModel | None:
+def _registered_starter(arch: str) -> tuple[LandcoverModel, Path] | None:
+    """A starter model of `arch` for the bench's 4-class schema under PEARL_HOME/models, if one was trained."""
     models_dir = get_settings().models_dir
     for path in sorted(models_dir.glob("**/*.pt")) if models_dir.is_dir() else []:
         try:
             model = load_model(path)
         except Exception:  # not a LandcoverModel file: keep looking
             continue
-        if model.spec.arch == arch:
+        if model.spec.arch == arch and model.spec.schema.id == SCHEMA_ID:
             log(f"using registered starter model {path}")
-            return model
+            return model, path
     return None
 
 
@@ -108,19 +109,25 @@ def _train_fcn(path: Path) -> LandcoverModel:
     config = TrainConfig(epochs=3, steps_per_epoch=40, batch_size=8, patch_size=64, lr=5e-3, seed=0)
     train_model(model, [raster], config, show_progress=False)
     save_model(model, path)
-    build_replay_set(model, [raster.image], [raster.labels], per_class=300).save(replay_path(path))
+    build_replay_set(model, [raster.image], [raster.labels], per_class=300).save(path.with_suffix(".replay.npz"))
     return model
 
 
-def replay_path(model_path: Path) -> Path:
-    return model_path.with_suffix(".replay.npz")
+def replay_path(model_path: Path | None) -> Path | None:
+    """The replay set saved with a model: the bench's `<name>.replay.npz`, or a starter's `replay.npz`."""
+    if model_path is None:
+        return None
+    for path in (model_path.with_suffix(".replay.npz"), model_path.parent / "replay.npz"):
+        if path.is_file():
+            return path
+    return None
 
 
 def bench_model(arch: str) -> tuple[LandcoverModel, Path | None]:
-    """(model, its file when it is the bench's own trained FCN, for the replay set next to it)."""
+    """(model, its file): a registered starter, else the bench's own FCN (trained once), else an untrained U-Net."""
     starter = _registered_starter(arch)
     if starter is not None:
-        return starter, None
+        return starter
     if arch == "fcn":
         path = bench_dir() / "fcn-chesapeake4.pt"
         return (load_model(path) if path.is_file() else _train_fcn(path)), path

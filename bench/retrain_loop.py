@@ -67,7 +67,8 @@ def make_labels(reference: np.ndarray, class_names: list[str], seed: int = 0) ->
 def main() -> None:
     threads = use_all_cores()
     model, model_path = bench_model("fcn")
-    replay = ReplaySet.load(replay_path(model_path)) if model_path and replay_path(model_path).is_file() else None
+    replay_file = replay_path(model_path)
+    replay = ReplaySet.load(replay_file) if replay_file else None
     image, reference = scene_cog("scene-1km-shifted", 1000, seed=31, shifted=True)
     labels = make_labels(reference, model.spec.schema.names)
     parent = ModelVersion.from_model(model)
