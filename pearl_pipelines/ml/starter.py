@@ -19,7 +19,7 @@ import contextlib
 import json
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,12 +60,23 @@ class StarterRecipe(BaseModel):
     replay_per_class: int = 500
 
 
-# Chosen on a validation split of the training items (never on holdout); see the report in the issue.
+# Chosen on a validation split of the training items (20 % of 500 px blocks, never holdout). The U-Net is
+# narrow and deep (16 base features, 4 levels: 1.9 M parameters, a 140 px receptive field): on this CPU it
+# trains 3x faster per step than 32 x 3 levels and tells roofs from roads by their shape and shadows.
+# bfloat16 autocast runs 1.3x (U-Net) to 2.2x (FCN) faster on CPUs with AVX512-BF16; half the patches are
+# centred on a random class so that barren, shrubland and structures (1-3 % of pixels) are seen often.
+_UNET = {"base": 16, "depth": 4}
+
+
+def _train(epochs: int) -> TrainConfig:
+    return TrainConfig(epochs=epochs, steps_per_epoch=100, class_balance=0.5, bf16=True)
+
+
 RECIPES: dict[tuple[str, str], StarterRecipe] = {
-    ("chesapeake9", "fcn"): StarterRecipe(arch="fcn", train=TrainConfig(epochs=12, steps_per_epoch=40)),
-    ("chesapeake9", "unet"): StarterRecipe(arch="unet", train=TrainConfig(epochs=12, steps_per_epoch=40)),
-    ("chesapeake4", "fcn"): StarterRecipe(arch="fcn", train=TrainConfig(epochs=12, steps_per_epoch=40)),
-    ("chesapeake4", "unet"): StarterRecipe(arch="unet", train=TrainConfig(epochs=12, steps_per_epoch=40)),
+    ("chesapeake9", "fcn"): StarterRecipe(arch="fcn", train=_train(12)),
+    ("chesapeake9", "unet"): StarterRecipe(arch="unet", arch_kwargs=_UNET, train=_train(20)),
+    ("chesapeake4", "fcn"): StarterRecipe(arch="fcn", train=_train(12)),
+    ("chesapeake4", "unet"): StarterRecipe(arch="unet", arch_kwargs=_UNET, train=_train(12)),
 }
 DEFAULT_ARCH: dict[str, str] = {"chesapeake9": "unet", "chesapeake4": "fcn"}
 
@@ -179,11 +190,13 @@ def train_starter(
     model_name: str | None = None,
     tags: dict[str, str] | None = None,
     show_progress: bool = True,
+    on_epoch: Callable[[EpochStats, int], None] | None = None,
 ) -> StarterResult:
     """Train, evaluate on holdout, save (model + replay set), log one MLflow run and register the model.
 
     Missing regions are generated at full scale. `recipe` overrides the default recipe of (schema, arch)
-    (tests use tiny ones); `epochs` overrides the recipe's epoch count.
+    (tests use tiny ones); `epochs` overrides the recipe's epoch count. `on_epoch(stats, epochs)` reports
+    progress where no terminal progress bar is seen (a Dagster worker).
     """
     settings = settings or get_settings()
     recipe = (recipe or recipe_for(schema_id, arch)).model_copy(deep=True)
@@ -227,6 +240,8 @@ def train_starter(
                 "epoch_seconds": stats.seconds,
             }
             client.log_batch(run_id, metrics=[Metric(k, v, now, stats.epoch) for k, v in values.items()])
+            if on_epoch is not None:
+                on_epoch(stats, recipe.train.epochs)
 
         started, cpu_started = time.perf_counter(), time.process_time()
         history = train_model(model, train, recipe.train, on_epoch=log_epoch, show_progress=show_progress)

@@ -48,6 +48,10 @@ def train_and_register(
         model_name=extras["model_name"],
         tags=tags,
         show_progress=False,
+        on_epoch=lambda stats, epochs: log(
+            f"{schema_id}: epoch {stats.epoch}/{epochs}, loss {stats.loss:.3f}, "
+            f"pixel accuracy {stats.accuracy:.3f} ({stats.seconds:.0f} s)"
+        ),
     )
     log(f"{result.model_name} v{result.model_version}: holdout macro F1 {result.holdout.macro_f1:.3f}")
     report_dir = settings.home_abs / extras.get("report_dir", "reports")
