@@ -131,9 +131,12 @@ def bench_model(arch: str) -> tuple[LandcoverModel, Path | None]:
     if arch == "fcn":
         path = bench_dir() / "fcn-chesapeake4.pt"
         return (load_model(path) if path.is_file() else _train_fcn(path)), path
-    log(f"no starter {arch} found: using the standard {arch} architecture untrained (same cost)")
+    from pearl_pipelines.ml.starter import recipe_for
+
+    log(f"no starter {arch} found: using the starter recipe's {arch} architecture untrained (same cost)")
     torch.manual_seed(0)
-    return LandcoverModel(ModelSpec(arch=arch, schema=load_schema(SCHEMA_ID))).eval(), None
+    kwargs = recipe_for(SCHEMA_ID, arch).arch_kwargs
+    return LandcoverModel(ModelSpec(arch=arch, schema=load_schema(SCHEMA_ID), arch_kwargs=kwargs)).eval(), None
 
 
 def conv_flops_per_pixel(model: LandcoverModel, size: int = 256) -> float:

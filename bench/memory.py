@@ -23,7 +23,7 @@ from pearl_pipelines.ml.inference import predict
 
 TILE = 1000
 MOSAIC = 4  # 4 x 4 tiles = 16 km^2
-RUNS = 1  # peak RSS barely varies between runs; a 16 km^2 prediction takes minutes on 2 cores
+RUNS = 3
 
 
 def mosaic_vrt() -> Path:

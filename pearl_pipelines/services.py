@@ -121,9 +121,6 @@ def mlflow_server(home: Path, port: int, host: str = "127.0.0.1") -> Service:
     return Service("MLflow", cmd, f"http://{host}:{port}/health", log_path=mlflow_dir / "server.log")
 
 
-DEFAULT_DAGSTER_PORT = 3000
-
-
 def dagster_home(home: Path) -> Path:
     return Path(home).resolve() / "dagster"
 
@@ -185,7 +182,7 @@ class DagsterDev(Service):
 
 def dagster_dev(settings: Any, port: int | None = None, host: str = "127.0.0.1") -> DagsterDev:
     """The local Dagster (UI on host:port; sensors and schedules run in its daemon)."""
-    port = port or int(getattr(settings, "dagster_port", DEFAULT_DAGSTER_PORT))
+    port = port or settings.dagster_port
     return DagsterDev(settings.home_abs, port, host)
 
 

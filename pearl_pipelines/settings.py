@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None
     mlflow_port: int = 5000
     dagster_port: int = Field(default=3000, description="local Dagster webserver (direct label-run submission)")
+    # Sensors and schedules start RUNNING; benchmarks and tests that submit runs themselves turn them off
+    # (PEARL_DAGSTER_AUTOMATION=off) so that no sensor run competes with theirs.
+    dagster_automation: bool = True
 
     # Label store (review app + Dagster sensor): SQLAlchemy URL; default SQLite (WAL) under PEARL_HOME.
     label_store_url: str | None = Field(default=None, description="e.g. postgresql+psycopg://user@host/pearl")

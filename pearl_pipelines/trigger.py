@@ -17,7 +17,6 @@ from pearl_pipelines.settings import Settings, get_settings
 
 LOCATION = "pearl_pipelines"  # workspace.yaml's location_name
 REPOSITORY = "__repository__"  # the repository a Definitions object becomes
-DEFAULT_DAGSTER_PORT = 3000
 
 _PARTITIONS_QUERY = """
 query TileKeys($assetKey: AssetKeyInput!) {
@@ -91,8 +90,8 @@ def submit_label_run(
     from pearl_pipelines.defs.partitions import keys_to_add
 
     settings = settings or get_settings()
-    port = port or int(getattr(settings, "dagster_port", DEFAULT_DAGSTER_PORT))
-    store = store or LabelStore(getattr(settings, "resolved_label_store_url", None) or _sqlite_url(settings))
+    port = port or settings.dagster_port
+    store = store or LabelStore(settings.resolved_label_store_url)
     keys = project_tile_keys(store, project_id)
     if not keys:
         raise TriggerError(f"project {project_id} has no AOI: draw one before retraining")
@@ -121,9 +120,3 @@ def submit_label_run(
         )
     except DagsterGraphQLClientError as exc:
         raise TriggerError(f"Dagster at http://{host}:{port} refused the label run: {exc}") from exc
-
-
-def _sqlite_url(settings: Settings) -> str:
-    from pearl_pipelines.labels.store import sqlite_url
-
-    return sqlite_url(settings.home_abs)

@@ -7,7 +7,6 @@ Everything else (paths, STAC, MLflow) is configuration, not a fork.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -300,12 +299,8 @@ class GpuCompute(dg.ConfigurableResource):
 
 
 def automation_enabled() -> bool:
-    """Whether sensors and schedules start RUNNING (default) or STOPPED (benchmarks and tests that submit
-    runs themselves set PEARL_DAGSTER_AUTOMATION=off, so no sensor run competes with theirs)."""
-    value = getattr(get_settings(), "dagster_automation", None)
-    if value is None:
-        value = os.environ.get("PEARL_DAGSTER_AUTOMATION", "on").lower() not in ("off", "0", "false", "no")
-    return bool(value)
+    """Whether sensors and schedules start RUNNING (`PEARL_DAGSTER_AUTOMATION`, default on)."""
+    return get_settings().dagster_automation
 
 
 def build_resources(settings: Settings | None = None) -> dict[str, Any]:
@@ -327,13 +322,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
             url=settings.resolved_stac_url, source=settings.stac_source, collection=settings.stac_collection
         ),
         "rasters": RasterStore(home=home),
-        "label_store": LabelStoreResource(url=getattr(settings, "resolved_label_store_url", None) or _label_url(home)),
+        "label_store": LabelStoreResource(url=settings.resolved_label_store_url),
         "mlflow": MlflowRegistry(tracking_uri=settings.resolved_mlflow_uri),
         "compute": compute,
     }
-
-
-def _label_url(home: str) -> str:
-    from pearl_pipelines.labels.store import sqlite_url
-
-    return sqlite_url(Path(home))

@@ -138,6 +138,10 @@ class RetrainOptions:
     # Replay weight of a class the user labelled, relative to that class's labels: small, since the labels
     # describe this imagery and the replay set another (a shifted domain's replay pulls the head back).
     labelled_replay_weight: float = 0.1
+    # A labelled class with fewer samples than the average labelled class is up-weighted towards that
+    # average, by at most this factor: a new class clicked with a few points then competes with classes
+    # labelled with polygons (hundreds of pixels each) instead of vanishing. 1 turns it off.
+    max_class_boost: float = 20.0
     cv_folds: int = 5
     seed: int = 0
     evaluate: bool = True
@@ -242,7 +246,9 @@ def retrain(
     x_user, names, group_ids, outside = _sample_caches(caches, labels, options.sampling)
     y_user = np.array([schema.index(n) for n in names], dtype=np.int64)
     groups = pd.factorize(pd.Series(group_ids).astype(str))[0]
-    x_replay, y_replay, w_replay = _replay_arrays(replay, schema, y_user, options, x_user.shape[1])
+    w_user = _user_weights(y_user, len(schema), options.max_class_boost)
+    user_totals = np.bincount(y_user, weights=w_user, minlength=len(schema))
+    x_replay, y_replay, w_replay = _replay_arrays(replay, schema, user_totals, options, x_user.shape[1])
 
     y_all = np.concatenate([y_user, y_replay])
     if len(np.unique(y_all)) < 2:
@@ -251,7 +257,7 @@ def retrain(
             "label at least two classes"
         )
     x_all = np.concatenate([x_user, x_replay])
-    sample_weight = np.concatenate([np.ones(len(y_user), np.float32), w_replay])
+    sample_weight = np.concatenate([w_user, w_replay])
     weight, bias = strategy.fit(x_all, y_all, len(schema), sample_weight=sample_weight, seed=options.seed)
 
     info: dict[str, Any] = {
@@ -275,7 +281,7 @@ def retrain(
                 np.concatenate([x_user[train], x_replay]),
                 y_train,
                 len(schema),
-                sample_weight=np.concatenate([np.ones(len(train), np.float32), w_replay]),
+                sample_weight=np.concatenate([w_user[train], w_replay]),
                 seed=options.seed,
             )
             return np.argmax(x_user[test] @ w.T + b, axis=1)
@@ -331,10 +337,24 @@ def _sample_caches(
     )
 
 
+def _user_weights(y_user: np.ndarray, n_classes: int, max_boost: float) -> np.ndarray:
+    """Per-sample weights of the user's samples: 1, or more for classes with fewer samples than average."""
+    counts = np.bincount(y_user, minlength=n_classes).astype(np.float64)
+    labelled = counts > 0
+    boost = np.ones(n_classes)
+    boost[labelled] = np.clip(counts[labelled].mean() / counts[labelled], 1.0, max(max_boost, 1.0))
+    return boost[y_user].astype(np.float32)
+
+
 def _replay_arrays(
-    replay: ReplaySet | None, schema: ClassSchema, y_user: np.ndarray, options: RetrainOptions, channels: int
+    replay: ReplaySet | None,
+    schema: ClassSchema,
+    user: np.ndarray,
+    options: RetrainOptions,
+    channels: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Replay embeddings, labels and sample weights, weighted per class (see `RetrainOptions`)."""
+    """Replay embeddings, labels and sample weights, weighted per class against `user`, the user's
+    (weighted) sample count per class (see `RetrainOptions`)."""
     if replay is None or len(replay) == 0:
         return np.empty((0, channels), np.float32), np.empty(0, np.int64), np.empty(0, np.float32)
     if replay.embeddings.shape[1] != channels:
@@ -342,7 +362,6 @@ def _replay_arrays(
     if len(replay.class_names) > len(schema):
         raise RetrainError(f"replay set has {len(replay.class_names)} classes, more than schema {schema.id!r}")
     y = replay.labels.astype(np.int64)
-    user = np.bincount(y_user, minlength=len(schema)).astype(np.float64)
     labelled = user > 0
     # Total replay weight per class: a share of the class's own labels where the user labelled it, else
     # that of an average labelled class, so unlabelled classes neither vanish nor swamp the user's labels.

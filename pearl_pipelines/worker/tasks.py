@@ -246,6 +246,11 @@ def retrain(pipes: PipesContext) -> None:
         description=f"project {extras['project_id']}: retrained on label set {extras['label_set_digest']}",
     )
     phases.lap("mlflow")
+    holdout_f1 = f"{candidate_holdout.macro_f1:.3f}" if candidate_holdout else "n/a (too few labels)"
+    pipes.log.info(
+        f"models:/{registered.name}/{registered.version}: head fitted on {len(train_labels)} labels in "
+        f"{fit_seconds:.2f} s, held-out macro F1 {holdout_f1}"
+    )
     confusion_path = None
     if version.metrics is not None:
         confusion_path = _path(extras["report_dir"]) / f"confusion-v{registered.version}.png"

@@ -220,6 +220,7 @@ def test_trigger_submits_the_label_run_through_dagster_dev(pipeline: Pipeline, t
     """`dagster dev` (own instance under PEARL_HOME/dagster) + `trigger.submit_label_run` over GraphQL."""
     from dagster_graphql import DagsterGraphQLClient
 
+    from pearl_pipelines.demo import latest_log_message
     from pearl_pipelines.services import dagster_dev
     from pearl_pipelines.trigger import submit_label_run
     from pearl_pipelines.worker.forkserver import WorkerServer
@@ -243,6 +244,10 @@ def test_trigger_submits_the_label_run_through_dagster_dev(pipeline: Pipeline, t
             time.sleep(0.5)
         print(f"trigger -> run {status} in {time.perf_counter() - started:.1f} s")
         assert status == "SUCCESS", dagster.log_path.read_text()[-3000:] if dagster.log_path else status
+        # What `make demo` shows next to a running job: the newest log line the worker sent through Pipes.
+        message, cursor = latest_log_message(client, run_id, None)
+        assert isinstance(message, str) and message, message
+        assert latest_log_message(client, run_id, cursor) == (None, cursor)
     versions = MlflowClient(pipeline.mlflow_uri).search_model_versions(f"name = '{STARTER}'")
     assert len(versions) == versions_before + 1
     assert dagster.process is None  # stopped with its process group

@@ -96,6 +96,30 @@ def test_new_class_grows_the_head_and_is_predicted_where_it_looks_alike(area: Ar
     assert (classes[~is_panel] == area.classes[~is_panel]).mean() > 0.8  # the rest of the map is kept
 
 
+def test_a_new_class_clicked_once_is_not_swamped_by_many_labels(area: Area, tmp_path: Path) -> None:
+    """One click on a panel among 1200 points of other classes: the new class is up-weighted (capped), so
+    the unlabelled panel is predicted as a panel with high confidence, not as a near tie."""
+    r0, c0, _, _ = PANELS[0]
+    clicked = labels_frame([Point(*pixel_xy(r0 + 10, c0 + 10))], ["solar_panel"])
+    clicked["label_id"] = 10_000
+    labels = gpd.GeoDataFrame(gpd.pd.concat([model_points(area, 1200, seed=5), clicked], ignore_index=True), crs=CRS)
+
+    def panel_share(options: RetrainOptions) -> tuple[float, float]:
+        version = retrain(
+            area.parent, area.cache, labels, replay=area.replay, new_classes={"solar_panel": "#ffaa00"}, options=options
+        )
+        out = tmp_path / str(options.max_class_boost)
+        result = apply_head(area.cache, version.weight, version.bias, version.schema, out)
+        with rasterio.open(result.classes_path) as src, rasterio.open(result.confidence_path) as conf:
+            window = np.s_[PANELS[1][0] + 3 : PANELS[1][2] - 3, PANELS[1][1] + 3 : PANELS[1][3] - 3]  # never labelled
+            return float((src.read(1)[window] == 4).mean()), float(conf.read(1)[window].mean())
+
+    share, confidence = panel_share(RetrainOptions())
+    unweighted_share, unweighted_confidence = panel_share(RetrainOptions(max_class_boost=1.0))
+    assert share > 0.95 and confidence > 220  # max softmax * 255: above 0.86 on average
+    assert unweighted_share < share and unweighted_confidence < confidence - 50
+
+
 def test_retrain_is_deterministic(area: Area) -> None:
     labels = with_panel_label(model_points(area, 80, seed=1))
     options = RetrainOptions(sampling=SamplingConfig(max_pixels_per_polygon=50), seed=3)
