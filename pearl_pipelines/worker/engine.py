@@ -197,26 +197,6 @@ def evaluate_head(
     )
 
 
-def pick_cache_for_labels(caches: Sequence[EmbeddingCache], labels: gpd.GeoDataFrame) -> EmbeddingCache:
-    """The cache holding the most labels.
-
-    ENGINE-ADAPTER: `retrain.retrain` takes one EmbeddingCache; a project with labels in several AOIs
-    needs a multi-cache retrain. Until then the AOI with most labels wins; the rest are reported as
-    `labels_outside_area` by the engine.
-    """
-    best, best_count = caches[0], -1
-    for cache in caches:
-        try:
-            count = len(
-                set(labels_to_samples(labels, crs=cache.crs, transform=cache.transform, shape=cache.shape).groups)
-            )
-        except ValueError:
-            count = 0
-        if count > best_count:
-            best, best_count = cache, count
-    return best
-
-
 # -- MLflow inference runs -------------------------------------------------------------------------------
 def log_inference_run(
     tracking_uri: str,

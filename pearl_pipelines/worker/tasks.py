@@ -164,7 +164,6 @@ def retrain(pipes: PipesContext) -> None:
         holdout_mask,
         load_registered,
         log_inference_run,
-        pick_cache_for_labels,
         version_of,
     )
     from pearl_pipelines.worker.layout import model_slug, prediction_dir
@@ -186,12 +185,11 @@ def retrain(pipes: PipesContext) -> None:
     new_classes = {
         c.name: {"color": c.color, "title": c.title} for c in schema.classes if c.name not in parent.schema.names
     }
-    cache = pick_cache_for_labels(caches, train_labels)
     phases.lap("load")
     started = time.perf_counter()
     version = retrain_head(
         parent,
-        cache,
+        caches,  # every AOI of the project: each label is sampled in the caches it falls in
         train_labels,
         replay=replay,
         new_classes=new_classes,
