@@ -165,7 +165,7 @@ def apply_head(
     schema: ClassSchema,
     out_dir: Path,
     *,
-    chunk_pixels: int = 16384,
+    chunk_pixels: int = 32768,
     workers: int | None = None,
 ) -> PredictionResult:
     """Re-predict a cached area with a (K, C) head: a chunked matmul, written as classes + confidence COGs.

@@ -244,7 +244,8 @@ def retrain(
         raise RetrainError(f"the replay set was made by backbone {replay.backbone_digest}, not {parent.base_model_id}")
     schema = _schema_for_labels(parent.schema, labels["class_name"].unique().tolist(), new_classes or {})
     x_user, names, group_ids, outside = _sample_caches(caches, labels, options.sampling)
-    y_user = np.array([schema.index(n) for n in names], dtype=np.int64)
+    index = {name: i for i, name in enumerate(schema.names)}
+    y_user = np.array([index[n] for n in names], dtype=np.int64)
     groups = pd.factorize(pd.Series(group_ids).astype(str))[0]
     w_user = _user_weights(y_user, len(schema), options.max_class_boost)
     user_totals = np.bincount(y_user, weights=w_user, minlength=len(schema))

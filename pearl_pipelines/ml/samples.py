@@ -166,12 +166,17 @@ def _polygon_pixels(
     c0, c1 = max(int(np.floor(min(cs))), 0), min(int(np.ceil(max(cs))), shape[1])
     if r1 <= r0 or c1 <= c0:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    window_transform = transform @ Affine.translation(c0, r0)
-    for all_touched in (False, True):  # a sliver smaller than a pixel still yields the pixels it touches
-        mask = rasterize([polygon], out_shape=(r1 - r0, c1 - c0), transform=window_transform, all_touched=all_touched)
+    # Pixels whose centre lies inside (GDAL's rasterize rule), tested directly with GEOS: for the small
+    # polygons a mapper draws this is several times faster than a rasterize call and its GDAL set-up.
+    rows, cols = np.mgrid[r0:r1, c0:c1]
+    xs = transform.a * (cols + 0.5) + transform.b * (rows + 0.5) + transform.c
+    ys = transform.d * (cols + 0.5) + transform.e * (rows + 0.5) + transform.f
+    inside = shapely.contains_xy(polygon, xs.ravel(), ys.ravel())
+    r, c = rows.ravel()[inside] - r0, cols.ravel()[inside] - c0
+    if not len(r):  # a sliver smaller than a pixel still yields the pixels it touches
+        window_transform = transform @ Affine.translation(c0, r0)
+        mask = rasterize([polygon], out_shape=(r1 - r0, c1 - c0), transform=window_transform, all_touched=True)
         r, c = np.nonzero(mask)
-        if len(r):
-            break
     if len(r) > limit:
         pick = np.sort(rng.choice(len(r), size=limit, replace=False))
         r, c = r[pick], c[pick]
