@@ -156,6 +156,9 @@ def _point_pixels(points: np.ndarray, transform: Affine) -> tuple[np.ndarray, np
     return rows, cols
 
 
+GEOS_WINDOW_PIXELS = 250_000  # polygon bounding windows up to this size are sampled by point-in-polygon
+
+
 def _polygon_pixels(
     polygon: BaseGeometry, transform: Affine, shape: tuple[int, int], limit: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -166,15 +169,17 @@ def _polygon_pixels(
     c0, c1 = max(int(np.floor(min(cs))), 0), min(int(np.ceil(max(cs))), shape[1])
     if r1 <= r0 or c1 <= c0:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    # Pixels whose centre lies inside (GDAL's rasterize rule), tested directly with GEOS: for the small
-    # polygons a mapper draws this is several times faster than a rasterize call and its GDAL set-up.
-    rows, cols = np.mgrid[r0:r1, c0:c1]
-    xs = transform.a * (cols + 0.5) + transform.b * (rows + 0.5) + transform.c
-    ys = transform.d * (cols + 0.5) + transform.e * (rows + 0.5) + transform.f
-    inside = shapely.contains_xy(polygon, xs.ravel(), ys.ravel())
-    r, c = rows.ravel()[inside] - r0, cols.ravel()[inside] - c0
+    window_transform = transform @ Affine.translation(c0, r0)
+    if (r1 - r0) * (c1 - c0) <= GEOS_WINDOW_PIXELS:
+        # Pixels whose centre lies inside (GDAL's rasterize rule), tested with GEOS: for the small polygons
+        # a mapper draws, several times faster than a rasterize call with its GDAL set-up.
+        rows, cols = np.mgrid[0 : r1 - r0, 0 : c1 - c0]
+        xs, ys = window_transform @ (cols.ravel() + 0.5, rows.ravel() + 0.5)
+        inside = shapely.contains_xy(polygon, xs, ys)
+        r, c = rows.ravel()[inside], cols.ravel()[inside]
+    else:  # a large polygon: a uint8 mask, not arrays of coordinates
+        r, c = np.nonzero(rasterize([polygon], out_shape=(r1 - r0, c1 - c0), transform=window_transform))
     if not len(r):  # a sliver smaller than a pixel still yields the pixels it touches
-        window_transform = transform @ Affine.translation(c0, r0)
         mask = rasterize([polygon], out_shape=(r1 - r0, c1 - c0), transform=window_transform, all_touched=True)
         r, c = np.nonzero(mask)
     if len(r) > limit:
