@@ -185,31 +185,6 @@ def utm_box_lonlat(region_name: str, offset_m: tuple[float, float], size_m: floa
 
 def reference_labels(region_name: str, aoi: Any, n: int, seed: int) -> list[tuple[str, Any]]:
     """n points inside the AOI, labelled from the region's reference rasters (a careful mapper's clicks)."""
-    import numpy as np
-    import rasterio
-    from rasterio.warp import transform as warp_transform
-    from shapely.geometry import Point
+    from pearl_pipelines.geo.regions import reference_points
 
-    from pearl_pipelines.classes import load_schema
-    from pearl_pipelines.geo.catalog import load_collection_items
-    from pearl_pipelines.geo.regions import label_asset_key
-
-    schema = load_schema("chesapeake9")
-    items = load_collection_items(get_settings().catalog_dir, region_name)
-    rng = np.random.default_rng(seed)
-    minx, miny, maxx, maxy = aoi.bounds
-    labels: list[tuple[str, Any]] = []
-    while len(labels) < n:
-        lon, lat = float(rng.uniform(minx, maxx)), float(rng.uniform(miny, maxy))
-        if not aoi.contains(Point(lon, lat)):
-            continue
-        for item in items:
-            with rasterio.open(item.assets[label_asset_key("chesapeake9")].href) as src:
-                (x,), (y,) = warp_transform("EPSG:4326", src.crs, [lon], [lat])
-                left, bottom, right, top = src.bounds
-                if left <= x < right and bottom <= y < top:
-                    value = int(next(src.sample([(x, y)]))[0])
-                    if value < len(schema):
-                        labels.append((schema.names[value], Point(lon, lat)))
-                    break
-    return labels
+    return reference_points(get_settings().catalog_dir, region_name, aoi, n, seed=seed)

@@ -16,13 +16,17 @@ from typing import Literal
 
 import numpy as np
 import pystac
+import rasterio
 from pydantic import BaseModel, Field, ValidationError
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
+from rasterio.warp import transform as warp_transform
+from shapely.geometry import Point
+from shapely.geometry.base import BaseGeometry
 from tqdm import tqdm
 
 from pearl_pipelines.classes import NODATA_CLASS, load_schema
-from pearl_pipelines.geo.catalog import AssetFile, item_from_raster, save_collection
+from pearl_pipelines.geo.catalog import AssetFile, item_from_raster, load_collection_items, save_collection
 from pearl_pipelines.geo.cog import RGBN_DESCRIPTIONS, write_cog
 
 LABEL_SCHEMAS = ("chesapeake9", "chesapeake4")
@@ -178,3 +182,29 @@ def build_region(
         items,
         title=region.properties.title,
     )
+
+
+def reference_points(
+    catalog_dir: Path, collection: str, aoi: BaseGeometry, n: int, *, seed: int = 0, schema_id: str = "chesapeake9"
+) -> list[tuple[str, Point]]:
+    """n random points inside `aoi` (lon/lat), each with the class of the collection's reference labels
+    under it: what a careful mapper clicks. For tests and benchmarks of the labelling loop."""
+    names = load_schema(schema_id).names
+    items = load_collection_items(catalog_dir, collection)
+    rng = np.random.default_rng(seed)
+    minx, miny, maxx, maxy = aoi.bounds
+    points: list[tuple[str, Point]] = []
+    while len(points) < n:
+        point = Point(float(rng.uniform(minx, maxx)), float(rng.uniform(miny, maxy)))
+        if not aoi.contains(point):
+            continue
+        for item in items:
+            with rasterio.open(item.assets[label_asset_key(schema_id)].href) as src:
+                (x,), (y,) = warp_transform("EPSG:4326", src.crs, [point.x], [point.y])
+                left, bottom, right, top = src.bounds
+                if left <= x < right and bottom <= y < top:
+                    value = int(next(src.sample([(x, y)]))[0])
+                    if value < len(names):
+                        points.append((names[value], point))
+                    break
+    return points

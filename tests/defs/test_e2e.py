@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import pytest
 import rasterio
 from mlflow import MlflowClient
-from rasterio.warp import transform as warp_transform
 from shapely.geometry import Point
 
 from pearl_pipelines.classes import load_schema
@@ -25,10 +23,9 @@ from pearl_pipelines.defs.jobs import LABEL_EVENT_TAG, PROJECT_TAG
 from pearl_pipelines.defs.partitions import TILE_KEYS
 from pearl_pipelines.defs.resources import LabelStoreResource, MlflowRegistry, build_resources
 from pearl_pipelines.defs.sensors import label_submission_sensor
-from pearl_pipelines.geo.catalog import load_collection_items
 from pearl_pipelines.geo.cog import validate_cog
 from pearl_pipelines.geo.grid import aoi_to_tile_keys
-from pearl_pipelines.geo.regions import build_region, label_asset_key, load_regions
+from pearl_pipelines.geo.regions import build_region, load_regions, reference_points
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.services import mlflow_server
 from pearl_pipelines.settings import get_settings
@@ -92,23 +89,7 @@ def pipeline(stac_server, small_catalog, tmp_path_factory: pytest.TempPathFactor
 
 def reference_labels(aoi, n: int, seed: int = 0) -> list[tuple[str, Point]]:
     """Points inside the AOI labelled from the demo region's reference rasters (what a careful mapper clicks)."""
-    schema = load_schema("chesapeake9")
-    items = load_collection_items(get_settings().catalog_dir, "demo")
-    rng = np.random.default_rng(seed)
-    minx, miny, maxx, maxy = aoi.bounds
-    labels: list[tuple[str, Point]] = []
-    while len(labels) < n:
-        lon, lat = rng.uniform(minx, maxx), rng.uniform(miny, maxy)
-        for item in items:
-            with rasterio.open(item.assets[label_asset_key("chesapeake9")].href) as src:
-                (x,), (y,) = warp_transform("EPSG:4326", src.crs, [lon], [lat])
-                left, bottom, right, top = src.bounds
-                if left <= x < right and bottom <= y < top:
-                    value = int(next(src.sample([(x, y)]))[0])
-                    if value < len(schema):
-                        labels.append((schema.names[value], Point(lon, lat)))
-                    break
-    return labels
+    return reference_points(get_settings().catalog_dir, "demo", aoi, n, seed=seed)
 
 
 def run_job(pipeline: Pipeline, name: str, **kwargs) -> dg.ExecuteInProcessResult:
