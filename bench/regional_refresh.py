@@ -39,15 +39,12 @@ class LocalPipes:
 
 def direct_refresh(home: Path, stac_url: str, mlflow_uri: str, version: str) -> tuple[float, int]:
     """The regional refresh without Dagster; returns (seconds, tiles predicted)."""
-    from pearl_pipelines.classes import NODATA_CLASS
     from pearl_pipelines.defs.imagery import fetch_tiles, index_frame, tile_sources
-    from pearl_pipelines.defs.maps import area_hectares, map_item, mosaic, schema_of
+    from pearl_pipelines.defs.maps import write_region_map
     from pearl_pipelines.defs.models import ModelRef
     from pearl_pipelines.defs.resources import RasterStore
-    from pearl_pipelines.geo.cog import write_cog
     from pearl_pipelines.geo.grid import aoi_to_tile_keys
     from pearl_pipelines.geo.regions import load_regions
-    from pearl_pipelines.geo.render import labels_png
     from pearl_pipelines.geo.stac import StacCatalog
     from pearl_pipelines.worker.engine import load_registered
     from pearl_pipelines.worker.tasks import predict_tile_list
@@ -67,33 +64,7 @@ def direct_refresh(home: Path, stac_url: str, mlflow_uri: str, version: str) -> 
         for k in keys
     ]
     predict_tile_list(LocalPipes(), model, model_ref.uri, tiles)  # type: ignore[arg-type]
-    class_paths = [rasters.predictions_dir(model_ref.slug, k) / "classes.tif" for k in keys]
-    schema = schema_of(class_paths[0])
-    classes, transform, crs = mosaic(class_paths, region, NODATA_CLASS)
-    confidence, _, _ = mosaic([p.with_name("confidence.tif") for p in class_paths], region, 0)
-    out = rasters.map_dir(REGION, model_ref.slug)
-    classes_path = write_cog(
-        out / "landcover.tif",
-        classes,
-        crs=crs,
-        transform=transform,
-        nodata=NODATA_CLASS,
-        colormap=schema.colormap(),
-        overview_resampling="mode",
-    )
-    confidence_path = write_cog(out / "confidence.tif", confidence, crs=crs, transform=transform, nodata=0)
-    preview = Path(labels_png(classes, schema, out / "preview.png", max_size=512))
-    areas = area_hectares(classes, transform, crs, schema.names)
-    map_item(
-        region,
-        model=model_ref,
-        schema=schema,
-        areas=areas,
-        classes_path=classes_path,
-        confidence_path=confidence_path,
-        preview_path=preview,
-        item_path=out / "item.json",
-    )
+    write_region_map(rasters, region, model_ref, keys)
     return time.perf_counter() - started, len(keys)
 
 

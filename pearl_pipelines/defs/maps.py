@@ -4,6 +4,7 @@ with a STAC item for the map, per-class area in hectares and a PNG preview."""
 import datetime as dt
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,67 @@ class LandcoverMapConfig(dg.Config):
     repredict: bool = False  # predict every tile again instead of reusing the champion's tile predictions
 
 
+@dataclass(frozen=True)
+class RegionMap:
+    """What `write_region_map` wrote for a region under one model."""
+
+    classes_path: Path
+    confidence_path: Path
+    preview_path: Path
+    item_path: Path
+    areas: dict[str, float]
+    width: int
+    height: int
+
+
+def write_region_map(rasters: RasterStore, region: Region, model: ModelRef, keys: Sequence[str]) -> RegionMap:
+    """Mosaic the model's tile predictions over the region into class + confidence COGs, a PNG preview,
+    per-class hectares and a STAC item, under `rasters.map_dir(region, model)`."""
+    from pearl_pipelines.geo.render import labels_png
+
+    class_paths = [rasters.predictions_dir(model.slug, k) / CLASSES_FILE for k in keys]
+    schema = schema_of(class_paths[0])
+    classes, transform, crs = mosaic(class_paths, region, NODATA_CLASS)
+    confidence, _, _ = mosaic([rasters.predictions_dir(model.slug, k) / CONFIDENCE_FILE for k in keys], region, 0)
+    out = rasters.map_dir(region.name, model.slug)
+    tags = {
+        "schema": schema.id,
+        "classes": ",".join(schema.names),
+        "pearl:region": region.name,
+        "pearl:model": model.uri,
+    }
+    classes_path = write_cog(
+        out / "landcover.tif",
+        classes,
+        crs=crs,
+        transform=transform,
+        nodata=NODATA_CLASS,
+        colormap=schema.colormap(),
+        descriptions=["class"],
+        tags=tags,
+        overview_resampling="mode",
+    )
+    confidence_path = write_cog(
+        out / "confidence.tif", confidence, crs=crs, transform=transform, nodata=0, descriptions=["confidence"]
+    )
+    preview_path = Path(labels_png(classes, schema, out / "preview.png", max_size=512))
+    areas = area_hectares(classes, transform, crs, schema.names)
+    item_path = out / "item.json"
+    map_item(
+        region,
+        model=model,
+        schema=schema,
+        areas=areas,
+        classes_path=classes_path,
+        confidence_path=confidence_path,
+        preview_path=preview_path,
+        item_path=item_path,
+    )
+    return RegionMap(
+        classes_path, confidence_path, preview_path, item_path, areas, int(classes.shape[1]), int(classes.shape[0])
+    )
+
+
 @dg.asset(
     partitions_def=region_partitions,
     deps=[
@@ -179,68 +241,29 @@ def landcover_map(
                     metadata=tile_metadata(result, model, region=region.name, via="landcover_map"),
                 )
             )
-    class_paths = [rasters.predictions_dir(model.slug, k) / CLASSES_FILE for k in keys]
-    schema = schema_of(class_paths[0])
-    classes, transform, crs = mosaic(class_paths, region, NODATA_CLASS)
-    confidence, _, _ = mosaic([rasters.predictions_dir(model.slug, k) / CONFIDENCE_FILE for k in keys], region, 0)
-    out = rasters.map_dir(region.name, model.slug)
-    tags = {
-        "schema": schema.id,
-        "classes": ",".join(schema.names),
-        "pearl:region": region.name,
-        "pearl:model": model.uri,
-    }
-    classes_path = write_cog(
-        out / "landcover.tif",
-        classes,
-        crs=crs,
-        transform=transform,
-        nodata=NODATA_CLASS,
-        colormap=schema.colormap(),
-        descriptions=["class"],
-        tags=tags,
-        overview_resampling="mode",
-    )
-    confidence_path = write_cog(
-        out / "confidence.tif", confidence, crs=crs, transform=transform, nodata=0, descriptions=["confidence"]
-    )
-    from pearl_pipelines.geo.render import labels_png
-
-    preview_path = labels_png(classes, schema, out / "preview.png", max_size=512)
-    areas = area_hectares(classes, transform, crs, schema.names)
-    item_path = out / "item.json"
-    map_item(
-        region,
-        model=model,
-        schema=schema,
-        areas=areas,
-        classes_path=classes_path,
-        confidence_path=confidence_path,
-        preview_path=Path(preview_path),
-        item_path=item_path,
-    )
-    total = sum(areas.values()) or 1.0
+    built = write_region_map(rasters, region, model, keys)
+    total = sum(built.areas.values()) or 1.0
     table = "\n".join(
         ["| class | hectares | share |", "|---|---|---|"]
-        + [f"| {n} | {ha:,.2f} | {ha / total:.1%} |" for n, ha in areas.items() if ha]
+        + [f"| {n} | {ha:,.2f} | {ha / total:.1%} |" for n, ha in built.areas.items() if ha]
     )
     return dg.MaterializeResult(
         metadata={
             "region": region.name,
-            "uri": dg.MetadataValue.path(str(classes_path)),
-            "confidence_uri": dg.MetadataValue.path(str(confidence_path)),
-            "stac_item": dg.MetadataValue.path(str(item_path)),
-            "preview": dg.MetadataValue.md(f"![{region.name}]({preview_path})"),
-            "preview_path": dg.MetadataValue.path(str(preview_path)),
+            "uri": dg.MetadataValue.path(str(built.classes_path)),
+            "confidence_uri": dg.MetadataValue.path(str(built.confidence_path)),
+            "stac_item": dg.MetadataValue.path(str(built.item_path)),
+            "preview": dg.MetadataValue.md(f"![{region.name}]({built.preview_path})"),
+            "preview_path": dg.MetadataValue.path(str(built.preview_path)),
             "model_uri": model.uri,
             "n_tiles": len(keys),
             "tiles_predicted": len(todo),
             "tiles_reused": len(keys) - len(todo),
             "total_ha": round(total, 2),
             "area_ha": dg.MetadataValue.md(table),
-            "area_ha_json": dg.MetadataValue.json(areas),
-            "width": int(classes.shape[1]),
-            "height": int(classes.shape[0]),
+            "area_ha_json": dg.MetadataValue.json(built.areas),
+            "width": built.width,
+            "height": built.height,
         },
         data_version=dg.DataVersion(hashlib.sha256(f"{model.slug}:{','.join(keys)}".encode()).hexdigest()[:16]),
     )
