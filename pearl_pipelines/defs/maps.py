@@ -16,6 +16,8 @@ from affine import Affine
 from rasterio.features import geometry_mask
 from rasterio.merge import merge
 from rasterio.warp import transform_geom
+from rasterio.windows import from_bounds
+from shapely.geometry import shape
 
 from pearl_pipelines.classes import NODATA_CLASS, ClassDef, ClassSchema
 from pearl_pipelines.defs.imagery import load_region_or_fail
@@ -46,13 +48,9 @@ def schema_of(classes_path: Path) -> ClassSchema:
 
 def mosaic(paths: Sequence[Path], region: Region, nodata: int) -> tuple[np.ndarray, Any, Any]:
     """Merge tile rasters (first valid pixel wins), crop to the region's bounds, blank what lies outside it."""
-    from rasterio.windows import from_bounds
-
     with rasterio.open(paths[0]) as src:
         crs = src.crs
     footprint = transform_geom("EPSG:4326", crs, region.geometry)
-    from shapely.geometry import shape
-
     bounds = shape(footprint).bounds
     data, transform = merge([str(p) for p in paths], nodata=nodata, method="first")
     window = from_bounds(*bounds, transform=transform).round_offsets().round_lengths()
