@@ -104,7 +104,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_starter(args: argparse.Namespace, settings: Settings) -> None:
-    from pearl_pipelines.ml.starter import STARTER_SCHEMAS, ensure_mlflow, format_report, recipe_for, train_starter
+    from pearl_pipelines.ml.shipped import shipped_path
+    from pearl_pipelines.ml.starter import (
+        STARTER_SCHEMAS,
+        ensure_mlflow,
+        format_report,
+        recipe_for,
+        ship_starter,
+        train_starter,
+    )
 
     schemas = list(STARTER_SCHEMAS) if args.schema == "all" else [args.schema]
     try:
@@ -118,11 +126,20 @@ def cmd_starter(args: argparse.Namespace, settings: Settings) -> None:
         except ConnectionError as exc:
             raise CliError(str(exc)) from None
         for schema_id in schemas:
-            result = train_starter(schema_id, args.arch, settings, epochs=args.epochs, tracking_uri=uri)
+            recipe = recipe_for(schema_id, args.arch)
+            if args.precision:
+                recipe.train.precision = args.precision
+            weights = shipped_path(settings.assets_dir, schema_id, recipe.arch) if args.shipped else None
+            if weights is not None and not weights.is_file():
+                raise CliError(f"no shipped {schema_id} {recipe.arch} starter at {weights}; train it without --shipped")
+            result = train_starter(
+                schema_id, recipe.arch, settings, recipe=recipe, epochs=args.epochs, tracking_uri=uri, weights=weights
+            )
             load = os.getloadavg()[0]
+            how = "shipped weights" if weights else f"trained in {result.train_seconds:.0f} s"
             print(
-                f"\n{result.model_name} v{result.model_version} ({result.arch}): trained in "
-                f"{result.train_seconds:.0f} s ({result.train_cpu_seconds:.0f} CPU s, load average {load:.1f})"
+                f"\n{result.model_name} v{result.model_version} ({result.arch}, {result.precision.precision}): {how} "
+                f"({result.train_cpu_seconds:.0f} CPU s, load average {load:.1f})"
             )
             print(format_report(result.holdout))
             aliases = "starter, champion" if result.became_champion else "starter"
@@ -130,6 +147,8 @@ def cmd_starter(args: argparse.Namespace, settings: Settings) -> None:
                 f"  registered models:/{result.model_name}/{result.model_version} (aliases: {aliases}); "
                 f"run {uri}/#/experiments/{result.experiment_id}/runs/{result.run_id}; files {result.model_path.parent}"
             )
+            if args.ship:
+                print(f"  shipped weights written to {ship_starter(result, settings)}")
 
 
 def _wait_for_interrupt() -> None:
@@ -175,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schema", default="all", choices=["chesapeake9", "chesapeake4", "all"])
     p.add_argument("--arch", choices=["fcn", "unet"], help="default: each schema's starter architecture")
     p.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="default: PEARL_PRECISION (auto)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--ship", action="store_true", help="also write the trained weights to assets/starters")
+    how.add_argument("--shipped", action="store_true", help="register the shipped weights instead of training")
     p.set_defaults(func=cmd_starter)
 
     p = sub.add_parser("demo", help="generate, start the local services, run the main job, print the URLs")

@@ -1,9 +1,11 @@
 """`make demo`: build the demo data, start the local services, run the main job, print the URLs.
 
 Every service is started by this process and stopped by it on Ctrl-C (or SIGTERM), in reverse order.
-The main job runs in Dagster (submitted through the webserver, like the review app's trigger): on the
-first run the 9-class starter model, then the demo region's regional refresh (imagery via the STAC API,
-champion predictions, mosaic COG, STAC item, area per class), then the 4-class starter model.
+The main job runs in Dagster (submitted through the webserver, like the review app's trigger), in the order
+of `first_run_plan`: the review app's model first (the 9-class starter: its shipped weights registered, see
+`ml.shipped`, or trained where none ship), then the demo region's regional refresh (imagery via the STAC API,
+champion predictions, mosaic COG, STAC item, area per class), then the 4-class starter. Later runs only
+refresh the map.
 """
 
 from __future__ import annotations
@@ -12,18 +14,22 @@ import contextlib
 import signal
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from tqdm import tqdm
 
 from pearl_pipelines.geo.regions import build_region, load_regions
 from pearl_pipelines.geo.stac_server import StacServer
+from pearl_pipelines.ml.shipped import shipped_path
+from pearl_pipelines.ml.starter import DEFAULT_ARCH, starter_model_name
 from pearl_pipelines.services import dagster_dev, mlflow_server, review_app
 from pearl_pipelines.settings import Settings
 from pearl_pipelines.worker.forkserver import WorkerServer
 
 DEMO_REGION = "demo"
-STARTER_SCHEMAS = ("chesapeake9", "chesapeake4")  # the demo map uses the first
+STARTER_SCHEMAS = ("chesapeake9", "chesapeake4")  # the review app's demo project and the demo map use the first
 LOCATION = "pearl_pipelines"
 REPOSITORY = "__repository__"
 
@@ -44,7 +50,7 @@ def starter_registered(tracking_uri: str, schema_id: str) -> bool:
     from mlflow.exceptions import MlflowException
 
     try:
-        MlflowClient(tracking_uri).get_model_version_by_alias(f"pearl-starter-{schema_id}", "champion")
+        MlflowClient(tracking_uri).get_model_version_by_alias(starter_model_name(schema_id), "champion")
     except MlflowException:
         return False
     return True
@@ -109,10 +115,32 @@ def run_job(
     return status
 
 
-def train_starter_if_missing(client: Any, settings: Settings, schema_id: str) -> None:
-    if not starter_registered(settings.resolved_mlflow_uri, schema_id):
-        config = {"ops": {"starter_model": {"config": {"schema_id": schema_id}}}}
-        run_job(client, "starter_model_job", run_config=config, label=f"starter model {schema_id}")
+@dataclass(frozen=True)
+class DemoStep:
+    """One Dagster run of the demo's main job."""
+
+    label: str
+    job: str
+    run_config: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def starter_step(settings: Settings, schema_id: str) -> DemoStep:
+    """Register the shipped weights where they exist (seconds), else train the recipe (minutes)."""
+    shipped = shipped_path(settings.assets_dir, schema_id, DEFAULT_ARCH[schema_id]).is_file()
+    source = "shipped" if shipped else "train"
+    config = {"ops": {"starter_model": {"config": {"schema_id": schema_id, "source": source}}}}
+    return DemoStep(f"starter model {schema_id} ({source})", "starter_model_job", run_config=config)
+
+
+def first_run_plan(settings: Settings, registered: Callable[[str], bool]) -> list[DemoStep]:
+    """The runs `make demo` submits, in order: a model the review app can map with first, then the map,
+    then the other starters. `registered(schema_id)` says whether a schema's starter is in MLflow already."""
+    map_schema, *other_schemas = STARTER_SCHEMAS
+    steps = [starter_step(settings, map_schema)] if not registered(map_schema) else []
+    steps.append(DemoStep("regional refresh", "regional_refresh_job", tags={"dagster/partition": DEMO_REGION}))
+    steps += [starter_step(settings, s) for s in other_schemas if not registered(s)]
+    return steps
 
 
 def run_demo(settings: Settings, keep_running: bool = True) -> None:
@@ -130,7 +158,8 @@ def run_demo(settings: Settings, keep_running: bool = True) -> None:
         mlflow = mlflow_server(settings.home_abs, settings.mlflow_port)
         services.callback(mlflow.stop)  # registered first: a start that fails half-way is cleaned up too
         mlflow.start(timeout=120)
-        print(f"  MLflow       {settings.resolved_mlflow_uri}")
+        mlflow_uri = settings.resolved_mlflow_uri
+        print(f"  MLflow       {mlflow_uri}")
         worker = WorkerServer(settings.home_abs)  # warm worker: Pipes tasks fork it instead of importing torch
         services.callback(worker.stop)
         worker.start()
@@ -146,12 +175,10 @@ def run_demo(settings: Settings, keep_running: bool = True) -> None:
         print(f"  review app   {review_url}")
         print("3/3 main job (Dagster)")
         client = DagsterGraphQLClient(dagster.host, port_number=dagster.port, timeout=60)
-        # First run only: the map's starter (~8 min on 2 CPU cores), the map, then the other starter (~6 min).
-        map_schema, *other_schemas = STARTER_SCHEMAS
-        train_starter_if_missing(client, settings, map_schema)
-        status = run_job(client, "regional_refresh_job", tags={"dagster/partition": DEMO_REGION})
-        for schema_id in other_schemas:
-            train_starter_if_missing(client, settings, schema_id)
+        statuses = {}
+        for step in first_run_plan(settings, lambda schema_id: starter_registered(mlflow_uri, schema_id)):
+            statuses[step.job] = run_job(client, step.job, tags=step.tags, run_config=step.run_config, label=step.label)
+        status = statuses.get("regional_refresh_job", "UNKNOWN")
         maps = settings.home_abs / "maps" / DEMO_REGION
         print(f"\nDemo ready ({status.lower()}): land-cover map of {DEMO_REGION} under {maps}")
         print(f"  review app   {review_url}")

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     review_port: int = 8000
     live_aoi_max_km2: float = Field(default=25.0, gt=0, description="Largest AOI for live inference/retraining")
 
+    # Compute precision of training: auto = bfloat16 only where a timed probe finds it natively faster.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
     @property
     def home_abs(self) -> Path:
         return self.home.expanduser().resolve()
@@ -59,6 +62,11 @@ class Settings(BaseSettings):
     @property
     def tiles_dir(self) -> Path:
         return self.home_abs / "tiles"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Per-machine measurements (e.g. the precision probe), safe to delete."""
+        return self.home_abs / "cache"
 
     @property
     def models_dir(self) -> Path:

@@ -7,7 +7,7 @@ Dagster asset graph.
 """
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field
@@ -94,6 +94,8 @@ class StarterModelConfig(dg.Config):
     """Which starter to train; unset fields keep the engine's recipe (`ml.starter.RECIPES`)."""
 
     schema_id: str = "chesapeake9"
+    # train: the recipe from scratch; shipped: register the weights shipped in assets/starters (no training).
+    source: Literal["train", "shipped"] = "train"
     train_regions: list[str] = Field(default_factory=lambda: ["train-a", "train-b", "train-c"])
     holdout_regions: list[str] = Field(default_factory=lambda: ["holdout"])
     arch: str | None = None  # fcn | unet; default per schema
@@ -150,6 +152,7 @@ def starter_model(
         "mlflow_uri": mlflow.tracking_uri,
         "model_name": name,
         "schema_id": config.schema_id,
+        "source": config.source,
         "train_regions": config.train_regions,
         "holdout_regions": config.holdout_regions,
         "catalog_dir": rasters.rel(rasters.catalog_dir),

@@ -34,11 +34,20 @@ from pearl_pipelines.geo.regions import LABEL_SCHEMAS, Region, build_region, loa
 from pearl_pipelines.ml.data import LabelledRaster, band_stats, load_labelled_rasters
 from pearl_pipelines.ml.embeddings import backbone_digest
 from pearl_pipelines.ml.metrics import MetricsReport, confusion_figure
-from pearl_pipelines.ml.models import LandcoverModel, ModelSpec, save_model
+from pearl_pipelines.ml.models import LandcoverModel, ModelSpec, load_model, save_model
+from pearl_pipelines.ml.precision import PrecisionChoice
 from pearl_pipelines.ml.registry import MODEL_ARTIFACT_PATH, MODEL_FILE, ModelRegistry
 from pearl_pipelines.ml.replay import build_replay_set
+from pearl_pipelines.ml.shipped import export_shipped, file_digest, load_shipped, shipped_path
 from pearl_pipelines.ml.tracking import CONFUSION_ARTIFACT, METRICS_ARTIFACT, TAG_BASE_MODEL, TAG_SCHEMA, TAG_VERSION
-from pearl_pipelines.ml.train import EpochStats, TrainConfig, evaluate_rasters, seed_everything, train_model
+from pearl_pipelines.ml.train import (
+    EpochStats,
+    TrainConfig,
+    evaluate_rasters,
+    seed_everything,
+    train_model,
+    training_precision,
+)
 from pearl_pipelines.settings import Settings, get_settings
 
 STARTER_SCHEMAS = LABEL_SCHEMAS  # every schema the regions carry reference labels for
@@ -63,13 +72,14 @@ class StarterRecipe(BaseModel):
 # Chosen on a validation split of the training items (20 % of 500 px blocks, never holdout). The U-Net is
 # narrow and deep (16 base features, 4 levels: 1.9 M parameters, a 140 px receptive field): on this CPU it
 # trains 3x faster per step than 32 x 3 levels and tells roofs from roads by their shape and shadows.
-# bfloat16 autocast runs 1.3x (U-Net) to 2.2x (FCN) faster on CPUs with AVX512-BF16; half the patches are
+# bfloat16 autocast runs 1.3x (U-Net) to 2.2x (FCN) faster on CPUs with AVX512-BF16 and ~10x slower (emulated)
+# on CPUs without it, so precision is `auto`: measured per machine (`ml.precision`). Half the patches are
 # centred on a random class so that barren, shrubland and structures (1-3 % of pixels) are seen often.
 _UNET = {"base": 16, "depth": 4}
 
 
 def _train(epochs: int) -> TrainConfig:
-    return TrainConfig(epochs=epochs, steps_per_epoch=100, class_balance=0.5, bf16=True)
+    return TrainConfig(epochs=epochs, steps_per_epoch=100, class_balance=0.5, precision="auto")
 
 
 RECIPES: dict[tuple[str, str], StarterRecipe] = {
@@ -114,6 +124,7 @@ class StarterResult:
     train_cpu_seconds: float
     history: list[EpochStats]
     became_champion: bool
+    precision: PrecisionChoice
 
 
 def ensure_regions(settings: Settings, names: Sequence[str], *, scale: float = 1.0) -> dict[str, Region]:
@@ -177,6 +188,19 @@ def _params(schema_id: str, recipe: StarterRecipe, train: Sequence[str], holdout
     return [Param(k, str(v)) for k, v in params.items()]
 
 
+def _precision_params(choice: PrecisionChoice) -> list[Param]:
+    values: dict[str, object] = {"precision": choice.precision, "precision_source": choice.source}
+    if choice.fp32_ms is not None:
+        values |= {"precision_probe_fp32_ms": choice.fp32_ms, "precision_probe_bf16_ms": choice.bf16_ms}
+    return [Param(k, str(v)) for k, v in values.items()]
+
+
+def _shipped_params(path: Path, provenance: dict[str, Any]) -> list[Param]:
+    values = {"source": "shipped", "shipped_file": path.name, "shipped_sha256": file_digest(path)}
+    values |= {f"shipped.{k}": json.dumps(v) if isinstance(v, dict | list) else v for k, v in provenance.items()}
+    return [Param(k, str(v)[:6000]) for k, v in values.items()]
+
+
 def train_starter(
     schema_id: str,
     arch: str | None = None,
@@ -191,12 +215,16 @@ def train_starter(
     tags: dict[str, str] | None = None,
     show_progress: bool = True,
     on_epoch: Callable[[EpochStats, int], None] | None = None,
+    log: Callable[[str], None] = print,
+    weights: Path | None = None,
 ) -> StarterResult:
     """Train, evaluate on holdout, save (model + replay set), log one MLflow run and register the model.
 
     Missing regions are generated at full scale. `recipe` overrides the default recipe of (schema, arch)
     (tests use tiny ones); `epochs` overrides the recipe's epoch count. `on_epoch(stats, epochs)` reports
-    progress where no terminal progress bar is seen (a Dagster worker).
+    progress where no terminal progress bar is seen (a Dagster worker); `log` gets one-off lines (the precision).
+    `weights` (a shipped starter file, `ml.shipped`) skips training: the rest (holdout, replay set, MLflow run,
+    registration) is the same.
     """
     settings = settings or get_settings()
     recipe = (recipe or recipe_for(schema_id, arch)).model_copy(deep=True)
@@ -211,43 +239,65 @@ def train_starter(
     uri = tracking_uri or settings.resolved_mlflow_uri
     client = MlflowClient(uri)
 
-    mean, std = band_stats(train)
-    seed_everything(recipe.train.seed)  # the initial weights are part of what the seed reproduces
-    spec = ModelSpec(
-        arch=recipe.arch,
-        schema=load_schema(schema_id, settings.assets_dir),
-        embed_dim=recipe.embed_dim,
-        mean=mean,
-        std=std,
-        arch_kwargs=recipe.arch_kwargs,
-    )
-    model = LandcoverModel(spec)
+    if weights is not None:
+        model, shipped = load_shipped(weights)
+        if model.spec.schema.names != load_schema(schema_id, settings.assets_dir).names:
+            raise ValueError(f"{weights} holds a model of classes {model.spec.schema.names}, not schema {schema_id}")
+        recipe = (
+            StarterRecipe.model_validate(shipped["recipe"])
+            if "recipe" in shipped
+            else recipe_for(schema_id, model.spec.arch).model_copy(
+                update={"embed_dim": model.embed_dim, "arch_kwargs": model.spec.arch_kwargs}
+            )
+        )
+    else:
+        mean, std = band_stats(train)
+        seed_everything(recipe.train.seed)  # the initial weights are part of what the seed reproduces
+        spec = ModelSpec(
+            arch=recipe.arch,
+            schema=load_schema(schema_id, settings.assets_dir),
+            embed_dim=recipe.embed_dim,
+            mean=mean,
+            std=std,
+            arch_kwargs=recipe.arch_kwargs,
+        )
+        model = LandcoverModel(spec)
+    run_name = f"starter-{schema_id}-{recipe.arch}" + ("-shipped" if weights is not None else "")
     experiment_id = _experiment_id(client, EXPERIMENT)
-    run = client.create_run(
-        experiment_id,
-        tags={TAG_SCHEMA: schema_id, "mlflow.runName": f"starter-{schema_id}-{recipe.arch}", **(tags or {})},
-    )
+    run = client.create_run(experiment_id, tags={TAG_SCHEMA: schema_id, "mlflow.runName": run_name, **(tags or {})})
     run_id = run.info.run_id
     try:
-        client.log_batch(run_id, params=_params(schema_id, recipe, train_names, holdout_names))
+        params = _params(schema_id, recipe, train_names, holdout_names)
+        if weights is not None:
+            precision = PrecisionChoice(shipped.get("precision", "fp32"), "shipped", "cpu")
+            log(f"{schema_id}: shipped weights {weights.name} (trained in {precision.precision}), no training")
+            client.log_batch(run_id, params=[*params, *_shipped_params(weights, shipped)])
+            history: list[EpochStats] = []
+            train_seconds = train_cpu_seconds = 0.0
+        else:
+            precision = training_precision(recipe.train)
+            log(f"{schema_id}: training in {precision.describe()}")
+            client.log_batch(run_id, params=[*params, *_precision_params(precision)])
 
-        def log_epoch(stats: EpochStats, _: LandcoverModel) -> None:
-            now = int(time.time() * 1000)
-            values = {
-                "loss": stats.loss,
-                "train_accuracy": stats.accuracy,
-                "lr": stats.lr,
-                "epoch_seconds": stats.seconds,
-            }
-            client.log_batch(run_id, metrics=[Metric(k, v, now, stats.epoch) for k, v in values.items()])
-            if on_epoch is not None:
-                on_epoch(stats, recipe.train.epochs)
+            def log_epoch(stats: EpochStats, _: LandcoverModel) -> None:
+                now = int(time.time() * 1000)
+                values = {
+                    "loss": stats.loss,
+                    "train_accuracy": stats.accuracy,
+                    "lr": stats.lr,
+                    "epoch_seconds": stats.seconds,
+                }
+                client.log_batch(run_id, metrics=[Metric(k, v, now, stats.epoch) for k, v in values.items()])
+                if on_epoch is not None:
+                    on_epoch(stats, recipe.train.epochs)
 
-        started, cpu_started = time.perf_counter(), time.process_time()
-        history = train_model(model, train, recipe.train, on_epoch=log_epoch, show_progress=show_progress)
-        train_seconds = time.perf_counter() - started
-        # CPU time of this process: on a shared machine wall time says more about the neighbours than the model.
-        train_cpu_seconds = time.process_time() - cpu_started
+            started, cpu_started = time.perf_counter(), time.process_time()
+            history = train_model(
+                model, train, recipe.train, on_epoch=log_epoch, show_progress=show_progress, precision=precision
+            )
+            train_seconds = time.perf_counter() - started
+            # CPU time of this process: on a shared machine wall time says more about the neighbours than the model.
+            train_cpu_seconds = time.process_time() - cpu_started
         report = evaluate_rasters(model, holdout)
         model_path, replay_path = _save_and_log(
             client,
@@ -295,6 +345,7 @@ def train_starter(
         train_cpu_seconds=train_cpu_seconds,
         history=history,
         became_champion=became_champion,
+        precision=precision,
     )
 
 
@@ -339,6 +390,21 @@ def _save_and_log(
         client.log_artifact(run_id, str(Path(tmp) / CONFUSION_ARTIFACT))
         client.log_artifact(run_id, str(Path(tmp) / METRICS_ARTIFACT))
     return model_path, replay_path
+
+
+def ship_starter(result: StarterResult, settings: Settings) -> Path:
+    """Export a freshly trained starter as the shipped weights of its (schema, arch), with its provenance."""
+    model = load_model(result.model_path)
+    provenance = {
+        "recipe": recipe_for(result.schema_id, result.arch).model_dump(mode="json"),
+        "precision": result.precision.precision,
+        "steps": len(result.history) * recipe_for(result.schema_id, result.arch).train.steps_per_epoch,
+        "train_seconds": round(result.train_seconds, 1),
+        "holdout_macro_f1": round(result.holdout.macro_f1, 4),
+        "holdout_accuracy": round(result.holdout.accuracy, 4),
+        "mlflow_run_id": result.run_id,
+    }
+    return export_shipped(model, shipped_path(settings.assets_dir, result.schema_id, result.arch), provenance)
 
 
 def format_report(report: MetricsReport) -> str:

@@ -23,7 +23,9 @@ from pearl_pipelines.ml.data import LabelledRaster, PatchSampler, class_counts
 from pearl_pipelines.ml.inference import Region, WindowPlan, band_columns, inference_copy, run_windows
 from pearl_pipelines.ml.metrics import MetricsReport, evaluate_against_reference
 from pearl_pipelines.ml.models import LandcoverModel, pick_device
+from pearl_pipelines.ml.precision import PrecisionChoice, PrecisionSetting, autocast, select_precision
 from pearl_pipelines.ml.tiling import ArraySource, default_tiling
+from pearl_pipelines.settings import get_settings
 
 
 class TrainConfig(BaseModel):
@@ -37,7 +39,9 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(default=1e-4, ge=0)
     class_weight_power: float = Field(default=0.5, ge=0, le=1, description="0: unweighted, 1: inverse frequency")
     class_balance: float = Field(default=0.0, ge=0, le=1, description="share of patches centred on a random class")
-    bf16: bool = Field(default=False, description="bfloat16 autocast: ~2x faster on CPUs with AVX512-BF16/AMX")
+    precision: PrecisionSetting = Field(
+        default="auto", description="auto: bfloat16 autocast where a timed probe finds it natively faster, else fp32"
+    )
     seed: int = 0
     threads: int | None = Field(default=None, description="torch CPU threads; default os.cpu_count()")
 
@@ -70,6 +74,14 @@ def class_weights(rasters: Sequence[LabelledRaster], n_classes: int, power: floa
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def training_precision(config: TrainConfig, device: torch.device | str = "cpu") -> PrecisionChoice:
+    """The recipe's precision; `auto` defers to `PEARL_PRECISION`, and `auto` there to a cached timed probe."""
+    settings = get_settings()
+    requested = config.precision if config.precision != "auto" else settings.precision
+    torch.set_num_threads(config.threads or os.cpu_count() or 1)  # the probe must time the threads training uses
+    return select_precision(requested, device, cache_dir=settings.cache_dir)
+
+
 def train_model(
     model: LandcoverModel,
     rasters: Sequence[LabelledRaster],
@@ -77,12 +89,16 @@ def train_model(
     *,
     on_epoch: EpochCallback | None = None,
     show_progress: bool = True,
+    precision: PrecisionChoice | None = None,
 ) -> list[EpochStats]:
     """Train `model` in place on patches of `rasters`; returns per-epoch stats.
 
     `on_epoch(stats, model)` runs after each epoch (model in eval mode) and may return extra metrics
-    (e.g. validation macro F1), which are stored in `stats.metrics`.
+    (e.g. validation macro F1), which are stored in `stats.metrics`. `precision` is the caller's resolved
+    choice (it logs it); by default `training_precision(config)`.
     """
+    device = next(model.parameters()).device
+    precision = precision or training_precision(config, device)
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     seed_everything(config.seed)
     # U-Net sides must be multiples of 2**depth; crop the patch down rather than fail.
@@ -98,7 +114,9 @@ def train_model(
     total_steps = config.epochs * config.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
     history: list[EpochStats] = []
-    bar = tqdm(total=total_steps, desc=f"train {model.spec.arch}", unit="step", disable=not show_progress)
+    bar = tqdm(
+        total=total_steps, desc=f"train {model.spec.arch} {precision.precision}", unit="step", disable=not show_progress
+    )
     for epoch in range(1, config.epochs + 1):
         model.train()
         started = time.perf_counter()
@@ -106,7 +124,7 @@ def train_model(
         correct = labelled = 0
         for _ in range(config.steps_per_epoch):
             images, labels = sampler.batch(config.batch_size)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            with autocast(device, precision.precision):
                 logits = model(images.contiguous(memory_format=torch.channels_last)).float()
             loss = criterion(logits, labels)
             optimizer.zero_grad(set_to_none=True)

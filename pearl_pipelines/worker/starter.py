@@ -24,6 +24,7 @@ def train_and_register(
 ) -> dict[str, Any]:
     """Train the starter model the extras describe; returns the materialization metadata."""
     from pearl_pipelines.ml.metrics import confusion_figure
+    from pearl_pipelines.ml.shipped import shipped_path
     from pearl_pipelines.ml.starter import StarterRecipe, recipe_for, train_starter
     from pearl_pipelines.ml.train import TrainConfig
 
@@ -37,6 +38,11 @@ def train_and_register(
             **{**recipe.model_dump(exclude={"train"}), **{k: v for k, v in overrides.items() if k != "train"}},
             train=TrainConfig.model_validate(train.model_dump()),
         )
+    weights = None
+    if extras.get("source") == "shipped":
+        weights = shipped_path(settings.assets_dir, schema_id, recipe.arch)
+        if not weights.is_file():
+            raise FileNotFoundError(f"no shipped {schema_id} {recipe.arch} starter at {weights}; use source: train")
     result = train_starter(
         schema_id,
         recipe.arch,
@@ -48,6 +54,8 @@ def train_and_register(
         model_name=extras["model_name"],
         tags=tags,
         show_progress=False,
+        log=log,
+        weights=weights,
         on_epoch=lambda stats, epochs: log(
             f"{schema_id}: epoch {stats.epoch}/{epochs}, loss {stats.loss:.3f}, "
             f"pixel accuracy {stats.accuracy:.3f} ({stats.seconds:.0f} s)"
@@ -72,6 +80,7 @@ def train_and_register(
         "confusion_matrix_path": {"raw_value": str(confusion_path), "type": "path"},
         "model_path": {"raw_value": str(result.model_path), "type": "path"},
         "train_seconds": round(result.train_seconds, 1),
+        "precision": result.precision.describe(),
         "epochs": len(result.history),
         "final_loss": result.history[-1].loss if result.history else None,
         "became_champion": result.became_champion,

@@ -113,6 +113,27 @@ def test_starter_model_is_trained_and_registered(pipeline: Pipeline) -> None:
     assert client.get_run(meta["mlflow_run_id"].value).data.tags["dagster_run_id"] == result.run_id
 
 
+def test_shipped_starter_is_registered_through_dagster_without_training(pipeline: Pipeline) -> None:
+    """What `make demo` runs first: the shipped 9-class weights, scored on holdout and registered (no training)."""
+    name = "pearl-starter-shipped-e2e"
+    config = {"schema_id": "chesapeake9", "source": "shipped", "train_regions": ["train-a"], "model_name": name}
+    result = dg.materialize(
+        [pipeline.defs.get_assets_def("starter_model")],
+        instance=pipeline.instance,
+        resources=pipeline.resources,
+        run_config={"ops": {"starter_model": {"config": config}}},
+    )
+    assert result.success
+    meta = result.asset_materializations_for_node("starter_model")[0].metadata
+    assert meta["model_uri"].value == f"models:/{name}/1" and meta["arch"].value == "unet"
+    assert meta["epochs"].value == 0 and "(shipped" in meta["precision"].value
+    run = MlflowClient(pipeline.mlflow_uri).get_run(meta["mlflow_run_id"].value)
+    assert run.data.params["source"] == "shipped" and run.data.params["shipped_file"] == "chesapeake9-unet.pt"
+    # Scored here, on this (small) holdout: far above chance (9 classes), so the weights fit today's scenes.
+    assert run.data.metrics["holdout_macro_f1"] == pytest.approx(meta["holdout_macro_f1"].value)
+    assert meta["holdout_macro_f1"].value > 0.6
+
+
 def test_labels_to_model_version_and_predictions(pipeline: Pipeline) -> None:
     store = pipeline.store
     project = store.create_project("e2e", {"collections": ["demo"]}, load_schema("chesapeake9"), BASE_MODEL)

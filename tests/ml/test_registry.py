@@ -18,6 +18,7 @@ from pearl_pipelines.ml.data import load_labelled_rasters
 from pearl_pipelines.ml.models import load_model
 from pearl_pipelines.ml.registry import MODEL_FILE, ModelRegistry, model_uri
 from pearl_pipelines.ml.replay import ReplaySet
+from pearl_pipelines.ml.shipped import export_shipped, file_digest
 from pearl_pipelines.ml.starter import (
     CHAMPION_ALIAS,
     EXPERIMENT,
@@ -27,7 +28,7 @@ from pearl_pipelines.ml.starter import (
     train_starter,
 )
 from pearl_pipelines.ml.tracking import CONFUSION_ARTIFACT, TAG_SCHEMA
-from pearl_pipelines.ml.train import TrainConfig, predict_array
+from pearl_pipelines.ml.train import TrainConfig, predict_array, training_precision
 from pearl_pipelines.settings import Settings
 
 TINY = StarterRecipe(
@@ -65,6 +66,10 @@ def test_starter_is_trained_logged_registered_and_loads_back(tiny_home: Settings
     assert client.get_experiment(run.info.experiment_id).name == EXPERIMENT
     assert run.data.params["arch"] == "fcn" and run.data.params["train.epochs"] == "2"
     assert run.data.params["train_regions"] == "train-a" and run.data.params["holdout_regions"] == "holdout"
+    # The precision actually used is recorded, and it is what the (cached) selection gives on this machine.
+    assert run.data.params["precision"] == result.precision.precision
+    assert run.data.params["precision"] == training_precision(TINY.train).precision
+    assert run.data.params["precision_source"] in {"probe", "cache", "unsupported", "setting"}
     assert run.data.tags[TAG_SCHEMA] == "chesapeake4"
     assert run.data.metrics["holdout_macro_f1"] == pytest.approx(result.holdout.macro_f1)
     assert {"holdout_f1_water", "holdout_precision_built", "holdout_recall_field", "train_seconds"} <= set(
@@ -109,6 +114,40 @@ def test_starter_is_trained_logged_registered_and_loads_back(tiny_home: Settings
     assert registry.get_version(name, STARTER_ALIAS).version == "2"
     assert registry.get_version(name, CHAMPION_ALIAS).version == "1"
     assert again.holdout.macro_f1 == pytest.approx(result.holdout.macro_f1)  # same seed, same model
+
+
+def test_shipped_weights_register_without_training(tiny_home: Settings, mlflow_uri: str, tmp_path: Path) -> None:
+    trained = train_starter(
+        "chesapeake4",
+        settings=tiny_home,
+        recipe=TINY,
+        tracking_uri=mlflow_uri,
+        train_regions=["train-a"],
+        model_name="pearl-starter-trained4",
+        show_progress=False,
+    )
+    weights = export_shipped(load_model(trained.model_path), tmp_path / "chesapeake4-fcn.pt", {"precision": "bf16"})
+    shipped = train_starter(
+        "chesapeake4",
+        settings=tiny_home,
+        tracking_uri=mlflow_uri,
+        train_regions=["train-a"],
+        model_name="pearl-starter-shipped4",
+        show_progress=False,
+        weights=weights,
+    )
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(shipped.run_id)
+    assert run.data.params["source"] == "shipped" and run.data.params["shipped.precision"] == "bf16"
+    assert run.data.params["shipped_sha256"] == file_digest(weights)
+    assert run.data.params["embed_dim"] == "16"  # the recipe logged is the shipped model's, not the default
+    assert shipped.history == [] and client.get_metric_history(shipped.run_id, "loss") == []
+    assert shipped.precision.precision == "bf16" and shipped.precision.source == "shipped"
+    # float16 weights predict (almost) like the float32 model they came from, and were scored here.
+    assert run.data.metrics["holdout_macro_f1"] == pytest.approx(shipped.holdout.macro_f1)
+    assert shipped.holdout.macro_f1 == pytest.approx(trained.holdout.macro_f1, abs=0.01)
+    assert ModelRegistry(mlflow_uri).get_version("pearl-starter-shipped4", CHAMPION_ALIAS).version == "1"
+    assert set(ReplaySet.load(shipped.replay_path).labels.tolist()) == {0, 1, 2, 3}  # rebuilt from train-a
 
 
 def test_registry_reports_what_is_missing(mlflow_uri: str, tmp_path: Path) -> None:
