@@ -12,6 +12,7 @@ F1 a user sees is measured on their machine, never copied from the file.
 from __future__ import annotations
 
 import hashlib
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def load_shipped(path: Path) -> tuple[LandcoverModel, dict[str, Any]]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         model = LandcoverModel(ModelSpec.model_validate(payload["spec"]))
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
-    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+    except (OSError, KeyError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
         raise ValueError(f"{path} is not a shipped starter model (spec + float16 state dict): {exc}") from exc
     model.eval()
     return model, dict(payload.get("provenance", {}))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from pydantic import BaseModel, Field
@@ -298,7 +299,9 @@ def train_starter(
             train_seconds = time.perf_counter() - started
             # CPU time of this process: on a shared machine wall time says more about the neighbours than the model.
             train_cpu_seconds = time.process_time() - cpu_started
+        log(f"{schema_id}: scoring on {', '.join(holdout_names)}, then the replay set from {', '.join(train_names)}")
         report = evaluate_rasters(model, holdout)
+        log(f"{schema_id}: holdout macro F1 {report.macro_f1:.3f}, overall accuracy {report.accuracy:.3f}")
         model_path, replay_path = _save_and_log(
             client,
             run_id=run_id,
@@ -403,6 +406,7 @@ def ship_starter(result: StarterResult, settings: Settings) -> Path:
         "holdout_macro_f1": round(result.holdout.macro_f1, 4),
         "holdout_accuracy": round(result.holdout.accuracy, 4),
         "mlflow_run_id": result.run_id,
+        "torch": str(torch.__version__),
     }
     return export_shipped(model, shipped_path(settings.assets_dir, result.schema_id, result.arch), provenance)
 
