@@ -148,7 +148,7 @@ def cmd_starter(args: argparse.Namespace, settings: Settings) -> None:
                 f"run {uri}/#/experiments/{result.experiment_id}/runs/{result.run_id}; files {result.model_path.parent}"
             )
             if args.ship:
-                print(f"  shipped weights written to {ship_starter(result, settings)}")
+                print(f"  shipped weights written to {ship_starter(result, settings.assets_dir)}")
 
 
 def _wait_for_interrupt() -> None:

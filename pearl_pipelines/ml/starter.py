@@ -126,6 +126,7 @@ class StarterResult:
     history: list[EpochStats]
     became_champion: bool
     precision: PrecisionChoice
+    recipe: StarterRecipe
 
 
 def ensure_regions(settings: Settings, names: Sequence[str], *, scale: float = 1.0) -> dict[str, Region]:
@@ -349,6 +350,7 @@ def train_starter(
         history=history,
         became_champion=became_champion,
         precision=precision,
+        recipe=recipe,
     )
 
 
@@ -395,20 +397,20 @@ def _save_and_log(
     return model_path, replay_path
 
 
-def ship_starter(result: StarterResult, settings: Settings) -> Path:
+def ship_starter(result: StarterResult, assets_dir: Path) -> Path:
     """Export a freshly trained starter as the shipped weights of its (schema, arch), with its provenance."""
-    model = load_model(result.model_path)
     provenance = {
-        "recipe": recipe_for(result.schema_id, result.arch).model_dump(mode="json"),
+        "recipe": result.recipe.model_dump(mode="json"),
         "precision": result.precision.precision,
-        "steps": len(result.history) * recipe_for(result.schema_id, result.arch).train.steps_per_epoch,
+        "steps": len(result.history) * result.recipe.train.steps_per_epoch,
         "train_seconds": round(result.train_seconds, 1),
         "holdout_macro_f1": round(result.holdout.macro_f1, 4),
         "holdout_accuracy": round(result.holdout.accuracy, 4),
         "mlflow_run_id": result.run_id,
         "torch": str(torch.__version__),
     }
-    return export_shipped(model, shipped_path(settings.assets_dir, result.schema_id, result.arch), provenance)
+    model = load_model(result.model_path)
+    return export_shipped(model, shipped_path(assets_dir, result.schema_id, result.arch), provenance)
 
 
 def format_report(report: MetricsReport) -> str:

@@ -18,13 +18,14 @@ from pearl_pipelines.ml.data import load_labelled_rasters
 from pearl_pipelines.ml.models import load_model
 from pearl_pipelines.ml.registry import MODEL_FILE, ModelRegistry, model_uri
 from pearl_pipelines.ml.replay import ReplaySet
-from pearl_pipelines.ml.shipped import export_shipped, file_digest
+from pearl_pipelines.ml.shipped import file_digest
 from pearl_pipelines.ml.starter import (
     CHAMPION_ALIAS,
     EXPERIMENT,
     REPLAY_FILE,
     STARTER_ALIAS,
     StarterRecipe,
+    ship_starter,
     train_starter,
 )
 from pearl_pipelines.ml.tracking import CONFUSION_ARTIFACT, TAG_SCHEMA
@@ -126,7 +127,8 @@ def test_shipped_weights_register_without_training(tiny_home: Settings, mlflow_u
         model_name="pearl-starter-trained4",
         show_progress=False,
     )
-    weights = export_shipped(load_model(trained.model_path), tmp_path / "chesapeake4-fcn.pt", {"precision": "bf16"})
+    weights = ship_starter(trained, tmp_path)
+    assert weights == tmp_path / "starters" / "chesapeake4-fcn.pt"
     shipped = train_starter(
         "chesapeake4",
         settings=tiny_home,
@@ -138,11 +140,13 @@ def test_shipped_weights_register_without_training(tiny_home: Settings, mlflow_u
     )
     client = MlflowClient(mlflow_uri)
     run = client.get_run(shipped.run_id)
-    assert run.data.params["source"] == "shipped" and run.data.params["shipped.precision"] == "bf16"
+    used = trained.precision.precision
+    assert run.data.params["source"] == "shipped" and run.data.params["shipped.precision"] == used
+    assert run.data.params["shipped.steps"] == "8" and run.data.params["shipped.mlflow_run_id"] == trained.run_id
     assert run.data.params["shipped_sha256"] == file_digest(weights)
-    assert run.data.params["embed_dim"] == "16"  # the recipe logged is the shipped model's, not the default
+    assert run.data.params["embed_dim"] == "16"  # the recipe logged is the shipped one, not the default
     assert shipped.history == [] and client.get_metric_history(shipped.run_id, "loss") == []
-    assert shipped.precision.precision == "bf16" and shipped.precision.source == "shipped"
+    assert shipped.precision.precision == used and shipped.precision.source == "shipped"
     # float16 weights predict (almost) like the float32 model they came from, and were scored here.
     assert run.data.metrics["holdout_macro_f1"] == pytest.approx(shipped.holdout.macro_f1)
     assert shipped.holdout.macro_f1 == pytest.approx(trained.holdout.macro_f1, abs=0.01)
