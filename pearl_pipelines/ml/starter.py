@@ -10,7 +10,8 @@ when the model has none yet).
 Reproduce the registered starter models (regions are generated and an MLflow server is started when
 missing; the recipes below are the defaults, seed 0):
 
-    PEARL_HOME=.pearl .venv/bin/pearl starter --schema all
+    PEARL_HOME=.pearl .venv/bin/pearl starter --schema all          # add --ship to refresh assets/starters
+    PEARL_HOME=.pearl .venv/bin/pearl starter --schema all --shipped  # register the shipped weights instead
 """
 
 from __future__ import annotations

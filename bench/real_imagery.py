@@ -1,0 +1,341 @@
+"""Real imagery: the starters zero-shot and after k simulated clicks, next to raw-spectra baselines.
+
+Development set: the three real 1 m RGBN images of Rotterdam that the `solaris==0.4.0` wheel ships (band order
+B, G, R, NIR), ingested through `pearl ingest --bands 3,2,1,4`, and the 145 labelled points of
+`shared/data/rotterdam/labels.geojson` (water, tree_canopy, low_vegetation, impervious). The same harness runs
+on the synthetic `shifted` region (another season and sensor response) with points drawn from its dense
+reference labels.
+
+For each starter (shipped weights, or the registered copy under PEARL_HOME/models): the images are predicted
+through the engine (`ml.inference.predict`, embeddings cached), zero-shot accuracy is read at the points
+(9 classes grouped into the 4), then k = 10, 25, 50, 100 random points (5 draws each) go to the project's own
+`retrain` (with and without the starter's replay set) and the other points are the test set. Baselines on the
+same draws: standardised L2 logistic regression on the raw RGBN of the clicked pixels, and on RGBN plus the
+5x5 mean and standard deviation of each band.
+
+    .venv/bin/python bench/real_imagery.py            # ~3 min on 2 cores; writes real_imagery.png beside the data
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rasterio
+from scipy.ndimage import uniform_filter
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as `python bench/NAME.py`
+
+from pearl_pipelines.classes import load_schema
+from pearl_pipelines.geo.catalog import load_collection_items
+from pearl_pipelines.geo.regions import build_region, label_asset_key, load_regions
+from pearl_pipelines.ml.embeddings import EmbeddingCache, sample_embeddings
+from pearl_pipelines.ml.inference import predict
+from pearl_pipelines.ml.models import LandcoverModel, load_model
+from pearl_pipelines.ml.replay import ReplaySet, build_replay_set
+from pearl_pipelines.ml.retrain import RetrainOptions, retrain
+from pearl_pipelines.ml.shipped import load_shipped, shipped_path
+from pearl_pipelines.ml.starter import DEFAULT_ARCH, REPLAY_FILE, starter_dir, training_regions
+from pearl_pipelines.ml.versions import ModelVersion
+from pearl_pipelines.settings import REPO_ROOT, get_settings
+
+ROTTERDAM_LABELS = "shared/data/rotterdam/labels.geojson"  # beside the checkout, as in CI
+CLICKS = (10, 25, 50, 100)
+DRAWS = 5
+GROUPS = ("water", "tree_canopy", "low_vegetation", "impervious")
+# Each schema's class -> the 4 groups the real labels use (None: no real label says it; counts as wrong).
+TO_GROUP: dict[str, dict[str, str | None]] = {
+    "chesapeake4": {"water": "water", "tree_canopy": "tree_canopy", "field": "low_vegetation", "built": "impervious"},
+    "chesapeake9": {
+        "water": "water",
+        "emergent_wetlands": "low_vegetation",
+        "tree_canopy": "tree_canopy",
+        "shrubland": "tree_canopy",
+        "low_vegetation": "low_vegetation",
+        "barren": None,
+        "structures": "impervious",
+        "impervious_surfaces": "impervious",
+        "impervious_roads": "impervious",
+    },
+}
+# The class a click of each group is given in each schema.
+FROM_GROUP: dict[str, dict[str, str]] = {
+    "chesapeake4": {"water": "water", "tree_canopy": "tree_canopy", "low_vegetation": "field", "impervious": "built"},
+    "chesapeake9": {
+        "water": "water",
+        "tree_canopy": "tree_canopy",
+        "low_vegetation": "low_vegetation",
+        "impervious": "impervious_surfaces",
+    },
+}
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+@dataclass
+class Scene:
+    """Labelled points on images: groups, pixel positions per image, and the images' RGBN features."""
+
+    name: str
+    images: dict[str, Path]  # item id -> RGBN uint8 GeoTIFF
+    points: gpd.GeoDataFrame  # columns: group, item, row, col, geometry (image CRS)
+    raw: np.ndarray  # (N, 4) RGBN at the points
+    texture: np.ndarray  # (N, 12) RGBN + 5x5 mean and std per band
+
+
+def pixel_features(images: dict[str, Path], points: gpd.GeoDataFrame) -> tuple[np.ndarray, np.ndarray]:
+    raw = np.zeros((len(points), 4), np.float32)
+    texture = np.zeros((len(points), 12), np.float32)
+    for item, path in images.items():
+        at = np.flatnonzero(points["item"].to_numpy() == item)
+        if not len(at):
+            continue
+        with rasterio.open(path) as src:
+            bands = src.read().astype(np.float32)
+        rows, cols = points["row"].to_numpy()[at], points["col"].to_numpy()[at]
+        mean = np.stack([uniform_filter(b, 5, mode="reflect") for b in bands])
+        std = np.sqrt(np.maximum(np.stack([uniform_filter(b * b, 5, mode="reflect") for b in bands]) - mean**2, 0))
+        raw[at] = bands[:, rows, cols].T
+        texture[at] = np.concatenate([bands[:, rows, cols], mean[:, rows, cols], std[:, rows, cols]]).T
+    return raw, texture
+
+
+def locate(points: gpd.GeoDataFrame, images: dict[str, Path]) -> gpd.GeoDataFrame:
+    """Item, row and col of each point: the image it falls in (points outside every image are dropped)."""
+    out = []
+    for item, path in images.items():
+        with rasterio.open(path) as src:
+            local = points.to_crs(src.crs)
+            rows, cols = rasterio.transform.rowcol(src.transform, local.geometry.x, local.geometry.y)
+            rows, cols = np.asarray(rows), np.asarray(cols)
+            inside = (rows >= 0) & (rows < src.height) & (cols >= 0) & (cols < src.width)
+            mask = src.read_masks(1)
+            inside[inside] &= mask[rows[inside], cols[inside]] > 0
+            found = local[inside].copy()
+            found["item"], found["row"], found["col"] = item, rows[inside], cols[inside]
+            out.append(found.to_crs(points.crs))
+    return gpd.GeoDataFrame(pd.concat(out, ignore_index=True), crs=points.crs)
+
+
+def rotterdam_scene(home: Path) -> Scene:
+    spec = importlib.util.find_spec("solaris")
+    if spec is None or spec.origin is None:
+        raise SystemExit("the solaris wheel is not installed: `make install` installs it (--no-deps)")
+    tifs = [Path(spec.origin).parent / "data" / "preproc_tutorial" / f"ms{i}.tif" for i in (1, 2, 3)]
+    labels_path = Path(os.environ.get("PEARL_ROTTERDAM_LABELS", REPO_ROOT.parent / ROTTERDAM_LABELS))
+    catalog = home / "catalog" / "rotterdam"
+    if not (catalog / "collection.json").is_file():
+        log("ingesting the Rotterdam images through `pearl ingest` ...")
+        env = {**os.environ, "PEARL_HOME": str(home)}
+        cmd = [str(REPO_ROOT / ".venv/bin/pearl"), "ingest", *map(str, tifs), "--bands", "3,2,1,4"]
+        cmd += ["--collection", "rotterdam"]
+        subprocess.run(cmd, env=env, check=True, capture_output=True)
+    images = {t.stem: catalog / t.stem / "image.tif" for t in tifs}
+    labels = gpd.read_file(labels_path)
+    points = locate(gpd.GeoDataFrame({"group": labels["class"]}, geometry=labels.geometry, crs=labels.crs), images)
+    return Scene("rotterdam", images, points, *pixel_features(images, points))
+
+
+def shifted_scene(settings, n: int = 400) -> Scene:
+    """Points drawn uniformly from the synthetic `shifted` region's dense 4-class reference labels."""
+    if not (settings.catalog_dir / "shifted" / "collection.json").is_file():
+        build_region(load_regions(settings.assets_dir)["shifted"], settings.catalog_dir, show_progress=True)
+    names = [TO_GROUP["chesapeake4"][c] for c in load_schema("chesapeake4").names]
+    images, frames = {}, []
+    rng = np.random.default_rng(0)
+    items = load_collection_items(settings.catalog_dir, "shifted")
+    for item in items:
+        images[item.id] = Path(item.assets["image"].href)
+        with rasterio.open(item.assets[label_asset_key("chesapeake4")].href) as src:
+            rows, cols = rng.integers(0, src.height, n // len(items)), rng.integers(0, src.width, n // len(items))
+            values = src.read(1)[rows, cols]
+            keep = values < len(names)
+            xs, ys = rasterio.transform.xy(src.transform, rows[keep], cols[keep])
+            groups = [names[v] for v in values[keep]]
+            columns = {"group": groups, "item": item.id, "row": rows[keep], "col": cols[keep]}
+            frames.append(gpd.GeoDataFrame(columns, geometry=gpd.points_from_xy(xs, ys), crs=src.crs))
+    points = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs)
+    return Scene("shifted", images, points, *pixel_features(images, points))
+
+
+def starter(settings, schema_id: str) -> tuple[LandcoverModel, ReplaySet]:
+    """The registered starter under PEARL_HOME (make demo), else the shipped weights with a replay set built here."""
+    arch = DEFAULT_ARCH[schema_id]
+    local = starter_dir(settings, schema_id, arch)
+    if (local / "model.pt").is_file() and (local / REPLAY_FILE).is_file():
+        return load_model(local / "model.pt"), ReplaySet.load(local / REPLAY_FILE)
+    model, _ = load_shipped(shipped_path(settings.assets_dir, schema_id, arch))
+    cached = settings.home_abs / "bench" / "real_imagery" / f"replay-{schema_id}.npz"
+    if cached.is_file():
+        return model, ReplaySet.load(cached)
+    from pearl_pipelines.ml.data import load_labelled_rasters
+    from pearl_pipelines.ml.starter import ensure_regions
+
+    names = training_regions(settings)
+    ensure_regions(settings, names)
+    train = load_labelled_rasters(settings.catalog_dir, names, schema_id)
+    replay = build_replay_set(model, [r.image for r in train], [r.labels for r in train], per_class=500, seed=0)
+    replay.save(cached)
+    return model, replay
+
+
+def embed_scene(model: LandcoverModel, scene: Scene, out: Path) -> tuple[dict[str, EmbeddingCache], np.ndarray]:
+    """Each image through the engine (classes + embedding cache); returns the caches and the zero-shot classes."""
+    caches, predicted = {}, np.zeros(len(scene.points), np.int64)
+    for item, path in scene.images.items():
+        result = predict(model, path, out / item / "pred", embeddings_dir=out / item / "emb")
+        caches[item] = EmbeddingCache.open(out / item / "emb")
+        at = np.flatnonzero(scene.points["item"].to_numpy() == item)
+        with rasterio.open(result.classes_path) as src:
+            classes = src.read(1)
+        predicted[at] = classes[scene.points["row"].to_numpy()[at], scene.points["col"].to_numpy()[at]]
+    return caches, predicted
+
+
+def grouped(schema_id: str, names: list[str], classes: np.ndarray) -> np.ndarray:
+    table = np.array([TO_GROUP[schema_id].get(n) or "-" for n in names] + ["-"])
+    return table[np.minimum(classes, len(names))]
+
+
+def draws(scene: Scene, k: int) -> list[np.ndarray]:
+    """DRAWS random k-point click sets (each with at least two groups), the same for every method."""
+    groups, out = scene.points["group"].to_numpy(), []
+    for seed in range(DRAWS):
+        rng = np.random.default_rng(1000 * k + seed)
+        pick = rng.choice(len(groups), size=k, replace=False)
+        while len(set(groups[pick])) < 2:
+            pick = rng.choice(len(groups), size=k, replace=False)
+        out.append(pick)
+    return out
+
+
+def logistic(features: np.ndarray) -> Callable[[Scene, np.ndarray, np.ndarray], np.ndarray]:
+    def fit_predict(scene: Scene, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+        clf.fit(features[train], scene.points["group"].to_numpy()[train])
+        return clf.predict(features[test])
+
+    return fit_predict
+
+
+def engine_retrain(
+    schema_id: str, model: LandcoverModel, caches: dict[str, EmbeddingCache], replay: ReplaySet | None
+) -> Callable[[Scene, np.ndarray, np.ndarray], np.ndarray]:
+    parent = ModelVersion.from_model(model)
+
+    def fit_predict(scene: Scene, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        clicks = scene.points.iloc[train]
+        labels = gpd.GeoDataFrame(
+            {"label_id": np.arange(len(clicks)), "class_name": [FROM_GROUP[schema_id][g] for g in clicks["group"]]},
+            geometry=clicks.geometry.to_numpy(),
+            crs=scene.points.crs,
+        )
+        version = retrain(parent, list(caches.values()), labels, replay=replay, options=RetrainOptions(evaluate=False))
+        test_points = scene.points.iloc[test]
+        classes = np.zeros(len(test), np.int64)
+        for item, cache in caches.items():
+            at = np.flatnonzero(test_points["item"].to_numpy() == item)
+            x = sample_embeddings(cache, test_points["row"].to_numpy()[at], test_points["col"].to_numpy()[at])
+            classes[at] = np.argmax(x @ version.weight.T + version.bias, axis=1)
+        return grouped(schema_id, version.schema.names, classes)
+
+    return fit_predict
+
+
+def run_scene(settings, scene: Scene, work: Path) -> dict[str, dict[str, float]]:
+    """Accuracy per method: zero-shot, and mean over the draws at each click count."""
+    truth = scene.points["group"].to_numpy()
+    log(f"\n== {scene.name}: {len(truth)} points ({', '.join(f'{g} {int((truth == g).sum())}' for g in GROUPS)})")
+    methods: dict[str, Callable[[Scene, np.ndarray, np.ndarray], np.ndarray]] = {
+        "raw RGBN logistic": logistic(scene.raw),
+        "RGBN + 5x5 texture logistic": logistic(scene.texture),
+    }
+    table: dict[str, dict[str, float]] = {}
+    for schema_id in ("chesapeake4", "chesapeake9"):
+        model, replay = starter(settings, schema_id)
+        caches, zero = embed_scene(model, scene, work / scene.name / schema_id)
+        zero_acc = float((grouped(schema_id, model.spec.schema.names, zero) == truth).mean())
+        name = f"{schema_id} {model.spec.arch}"
+        table[f"{name} + retrain (replay)"] = {"zero_shot": zero_acc}
+        table[f"{name} + retrain (no replay)"] = {"zero_shot": zero_acc}
+        methods[f"{name} + retrain (replay)"] = engine_retrain(schema_id, model, caches, replay)
+        methods[f"{name} + retrain (no replay)"] = engine_retrain(schema_id, model, caches, None)
+    for k in CLICKS:
+        picks = draws(scene, k)
+        for method, fit_predict in methods.items():
+            accs = []
+            for pick in picks:
+                test = np.setdiff1d(np.arange(len(truth)), pick)
+                accs.append(float((fit_predict(scene, pick, test) == truth[test]).mean()))
+            table.setdefault(method, {})[f"k={k}"] = float(np.mean(accs))
+    columns = ["zero_shot", *(f"k={k}" for k in CLICKS)]
+    width = max(map(len, table))
+    log(f"{'method':<{width}}  " + "  ".join(f"{c:>9}" for c in columns))
+    for method, row in table.items():
+        log(f"{method:<{width}}  " + "  ".join(f"{row[c]:9.3f}" if c in row else f"{'-':>9}" for c in columns))
+    return table
+
+
+def plot(tables: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4.5), squeeze=False)
+    for ax, (scene, table) in zip(axes[0], tables.items(), strict=True):
+        for method, row in table.items():
+            style = "--" if "logistic" in method else "-"
+            ax.plot(CLICKS, [row[f"k={k}"] for k in CLICKS], style, marker="o", label=method)
+        ax.set(title=f"{scene}: accuracy vs clicks", xlabel="clicks (random labelled points)", ylabel="accuracy")
+        ax.set_xscale("log")
+        ax.set_xticks(CLICKS, [str(k) for k in CLICKS])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    settings = get_settings()
+    work = settings.home_abs / "bench" / "real_imagery"
+    work.mkdir(parents=True, exist_ok=True)
+    tables = {
+        "rotterdam": run_scene(settings, rotterdam_scene(settings.home_abs), work),
+        "shifted": run_scene(settings, shifted_scene(settings), work),
+    }
+    plot(tables, work / "real_imagery.png")
+    log(f"plot: {work / 'real_imagery.png'}")
+    real = tables["rotterdam"]
+    best = "chesapeake4 fcn + retrain (replay)"
+    result = {
+        "zero_shot_acc": real[best]["zero_shot"],
+        "zero_shot_acc_9": real["chesapeake9 unet + retrain (replay)"]["zero_shot"],
+        **{f"acc_at_{k}": real[best][f"k={k}"] for k in CLICKS},
+        **{f"no_replay_acc_at_{k}": real["chesapeake4 fcn + retrain (no replay)"][f"k={k}"] for k in CLICKS},
+        **{f"baseline_raw_acc_at_{k}": real["raw RGBN logistic"][f"k={k}"] for k in CLICKS},
+        **{f"baseline_tex_acc_at_{k}": real["RGBN + 5x5 texture logistic"][f"k={k}"] for k in CLICKS},
+        "shifted_zero_shot_acc": tables["shifted"][best]["zero_shot"],
+        "shifted_acc_at_50": tables["shifted"][best]["k=50"],
+        "shifted_baseline_tex_acc_at_50": tables["shifted"]["RGBN + 5x5 texture logistic"]["k=50"],
+    }
+    print(json.dumps({k: round(v, 4) for k, v in result.items()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
