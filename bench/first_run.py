@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ import httpx
 import morecantile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as `python bench/NAME.py`
+
+from _review import free_port, log
 
 from pearl_pipelines.settings import REPO_ROOT, get_settings
 
@@ -42,16 +43,6 @@ choice = select_precision("auto", "cpu", cache_dir=Path({cache!r}))
 print(json.dumps({{"capability": torch.backends.cpu.get_cpu_capability(), "fp32_ms": fp32 * 1e3,
                    "bf16_ms": bf16 * 1e3, "precision": choice.precision, "source": choice.source}}))
 """
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def probe(env: dict[str, str], cache: Path) -> dict[str, Any]:
