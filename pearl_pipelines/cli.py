@@ -104,7 +104,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_starter(args: argparse.Namespace, settings: Settings) -> None:
-    from pearl_pipelines.ml.shipped import shipped_path
+    from pearl_pipelines.ml.shipped import require_shipped
     from pearl_pipelines.ml.starter import (
         STARTER_SCHEMAS,
         ensure_mlflow,
@@ -129,9 +129,10 @@ def cmd_starter(args: argparse.Namespace, settings: Settings) -> None:
             recipe = recipe_for(schema_id, args.arch)
             if args.precision:
                 recipe.train.precision = args.precision
-            weights = shipped_path(settings.assets_dir, schema_id, recipe.arch) if args.shipped else None
-            if weights is not None and not weights.is_file():
-                raise CliError(f"no shipped {schema_id} {recipe.arch} starter at {weights}; train it without --shipped")
+            try:
+                weights = require_shipped(settings.assets_dir, schema_id, recipe.arch) if args.shipped else None
+            except FileNotFoundError as exc:
+                raise CliError(f"{exc} (without --shipped)") from None
             result = train_starter(
                 schema_id, recipe.arch, settings, recipe=recipe, epochs=args.epochs, tracking_uri=uri, weights=weights
             )

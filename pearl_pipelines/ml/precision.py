@@ -156,18 +156,16 @@ def select_precision(
     fingerprint = machine_fingerprint(device)
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
     cache_path = cache_dir / CACHE_FILE if cache_dir is not None else None
-    if cache_path is not None:
-        cached = _read_cache(cache_path).get(key)
-        if cached:
-            fields = {k: cached[k] for k in ("precision", "device", "fp32_ms", "bf16_ms") if k in cached}
-            return PrecisionChoice(**fields, source="cache")  # type: ignore[arg-type]
+    entries = _read_cache(cache_path) if cache_path is not None else {}
+    if cached := entries.get(key):
+        fields = {k: cached[k] for k in ("precision", "device", "fp32_ms", "bf16_ms") if k in cached}
+        return PrecisionChoice(**fields, source="cache")  # type: ignore[arg-type]
     fp32_s, bf16_s = probe(device)
     precision: Precision = "bf16" if bf16_s * MIN_SPEEDUP < fp32_s else "fp32"
     choice = PrecisionChoice(precision, "probe", device.type, round(fp32_s * 1e3, 2), round(bf16_s * 1e3, 2))
     if cache_path is not None:
         with contextlib.suppress(OSError):  # a read-only home only costs a probe next time
             cache_path.parent.mkdir(parents=True, exist_ok=True)
-            entries = _read_cache(cache_path)
             entries[key] = {**asdict(choice), "fingerprint": fingerprint}
             tmp = cache_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(entries, indent=2))

@@ -27,6 +27,14 @@ def shipped_path(assets_dir: Path, schema_id: str, arch: str) -> Path:
     return assets_dir / SHIPPED_DIR / f"{schema_id}-{arch}.pt"
 
 
+def require_shipped(assets_dir: Path, schema_id: str, arch: str) -> Path:
+    """The shipped file of (schema, arch), or FileNotFoundError saying what to do instead."""
+    path = shipped_path(assets_dir, schema_id, arch)
+    if not path.is_file():
+        raise FileNotFoundError(f"no shipped {schema_id} {arch} starter at {path}; train it instead (source: train)")
+    return path
+
+
 def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 

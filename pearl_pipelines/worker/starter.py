@@ -24,7 +24,7 @@ def train_and_register(
 ) -> dict[str, Any]:
     """Train the starter model the extras describe; returns the materialization metadata."""
     from pearl_pipelines.ml.metrics import confusion_figure
-    from pearl_pipelines.ml.shipped import shipped_path
+    from pearl_pipelines.ml.shipped import require_shipped
     from pearl_pipelines.ml.starter import StarterRecipe, recipe_for, train_starter
     from pearl_pipelines.ml.train import TrainConfig
 
@@ -38,11 +38,8 @@ def train_and_register(
             **{**recipe.model_dump(exclude={"train"}), **{k: v for k, v in overrides.items() if k != "train"}},
             train=TrainConfig.model_validate(train.model_dump()),
         )
-    weights = None
-    if extras.get("source") == "shipped":
-        weights = shipped_path(settings.assets_dir, schema_id, recipe.arch)
-        if not weights.is_file():
-            raise FileNotFoundError(f"no shipped {schema_id} {recipe.arch} starter at {weights}; use source: train")
+    shipped = extras.get("source") == "shipped"
+    weights = require_shipped(settings.assets_dir, schema_id, recipe.arch) if shipped else None
     result = train_starter(
         schema_id,
         recipe.arch,

@@ -97,13 +97,17 @@ def run_job(pipeline: Pipeline, name: str, **kwargs) -> dg.ExecuteInProcessResul
     return job.execute_in_process(instance=pipeline.instance, resources=pipeline.resources, **kwargs)
 
 
-def test_starter_model_is_trained_and_registered(pipeline: Pipeline) -> None:
-    result = dg.materialize(
+def materialize_starter(pipeline: Pipeline, config: dict) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
         [pipeline.defs.get_assets_def("starter_model")],
         instance=pipeline.instance,
         resources=pipeline.resources,
-        run_config={"ops": {"starter_model": {"config": TINY_STARTER}}},
+        run_config={"ops": {"starter_model": {"config": config}}},
     )
+
+
+def test_starter_model_is_trained_and_registered(pipeline: Pipeline) -> None:
+    result = materialize_starter(pipeline, TINY_STARTER)
     assert result.success
     meta = result.asset_materializations_for_node("starter_model")[0].metadata
     assert meta["model_uri"].value == f"models:/{STARTER}/1"
@@ -117,12 +121,7 @@ def test_shipped_starter_is_registered_through_dagster_without_training(pipeline
     """What `make demo` runs first: the shipped 9-class weights, scored on holdout and registered (no training)."""
     name = "pearl-starter-shipped-e2e"
     config = {"schema_id": "chesapeake9", "source": "shipped", "train_regions": ["train-a"], "model_name": name}
-    result = dg.materialize(
-        [pipeline.defs.get_assets_def("starter_model")],
-        instance=pipeline.instance,
-        resources=pipeline.resources,
-        run_config={"ops": {"starter_model": {"config": config}}},
-    )
+    result = materialize_starter(pipeline, config)
     assert result.success
     meta = result.asset_materializations_for_node("starter_model")[0].metadata
     assert meta["model_uri"].value == f"models:/{name}/1" and meta["arch"].value == "unet"

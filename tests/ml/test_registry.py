@@ -25,6 +25,7 @@ from pearl_pipelines.ml.starter import (
     REPLAY_FILE,
     STARTER_ALIAS,
     StarterRecipe,
+    StarterResult,
     ship_starter,
     train_starter,
 )
@@ -50,17 +51,23 @@ def tiny_home(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return settings
 
 
-def test_starter_is_trained_logged_registered_and_loads_back(tiny_home: Settings, mlflow_uri: str) -> None:
-    name = "pearl-starter-test4"
-    result = train_starter(
+def tiny_starter(settings: Settings, mlflow_uri: str, name: str, weights: Path | None = None) -> StarterResult:
+    """The 4-class starter trained with the TINY recipe on train-a (or, with `weights`, registered from them)."""
+    return train_starter(
         "chesapeake4",
-        settings=tiny_home,
-        recipe=TINY,
+        settings=settings,
+        recipe=None if weights else TINY,
         tracking_uri=mlflow_uri,
         train_regions=["train-a"],
         model_name=name,
         show_progress=False,
+        weights=weights,
     )
+
+
+def test_starter_is_trained_logged_registered_and_loads_back(tiny_home: Settings, mlflow_uri: str) -> None:
+    name = "pearl-starter-test4"
+    result = tiny_starter(tiny_home, mlflow_uri, name)
     client = MlflowClient(mlflow_uri)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
@@ -102,15 +109,7 @@ def test_starter_is_trained_logged_registered_and_loads_back(tiny_home: Settings
     assert loaded.spec == local.spec
 
     # A second starter moves `starter`; the champion stays where it was.
-    again = train_starter(
-        "chesapeake4",
-        settings=tiny_home,
-        recipe=TINY,
-        tracking_uri=mlflow_uri,
-        train_regions=["train-a"],
-        model_name=name,
-        show_progress=False,
-    )
+    again = tiny_starter(tiny_home, mlflow_uri, name)
     assert again.model_version == "2" and not again.became_champion
     assert registry.get_version(name, STARTER_ALIAS).version == "2"
     assert registry.get_version(name, CHAMPION_ALIAS).version == "1"
@@ -118,26 +117,10 @@ def test_starter_is_trained_logged_registered_and_loads_back(tiny_home: Settings
 
 
 def test_shipped_weights_register_without_training(tiny_home: Settings, mlflow_uri: str, tmp_path: Path) -> None:
-    trained = train_starter(
-        "chesapeake4",
-        settings=tiny_home,
-        recipe=TINY,
-        tracking_uri=mlflow_uri,
-        train_regions=["train-a"],
-        model_name="pearl-starter-trained4",
-        show_progress=False,
-    )
+    trained = tiny_starter(tiny_home, mlflow_uri, "pearl-starter-trained4")
     weights = ship_starter(trained, tmp_path)
     assert weights == tmp_path / "starters" / "chesapeake4-fcn.pt"
-    shipped = train_starter(
-        "chesapeake4",
-        settings=tiny_home,
-        tracking_uri=mlflow_uri,
-        train_regions=["train-a"],
-        model_name="pearl-starter-shipped4",
-        show_progress=False,
-        weights=weights,
-    )
+    shipped = tiny_starter(tiny_home, mlflow_uri, "pearl-starter-shipped4", weights=weights)
     client = MlflowClient(mlflow_uri)
     run = client.get_run(shipped.run_id)
     used = trained.precision.precision
