@@ -48,6 +48,8 @@ class EmbeddingMeta(BaseModel):
     offset: list[float] | None = None  # added back to the stored values; set by the first block written
     backbone_digest: str
     model_id: str | None = None
+    # Which channels hold which feature group (ml/features.py), e.g. {"backbone": (0, 64), ...}.
+    channel_groups: dict[str, tuple[int, int]] | None = None
     created: dt.datetime
 
 
@@ -60,6 +62,8 @@ def backbone_digest(model: LandcoverModel) -> str:
     for key in sorted(state):
         h.update(key.encode())
         h.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    for part in model.digest_parts():
+        h.update(part)
     return "bb-" + h.hexdigest()[:20]
 
 
@@ -81,6 +85,7 @@ class EmbeddingCache:
         channels: int,
         backbone_digest: str,
         model_id: str | None = None,
+        channel_groups: dict[str, tuple[int, int]] | None = None,
     ) -> EmbeddingCache:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -92,6 +97,7 @@ class EmbeddingCache:
             channels=channels,
             backbone_digest=backbone_digest,
             model_id=model_id,
+            channel_groups=channel_groups,
             created=dt.datetime.now(dt.UTC),
         )
         (directory / META_FILE).unlink(missing_ok=True)  # a half-written cache must not look complete

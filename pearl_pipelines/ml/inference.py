@@ -211,9 +211,9 @@ def _check_imagery(dataset: Any, model: LandcoverModel, tiling: Tiling) -> None:
             f"imagery {dataset.name} has {dataset.count} band(s) of {dataset.dtypes[0]}; "
             f"the model needs {bands} uint8 bands ({', '.join(model.spec.bands)})"
         )
-    multiple = getattr(model.backbone, "multiple", 1)
+    multiple = model.multiple
     if tiling.window % multiple:
-        raise ValueError(f"window {tiling.window} must be a multiple of {multiple} for a {model.spec.arch} backbone")
+        raise ValueError(f"window {tiling.window} must be a multiple of {multiple} for this model's embedding")
 
 
 def _embed_and_classify(net: LandcoverModel) -> Forward:
@@ -263,7 +263,7 @@ def predict(
     started = time.perf_counter()
     device = torch.device(device) if device is not None else pick_device()
     batch_size = batch_size or (1 if device.type == "cpu" else 4)
-    tiling = tiling or default_tiling(model.backbone)
+    tiling = tiling or default_tiling(model)
     net = inference_copy(model, device)
     with ExitStack() as stack:
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
@@ -296,6 +296,7 @@ def predict(
                 channels=net.head.in_channels,
                 backbone_digest=backbone_digest(model),
                 model_id=model_id,
+                channel_groups=model.channel_groups,
             )
         forward: Forward = net if cache is None else _embed_and_classify(net)
         channels = k if cache is None else net.head.in_channels + k

@@ -6,6 +6,8 @@ Input normalisation lives inside the model, and a saved model carries its own de
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from pearl_pipelines.classes import ClassSchema
+from pearl_pipelines.ml.features import build_feature_group
 
 BANDS = ("red", "green", "blue", "nir")
 
@@ -29,6 +32,8 @@ class ModelSpec(BaseModel):
     mean: list[float] = Field(default_factory=lambda: [0.5, 0.5, 0.5, 0.5])
     std: list[float] = Field(default_factory=lambda: [0.25, 0.25, 0.25, 0.25])
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    # Feature groups embedded beside the backbone's (ml/features.py), in this order after its channels.
+    features: list[str] = Field(default_factory=list)
 
     model_config = {"populate_by_name": True}
 
@@ -108,7 +113,12 @@ class LandcoverModel(nn.Module):
         else:
             kwargs.setdefault("width", spec.embed_dim)
         self.backbone = ARCHITECTURES[spec.arch](in_channels=len(spec.bands), **kwargs)
-        self.embed_dim: int = int(self.backbone.out_channels)  # type: ignore[arg-type]
+        self.extras = nn.ModuleList(build_feature_group(name, spec.bands) for name in spec.features)
+        self.channel_groups: dict[str, tuple[int, int]] = {"backbone": (0, int(self.backbone.out_channels))}
+        for name, extra in zip(spec.features, self.extras, strict=True):
+            start = max(stop for _, stop in self.channel_groups.values())
+            self.channel_groups[name] = (start, start + int(extra.out_channels))
+        self.embed_dim: int = max(stop for _, stop in self.channel_groups.values())
         self.head = nn.Conv2d(self.embed_dim, len(spec.schema), 1)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std).view(1, -1, 1, 1))
@@ -118,10 +128,29 @@ class LandcoverModel(nn.Module):
         return (x.float() / 255.0 - self.mean) / self.std
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.normalise(x))
+        learned = self.backbone(self.normalise(x))
+        if not len(self.extras):
+            return learned
+        scaled = x.float() / 255.0
+        return torch.cat([learned, *(extra(scaled) for extra in self.extras)], dim=1)
+
+    @property
+    def receptive_field(self) -> int | None:
+        """Widest receptive field of the embedding's parts (None: not finite, or too wide to tile exactly)."""
+        fields = [getattr(m, "receptive_field", None) for m in (self.backbone, *self.extras)]
+        return None if None in fields else max(fields)  # type: ignore[type-var]
+
+    @property
+    def multiple(self) -> int:
+        """Input sides must be multiples of this."""
+        return math.lcm(*(int(getattr(m, "multiple", 1)) for m in (self.backbone, *self.extras)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(x))
+
+    def digest_parts(self) -> list[bytes]:
+        """What shapes the embeddings beyond the spec and state dict (frozen weights kept outside it)."""
+        return [part for extra in self.extras for part in extra.digest_parts()]
 
     def replace_head(self, schema: ClassSchema, weight: torch.Tensor, bias: torch.Tensor) -> None:
         """Swap in a head for a (possibly larger) class schema, e.g. after a retrain that added classes."""
@@ -132,6 +161,24 @@ class LandcoverModel(nn.Module):
             head.bias.copy_(bias.reshape(head.bias.shape))
         self.head = head.to(self.mean.device)
         self.spec = self.spec.model_copy(update={"schema_": schema})
+
+
+def with_features(model: LandcoverModel, features: Sequence[str]) -> LandcoverModel:
+    """The same model embedding `features` beside its backbone, its head zero-padded over the new channels:
+    every prediction is unchanged until a retrain gives those channels weight."""
+    if list(features[: len(model.spec.features)]) != model.spec.features:
+        raise ValueError(f"features {list(features)} must extend the model's own {model.spec.features}")
+    spec = model.spec.model_copy(update={"features": list(features)})
+    wide = LandcoverModel(spec).to(model.mean.device)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    missing, unexpected = wide.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
+    with torch.no_grad():
+        wide.head.weight.zero_()
+        wide.head.weight[:, : model.embed_dim].copy_(model.head.weight[:, : model.embed_dim])
+        assert wide.head.bias is not None and model.head.bias is not None
+        wide.head.bias.copy_(model.head.bias)
+    return wide.train(model.training)
 
 
 def save_model(model: LandcoverModel, path: Path, extra: dict[str, Any] | None = None) -> Path:

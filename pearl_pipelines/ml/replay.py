@@ -110,7 +110,7 @@ def build_replay_set(
             if len(r):
                 found.append((np.ravel_multi_index((r + row, c + col), out.shape), block[r, c].numpy().copy()))
 
-        tiling = default_tiling(model.backbone, fit=(height, width))
+        tiling = default_tiling(model, fit=(height, width))
         plan = WindowPlan.build(Region(0, 0, height, width), tiling, (0, 0), band_columns(tiling, channels, 64))
         with torch.inference_mode():
             run_windows(ArraySource(image), plan, net.embed, channels, keep, device=device, batch_size=batch_size)

@@ -102,7 +102,7 @@ def train_model(
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     seed_everything(config.seed)
     # U-Net sides must be multiples of 2**depth; crop the patch down rather than fail.
-    multiple = int(getattr(model.backbone, "multiple", 1))
+    multiple = model.multiple
     sampler = PatchSampler(rasters, config.patch_size, seed=config.seed, class_balance=config.class_balance)
     sampler.patch_size -= sampler.patch_size % multiple
     n_classes = len(model.spec.schema)
@@ -162,7 +162,7 @@ def predict_array(model: LandcoverModel, image: np.ndarray, *, batch_size: int =
     """
     device = pick_device()
     net = inference_copy(model, device)
-    tiling = default_tiling(model.backbone)
+    tiling = default_tiling(model)
     n_classes = len(model.spec.schema)
     height, width = image.shape[1:]
     classes = np.full((height, width), NODATA_CLASS, dtype=np.uint8)
