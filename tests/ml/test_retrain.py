@@ -114,8 +114,9 @@ def test_a_new_class_clicked_once_is_not_swamped_by_many_labels(area: Area, tmp_
             window = np.s_[PANELS[1][0] + 3 : PANELS[1][2] - 3, PANELS[1][1] + 3 : PANELS[1][3] - 3]  # never labelled
             return float((src.read(1)[window] == 4).mean()), float(conf.read(1)[window].mean())
 
-    share, confidence = panel_share(RetrainOptions())
-    unweighted_share, unweighted_confidence = panel_share(RetrainOptions(max_class_boost=1.0))
+    # The same replay share for both (the boost is under test, not the replay choice).
+    share, confidence = panel_share(RetrainOptions(replay_scale=1.0))
+    unweighted_share, unweighted_confidence = panel_share(RetrainOptions(replay_scale=1.0, max_class_boost=1.0))
     assert share > 0.95 and confidence > 220  # max softmax * 255: above 0.86 on average
     assert unweighted_share < share and unweighted_confidence < confidence - 50
 
@@ -253,3 +254,35 @@ def test_several_caches_pool_their_labels(area: Area, fcn: LandcoverModel, tmp_p
     assert version.info["n_user_samples"] == 41 and version.info["labels_outside_area"] == 1
     with pytest.raises(RetrainError, match="none of the 1 labels falls inside the 2 areas"):
         retrain(area.parent, caches, far.iloc[[1]])
+
+
+def _cv_accuracy(version: ModelVersion) -> float:
+    assert version.metrics is not None
+    return version.metrics.accuracy
+
+
+def test_replay_never_makes_grouped_cv_accuracy_worse(area: Area) -> None:
+    """A replay set from another domain (its labels permuted, so it contradicts the user's): full replay hurts,
+    and the per-retrain choice by grouped CV keeps the retrain at least as good as the one without replay."""
+    labels = model_points(area, 80, seed=11)
+    rng = np.random.default_rng(0)
+    k = len(area.parent.schema)
+    permuted = ReplaySet(area.replay.embeddings, rng.permutation(k)[area.replay.labels], area.replay.class_names)
+    for replay in (area.replay, permuted):
+        fixed = {
+            s: retrain(area.parent, area.cache, labels, replay=replay, options=RetrainOptions(replay_scale=s))
+            for s in (0.0, 0.3, 1.0)
+        }
+        chosen = retrain(area.parent, area.cache, labels, replay=replay)
+        assert _cv_accuracy(chosen) >= _cv_accuracy(fixed[0.0])
+        assert _cv_accuracy(chosen) == max(map(_cv_accuracy, fixed.values()))
+        assert chosen.info["replay_scale"] in fixed
+        assert chosen.info["replay_cv_accuracy"] == {f"{s:g}": round(_cv_accuracy(v), 4) for s, v in fixed.items()}
+    assert _cv_accuracy(fixed[1.0]) < _cv_accuracy(fixed[0.0])  # the permuted replay does hurt at full weight
+    assert chosen.info["replay_scale"] < 1.0 and chosen.info["n_replay_samples"] in (0, len(permuted))
+
+
+def test_one_class_labels_keep_the_replay_set(area: Area) -> None:
+    labels = model_points(area, 20, seed=2, classes=(int(np.bincount(area.classes.ravel()).argmax()),))
+    version = retrain(area.parent, area.cache, labels, replay=area.replay)
+    assert version.info["replay_scale"] > 0 and version.info["n_replay_samples"] == len(area.replay)
