@@ -18,6 +18,7 @@ import json
 import os
 import threading
 import warnings
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from pydantic import BaseModel
 from rasterio.crs import CRS
 
 from pearl_pipelines.classes import ClassSchema
+from pearl_pipelines.ml.heads import head_kind, head_logits, input_channels
 from pearl_pipelines.ml.models import LandcoverModel
 from pearl_pipelines.ml.outputs import ClassRasterWriter, PredictionResult, classify_block
 from pearl_pipelines.ml.threads import single_threaded
@@ -132,6 +134,12 @@ class EmbeddingCache:
     def offset(self) -> np.ndarray:
         return np.asarray(self.meta.offset or np.zeros(self.meta.channels), dtype=np.float32)
 
+    def xy(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """(N, 2) map coordinates (the cache's CRS) of pixel centres: where a spatial head places a pixel."""
+        t = self.transform
+        c, r = np.asarray(cols, np.float64) + 0.5, np.asarray(rows, np.float64) + 0.5
+        return np.stack([t.a * c + t.b * r + t.c, t.d * c + t.e * r + t.f], axis=-1)
+
     def write_block(self, row: int, col: int, block: torch.Tensor, valid: np.ndarray | None = None) -> None:
         """Store an (h, w, C) float block at (row, col); `valid` (h, w) bool, default all valid."""
         h, w = block.shape[:2]
@@ -173,8 +181,11 @@ def apply_head(
     *,
     chunk_pixels: int = 32768,
     workers: int | None = None,
+    extra: Mapping[str, np.ndarray] | None = None,
 ) -> PredictionResult:
     """Re-predict a cached area with a (K, C) head: a chunked matmul, written as classes + confidence COGs.
+
+    `extra`: the arrays of a non-linear head (ml/heads.py), whose `weight` is then its output layer.
 
     Chunks are small enough for their float32 copy to stay in cache between conversion and matmul, and
     `workers` threads (default: up to 4 cores) each classify whole chunks on one core: parallel without
@@ -182,12 +193,14 @@ def apply_head(
     """
     height, width = cache.shape
     channels = cache.meta.channels
-    if weight.shape != (len(schema), channels) or bias.shape != (len(schema),):
+    extra = dict(extra or {})
+    if input_channels(weight, extra) != channels or weight.shape[0] != len(schema) or bias.shape != (len(schema),):
         raise ValueError(
             f"head of shape {weight.shape} + {bias.shape} does not fit {len(schema)} classes x {channels} channels"
         )
     weight_t = np.ascontiguousarray(np.asarray(weight, dtype=np.float32).T)
-    bias32 = (np.asarray(bias, dtype=np.float32) + cache.offset @ weight_t)[:, None]  # W (x + offset) + b
+    if not extra:
+        bias32 = (np.asarray(bias, dtype=np.float32) + cache.offset @ weight_t)[:, None]  # W (x + offset) + b
     rows = max(1, chunk_pixels // width)
     local = threading.local()  # per-worker buffers: fresh multi-MB allocations page-fault, reuse does not
 
@@ -198,7 +211,12 @@ def apply_head(
         h = min(rows, height - row)
         x, logits = local.x[: h * width], local.logits[:, : h * width]
         x.copy_(_as_tensor(cache.array[row : row + h]).reshape(h * width, channels))  # float16 -> float32
-        np.add((x.numpy() @ weight_t).T, bias32, out=logits)  # BLAS's (N, C) x (C, K) beats torch; (K, N) after
+        if extra:  # a non-linear head: slower, but on the same chunks and threads
+            rr, cc = np.mgrid[row : row + h, 0:width]
+            xy = cache.xy(rr.ravel(), cc.ravel()) if head_kind(extra) == "spatial" else None
+            logits[:] = head_logits(weight, bias, extra, x.numpy() + cache.offset, xy).T
+        else:
+            np.add((x.numpy() @ weight_t).T, bias32, out=logits)  # BLAS's (N, C) x (C, K) beats torch; (K, N) after
         valid = cache.valid[row : row + h].astype(bool)
         return row, *classify_block(torch.from_numpy(logits).reshape(-1, h, width), valid)
 

@@ -293,13 +293,13 @@ def predict(
                 transform=transform,
                 height=region.height,
                 width=region.width,
-                channels=net.head.in_channels,
+                channels=net.embed_dim,
                 backbone_digest=backbone_digest(model),
                 model_id=model_id,
                 channel_groups=model.channel_groups,
             )
         forward: Forward = net if cache is None else _embed_and_classify(net)
-        channels = k if cache is None else net.head.in_channels + k
+        channels = k if cache is None else net.embed_dim + k
 
         def sink(row: int, col: int, block: torch.Tensor) -> None:
             """(h, w, [C +] K) finished block: logits are the last K channels, embeddings any before them."""

@@ -34,6 +34,8 @@ class ModelSpec(BaseModel):
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)
     # Feature groups embedded beside the backbone's (ml/features.py), in this order after its channels.
     features: list[str] = Field(default_factory=list)
+    # Hidden width of an MLP head (1x1 conv, ReLU, 1x1 conv) set by an MLP retrain; 0: a linear 1x1 head.
+    head_hidden: int = 0
 
     model_config = {"populate_by_name": True}
 
@@ -119,7 +121,15 @@ class LandcoverModel(nn.Module):
             start = max(stop for _, stop in self.channel_groups.values())
             self.channel_groups[name] = (start, start + int(extra.out_channels))
         self.embed_dim: int = max(stop for _, stop in self.channel_groups.values())
-        self.head = nn.Conv2d(self.embed_dim, len(spec.schema), 1)
+        self.head: nn.Module = (
+            nn.Sequential(
+                nn.Conv2d(self.embed_dim, spec.head_hidden, 1),
+                nn.ReLU(),
+                nn.Conv2d(spec.head_hidden, len(spec.schema), 1),
+            )
+            if spec.head_hidden
+            else nn.Conv2d(self.embed_dim, len(spec.schema), 1)
+        )
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std).view(1, -1, 1, 1))
 
@@ -159,13 +169,20 @@ class LandcoverModel(nn.Module):
         with torch.no_grad():
             head.weight.copy_(weight.reshape(head.weight.shape))
             head.bias.copy_(bias.reshape(head.bias.shape))
+        self.set_head(schema, head)
+
+    def set_head(self, schema: ClassSchema, head: nn.Module) -> None:
+        """Swap in a head module: a 1x1 conv, or an MLP head (ml/heads.py) whose width the spec records."""
+        hidden = int(head[0].out_channels) if isinstance(head, nn.Sequential) else 0
         self.head = head.to(self.mean.device)
-        self.spec = self.spec.model_copy(update={"schema_": schema})
+        self.spec = self.spec.model_copy(update={"schema_": schema, "head_hidden": hidden})
 
 
 def with_features(model: LandcoverModel, features: Sequence[str]) -> LandcoverModel:
     """The same model embedding `features` beside its backbone, its head zero-padded over the new channels:
     every prediction is unchanged until a retrain gives those channels weight."""
+    if model.spec.head_hidden:
+        raise ValueError("only a model with a linear head can be widened")
     if list(features[: len(model.spec.features)]) != model.spec.features:
         raise ValueError(f"features {list(features)} must extend the model's own {model.spec.features}")
     spec = model.spec.model_copy(update={"features": list(features)})

@@ -93,7 +93,7 @@ def build_replay_set(
         raise ValueError(f"{len(images)} images but {len(labels)} label rasters")
     device = torch.device(device) if device is not None else pick_device()
     net = inference_copy(model, device)
-    channels = net.head.in_channels
+    channels = net.embed_dim
     picks = _pick_pixels(labels, per_class, np.random.default_rng(seed))
     embeddings, classes = [], []
     for image, label, pick in zip(images, labels, picks, strict=True):

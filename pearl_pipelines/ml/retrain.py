@@ -17,24 +17,29 @@ gets zero weight and a very low bias, so they are never predicted; the version's
 from __future__ import annotations
 
 import dataclasses
-from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 from pydantic import ValidationError
-from sklearn.linear_model import LogisticRegression
 
 from pearl_pipelines.classes import ClassDef, ClassSchema
 from pearl_pipelines.ml.embeddings import EmbeddingCache, sample_embeddings
 from pearl_pipelines.ml.errors import RetrainError
+from pearl_pipelines.ml.heads import head_logits
 from pearl_pipelines.ml.metrics import compute_metrics, grouped_cross_val_predict
 from pearl_pipelines.ml.replay import ReplaySet
 from pearl_pipelines.ml.samples import SamplingConfig, labels_to_samples, sample_on_grid, validate_labels
-from pearl_pipelines.ml.threads import single_threaded
+from pearl_pipelines.ml.strategies import (
+    STRATEGIES,
+    UNLEARNED_BIAS,
+    LogisticRegressionHead,
+    RetrainStrategy,
+    make_strategy,
+)
 from pearl_pipelines.ml.versions import ModelVersion, label_set_digest, new_version_id
 
 __all__ = [
@@ -48,132 +53,6 @@ __all__ = [
     "rename_classes",
     "retrain",
 ]
-
-ChannelGroups = Mapping[str, tuple[int, int]]
-
-# Bias of a class that has no training sample: exp(-1e4) is 0, so it is never predicted.
-UNLEARNED_BIAS = -1e4
-
-
-class RetrainStrategy(ABC):
-    """Fits a linear head (K, C) + (K,) on (N, C) embeddings. Implement `_fit` for the classes present.
-
-    `fit` maps the classes present in `y` to 0..P-1, calls `_fit`, and gives absent classes an
-    unlearned row, so every strategy handles schemas with classes nobody labelled.
-    """
-
-    name: ClassVar[str]
-
-    def params(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
-
-    def fit(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        n_classes: int,
-        *,
-        sample_weight: np.ndarray | None = None,
-        seed: int = 0,
-        channel_groups: ChannelGroups | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        present = np.unique(y)
-        if len(present) < 2:
-            raise RetrainError(f"a head needs samples of at least two classes, got only class index {present.tolist()}")
-        groups = channel_groups or {"embedding": (0, x.shape[1])}
-        w, b = self._fit(x, np.searchsorted(present, y), len(present), sample_weight, seed, groups)
-        weight = np.zeros((n_classes, x.shape[1]), dtype=np.float32)
-        bias = np.full(n_classes, UNLEARNED_BIAS, dtype=np.float32)
-        weight[present], bias[present] = w, b
-        return weight, bias
-
-    @abstractmethod
-    def _fit(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        n_present: int,
-        sample_weight: np.ndarray | None,
-        seed: int,
-        channel_groups: ChannelGroups,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(P, C) weight and (P,) bias for labels y in 0..P-1, applying to raw embeddings.
-
-        `channel_groups` names the embedding's feature groups (ml/features.py) by channel range."""
-
-
-def _default_group_weights() -> dict[str, float]:
-    return {"spectral_texture": 3.0}
-
-
-@dataclass
-class LogisticRegressionHead(RetrainStrategy):
-    """Multinomial logistic regression (lbfgs), refit from scratch, as microsoft/landcover does.
-
-    Features are standardised for the solver; the scaling is folded back into the weights, so the
-    head applies to raw embeddings. In a wide embedding each feature group is then scaled by
-    `group_weights[name] * sqrt(d_first / d_group)`: every group gets the same prior weight in the logits
-    whatever its width (152 ImageNet channels do not drown 12 spectral ones), and a weight above 1 lowers a
-    group's L2 penalty. Spectra + texture get 3: with 10 clicks they are what a head can trust (measured on
-    Rotterdam and `shifted`, bench/real_imagery.py). A one-group embedding is fitted as before.
-    """
-
-    name: ClassVar[str] = "logistic_regression"
-    C: float = 1.0
-    max_iter: int = 500
-    # lbfgs gradient tolerance: 1e-3 on standardised features halves the iterations of sklearn's 1e-4
-    # without a measurable change in accuracy (the fit is on the interactive path).
-    tol: float = 1e-3
-    standardise: bool = True
-    group_weights: dict[str, float] = field(default_factory=_default_group_weights)
-
-    def _fit(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        n_present: int,
-        sample_weight: np.ndarray | None,
-        seed: int,
-        channel_groups: ChannelGroups,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        x = np.asarray(x, dtype=np.float64)
-        mean = x.mean(axis=0) if self.standardise else np.zeros(x.shape[1])
-        std = x.std(axis=0) if self.standardise else np.ones(x.shape[1])
-        std[std < 1e-6] = 1.0  # constant channels (dead ReLUs) carry no information
-        std /= group_scales(channel_groups, x.shape[1], self.group_weights)
-        clf = LogisticRegression(C=self.C, max_iter=self.max_iter, tol=self.tol, random_state=seed)
-        with single_threaded():  # a small problem: threads cost ~10x more than they save here
-            clf.fit(((x - mean) / std).astype(np.float32), y, sample_weight=sample_weight)  # float32: ~15% faster
-        coef, intercept = clf.coef_, clf.intercept_
-        if n_present == 2:  # sklearn's binary model is one logit; softmax over [0, z] is the same model
-            coef = np.vstack([np.zeros_like(coef), coef])
-            intercept = np.concatenate([[0.0], intercept])
-        weight = coef / std
-        return weight.astype(np.float32), (intercept - weight @ mean).astype(np.float32)
-
-
-def group_scales(groups: ChannelGroups, channels: int, weights: Mapping[str, float]) -> np.ndarray:
-    """(C,) per-channel scale that balances feature groups (see `LogisticRegressionHead`)."""
-    scales = np.ones(channels)
-    if len(groups) < 2:
-        return scales
-    first = min(groups.values())
-    reference = first[1] - first[0]
-    for name, (start, stop) in groups.items():
-        scales[start:stop] = weights.get(name, 1.0) * np.sqrt(reference / max(stop - start, 1))
-    return scales
-
-
-STRATEGIES: dict[str, type[RetrainStrategy]] = {LogisticRegressionHead.name: LogisticRegressionHead}
-
-
-def make_strategy(name: str, **params: Any) -> RetrainStrategy:
-    if name not in STRATEGIES:
-        raise RetrainError(f"unknown retrain strategy {name!r}; available: {', '.join(STRATEGIES)}")
-    try:
-        return STRATEGIES[name](**params)
-    except TypeError as exc:
-        raise RetrainError(f"bad parameters for strategy {name!r}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -294,7 +173,12 @@ def retrain(
     if replay is not None and replay.backbone_digest and replay.backbone_digest != parent.base_model_id:
         raise RetrainError(f"the replay set was made by backbone {replay.backbone_digest}, not {parent.base_model_id}")
     schema = _schema_for_labels(parent.schema, labels["class_name"].unique().tolist(), new_classes or {})
-    x_user, names, group_ids, outside = _sample_caches(caches, labels, options.sampling)
+    if strategy.uses_xy and len({c.meta.crs_wkt for c in caches}) > 1:
+        raise RetrainError(
+            f"strategy {strategy.name!r} places labels on the map, but the areas are in different CRSs; "
+            f"use {LogisticRegressionHead.name!r} or label areas of one imagery collection"
+        )
+    x_user, xy_user, names, group_ids, outside = _sample_caches(caches, labels, options.sampling)
     index = {name: i for i, name in enumerate(schema.names)}
     y_user = np.array([index[n] for n in names], dtype=np.int64)
     groups = pd.factorize(pd.Series(group_ids).astype(str))[0]
@@ -309,14 +193,16 @@ def retrain(
         )
     channel_groups = caches[0].meta.channel_groups
 
-    def fit(train: np.ndarray | slice, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    xy_replay = np.full((len(y_replay), 2), np.nan)  # replay samples come from elsewhere: no position here
+
+    def fit(train: np.ndarray | slice, scale: float) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         keep = slice(None) if scale > 0 else slice(0)  # scale 0: no replay at all
         y_train = np.concatenate([y_user[train], y_replay[keep]])
         if len(np.unique(y_train)) < 2:  # a fold with one class and no replay can only predict that class
             weight = np.zeros((len(schema), x_user.shape[1]), np.float32)
             bias = np.full(len(schema), UNLEARNED_BIAS, np.float32)
             bias[y_train[0]] = 0.0
-            return weight, bias
+            return weight, bias, {}
         return strategy.fit(
             np.concatenate([x_user[train], x_replay[keep]]),
             y_train,
@@ -324,19 +210,19 @@ def retrain(
             sample_weight=np.concatenate([w_user[train], scale * w_replay[keep]]),
             seed=options.seed,
             channel_groups=channel_groups,
+            xy=np.concatenate([xy_user[train], xy_replay[keep]]),
         )
 
     def cross_validate(scale: float) -> tuple[np.ndarray, list[str]]:
         def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
-            w, b = fit(train, scale)
-            return np.argmax(x_user[test] @ w.T + b, axis=1)
+            return np.argmax(head_logits(*fit(train, scale), x_user[test], xy_user[test]), axis=1)
 
         return grouped_cross_val_predict(y_user, groups, fit_predict, n_splits=options.cv_folds, seed=options.seed)
 
     scales = _replay_candidates(options, has_replay=len(y_replay) > 0, user_classes=len(np.unique(y_user)))
     folds = {s: cross_validate(s) for s in scales} if options.evaluate or len(scales) > 1 else {}
     scale, replay_cv = _choose_replay_scale(y_user, folds, scales)
-    weight, bias = fit(slice(None), scale)
+    weight, bias, head_extra = fit(slice(None), scale)
     y_all = np.concatenate([y_user, y_replay if scale > 0 else y_replay[:0]])
 
     info: dict[str, Any] = {
@@ -366,6 +252,7 @@ def retrain(
         schema=schema,
         weight=weight,
         bias=bias,
+        head_extra=head_extra,
         strategy=strategy.name,
         strategy_params=strategy.params(),
         label_set_digest=label_set_digest(labels),
@@ -404,14 +291,15 @@ def _choose_replay_scale(
 
 def _sample_caches(
     caches: Sequence[EmbeddingCache], labels: gpd.GeoDataFrame, sampling: SamplingConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """(embeddings float32, class names, group ids, labels outside every cache) of validated labels."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """(embeddings float32, map coordinates, class names, group ids, labels outside every cache) of labels."""
     if len(caches) == 1:  # the one-cache case keeps labels_to_samples' error message with the cache bounds
         c = caches[0]
         one = labels_to_samples(
             labels, crs=c.crs, transform=c.transform, shape=c.shape, config=sampling, validate=False
         )
-        return sample_embeddings(c, one.rows, one.cols), one.class_names, one.groups, one.labels_outside
+        x, xy = sample_embeddings(c, one.rows, one.cols), c.xy(one.rows, one.cols)
+        return x, xy, one.class_names, one.groups, one.labels_outside
     found = [
         (c, sample_on_grid(labels, crs=c.crs, transform=c.transform, shape=c.shape, config=sampling)) for c in caches
     ]
@@ -424,6 +312,7 @@ def _sample_caches(
     inside = set().union(*(s.groups.tolist() for _, s in found))
     return (
         np.concatenate([sample_embeddings(c, s.rows, s.cols) for c, s in found]),
+        np.concatenate([c.xy(s.rows, s.cols) for c, s in found]),
         np.concatenate([s.class_names for _, s in found]),
         np.concatenate([s.groups for _, s in found]),
         labels["label_id"].nunique() - len(inside),

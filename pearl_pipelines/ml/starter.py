@@ -35,8 +35,9 @@ from pearl_pipelines.classes import load_schema
 from pearl_pipelines.geo.regions import LABEL_SCHEMAS, Region, build_region, load_regions
 from pearl_pipelines.ml.data import LabelledRaster, band_stats, load_labelled_rasters
 from pearl_pipelines.ml.embeddings import backbone_digest
+from pearl_pipelines.ml.features import DEFAULT_FEATURES
 from pearl_pipelines.ml.metrics import MetricsReport, confusion_figure
-from pearl_pipelines.ml.models import LandcoverModel, ModelSpec, load_model, save_model
+from pearl_pipelines.ml.models import LandcoverModel, ModelSpec, load_model, save_model, with_features
 from pearl_pipelines.ml.precision import PrecisionChoice
 from pearl_pipelines.ml.registry import MODEL_ARTIFACT_PATH, MODEL_FILE, ModelRegistry
 from pearl_pipelines.ml.replay import build_replay_set
@@ -69,6 +70,9 @@ class StarterRecipe(BaseModel):
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)
     train: TrainConfig = Field(default_factory=TrainConfig)
     replay_per_class: int = 500
+    # Feature groups embedded beside the learned ones once trained (ml/features.py): the head starts with zero
+    # weight on them, so the starter's own map is unchanged, and every retrain can use them.
+    features: list[str] = Field(default_factory=lambda: list(DEFAULT_FEATURES))
 
 
 # Chosen on a validation split of the training items (20 % of 500 px blocks, never holdout). The U-Net is
@@ -302,8 +306,9 @@ def train_starter(
             # CPU time of this process: on a shared machine wall time says more about the neighbours than the model.
             train_cpu_seconds = time.process_time() - cpu_started
         log(f"{schema_id}: scoring on {', '.join(holdout_names)}, then the replay set from {', '.join(train_names)}")
-        report = evaluate_rasters(model, holdout)
+        report = evaluate_rasters(model, holdout)  # before widening: the zero-padded head predicts the same
         log(f"{schema_id}: holdout macro F1 {report.macro_f1:.3f}, overall accuracy {report.accuracy:.3f}")
+        model = with_features(model, recipe.features)
         model_path, replay_path = _save_and_log(
             client,
             run_id=run_id,

@@ -20,16 +20,17 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import shapely
-import torch
 
 from pearl_pipelines.classes import ClassSchema
 from pearl_pipelines.ml.embeddings import backbone_digest
+from pearl_pipelines.ml.heads import head_kind, head_logits, head_module
 from pearl_pipelines.ml.metrics import MetricsReport
 from pearl_pipelines.ml.models import LandcoverModel
 
 VERSION_FILE = "version.json"
 HEAD_FILE = "head.npz"
 LABELS_FILE = "labels.parquet"
+EXTRA_PREFIX = "extra_"
 
 
 def new_version_id() -> str:
@@ -63,12 +64,28 @@ class ModelVersion:
     metrics: MetricsReport | None = None
     info: dict[str, Any] = field(default_factory=dict)  # sample counts, seed, notes
     created: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    # Arrays of a non-linear head (ml/heads.py: MLP hidden layer, spatial ensemble); empty for a linear head.
+    head_extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.weight = np.asarray(self.weight, dtype=np.float32)
         self.bias = np.asarray(self.bias, dtype=np.float32)
+        self.head_extra = {k: np.asarray(v, dtype=np.float32) for k, v in self.head_extra.items()}
         if self.weight.shape[0] != len(self.schema) or self.bias.shape != (len(self.schema),):
             raise ValueError(f"head {self.weight.shape} + {self.bias.shape} does not match {len(self.schema)} classes")
+
+    @property
+    def head_kind(self) -> str:
+        return head_kind(self.head_extra)
+
+    @property
+    def needs_xy(self) -> bool:
+        """Whether the head needs each pixel's map coordinates (a spatial ensemble)."""
+        return self.head_kind == "spatial"
+
+    def logits(self, x: np.ndarray, xy: np.ndarray | None = None) -> np.ndarray:
+        """(N, K) logits of (N, C) embeddings (`xy`: the pixels' map coordinates, for a spatial head)."""
+        return head_logits(self.weight, self.bias, self.head_extra, np.asarray(x, np.float32), xy)
 
     @classmethod
     def from_model(cls, model: LandcoverModel, version_id: str | None = None) -> ModelVersion:
@@ -92,8 +109,9 @@ class ModelVersion:
                 f"version {self.id} was trained on backbone {self.base_model_id}; "
                 f"the given model's backbone is {digest}"
             )
+        head = head_module(self.weight, self.bias, self.head_extra)  # a clear error for a spatial head
         model = copy.deepcopy(base)
-        model.replace_head(self.schema, torch.from_numpy(self.weight), torch.from_numpy(self.bias))
+        model.set_head(self.schema, head)
         return model.eval()
 
     def _manifest(self) -> dict[str, Any]:
@@ -115,7 +133,7 @@ class ModelVersion:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with (directory / HEAD_FILE).open("wb") as f:
-            np.savez(f, weight=self.weight, bias=self.bias)
+            np.savez(f, weight=self.weight, bias=self.bias, **{EXTRA_PREFIX + k: v for k, v in self.head_extra.items()})
         if labels is not None:
             labels.to_parquet(directory / LABELS_FILE)
         tmp = directory / (VERSION_FILE + ".tmp")
@@ -131,6 +149,7 @@ class ModelVersion:
         manifest = json.loads((directory / VERSION_FILE).read_text())
         with np.load(directory / HEAD_FILE) as head:
             weight, bias = head["weight"], head["bias"]
+            extra = {k.removeprefix(EXTRA_PREFIX): head[k] for k in head.files if k.startswith(EXTRA_PREFIX)}
         metrics = manifest.pop("metrics")
         schema = ClassSchema.model_validate(manifest.pop("schema"))
         created = dt.datetime.fromisoformat(manifest.pop("created"))
@@ -140,6 +159,7 @@ class ModelVersion:
             created=created,
             weight=weight,
             bias=bias,
+            head_extra=extra,
             metrics=MetricsReport.model_validate(metrics) if metrics else None,
         )
 

@@ -230,7 +230,7 @@ def test_logistic_head_folds_standardisation_into_the_weights() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(3.0, [0.1, 5.0, 1.0], size=(300, 3)).astype(np.float32)
     y = (x[:, 0] > 3.0).astype(int) + (x[:, 1] > 4.0).astype(int)
-    weight, bias = LogisticRegressionHead(C=10.0, tol=1e-8).fit(x, y, n_classes=3)
+    weight, bias, _ = LogisticRegressionHead(C=10.0, tol=1e-8).fit(x, y, n_classes=3)
     z = (x - x.mean(0)) / x.std(0)
     reference = LogisticRegression(C=10.0, max_iter=500, tol=1e-8).fit(z, y).predict_proba(z)
     logits = x @ weight.T + bias
