@@ -22,11 +22,12 @@ from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.ml import inference
 from pearl_pipelines.ml.embeddings import EmbeddingCache, apply_head, sample_embeddings
 from pearl_pipelines.ml.errors import RetrainError
+from pearl_pipelines.ml.heads import pad_classes
 from pearl_pipelines.ml.metrics import MetricsReport, compute_metrics
 from pearl_pipelines.ml.models import LandcoverModel, load_model, save_model
 from pearl_pipelines.ml.outputs import PredictionResult
 from pearl_pipelines.ml.replay import ReplaySet
-from pearl_pipelines.ml.retrain import UNLEARNED_BIAS, RetrainOptions, retrain
+from pearl_pipelines.ml.retrain import UNLEARNED_BIAS, RetrainOptions, make_strategy, retrain
 from pearl_pipelines.ml.samples import labels_to_samples
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
@@ -129,9 +130,8 @@ def conform(version: ModelVersion, schema: ClassSchema) -> ModelVersion:
         raise RetrainError(
             f"the project has {len(schema)} classes, fewer than model {version.id} ({len(version.schema)})"
         )
-    weight = np.vstack([version.weight, np.zeros((pad, version.weight.shape[1]), np.float32)])
-    bias = np.concatenate([version.bias, np.full(pad, UNLEARNED_BIAS, np.float32)])
-    return dataclasses.replace(version, schema=schema, weight=weight, bias=bias)
+    weight, bias, extra = pad_classes(version.weight, version.bias, version.head_extra, len(schema), UNLEARNED_BIAS)
+    return dataclasses.replace(version, schema=schema, weight=weight, bias=bias, head_extra=extra)
 
 
 def save_version(version: ModelVersion, directory: Path, labels: gpd.GeoDataFrame | None) -> Path:
@@ -143,8 +143,9 @@ def load_version(directory: Path) -> ModelVersion:
 
 
 def version_model(version: ModelVersion, base: BaseModel) -> LandcoverModel:
-    """A full model (backbone + this head) for a forward pass."""
-    return version.to_model(base.model)
+    """A full model (backbone + this head) for a forward pass; the base model for a spatial head, which applies
+    to cached embeddings only (`repredict` after the forward pass)."""
+    return base.model if version.needs_xy else version.to_model(base.model)
 
 
 # -- prediction --------------------------------------------------------------------------------------------------
@@ -174,7 +175,8 @@ def predict_aoi(
 def repredict(embeddings_dir: Path, version: ModelVersion, schema: ClassSchema, out_dir: Path) -> PredictionResult:
     """Head-only re-prediction from the cached embeddings (no backbone): the live-retrain path."""
     head = conform(version, schema)
-    return apply_head(EmbeddingCache.open(embeddings_dir), head.weight, head.bias, schema, out_dir)
+    cache = EmbeddingCache.open(embeddings_dir)
+    return apply_head(cache, head.weight, head.bias, schema, out_dir, extra=head.head_extra)
 
 
 def has_embeddings(embeddings_dir: Path) -> bool:
@@ -190,13 +192,18 @@ def retrain_version(
     replay: ReplaySet | None,
     *,
     evaluate: bool,
+    strategy: str = "logistic_regression",
+    replay_scale: float | None = None,
 ) -> ModelVersion:
     """A child version for the project's schema from all labels over the cached AOIs (+ the replay set).
 
-    `evaluate=False` is the live path (one fit); `evaluate=True` adds grouped cross-validation metrics.
+    `evaluate=False` with a `replay_scale` is the live path (one fit); `evaluate=True` adds grouped
+    cross-validation metrics, and without a `replay_scale` the share of replay is chosen by that CV.
     """
     caches = [EmbeddingCache.open(d) for d in cache_dirs]
-    return retrain(conform(parent, schema), caches, labels, replay=replay, options=RetrainOptions(evaluate=evaluate))
+    options = RetrainOptions(evaluate=evaluate, replay_scale=replay_scale)
+    head = make_strategy(strategy)
+    return retrain(conform(parent, schema), caches, labels, replay=replay, strategy=head, options=options)
 
 
 def score_version(
@@ -204,19 +211,21 @@ def score_version(
 ) -> MetricsReport | None:
     """Metrics of a version on labels it was not fit on (the starter model on the mapper's labels)."""
     head = conform(version, schema)
-    xs, truth = [], []
+    predicted, truth = [], []
     for directory in cache_dirs:
         cache = EmbeddingCache.open(directory)
         try:
             samples = labels_to_samples(labels, crs=cache.crs, transform=cache.transform, shape=cache.shape)
         except RetrainError:  # no label on this AOI
             continue
-        xs.append(sample_embeddings(cache, samples.rows, samples.cols).astype(np.float32))
+        x = sample_embeddings(cache, samples.rows, samples.cols)
+        predicted.append(np.argmax(head.logits(x, cache.xy(samples.rows, samples.cols)), axis=1))
         truth += [schema.index(n) for n in samples.class_names]
-    if not xs:
+    if not predicted:
         return None
-    predicted = np.argmax(np.concatenate(xs) @ head.weight.T + head.bias, axis=1)
-    return compute_metrics(np.array(truth), predicted, schema.names, method="holdout:labels (never trained on)")
+    return compute_metrics(
+        np.array(truth), np.concatenate(predicted), schema.names, method="holdout:labels (never trained on)"
+    )
 
 
 # -- tracking and orchestration -----------------------------------------------------------------------------------

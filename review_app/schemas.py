@@ -188,6 +188,23 @@ class RetrainRequest(BaseModel):
     aoi_id: int | None = Field(default=None, description="AOI to re-predict first; default: every AOI with labels")
 
 
+StrategyName = Literal["logistic_regression", "mlp", "spatial_ensemble"]  # = ml.strategies.STRATEGIES
+
+
+class StrategyIn(BaseModel):
+    strategy: StrategyName
+
+
+class StrategyOption(BaseModel):
+    name: StrategyName
+    description: str
+
+
+class StrategyOut(BaseModel):
+    strategy: StrategyName = Field(description="how the next retrains of this project fit their head")
+    available: list[StrategyOption]
+
+
 class ClassMetric(BaseModel):
     name: str
     f1: float | None

@@ -8,6 +8,7 @@ re-predict the other AOIs, compute metrics (grouped CV fits several more heads) 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 import time
 from pathlib import Path
@@ -96,6 +97,10 @@ def run_inference(svc: ReviewService, project_id: int, aoi_id: int, ctx: JobCont
         progress=lambda done, total: ctx.progress(done, total, f"predicting {aoi.name}: window {done}/{total}"),
         model_id=current.version.id,
     )
+    if current.version.needs_xy:  # the forward pass gave the embeddings; the spatial head applies to them
+        engine.repredict(
+            paths.embeddings_dir(aoi_id), current.version, svc.schema(project_id), paths.prediction_dir(aoi_id, version)
+        )
     _publish_layer(svc, ctx, aoi_id, version, model_version=state.current_model, embeddings=True)
     return f"{aoi.name} predicted in {result.seconds:.1f} s"
 
@@ -195,7 +200,13 @@ def run_retrain(svc: ReviewService, project_id: int, aoi_id: int | None, ctx: Jo
     labels = _labels(svc, project_id, list(caches))
     ctx.step("fitting the head on your labels", 0.1)
     cache_dirs = list(caches.values())
-    child = engine.retrain_version(current.version, schema, cache_dirs, labels, current.base.replay, evaluate=False)
+    strategy = svc.states.get(project_id).strategy
+    # The live fit reuses the replay share the last cross-validation chose; the metrics pass below chooses again.
+    live_scale = float(current.version.info.get("replay_scale", 1.0))
+    fit = functools.partial(
+        engine.retrain_version, current.version, schema, cache_dirs, labels, current.base.replay, strategy=strategy
+    )
+    child = fit(evaluate=False, replay_scale=live_scale)
     with svc.states.update(project_id) as state:
         parent = state.current_model
         number = max(state.next_model_id, 1)
@@ -226,9 +237,15 @@ def run_retrain(svc: ReviewService, project_id: int, aoi_id: int | None, ctx: Jo
                 state.models[number], state.current_model = info, number
     ctx.step("computing metrics (grouped cross-validation)", 0.9)
     # Off the live path: the same fit again (deterministic) plus the cross-validation folds.
-    evaluated = engine.retrain_version(current.version, schema, cache_dirs, labels, current.base.replay, evaluate=True)
+    evaluated = fit(evaluate=True)
     notes = evaluated.info.get("metric_notes", [])
-    child = dataclasses.replace(child, metrics=evaluated.metrics, info={**child.info, "metric_notes": notes})
+    # CV chose another replay share than the live fit used: its head replaces the live one.
+    if evaluated.info["replay_scale"] != child.info["replay_scale"]:
+        child = dataclasses.replace(evaluated, id=child.id)
+        for aid in order:
+            _repredict(svc, ctx, aid, child, number)
+    else:
+        child = dataclasses.replace(child, metrics=evaluated.metrics, info={**child.info, "metric_notes": notes})
     svc.set_version(project_id, child)
     engine.save_version(child, version_dir, labels)
     metrics = metrics_out(child.metrics, number, notes)

@@ -97,6 +97,7 @@ class ProjectState(BaseModel):
     models: dict[int, ModelVersionInfo] = Field(default_factory=dict)
     aois: dict[int, AoiLayer] = Field(default_factory=dict)
     imagery: ImageryInfo = Field(default_factory=ImageryInfo)
+    strategy: str = "logistic_regression"  # ml.strategies name used by this project's retrains
 
 
 class StateStore:

@@ -14,6 +14,9 @@ from review_app.schemas import (
     JobOut,
     MetricsOut,
     RetrainRequest,
+    StrategyIn,
+    StrategyOption,
+    StrategyOut,
 )
 from review_app.workspace import ModelVersionInfo
 
@@ -27,6 +30,32 @@ def retrain(service: ServiceDep, project_id: ProjectId, body: RetrainRequest | N
     """Fit a new head on the labels over cached embeddings; the AOI in view is re-predicted first and announced
     on the websocket (`prediction_updated`), then metrics follow (`metrics_updated`). Refused (422) without labels."""
     return service.start_retrain(project_id, (body or RetrainRequest()).aoi_id).out()
+
+
+STRATEGY_HELP = {
+    "logistic_regression": "linear head, refit in well under a second: the default",
+    "mlp": "one hidden layer: more capacity, pays off with many labels",
+    "spatial_ensemble": "local heads per neighbourhood of labels: for maps whose look changes from place to place",
+}
+
+
+def _strategy_out(name: str) -> StrategyOut:
+    options = [StrategyOption(name=n, description=d) for n, d in STRATEGY_HELP.items()]  # type: ignore[arg-type]
+    return StrategyOut(strategy=name, available=options)  # type: ignore[arg-type]
+
+
+@router.get("/strategy", response_model=StrategyOut, responses=ERRORS)
+def get_strategy(service: ServiceDep, project: ProjectDep) -> StrategyOut:
+    """The retraining strategy of this project and the ones it can switch to."""
+    return _strategy_out(service.states.get(project.id).strategy)
+
+
+@router.put("/strategy", response_model=StrategyOut, responses=ERRORS)
+def set_strategy(service: ServiceDep, project: ProjectDep, body: StrategyIn) -> StrategyOut:
+    """Choose how the next retrains fit their head (the current map stays until the next retrain)."""
+    with service.states.update(project.id) as state:
+        state.strategy = body.strategy
+    return _strategy_out(body.strategy)
 
 
 def _checkpoint(info: ModelVersionInfo, current: int | None) -> CheckpointOut:

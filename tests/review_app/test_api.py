@@ -13,6 +13,7 @@ import rasterio
 from fastapi.testclient import TestClient
 
 from pearl_pipelines.labels.store import LabelStore
+from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
 from tests.review_app.conftest import wait_job
 from tests.review_app.data import class_places
@@ -201,3 +202,26 @@ def test_second_project_from_another_collection(client: TestClient) -> None:
     assert project["imagery"]["bounds"] != client.get("/api/projects/1").json()["imagery"]["bounds"]
     assert [p["name"] for p in client.get("/api/projects").json()][-1] == "Train A"
     assert client.post("/api/projects", json={"name": "Train A", "imagery": {"collection": "demo"}}).status_code == 422
+
+
+def test_retrain_strategy_is_chosen_per_project(client: TestClient, settings: Settings, aoi: dict[str, Any]) -> None:
+    got = client.get("/api/projects/1/strategy").json()
+    assert got["strategy"] == "logistic_regression"
+    assert {o["name"] for o in got["available"]} == {"logistic_regression", "mlp", "spatial_ensemble"}
+    bad = client.put("/api/projects/1/strategy", json={"strategy": "svm"})
+    assert bad.status_code == 422 and "mlp" in bad.text  # says what is accepted
+    assert client.get("/api/projects/1/strategy").json()["strategy"] == "logistic_regression"  # nothing changed
+
+    bounds = _bounds(aoi)
+    for name in ("water", "tree_canopy"):  # enough labels for the mlp whatever ran before
+        for place in class_places(settings, bounds, name, n=3):
+            client.post("/api/projects/1/labels", json={"class_name": name, "geometry": _point(place[0])})
+    for strategy in ("mlp", "spatial_ensemble"):
+        assert client.put("/api/projects/1/strategy", json={"strategy": strategy}).json()["strategy"] == strategy
+        job = client.post("/api/projects/1/retrain", json={"aoi_id": aoi["id"]}).json()
+        assert wait_job(client, job["id"])["state"] == "done"
+        number = client.get("/api/projects/1").json()["model"]["current_version"]
+        version = ModelVersion.load(settings.home_abs / "review" / "projects" / "1" / "models" / f"v{number}")
+        assert version.strategy == strategy
+        assert client.get("/api/projects/1/metrics").json()["model_version"] == number
+    assert client.put("/api/projects/1/strategy", json={"strategy": "logistic_regression"}).status_code == 200
