@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class RetrainError(ValueError):
     """Labels, classes or options that a retrain cannot use."""
+
+
+class SuggestionError(ValueError):
+    """Options that `ml.suggest.suggest_clicks` cannot use (how many points, which uncertainty, spacing)."""
