@@ -3,7 +3,7 @@
 | error | status |
 |---|---|
 | request body/query that does not parse (pydantic) | 422, with one message per field |
-| GeometryError, AoiError, LabelStoreError, RetrainError, ValidationError | 422 |
+| GeometryError, AoiError, LabelStoreError, RetrainError, SuggestionError, ValidationError | 422 |
 | KeyError (unknown project, AOI, label, checkpoint, job) | 404 |
 | Conflict (no model yet, imagery not ready) | 409 |
 | anything else | 500 "internal error", details only in the server log |
@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pearl_pipelines.geo.grid import AoiError
 from pearl_pipelines.labels.store import LabelStoreError
+from pearl_pipelines.ml.errors import SuggestionError
 from review_app.engine import RetrainError
 from review_app.geometry import GeometryError
 from review_app.service import Conflict
@@ -99,7 +100,7 @@ async def _raster(request: Request, exc: Exception) -> JSONResponse:
 def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]
-    for error in (GeometryError, AoiError, LabelStoreError, RetrainError, ValidationError):
+    for error in (GeometryError, AoiError, LabelStoreError, RetrainError, SuggestionError, ValidationError):
         app.add_exception_handler(error, _unprocessable)
     app.add_exception_handler(KeyError, _not_found)
     app.add_exception_handler(Conflict, _conflict)

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import csv
 import io
+from typing import Annotated
 
 import numpy as np
 import rasterio
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
 from fastapi.responses import FileResponse, Response
 
 from review_app.deps import AoiId, ProjectId, ServiceDep
 from review_app.schemas import AoiCreate, AoiOut, ErrorOut, JobOut
 from review_app.service import Conflict
+from review_app.suggestions import (
+    DEFAULT_SUGGESTIONS,
+    MAX_SUGGESTIONS,
+    SuggestionCollection,
+    SuggestionMethod,
+    aoi_suggestions,
+)
 
 router = APIRouter(prefix="/api/projects/{project_id}/aois", tags=["aois"])
 ERRORS: dict[int | str, dict] = {404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 422: {"model": ErrorOut}}
@@ -40,6 +48,19 @@ def start_inference(service: ServiceDep, project_id: ProjectId, aoi_id: AoiId) -
     """Predict the AOI with the current model and cache its embeddings; progress and the new layer arrive on the
     websocket (`job`, `prediction_updated`)."""
     return service.start_inference(project_id, aoi_id).out()
+
+
+@router.get("/{aoi_id}/suggestions", response_model=SuggestionCollection, responses=ERRORS)
+def get_suggestions(
+    service: ServiceDep,
+    project_id: ProjectId,
+    aoi_id: AoiId,
+    n: Annotated[int, Query(ge=1, le=MAX_SUGGESTIONS, description="how many points")] = DEFAULT_SUGGESTIONS,
+    method: Annotated[SuggestionMethod, Query(description="margin (top-2 probabilities) or entropy")] = "margin",
+) -> SuggestionCollection:
+    """Label here next: up to `n` lon/lat Points of the AOI where the current model is least sure, spread over
+    the AOI and away from existing labels (fewer when the AOI cannot hold `n`). 409 until the AOI is predicted."""
+    return aoi_suggestions(service, project_id, aoi_id, n=n, method=method)
 
 
 def _current_classes(service: ServiceDep, project_id: int, aoi_id: int) -> tuple[str, int]:
