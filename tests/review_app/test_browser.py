@@ -326,6 +326,75 @@ def test_mapper_loop(page: Any, server: tuple[str, Settings]) -> None:
     assert not page.errors, page.errors
 
 
+def _predicted_aoi(url: str) -> int:
+    """The AOI the page selects on opening (the newest), predicted: made through the API when the test runs alone."""
+    project = httpx.get(f"{url}/api/projects/1", timeout=10).json()
+    if not project["aois"]:
+        west, south, east, north = project["imagery"]["bounds"]
+        lon, lat, d = (west + east) / 2, (south + north) / 2, 0.0018
+        ring = [[lon - d, lat - d], [lon + d, lat - d], [lon + d, lat + d], [lon - d, lat + d], [lon - d, lat - d]]
+        created = httpx.post(
+            f"{url}/api/projects/1/aois", json={"geometry": {"type": "Polygon", "coordinates": [ring]}}, timeout=10
+        )
+        assert created.status_code == 201, created.text
+        project["aois"].append(created.json())
+    aoi = project["aois"][-1]
+    if not aoi["prediction"]:
+        job = httpx.post(f"{url}/api/projects/1/aois/{aoi['id']}/inference", timeout=10).json()
+        deadline = time.monotonic() + 120
+        while (state := httpx.get(f"{url}/api/jobs/{job['id']}", timeout=10).json()["state"]) not in ("done", "failed"):
+            assert time.monotonic() < deadline, "inference did not finish"
+            time.sleep(0.2)
+        assert state == "done"
+    return int(aoi["id"])
+
+
+def test_label_here_next(page: Any, server: tuple[str, Settings]) -> None:
+    """ "Label here next": N numbered markers where the model is least sure; a click on one labels that place with
+    the selected class (the map click's own path) and takes the marker away."""
+    url, settings = server
+    m = Mapper(page, url, settings)
+    m.step = 20  # screenshots after the mapper loop's
+    aoi_id = _predicted_aoi(url)
+    page.goto(url)
+    page.get_by_test_id("project-name").filter(has_text="Demo").wait_for()
+    page.locator("[data-testid=ws-status][data-connected=true]").wait_for()
+    page.get_by_test_id(f"aoi-{aoi_id}").click()  # selected (the newest AOI) and in view
+    m.wait_idle()
+    page.keyboard.press("1")  # water, point tool
+    page.wait_for_function("() => window.__pearl.state.selectedClass === 'water'")
+
+    page.get_by_test_id("suggest").click()
+    markers = page.locator("[data-testid=suggestion]")
+    m.wait_for("document.querySelectorAll('[data-testid=suggestion]').length === 20")
+    assert page.get_by_test_id("suggest").get_attribute("aria-pressed") == "true"
+    expected = m.api(f"/api/projects/1/aois/{aoi_id}/suggestions?n=20")["features"]
+    shown = [
+        (float(markers.nth(i).get_attribute("data-lon")), float(markers.nth(i).get_attribute("data-lat")))
+        for i in range(20)
+    ]
+    assert sorted(shown) == sorted(tuple(f["geometry"]["coordinates"]) for f in expected)
+    m.shot("label-here-next")
+
+    before = {f["id"] for f in m.api("/api/projects/1/labels")["features"]}
+    first = page.locator("[data-testid=suggestion][data-rank='1']")
+    lon, lat = float(first.get_attribute("data-lon")), float(first.get_attribute("data-lat"))
+    first.click()
+    m.wait_for("document.querySelectorAll('[data-testid=suggestion]').length === 19")
+    assert first.count() == 0
+    added = [f for f in m.api("/api/projects/1/labels")["features"] if f["id"] not in before]
+    assert len(added) == 1, added  # one label: the map did not also take the marker's click as a point
+    assert added[0]["properties"]["class_name"] == "water" and added[0]["properties"]["aoi_id"] == aoi_id
+    assert added[0]["geometry"]["type"] == "Point"
+    assert added[0]["geometry"]["coordinates"] == pytest.approx([lon, lat], abs=1e-9)
+    assert LabelStore(settings.resolved_label_store_url).list_labels(1)[-1].id == added[0]["id"]
+    m.shot("suggestion-labelled")
+
+    page.get_by_test_id("suggest").click()  # switched off: the layer goes
+    m.wait_for("document.querySelectorAll('[data-testid=suggestion]').length === 0")
+    assert not page.errors, page.errors
+
+
 def test_bare_home_says_what_is_missing(page: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
     """No imagery generated, no model trained: the page still opens and the banner says what to run."""
     home = tmp_path_factory.mktemp("bare_home")

@@ -67,16 +67,21 @@ export const actions = {
     emit("aoi");
   },
 
-  async addLabel(geometry: Geometry): Promise<void> {
-    if (!state.selectedClass) return toast("Pick a class first (keys 1-9)", "info");
+  /** Store a label of the selected class; true once it is stored. */
+  async addLabel(geometry: Geometry): Promise<boolean> {
+    if (!state.selectedClass) {
+      toast("Pick a class first (keys 1-9)", "info");
+      return false;
+    }
     const label = await guarded(() => api.addLabel(state.projectId, state.selectedClass, geometry, null));
-    if (!label) return;
+    if (!label) return false;
     state.labels.features.push(label);
     if (label.properties.aoi_id !== null && label.properties.aoi_id !== state.aoiId) {
       state.aoiId = label.properties.aoi_id;
       emit("aoi");
     }
     emit("labels");
+    return true;
   },
 
   async deleteLabel(id: number): Promise<void> {

@@ -114,6 +114,23 @@ export interface Compare {
   rows: { class_name: string; f1_a: number | null; f1_b: number | null; delta: number | null }[];
 }
 
+export type SuggestionMethod = "margin" | "entropy";
+
+export interface SuggestionFeature {
+  type: "Feature";
+  geometry: { type: "Point"; coordinates: [number, number] };
+  properties: { rank: number; score: number; predicted_class: string; row: number; col: number };
+}
+
+export interface SuggestionCollection {
+  type: "FeatureCollection";
+  features: SuggestionFeature[];
+  aoi_id: number;
+  model_version: number | null;
+  method: SuggestionMethod;
+  spacing_px: number;
+}
+
 export class ApiError extends Error {
   constructor(
     readonly status: number,
@@ -153,6 +170,8 @@ export const api = {
     request<ClassOut[]>("PATCH", `${p(id)}/classes/${encodeURIComponent(name)}`, change),
   createAoi: (id: number, geometry: Geometry, name = "") => request<Aoi>("POST", `${p(id)}/aois`, { geometry, name }),
   inference: (id: number, aoiId: number) => request<Job>("POST", `${p(id)}/aois/${aoiId}/inference`),
+  suggestions: (id: number, aoiId: number, n: number, method: SuggestionMethod = "margin") =>
+    request<SuggestionCollection>("GET", `${p(id)}/aois/${aoiId}/suggestions?n=${n}&method=${method}`),
   retrain: (id: number, aoiId: number | null) => request<Job>("POST", `${p(id)}/retrain`, { aoi_id: aoiId }),
   metrics: (id: number) => request<Metrics>("GET", `${p(id)}/metrics`),
   checkpoints: (id: number) => request<Checkpoint[]>("GET", `${p(id)}/checkpoints`),

@@ -5,6 +5,7 @@ import { actions } from "./actions";
 import { cancelSketch, createMap, finishSketch, removeLastVertex } from "./map";
 import { mountPanels } from "./panels";
 import { emit, state } from "./state";
+import { mountSuggestions, toggleSuggestions } from "./suggestions";
 import { $, toast } from "./ui";
 import { connect } from "./ws";
 
@@ -18,7 +19,7 @@ async function main(): Promise<void> {
   }
   state.projectId = projects.some((p) => p.id === wanted) ? wanted : projects[0].id;
   mountPanels();
-  createMap($("#map"));
+  mountSuggestions(createMap($("#map")));
   await Promise.all([actions.loadProject(), actions.loadLabels(), actions.loadModelPanels()]);
   connect();
   bindKeys();
@@ -62,6 +63,9 @@ function bindKeys(): void {
       case "a":
       case "A":
         return actions.setTool("aoi");
+      case "n":
+      case "N":
+        return void toggleSuggestions();
       case "r":
       case "R":
         return void actions.retrain();

@@ -371,11 +371,16 @@ function onToolChange(): void {
   else map.doubleClickZoom.enable();
 }
 
+/** What a click with the point tool does: a point label of the selected class (suggestion markers call it too). */
+export function labelPointAt(at: Position): Promise<boolean> {
+  return actions.addLabel({ type: "Point", coordinates: at });
+}
+
 function onClick(e: maplibregl.MapMouseEvent): void {
   const at: Position = [e.lngLat.lng, e.lngLat.lat];
   switch (state.tool) {
     case "point":
-      void actions.addLabel({ type: "Point", coordinates: at });
+      void labelPointAt(at);
       break;
     case "polygon":
     case "aoi":

@@ -3,6 +3,7 @@ import { exportLinks } from "./api";
 import { actions } from "./actions";
 import { fitToAoi } from "./map";
 import { activeJob, currentAoi, emit, labelCounts, on, state, type Tool } from "./state";
+import { toggleSuggestions } from "./suggestions";
 import { $, esc, f2, pct, slug, timeAgo } from "./ui";
 
 const ICONS: Record<string, string> = {
@@ -39,7 +40,7 @@ export function mountPanels(): void {
     <section class="panel grow"><h2>Checkpoints</h2><div id="checkpoints" data-testid="checkpoints"></div></section>
     <section class="panel"><h2>Export</h2><div id="exports"></div></section>`;
   bindEvents();
-  on(["project", "jobs", "ws"], renderTopbar);
+  on(["project", "jobs", "ws", "aoi", "suggestions"], renderTopbar);
   on(["tool"], renderTools);
   on(["project", "labels", "class"], renderClasses);
   on(["project", "layers"], renderLayers);
@@ -73,9 +74,19 @@ function renderTopbar(): void {
       ${job ? `<span class="job-text">${esc(job.message || job.kind + "…")}</span><span class="bar"><span style="width:${Math.round(job.progress * 100)}%"></span></span>` : ""}
     </div>
     <button class="btn" data-action="predict" data-testid="predict" ${currentAoi() && model?.ready ? "" : "disabled"} title="Run the model over the selected AOI">Predict AOI</button>
+    ${suggestButton()}
     <button class="btn btn-primary ${retraining ? "working" : ""}" data-action="retrain" data-testid="retrain" ${model?.ready ? "" : "disabled"} title="Retrain on your labels (R)">
       ${retraining ? `<span class="spinner"></span>Retraining ${Math.round((retraining.progress || 0) * 100)}%` : "Retrain <kbd>R</kbd>"}
     </button>`;
+}
+
+function suggestButton(): string {
+  const s = state.suggestions;
+  // Enabled on a predicted AOI; once on, it stays clickable so the layer can always be switched off.
+  const usable = (currentAoi()?.prediction && state.project?.model.ready) || s.on;
+  const text = s.loading ? `<span class="spinner"></span>Finding places…` : s.on ? `Label here next · ${s.count}` : "Label here next";
+  return `<button class="btn ${s.on ? "btn-on" : ""}" data-action="suggest" data-testid="suggest" aria-pressed="${s.on}" ${usable ? "" : "disabled"}
+    title="Show the places where a label would help the model most; click one to label it with the selected class (N)">${text} <kbd>N</kbd></button>`;
 }
 
 function renderStatus(): void {
@@ -92,7 +103,7 @@ function renderStatus(): void {
       : "";
   $("#statusbar").innerHTML = `
     <span class="status-item">${esc(tips[state.tool])}</span>${updated}
-    <span class="status-keys"><kbd>1</kbd>–<kbd>9</kbd> class <kbd>P</kbd> point <kbd>G</kbd> polygon <kbd>E</kbd> erase <kbd>A</kbd> AOI <kbd>R</kbd> retrain <kbd>Ctrl</kbd>+<kbd>Z</kbd> undo</span>`;
+    <span class="status-keys"><kbd>1</kbd>–<kbd>9</kbd> class <kbd>P</kbd> point <kbd>G</kbd> polygon <kbd>E</kbd> erase <kbd>A</kbd> AOI <kbd>R</kbd> retrain <kbd>N</kbd> label here next <kbd>Ctrl</kbd>+<kbd>Z</kbd> undo</span>`;
 }
 
 function renderBanner(): void {
@@ -288,6 +299,8 @@ function bindEvents(): void {
         return void actions.retrain();
       case "predict":
         return void actions.runInference();
+      case "suggest":
+        return void toggleSuggestions();
       case "undo":
         return void actions.undo();
       case "add-class":

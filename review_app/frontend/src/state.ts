@@ -3,7 +3,7 @@ import type { Checkpoint, Compare, Job, LabelCollection, Metrics, Project } from
 
 export type Tool = "pan" | "point" | "polygon" | "erase" | "aoi";
 export type ImageryStyle = "true_color" | "false_color" | "off";
-export type Topic = "project" | "labels" | "tool" | "class" | "layers" | "jobs" | "metrics" | "checkpoints" | "aoi" | "ws";
+export type Topic = "project" | "labels" | "tool" | "class" | "layers" | "jobs" | "metrics" | "checkpoints" | "aoi" | "ws" | "suggestions";
 
 export interface LayerSettings {
   imagery: ImageryStyle;
@@ -34,6 +34,8 @@ export const state = {
     confidenceOpacity: 0.8,
     labels: true,
   } as LayerSettings,
+  // "Label here next" (suggestions.ts): whether the layer is on, a fetch is under way, and how many markers show.
+  suggestions: { on: false, loading: false, count: 0 },
   wsConnected: false,
   lastUpdateSeconds: null as number | null,
 };
