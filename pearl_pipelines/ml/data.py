@@ -20,6 +20,7 @@ from pearl_pipelines.classes import NODATA_CLASS
 from pearl_pipelines.geo.catalog import load_collection_items
 from pearl_pipelines.geo.regions import LABEL_SCHEMAS, label_asset_key
 from pearl_pipelines.geo.stac import IMAGE_ASSET
+from pearl_pipelines.ml.augment import DomainRandomisation
 
 
 @dataclass(frozen=True)
@@ -139,12 +140,14 @@ class PatchSampler:
         augment: bool = True,
         class_balance: float = 0.0,
         anchors_per_class: int = 100_000,
+        domain: DomainRandomisation | None = None,
     ) -> None:
         if not rasters:
             raise ValueError("no labelled rasters to sample patches from")
         self.rasters = list(rasters)
         self.patch_size = min(patch_size, *(min(r.shape) for r in self.rasters))
         self.augment = augment
+        self.domain = domain
         self.class_balance = class_balance
         self.rng = np.random.default_rng(seed)
         areas = np.array([r.shape[0] * r.shape[1] for r in self.rasters], dtype=np.float64)
@@ -191,6 +194,8 @@ class PatchSampler:
             image, labels = np.rot90(image, k, axes=(1, 2)), np.rot90(labels, k)
             if self.rng.random() < 0.5:
                 image, labels = image[:, :, ::-1], labels[:, ::-1]
+        if self.domain is not None:
+            image, labels = self.domain(np.ascontiguousarray(image), np.ascontiguousarray(labels), self.rng)
         return image, labels
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:

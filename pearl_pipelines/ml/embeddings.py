@@ -58,7 +58,11 @@ class EmbeddingMeta(BaseModel):
 def backbone_digest(model: LandcoverModel) -> str:
     """Stable id of everything that shapes the embeddings: architecture, normalisation and backbone weights."""
     h = hashlib.sha256()
-    spec = model.spec.model_dump(mode="json", exclude={"schema_"})
+    # The head's shape is not the backbone's, and a model without extra feature groups keeps the digest it had
+    # before they existed (its caches and replay sets stay valid).
+    spec = model.spec.model_dump(mode="json", exclude={"schema_", "head_hidden"})
+    if not spec["features"]:
+        del spec["features"]
     h.update(json.dumps(spec, sort_keys=True).encode())
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
     for key in sorted(state):
@@ -136,9 +140,7 @@ class EmbeddingCache:
 
     def xy(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """(N, 2) map coordinates (the cache's CRS) of pixel centres: where a spatial head places a pixel."""
-        t = self.transform
-        c, r = np.asarray(cols, np.float64) + 0.5, np.asarray(rows, np.float64) + 0.5
-        return np.stack([t.a * c + t.b * r + t.c, t.d * c + t.e * r + t.f], axis=-1)
+        return pixel_centres(self.transform, rows, cols)
 
     def write_block(self, row: int, col: int, block: torch.Tensor, valid: np.ndarray | None = None) -> None:
         """Store an (h, w, C) float block at (row, col); `valid` (h, w) bool, default all valid."""
@@ -155,6 +157,13 @@ class EmbeddingCache:
             if isinstance(array, np.memmap):
                 array.flush()
         (self.directory / META_FILE).write_text(self.meta.model_dump_json(indent=2))
+
+
+def pixel_centres(transform: Affine, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(N, 2) map coordinates of the centres of pixels (rows, cols): transform * (col + 0.5, row + 0.5)."""
+    t = transform
+    c, r = np.asarray(cols, np.float64) + 0.5, np.asarray(rows, np.float64) + 0.5
+    return np.stack([t.a * c + t.b * r + t.c, t.d * c + t.e * r + t.f], axis=-1).reshape(-1, 2)
 
 
 def sample_embeddings(cache: EmbeddingCache, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from rasterio.crs import CRS
 from rasterio.warp import transform as warp_transform
 
 from pearl_pipelines.classes import ClassSchema
-from pearl_pipelines.ml.embeddings import EmbeddingCache, sample_embeddings
+from pearl_pipelines.ml.embeddings import EmbeddingCache, pixel_centres, sample_embeddings
 from pearl_pipelines.ml.errors import SuggestionError
 
 METHODS = ("margin", "entropy")
@@ -28,13 +28,6 @@ CHUNK_PIXELS = 65_536  # candidate pixels scored per call of the head: bounded m
 
 # (N, C) float32 embeddings -> (N, K) logits; with `needs_xy`, called as logits(x, xy) with (N, 2) map coordinates.
 Logits = Callable[..., np.ndarray]
-
-
-def pixel_centres(transform: Affine, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """(N, 2) map coordinates of the centres of pixels (rows, cols): transform * (col + 0.5, row + 0.5)."""
-    t = transform
-    c, r = np.asarray(cols, np.float64) + 0.5, np.asarray(rows, np.float64) + 0.5
-    return np.stack([t.a * c + t.b * r + t.c, t.d * c + t.e * r + t.f], axis=-1).reshape(-1, 2)
 
 
 @dataclass(frozen=True)
@@ -216,7 +209,7 @@ def _score(
             continue
         r, c = rows[gi], grid.cols[gj]
         x = sample_embeddings(cache, r, c)
-        out = np.asarray(logits(x, pixel_centres(cache.transform, r, c)) if needs_xy else logits(x))
+        out = np.asarray(logits(x, cache.xy(r, c)) if needs_xy else logits(x))
         if out.ndim != 2 or out.shape[0] != len(x):
             raise SuggestionError(f"the head returned logits of shape {out.shape} for {len(x)} pixels; expected (N, K)")
         score = uncertainty(out, method)

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pearl_pipelines.classes import NODATA_CLASS
+from pearl_pipelines.ml.augment import DomainRandomisation
 from pearl_pipelines.ml.data import LabelledRaster, PatchSampler, class_counts
 from pearl_pipelines.ml.inference import Region, WindowPlan, band_columns, inference_copy, run_windows
 from pearl_pipelines.ml.metrics import MetricsReport, evaluate_against_reference
@@ -41,6 +42,12 @@ class TrainConfig(BaseModel):
     class_balance: float = Field(default=0.0, ge=0, le=1, description="share of patches centred on a random class")
     precision: PrecisionSetting = Field(
         default="auto", description="auto: bfloat16 autocast where a timed probe finds it natively faster, else fp32"
+    )
+    domain_randomisation: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="share of patches with random sensor, light, season, resolution (ml/augment.py)",
     )
     seed: int = 0
     threads: int | None = Field(default=None, description="torch CPU threads; default os.cpu_count()")
@@ -103,7 +110,10 @@ def train_model(
     seed_everything(config.seed)
     # U-Net sides must be multiples of 2**depth; crop the patch down rather than fail.
     multiple = model.multiple
-    sampler = PatchSampler(rasters, config.patch_size, seed=config.seed, class_balance=config.class_balance)
+    domain = DomainRandomisation(p=config.domain_randomisation) if config.domain_randomisation > 0 else None
+    sampler = PatchSampler(
+        rasters, config.patch_size, seed=config.seed, class_balance=config.class_balance, domain=domain
+    )
     sampler.patch_size -= sampler.patch_size % multiple
     n_classes = len(model.spec.schema)
     weights = class_weights(rasters, n_classes, config.class_weight_power)
