@@ -59,12 +59,20 @@ class ReplaySet:
             )
 
 
-def _pick_pixels(labels: Sequence[np.ndarray], per_class: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Flat pixel indices per image: up to `per_class` per class, drawn uniformly over all images."""
+def _pick_pixels(
+    labels: Sequence[np.ndarray], per_class: int, rng: np.random.Generator, max_images: int | None = None
+) -> list[np.ndarray]:
+    """Flat pixel indices per image: up to `per_class` per class, drawn uniformly over `max_images` random images
+    (all by default), and over all images for a class those images do not have."""
     picks: list[list[np.ndarray]] = [[] for _ in labels]
     classes = np.unique(np.concatenate([np.unique(lab) for lab in labels]))
+    chosen = set(range(len(labels)))
+    if max_images is not None and max_images < len(labels):
+        chosen = set(rng.choice(len(labels), max_images, replace=False).tolist())
     for cls in classes[classes != NODATA_CLASS]:
-        where = [np.flatnonzero(lab == cls) for lab in labels]
+        where = [np.flatnonzero(lab == cls) if i in chosen else np.empty(0, np.int64) for i, lab in enumerate(labels)]
+        if not sum(len(w) for w in where):
+            where = [np.flatnonzero(lab == cls) for lab in labels]
         counts = np.array([len(w) for w in where])
         chosen = np.sort(rng.choice(counts.sum(), size=min(per_class, counts.sum()), replace=False))
         image_of = np.searchsorted(np.cumsum(counts), chosen, side="right")
@@ -83,18 +91,20 @@ def build_replay_set(
     seed: int = 0,
     batch_size: int = 4,
     device: torch.device | str | None = None,
+    max_images: int | None = None,
 ) -> ReplaySet:
     """Embed training images (4, H, W) uint8 with the model's backbone and keep `per_class` pixels per class.
 
     `labels` are (H, W) class indices of the model's schema (255 = unlabelled). Embeddings come from the
-    same windowed engine as inference, so replay samples match what the cache would hold.
+    same windowed engine as inference, so replay samples match what the cache would hold. `max_images` bounds
+    how many images are embedded at all (the wide embedding's ImageNet features cost ~7 s per km^2 on 2 cores).
     """
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} label rasters")
     device = torch.device(device) if device is not None else pick_device()
     net = inference_copy(model, device)
     channels = net.embed_dim
-    picks = _pick_pixels(labels, per_class, np.random.default_rng(seed))
+    picks = _pick_pixels(labels, per_class, np.random.default_rng(seed), max_images)
     embeddings, classes = [], []
     for image, label, pick in zip(images, labels, picks, strict=True):
         if not len(pick):

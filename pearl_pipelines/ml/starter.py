@@ -70,6 +70,9 @@ class StarterRecipe(BaseModel):
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)
     train: TrainConfig = Field(default_factory=TrainConfig)
     replay_per_class: int = 500
+    # Training items (1 km^2 each) the replay set is drawn from: 4 of the 12 hold every class, and embedding
+    # all 12 with the wide embedding cost ~90 s of a first run.
+    replay_images: int | None = 4
     # Feature groups embedded beside the learned ones once trained (ml/features.py): the head starts with zero
     # weight on them, so the starter's own map is unchanged, and every retrain can use them.
     features: list[str] = Field(default_factory=lambda: list(DEFAULT_FEATURES))
@@ -380,6 +383,7 @@ def _save_and_log(
         [r.labels for r in train],
         per_class=recipe.replay_per_class,
         seed=recipe.train.seed,
+        max_images=recipe.replay_images,
     )
     out_dir = starter_dir(settings, schema_id, recipe.arch)
     replay_path = replay.save(out_dir / REPLAY_FILE)

@@ -33,3 +33,14 @@ def test_replay_set_is_class_balanced_and_holds_the_backbone_embeddings(fcn: Lan
     np.testing.assert_array_equal(loaded.embeddings, replay.embeddings)
     np.testing.assert_array_equal(loaded.labels, replay.labels)
     assert loaded.class_names == replay.class_names and loaded.backbone_digest == replay.backbone_digest
+
+
+def test_replay_from_a_few_images_keeps_every_class(fcn: LandcoverModel) -> None:
+    """`max_images` embeds only a random few images, and still reaches a class only another image has."""
+    rng = np.random.default_rng(0)
+    images = [blob_image(64, 64, seed=s) for s in range(5)]
+    labels = [rng.integers(0, 2, (64, 64)).astype(np.uint8) for _ in range(5)]
+    labels[3][:4, :4] = 3  # class 3 exists in one image only
+    replay = build_replay_set(fcn, images, labels, per_class=10, seed=0, device="cpu", max_images=2)
+    assert set(np.unique(replay.labels).tolist()) == {0, 1, 3}
+    assert np.bincount(replay.labels)[3] == 10
