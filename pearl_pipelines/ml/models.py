@@ -156,7 +156,27 @@ class LandcoverModel(nn.Module):
         return math.lcm(*(int(getattr(m, "multiple", 1)) for m in (self.backbone, *self.extras)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(x))
+        unused = self._unused_extras()
+        if not unused:
+            return self.head(self.embed(x))
+        # A linear head with no weight on some feature groups (a starter's, zero-padded): skip computing them.
+        # Same logits; a starter's map or a regional refresh costs what it did before the groups existed.
+        learned = self.backbone(self.normalise(x))
+        scaled = x.float() / 255.0
+        keep = [(0, learned.shape[1])]
+        parts = [learned]
+        for name, extra in zip(self.spec.features, self.extras, strict=True):
+            if name not in unused:
+                parts.append(extra(scaled))
+                keep.append(self.channel_groups[name])
+        weight = torch.cat([self.head.weight[:, lo:hi] for lo, hi in keep], dim=1)
+        return nn.functional.conv2d(torch.cat(parts, dim=1), weight, self.head.bias)
+
+    def _unused_extras(self) -> set[str]:
+        if not len(self.extras) or not isinstance(self.head, nn.Conv2d):
+            return set()
+        weight = self.head.weight
+        return {name for name in self.spec.features if not weight[:, slice(*self.channel_groups[name])].any()}
 
     def digest_parts(self) -> list[bytes]:
         """What shapes the embeddings beyond the spec and state dict (frozen weights kept outside it)."""

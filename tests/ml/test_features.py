@@ -98,3 +98,22 @@ def test_lite0_embedding_is_seamless_across_windows(fcn: LandcoverModel, image_p
     ea = ca.array[dr + 20 : dr + 150, dc + 20 : dc + 120, lo:hi].astype(np.float32) + ca.offset[lo:hi]
     eb = cb.array[20:150, 20:120, lo:hi].astype(np.float32) + cb.offset[lo:hi]
     np.testing.assert_allclose(ea, eb, atol=0.05, rtol=0.01)
+
+
+def test_feature_groups_without_head_weight_are_not_computed(fcn: LandcoverModel, monkeypatch) -> None:
+    """A starter's zero-padded head never reads the extra groups, so its forward pass skips them (same logits)."""
+    model = with_features(fcn, DEFAULT_FEATURES)
+    calls: list[str] = []
+    for name, extra in zip(model.spec.features, model.extras, strict=True):
+        monkeypatch.setattr(extra, "forward", lambda x, f=extra.forward, n=name: calls.append(n) or f(x))
+    x = torch.randint(0, 256, (1, 4, 64, 64), dtype=torch.uint8)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), fcn(x), rtol=1e-5, atol=1e-5)
+        assert calls == []
+        model.embed(x)  # the embedding cache still gets every group
+        assert calls == list(DEFAULT_FEATURES)
+        with torch.no_grad():
+            model.head.weight[:, -1] = 0.1  # weight on one ImageNet channel: that group is computed again
+        calls.clear()
+        model(x)
+        assert calls == ["imagenet_lite0"]
