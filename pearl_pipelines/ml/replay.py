@@ -66,11 +66,11 @@ def _pick_pixels(
     (all by default), and over all images for a class those images do not have."""
     picks: list[list[np.ndarray]] = [[] for _ in labels]
     classes = np.unique(np.concatenate([np.unique(lab) for lab in labels]))
-    chosen = set(range(len(labels)))
+    used = set(range(len(labels)))
     if max_images is not None and max_images < len(labels):
-        chosen = set(rng.choice(len(labels), max_images, replace=False).tolist())
+        used = set(rng.choice(len(labels), max_images, replace=False).tolist())
     for cls in classes[classes != NODATA_CLASS]:
-        where = [np.flatnonzero(lab == cls) if i in chosen else np.empty(0, np.int64) for i, lab in enumerate(labels)]
+        where = [np.flatnonzero(lab == cls) if i in used else np.empty(0, np.int64) for i, lab in enumerate(labels)]
         if not sum(len(w) for w in where):
             where = [np.flatnonzero(lab == cls) for lab in labels]
         counts = np.array([len(w) for w in where])

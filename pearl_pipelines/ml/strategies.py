@@ -13,6 +13,7 @@ to raw embeddings (ml/heads.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -228,8 +229,8 @@ class SpatialEnsembleHead(RetrainStrategy):
     def _fit(self, data: FitData) -> HeadFit:
         mean, div = _standardiser(data.x, data.channel_groups, self.group_weights)
         z, xy, n = (data.x - mean) / div, data.xy, len(data.y)
-        fit = {"C": self.C, "tol": self.tol, "max_iter": self.max_iter}
-        weight, bias = _unscale(*_logistic(z, data, data.sample_weight, **fit), mean, div)
+        fit = functools.partial(_logistic, C=self.C, tol=self.tol, max_iter=self.max_iter)
+        weight, bias = _unscale(*fit(z, data, data.sample_weight), mean, div)
         placed = np.zeros(n, bool) if xy is None else np.isfinite(xy).all(axis=1)
         n_heads = min(self.max_heads, int(placed.sum()) // self.min_samples_per_head)
         if n_heads < 2:  # too few labels for neighbourhoods: the global head alone (a linear head)
@@ -244,7 +245,7 @@ class SpatialEnsembleHead(RetrainStrategy):
         for centre in centres:
             near = np.full(n, self.floor)
             near[placed] += np.exp(-((points - centre) ** 2).sum(axis=1) / (2 * bandwidth**2))
-            w, b = _unscale(*_logistic(z, data, data.sample_weight * near, **fit), mean, div)
+            w, b = _unscale(*fit(z, data, data.sample_weight * near), mean, div)
             local_w.append(w)
             local_b.append(b)
         extra = {

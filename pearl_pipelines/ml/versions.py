@@ -133,7 +133,9 @@ class ModelVersion:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with (directory / HEAD_FILE).open("wb") as f:
-            np.savez(f, weight=self.weight, bias=self.bias, **{EXTRA_PREFIX + k: v for k, v in self.head_extra.items()})
+            arrays = {"weight": self.weight, "bias": self.bias}
+            arrays.update({EXTRA_PREFIX + k: v for k, v in self.head_extra.items()})
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
         if labels is not None:
             labels.to_parquet(directory / LABELS_FILE)
         tmp = directory / (VERSION_FILE + ".tmp")
