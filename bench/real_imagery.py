@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,13 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as `pyt
 from pearl_pipelines.classes import load_schema
 from pearl_pipelines.geo.catalog import load_collection_items
 from pearl_pipelines.geo.regions import build_region, label_asset_key, load_regions
-from pearl_pipelines.ml.embeddings import EmbeddingCache, sample_embeddings
+from pearl_pipelines.ml.embeddings import EmbeddingCache, apply_head, backbone_digest, sample_embeddings
+from pearl_pipelines.ml.features import DEFAULT_FEATURES
 from pearl_pipelines.ml.inference import predict
-from pearl_pipelines.ml.models import LandcoverModel, load_model
+from pearl_pipelines.ml.models import LandcoverModel, load_model, with_features
 from pearl_pipelines.ml.replay import ReplaySet, build_replay_set
-from pearl_pipelines.ml.retrain import RetrainOptions, retrain
+from pearl_pipelines.ml.retrain import RetrainOptions, make_strategy, retrain
 from pearl_pipelines.ml.shipped import load_shipped, shipped_path
 from pearl_pipelines.ml.starter import DEFAULT_ARCH, REPLAY_FILE, starter_dir, training_regions
+from pearl_pipelines.ml.suggest import uncertainty
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import REPO_ROOT, get_settings
 
@@ -177,9 +180,11 @@ def starter(settings, schema_id: str) -> tuple[LandcoverModel, ReplaySet]:
     arch = DEFAULT_ARCH[schema_id]
     local = starter_dir(settings, schema_id, arch)
     if (local / "model.pt").is_file() and (local / REPLAY_FILE).is_file():
-        return load_model(local / "model.pt"), ReplaySet.load(local / REPLAY_FILE)
-    model, _ = load_shipped(shipped_path(settings.assets_dir, schema_id, arch))
-    cached = settings.home_abs / "bench" / "real_imagery" / f"replay-{schema_id}.npz"
+        model = load_model(local / "model.pt")
+        if model.spec.features == list(DEFAULT_FEATURES):
+            return model, ReplaySet.load(local / REPLAY_FILE)
+    model = with_features(load_shipped(shipped_path(settings.assets_dir, schema_id, arch))[0], DEFAULT_FEATURES)
+    cached = settings.home_abs / "bench" / "real_imagery" / f"replay-{schema_id}-{backbone_digest(model)}.npz"
     if cached.is_file():
         return model, ReplaySet.load(cached)
     from pearl_pipelines.ml.data import load_labelled_rasters
@@ -188,7 +193,9 @@ def starter(settings, schema_id: str) -> tuple[LandcoverModel, ReplaySet]:
     names = training_regions(settings)
     ensure_regions(settings, names)
     train = load_labelled_rasters(settings.catalog_dir, names, schema_id)
-    replay = build_replay_set(model, [r.image for r in train], [r.labels for r in train], per_class=500, seed=0)
+    replay = build_replay_set(
+        model, [r.image for r in train], [r.labels for r in train], per_class=500, seed=0, max_images=4
+    )
     replay.save(cached)
     return model, replay
 
@@ -232,28 +239,101 @@ def logistic(features: np.ndarray) -> Callable[[Scene, np.ndarray, np.ndarray], 
     return fit_predict
 
 
-def engine_retrain(
-    schema_id: str, model: LandcoverModel, caches: dict[str, EmbeddingCache], replay: ReplaySet | None
-) -> Callable[[Scene, np.ndarray, np.ndarray], np.ndarray]:
-    parent = ModelVersion.from_model(model)
+class EngineRetrain:
+    """The project's own `retrain` on clicked points: fit a version, then classify points from the caches.
 
-    def fit_predict(scene: Scene, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    Callable as a method of the table (scene, train, test) -> predicted groups; keeps the seconds of every fit.
+    """
+
+    def __init__(
+        self,
+        schema_id: str,
+        model: LandcoverModel,
+        caches: dict[str, EmbeddingCache],
+        replay: ReplaySet | None,
+        options: RetrainOptions,
+        strategy: str = "logistic_regression",
+    ) -> None:
+        self.schema_id, self.caches, self.replay, self.options = schema_id, caches, replay, options
+        self.parent = ModelVersion.from_model(model)
+        self.strategy = make_strategy(strategy)
+        self.seconds: list[float] = []
+
+    def fit(self, scene: Scene, train: np.ndarray) -> ModelVersion:
         clicks = scene.points.iloc[train]
         labels = gpd.GeoDataFrame(
-            {"label_id": np.arange(len(clicks)), "class_name": [FROM_GROUP[schema_id][g] for g in clicks["group"]]},
+            {
+                "label_id": np.arange(len(clicks)),
+                "class_name": [FROM_GROUP[self.schema_id][g] for g in clicks["group"]],
+            },
             geometry=clicks.geometry.to_numpy(),
             crs=scene.points.crs,
         )
-        version = retrain(parent, list(caches.values()), labels, replay=replay, options=RetrainOptions(evaluate=False))
-        test_points = scene.points.iloc[test]
-        classes = np.zeros(len(test), np.int64)
-        for item, cache in caches.items():
-            at = np.flatnonzero(test_points["item"].to_numpy() == item)
-            x = sample_embeddings(cache, test_points["row"].to_numpy()[at], test_points["col"].to_numpy()[at])
-            classes[at] = np.argmax(x @ version.weight.T + version.bias, axis=1)
-        return grouped(schema_id, version.schema.names, classes)
+        started = time.perf_counter()
+        version = retrain(
+            self.parent,
+            list(self.caches.values()),
+            labels,
+            replay=self.replay,
+            strategy=self.strategy,
+            options=self.options,
+        )
+        self.seconds.append(time.perf_counter() - started)
+        return version
 
-    return fit_predict
+    def logits(self, scene: Scene, version: ModelVersion, idx: np.ndarray) -> np.ndarray:
+        points = scene.points.iloc[idx]
+        out = np.zeros((len(idx), len(version.schema)), np.float32)
+        for item, cache in self.caches.items():
+            at = np.flatnonzero(points["item"].to_numpy() == item)
+            rows, cols = points["row"].to_numpy()[at], points["col"].to_numpy()[at]
+            out[at] = version.logits(sample_embeddings(cache, rows, cols), cache.xy(rows, cols))
+        return out
+
+    def predict(self, scene: Scene, version: ModelVersion, idx: np.ndarray) -> np.ndarray:
+        return grouped(self.schema_id, version.schema.names, np.argmax(self.logits(scene, version, idx), axis=1))
+
+    def __call__(self, scene: Scene, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        return self.predict(scene, self.fit(scene, train), test)
+
+
+def spread_pick(scene: Scene, candidates: np.ndarray, scores: np.ndarray, n: int, spacing_m: float) -> np.ndarray:
+    """Up to n candidates, most uncertain first, none closer than `spacing_m` to another one picked."""
+    xy = np.column_stack([scene.points.geometry.x.to_numpy(), scene.points.geometry.y.to_numpy()])
+    picked: list[int] = []
+    for i in candidates[np.argsort(-scores, kind="stable")]:
+        if all(np.hypot(*(xy[i] - xy[j])) >= spacing_m for j in picked):
+            picked.append(int(i))
+            if len(picked) == n:
+                break
+    return np.array(picked, dtype=np.int64)
+
+
+def active_vs_random(scene: Scene, method: EngineRetrain, ks: tuple[int, ...], batch: int = 5) -> dict[str, dict]:
+    """Simulated mappers on a fixed half of the points (the other half is the test set): one clicks random points,
+    the other clicks where `ml.suggest.uncertainty` (min-margin) is highest, spread out, `batch` at a time."""
+    truth = scene.points["group"].to_numpy()
+    result: dict[str, dict[str, list[float]]] = {"random clicks": {}, "label here next (margin)": {}}
+    for seed in range(DRAWS):
+        order = np.random.default_rng(7000 + seed).permutation(len(truth))
+        pool, test = order[: len(order) // 2], order[len(order) // 2 :]
+        for k in ks:
+            clicks = pool[:k]
+            acc = float((method(scene, clicks, test) == truth[test]).mean())
+            result["random clicks"].setdefault(f"k={k}", []).append(acc)
+        clicks = pool[: ks[0]]
+        while True:
+            version = method.fit(scene, clicks)
+            if len(clicks) in ks:
+                acc = float((method.predict(scene, version, test) == truth[test]).mean())
+                result["label here next (margin)"].setdefault(f"k={len(clicks)}", []).append(acc)
+            if len(clicks) >= max(ks):
+                break
+            rest = np.setdiff1d(pool, clicks)
+            scores = uncertainty(method.logits(scene, version, rest), "margin")
+            step = min(batch, min(k for k in ks if k > len(clicks)) - len(clicks))
+            clicks = np.concatenate([clicks, spread_pick(scene, rest, scores, step, spacing_m=10.0)])
+    return {name: {k: float(np.mean(v)) for k, v in row.items()} for name, row in result.items()}
 
 
 def run_scene(settings, scene: Scene, work: Path) -> dict[str, dict[str, float]]:
@@ -270,10 +350,20 @@ def run_scene(settings, scene: Scene, work: Path) -> dict[str, dict[str, float]]
         caches, zero = embed_scene(model, scene, work / scene.name / schema_id)
         zero_acc = float((grouped(schema_id, model.spec.schema.names, zero) == truth).mean())
         name = f"{schema_id} {model.spec.arch}"
-        table[f"{name} + retrain (replay)"] = {"zero_shot": zero_acc}
-        table[f"{name} + retrain (no replay)"] = {"zero_shot": zero_acc}
-        methods[f"{name} + retrain (replay)"] = engine_retrain(schema_id, model, caches, replay)
-        methods[f"{name} + retrain (no replay)"] = engine_retrain(schema_id, model, caches, None)
+        variants = {
+            "replay chosen by CV": (replay, RetrainOptions(evaluate=False)),
+            "full replay": (replay, RetrainOptions(evaluate=False, replay_scale=1.0)),
+            "no replay": (None, RetrainOptions(evaluate=False)),
+        }
+        for variant, (replay_set, options) in variants.items():
+            table[f"{name} + retrain ({variant})"] = {"zero_shot": zero_acc}
+            methods[f"{name} + retrain ({variant})"] = EngineRetrain(schema_id, model, caches, replay_set, options)
+        if schema_id == "chesapeake9":  # the other strategies, on the review app's starter
+            for strategy in ("mlp", "spatial_ensemble"):
+                table[f"{name} + {strategy} (replay chosen by CV)"] = {"zero_shot": zero_acc}
+                methods[f"{name} + {strategy} (replay chosen by CV)"] = EngineRetrain(
+                    schema_id, model, caches, replay, RetrainOptions(evaluate=False), strategy
+                )
     for k in CLICKS:
         picks = draws(scene, k)
         for method, fit_predict in methods.items():
@@ -282,11 +372,26 @@ def run_scene(settings, scene: Scene, work: Path) -> dict[str, dict[str, float]]
                 test = np.setdiff1d(np.arange(len(truth)), pick)
                 accs.append(float((fit_predict(scene, pick, test) == truth[test]).mean()))
             table.setdefault(method, {})[f"k={k}"] = float(np.mean(accs))
+    timings = {m: f.seconds[-DRAWS:] for m, f in methods.items() if isinstance(f, EngineRetrain)}  # the k=100 fits
+    main = methods["chesapeake9 unet + retrain (replay chosen by CV)"]
+    assert isinstance(main, EngineRetrain)
+    pool_ks = tuple(k for k in CLICKS if k <= len(truth) // 2)
+    for name, row in active_vs_random(scene, main, pool_ks).items():
+        table[f"9-class, half the points as pool: {name}"] = row
     columns = ["zero_shot", *(f"k={k}" for k in CLICKS)]
     width = max(map(len, table))
     log(f"{'method':<{width}}  " + "  ".join(f"{c:>9}" for c in columns))
     for method, row in table.items():
         log(f"{method:<{width}}  " + "  ".join(f"{row[c]:9.3f}" if c in row else f"{'-':>9}" for c in columns))
+    log("seconds per retrain at 100 clicks (fit, incl. the replay share's grouped CV; then re-prediction of 1 km^2):")
+    for method, seconds in timings.items():
+        version = methods[method].fit(scene, draws(scene, 100)[0])  # type: ignore[attr-defined]
+        cache = max(methods[method].caches.values(), key=lambda c: c.shape[0] * c.shape[1])  # type: ignore[attr-defined]
+        started = time.perf_counter()
+        apply_head(cache, version.weight, version.bias, version.schema, work / "repredict", extra=version.head_extra)
+        per_km2 = (time.perf_counter() - started) * 1e6 / (cache.shape[0] * cache.shape[1])
+        table[method]["fit_s"], table[method]["repredict_s_per_km2"] = float(np.mean(seconds)), per_km2
+        log(f"  {method:<{width}}  fit {np.mean(seconds):6.2f} s   re-predict {per_km2:6.2f} s/km^2")
     return table
 
 
@@ -300,7 +405,9 @@ def plot(tables: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
     for ax, (scene, table) in zip(axes[0], tables.items(), strict=True):
         for method, row in table.items():
             style = "--" if "logistic" in method else "-"
-            ax.plot(CLICKS, [row[f"k={k}"] for k in CLICKS], style, marker="o", label=method)
+            ks = [k for k in CLICKS if f"k={k}" in row]
+            style = ":" if "pool" in method else style
+            ax.plot(ks, [row[f"k={k}"] for k in ks], style, marker="o", label=method)
         ax.set(title=f"{scene}: accuracy vs clicks", xlabel="clicks (random labelled points)", ylabel="accuracy")
         ax.set_xscale("log")
         ax.set_xticks(CLICKS, [str(k) for k in CLICKS])
@@ -322,17 +429,32 @@ def main() -> None:
     plot(tables, work / "real_imagery.png")
     log(f"plot: {work / 'real_imagery.png'}")
     real = tables["rotterdam"]
-    best = "chesapeake4 fcn + retrain (replay)"
+    best = "chesapeake9 unet + retrain (replay chosen by CV)"  # the review app's starter
+    four = "chesapeake4 fcn + retrain (replay chosen by CV)"
     result = {
         "zero_shot_acc": real[best]["zero_shot"],
-        "zero_shot_acc_9": real["chesapeake9 unet + retrain (replay)"]["zero_shot"],
+        "zero_shot_acc_4": real[four]["zero_shot"],
         **{f"acc_at_{k}": real[best][f"k={k}"] for k in CLICKS},
-        **{f"no_replay_acc_at_{k}": real["chesapeake4 fcn + retrain (no replay)"][f"k={k}"] for k in CLICKS},
+        **{f"acc_4_at_{k}": real[four][f"k={k}"] for k in CLICKS},
+        **{f"no_replay_acc_at_{k}": real["chesapeake9 unet + retrain (no replay)"][f"k={k}"] for k in CLICKS},
+        **{f"full_replay_acc_at_{k}": real["chesapeake9 unet + retrain (full replay)"][f"k={k}"] for k in CLICKS},
         **{f"baseline_raw_acc_at_{k}": real["raw RGBN logistic"][f"k={k}"] for k in CLICKS},
         **{f"baseline_tex_acc_at_{k}": real["RGBN + 5x5 texture logistic"][f"k={k}"] for k in CLICKS},
+        **{
+            f"{key}_acc_at_{k}": real[f"9-class, half the points as pool: {name}"][f"k={k}"]
+            for key, name in (("pool_random", "random clicks"), ("label_here_next", "label here next (margin)"))
+            for k in (25, 50)
+        },
+        **{
+            f"{s}_fit_s": real[f"chesapeake9 unet + {s} (replay chosen by CV)"]["fit_s"]
+            for s in ("mlp", "spatial_ensemble")
+        },
         "shifted_zero_shot_acc": tables["shifted"][best]["zero_shot"],
-        "shifted_acc_at_50": tables["shifted"][best]["k=50"],
-        "shifted_baseline_tex_acc_at_50": tables["shifted"]["RGBN + 5x5 texture logistic"]["k=50"],
+        **{f"shifted_acc_at_{k}": tables["shifted"][best][f"k={k}"] for k in CLICKS},
+        **{
+            f"shifted_baseline_tex_acc_at_{k}": tables["shifted"]["RGBN + 5x5 texture logistic"][f"k={k}"]
+            for k in CLICKS
+        },
     }
     print(json.dumps({k: round(v, 4) for k, v in result.items()}), flush=True)
 
