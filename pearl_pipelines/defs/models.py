@@ -101,6 +101,8 @@ class StarterModelConfig(dg.Config):
     arch: str | None = None  # fcn | unet; default per schema
     embed_dim: int | None = None
     replay_per_class: int | None = None
+    # Feature groups embedded beside the learned ones (ml/features.py); default: the recipe's (all of them).
+    features: list[str] | None = None
     epochs: int | None = None
     steps_per_epoch: int | None = None
     batch_size: int | None = None
@@ -119,6 +121,8 @@ class StarterModelConfig(dg.Config):
             if v is not None
         }
         top = {k: v for k, v in {"embed_dim": self.embed_dim, "replay_per_class": self.replay_per_class}.items() if v}
+        if self.features is not None:
+            top["features"] = self.features
         return {**top, **({"train": train} if train else {})}
 
 
