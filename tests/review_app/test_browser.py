@@ -395,6 +395,70 @@ def test_label_here_next(page: Any, server: tuple[str, Settings]) -> None:
     assert not page.errors, page.errors
 
 
+def test_retrain_strategy_selector(page: Any, server: tuple[str, Settings]) -> None:
+    """The retrain strategy selector (right sidebar): it shows the stored strategy with each option's description,
+    a refused change says why and goes back to the stored value, a change is stored, and a reload shows it."""
+    url, settings = server
+    m = Mapper(page, url, settings)
+    m.step = 30  # screenshots after the other tests'
+    endpoint = f"{url}/api/projects/1/strategy"
+    stored = httpx.get(endpoint, timeout=10).json()
+    available = {o["name"]: o["description"] for o in stored["available"]}
+    assert set(available) == {"logistic_regression", "mlp", "spatial_ensemble"}
+    start = stored["strategy"]
+    select = page.get_by_test_id("strategy-select")
+    shown = "(s) => document.querySelector('[data-testid=strategy-select]')?.value === s"
+    try:
+        # 1. Opening the project loads the selector: the stored value, one option per strategy, with tooltips.
+        page.goto(url)
+        page.get_by_test_id("project-name").filter(has_text="Demo").wait_for()
+        page.wait_for_function(shown, arg=start)
+        options = select.locator("option")
+        assert options.count() == len(available)
+        for i in range(options.count()):
+            assert options.nth(i).get_attribute("title") == available[options.nth(i).get_attribute("value")]
+        assert select.get_attribute("title") == available[start]
+        assert page.get_by_test_id("strategy-help").inner_text() == available[start]
+
+        # 2. A change the server refuses: the user is told, and the selector shows the stored value again.
+        def refuse(route: Any) -> None:
+            if route.request.method == "PUT":
+                route.fulfill(status=409, content_type="application/json", body='{"detail": "try again later"}')
+            else:
+                route.continue_()
+
+        page.route("**/api/projects/1/strategy", refuse)
+        select.select_option("mlp")
+        error = page.get_by_test_id("toast-error").filter(has_text="try again later")
+        error.wait_for()
+        assert error.inner_text() == "Retrain strategy not changed: try again later"
+        page.wait_for_function(shown, arg=start)
+        assert select.is_enabled()
+        assert httpx.get(endpoint, timeout=10).json()["strategy"] == start
+        page.unroute("**/api/projects/1/strategy")
+
+        # 3. Another strategy chosen in the page is the project's strategy in the API.
+        chosen = next(name for name in ("spatial_ensemble", "mlp") if name != start)
+        with page.expect_response(lambda r: r.url == endpoint and r.request.method == "PUT") as put:
+            select.select_option(chosen)
+        assert put.value.status == 200
+        assert httpx.get(endpoint, timeout=10).json()["strategy"] == chosen
+        page.get_by_test_id("toast-success").filter(has_text="Next retrains use").wait_for()
+        page.wait_for_function(shown, arg=chosen)
+        assert select.get_attribute("title") == available[chosen]
+        m.shot("retrain-strategy-chosen")
+
+        # 4. A reload shows the stored value.
+        page.reload()
+        page.get_by_test_id("project-name").filter(has_text="Demo").wait_for()
+        page.wait_for_function(shown, arg=chosen)
+        assert page.get_by_test_id("strategy-help").inner_text() == available[chosen]
+        assert not page.errors, page.errors
+    finally:
+        page.unroute("**/api/projects/1/strategy")
+        httpx.put(endpoint, json={"strategy": start}, timeout=10)  # the module's server goes on with its default
+
+
 def test_bare_home_says_what_is_missing(page: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
     """No imagery generated, no model trained: the page still opens and the banner says what to run."""
     home = tmp_path_factory.mktemp("bare_home")

@@ -1,18 +1,18 @@
 // What the mapper can do: each action calls the API, updates the state, and says what went wrong if it did.
-import { api, ApiError, type Geometry } from "./api";
+import { api, ApiError, type Geometry, type StrategyName } from "./api";
 import { currentAoi, emit, state, type Tool } from "./state";
 import { toast } from "./ui";
 
-function fail(error: unknown): void {
+function fail(error: unknown, what?: string): void {
   const message = error instanceof ApiError ? error.message : String(error);
-  toast(message, "error", 7000);
+  toast(what ? `${what}: ${message}` : message, "error", 7000);
 }
 
-async function guarded<T>(work: () => Promise<T>): Promise<T | undefined> {
+async function guarded<T>(work: () => Promise<T>, what?: string): Promise<T | undefined> {
   try {
     return await work();
   } catch (error) {
-    fail(error);
+    fail(error, what);
     return undefined;
   }
 }
@@ -45,6 +45,27 @@ export const actions = {
     state.checkpoints = checkpoints;
     state.compareIds = state.compareIds.filter((id) => checkpoints.some((c) => c.id === id));
     emit("metrics", "checkpoints");
+  },
+
+  /** The project's retrain strategy and the choices; a failure leaves the selector out, not the app. */
+  async loadStrategy(): Promise<void> {
+    const strategy = await guarded(() => api.strategy(state.projectId), "Could not load the retrain strategy");
+    if (strategy && state.strategyPending === null) state.strategy = strategy;
+    emit("strategy");
+  },
+
+  /** Store the strategy of the next retrains; if refused, the selector shows the stored one again. */
+  async setStrategy(name: StrategyName): Promise<void> {
+    if (!state.strategy || state.strategyPending !== null || state.strategy.strategy === name) return emit("strategy");
+    state.strategyPending = name;
+    emit("strategy");
+    const saved = await guarded(() => api.setStrategy(state.projectId, name), "Retrain strategy not changed");
+    state.strategyPending = null;
+    if (saved) {
+      state.strategy = saved;
+      toast(`Next retrains use: ${strategyTitle(saved.strategy)}`, "success", 3000);
+    }
+    emit("strategy");
   },
 
   setTool(tool: Tool): void {
@@ -167,6 +188,16 @@ export const actions = {
     emit("checkpoints");
   },
 };
+
+const STRATEGY_TITLES: Record<string, string> = {
+  logistic_regression: "Logistic regression",
+  mlp: "MLP (one hidden layer)",
+  spatial_ensemble: "Spatial ensemble",
+};
+
+export function strategyTitle(name: string): string {
+  return STRATEGY_TITLES[name] ?? name.replaceAll("_", " ");
+}
 
 export function trackJob(job: import("./api").Job): void {
   const known = state.jobs.get(job.id);

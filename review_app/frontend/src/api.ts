@@ -114,6 +114,13 @@ export interface Compare {
   rows: { class_name: string; f1_a: number | null; f1_b: number | null; delta: number | null }[];
 }
 
+export type StrategyName = "logistic_regression" | "mlp" | "spatial_ensemble";
+
+export interface Strategy {
+  strategy: StrategyName;
+  available: { name: StrategyName; description: string }[];
+}
+
 export type SuggestionMethod = "margin" | "entropy";
 
 export interface SuggestionFeature {
@@ -173,6 +180,8 @@ export const api = {
   suggestions: (id: number, aoiId: number, n: number, method: SuggestionMethod = "margin") =>
     request<SuggestionCollection>("GET", `${p(id)}/aois/${aoiId}/suggestions?n=${n}&method=${method}`),
   retrain: (id: number, aoiId: number | null) => request<Job>("POST", `${p(id)}/retrain`, { aoi_id: aoiId }),
+  strategy: (id: number) => request<Strategy>("GET", `${p(id)}/strategy`),
+  setStrategy: (id: number, strategy: StrategyName) => request<Strategy>("PUT", `${p(id)}/strategy`, { strategy }),
   metrics: (id: number) => request<Metrics>("GET", `${p(id)}/metrics`),
   checkpoints: (id: number) => request<Checkpoint[]>("GET", `${p(id)}/checkpoints`),
   saveCheckpoint: (id: number, name: string) => request<Checkpoint>("POST", `${p(id)}/checkpoints`, { name }),

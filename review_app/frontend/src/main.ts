@@ -20,7 +20,7 @@ async function main(): Promise<void> {
   state.projectId = projects.some((p) => p.id === wanted) ? wanted : projects[0].id;
   mountPanels();
   mountSuggestions(createMap($("#map")));
-  await Promise.all([actions.loadProject(), actions.loadLabels(), actions.loadModelPanels()]);
+  await Promise.all([actions.loadProject(), actions.loadLabels(), actions.loadModelPanels(), actions.loadStrategy()]);
   connect();
   bindKeys();
   emit("project", "jobs", "tool", "layers");

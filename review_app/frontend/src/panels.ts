@@ -1,6 +1,7 @@
-// Panels around the map: top bar (jobs, retrain), tools, classes, layers, AOIs, metrics, checkpoints, exports.
-import { exportLinks } from "./api";
-import { actions } from "./actions";
+// Panels around the map: top bar (jobs, retrain), tools, classes, layers, AOIs, retrain strategy, metrics,
+// checkpoints, exports.
+import { exportLinks, type StrategyName } from "./api";
+import { actions, strategyTitle } from "./actions";
 import { fitToAoi } from "./map";
 import { activeJob, currentAoi, emit, labelCounts, on, state, type Tool } from "./state";
 import { toggleSuggestions } from "./suggestions";
@@ -36,6 +37,7 @@ export function mountPanels(): void {
     <section class="panel"><h2>Areas of interest</h2><div id="aois"></div></section>`;
   const right = $("#right");
   right.innerHTML = `
+    <section class="panel"><h2>Retrain strategy <span class="hint">from the next retrain</span></h2><div id="strategy" data-testid="strategy"><p class="empty">Loading…</p></div></section>
     <section class="panel"><h2>Model quality <span id="metrics-version" class="hint"></span></h2><div id="metrics" data-testid="metrics"></div></section>
     <section class="panel grow"><h2>Checkpoints</h2><div id="checkpoints" data-testid="checkpoints"></div></section>
     <section class="panel"><h2>Export</h2><div id="exports"></div></section>`;
@@ -45,6 +47,7 @@ export function mountPanels(): void {
   on(["project", "labels", "class"], renderClasses);
   on(["project", "layers"], renderLayers);
   on(["project", "aoi", "jobs"], renderAois);
+  on(["strategy"], renderStrategy);
   on(["metrics"], renderMetrics);
   on(["checkpoints"], renderCheckpoints);
   on(["project", "aoi"], renderExports);
@@ -194,6 +197,28 @@ function renderAois(): void {
     : `<p class="empty">No AOI yet. Press <kbd>A</kbd> and click the corners of the area to map.</p>`;
 }
 
+// -- retrain strategy: how the next retrains fit their head (GET/PUT /strategy) --------------------------------------
+function renderStrategy(): void {
+  const s = state.strategy;
+  if (!s) {
+    $("#strategy").innerHTML = `<p class="empty" data-testid="strategy-unavailable">The retrain strategy could not be loaded.</p>`;
+    return;
+  }
+  const selected = state.strategyPending ?? s.strategy;
+  const description = (name: string) => s.available.find((o) => o.name === name)?.description ?? "";
+  const options = s.available
+    .map(
+      (o) =>
+        `<option value="${esc(o.name)}" title="${esc(o.description)}" ${o.name === selected ? "selected" : ""}>${esc(strategyTitle(o.name))}</option>`,
+    )
+    .join("");
+  $("#strategy").innerHTML = `
+    <div class="row strategy-row"><label class="row-label" for="strategy-select">Head</label>
+      <select id="strategy-select" data-strategy data-testid="strategy-select" data-stored="${esc(s.strategy)}" title="${esc(description(selected))}" ${state.strategyPending ? "disabled" : ""}>${options}</select>
+      ${state.strategyPending ? `<span class="spinner" title="saving…"></span>` : ""}</div>
+    <p class="strategy-help" data-testid="strategy-help">${esc(description(selected))}</p>`;
+}
+
 // -- metrics -----------------------------------------------------------------------------------------------------------
 function renderMetrics(): void {
   const m = state.metrics;
@@ -321,6 +346,7 @@ function bindEvents(): void {
       return emit("layers", input.dataset.layer === "labels" ? "labels" : "layers");
     }
     if (input.dataset.compare) return void actions.toggleCompare(Number(input.dataset.compare));
+    if (input.dataset.strategy !== undefined) return void actions.setStrategy(input.value as StrategyName);
   });
   document.addEventListener("input", (e) => {
     const input = e.target as HTMLInputElement;

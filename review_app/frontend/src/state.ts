@@ -1,9 +1,9 @@
 // One application state and a tiny topic-based change notifier (no framework needed at this size).
-import type { Checkpoint, Compare, Job, LabelCollection, Metrics, Project } from "./api";
+import type { Checkpoint, Compare, Job, LabelCollection, Metrics, Project, Strategy, StrategyName } from "./api";
 
 export type Tool = "pan" | "point" | "polygon" | "erase" | "aoi";
 export type ImageryStyle = "true_color" | "false_color" | "off";
-export type Topic = "project" | "labels" | "tool" | "class" | "layers" | "jobs" | "metrics" | "checkpoints" | "aoi" | "ws" | "suggestions";
+export type Topic = "project" | "labels" | "tool" | "class" | "layers" | "jobs" | "metrics" | "checkpoints" | "strategy" | "aoi" | "ws" | "suggestions";
 
 export interface LayerSettings {
   imagery: ImageryStyle;
@@ -24,6 +24,8 @@ export const state = {
   jobs: new Map<string, Job>(),
   metrics: null as Metrics | null,
   checkpoints: [] as Checkpoint[],
+  strategy: null as Strategy | null, // how the next retrains fit their head, and the choices
+  strategyPending: null as StrategyName | null, // sent by PUT /strategy, not answered yet: the selector waits
   compareIds: [] as number[],
   compare: null as Compare | null,
   layers: {

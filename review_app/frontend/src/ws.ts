@@ -42,7 +42,7 @@ async function handle(event: Event): Promise<void> {
       for (const job of event.active_jobs) state.jobs.set(job.id, job);
       emit("jobs");
       // Catch up on anything that happened while the socket was down.
-      await Promise.all([actions.loadProject(), actions.loadLabels(), actions.loadModelPanels()]);
+      await Promise.all([actions.loadProject(), actions.loadLabels(), actions.loadModelPanels(), actions.loadStrategy()]);
       break;
     case "job":
       onJob(event);
