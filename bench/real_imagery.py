@@ -43,15 +43,15 @@ from pearl_pipelines.classes import load_schema
 from pearl_pipelines.geo.catalog import load_collection_items
 from pearl_pipelines.geo.regions import build_region, label_asset_key, load_regions
 from pearl_pipelines.ml.embeddings import EmbeddingCache, apply_head, backbone_digest, sample_embeddings
-from pearl_pipelines.ml.features import DEFAULT_FEATURES
 from pearl_pipelines.ml.inference import predict
-from pearl_pipelines.ml.models import LandcoverModel, load_model, with_features
+from pearl_pipelines.ml.models import LandcoverModel, load_model, save_model, with_features
 from pearl_pipelines.ml.replay import ReplaySet, build_replay_set
 from pearl_pipelines.ml.retrain import RetrainOptions, make_strategy, retrain
 from pearl_pipelines.ml.shipped import load_shipped, shipped_path
-from pearl_pipelines.ml.starter import DEFAULT_ARCH, REPLAY_FILE, starter_dir, training_regions
+from pearl_pipelines.ml.starter import REPLAY_FILE, recipe_for, training_regions
 from pearl_pipelines.ml.suggest import uncertainty
 from pearl_pipelines.ml.versions import ModelVersion
+from pearl_pipelines.ml.zero_shot import fit_zero_shot_head
 from pearl_pipelines.settings import REPO_ROOT, get_settings
 
 ROTTERDAM_LABELS = "shared/data/rotterdam/labels.geojson"  # beside the checkout, as in CI
@@ -176,27 +176,30 @@ def shifted_scene(settings, n: int = 400) -> Scene:
 
 
 def starter(settings, schema_id: str) -> tuple[LandcoverModel, ReplaySet]:
-    """The registered starter under PEARL_HOME (make demo), else the shipped weights with a replay set built here."""
-    arch = DEFAULT_ARCH[schema_id]
-    local = starter_dir(settings, schema_id, arch)
-    if (local / "model.pt").is_file() and (local / REPLAY_FILE).is_file():
-        model = load_model(local / "model.pt")
-        if model.spec.features == list(DEFAULT_FEATURES):
-            return model, ReplaySet.load(local / REPLAY_FILE)
-    model = with_features(load_shipped(shipped_path(settings.assets_dir, schema_id, arch))[0], DEFAULT_FEATURES)
-    cached = settings.home_abs / "bench" / "real_imagery" / f"replay-{schema_id}-{backbone_digest(model)}.npz"
-    if cached.is_file():
-        return model, ReplaySet.load(cached)
+    """The shipped weights as `train_starter` registers them: wide embedding, zero-shot head, replay set (cached)."""
     from pearl_pipelines.ml.data import load_labelled_rasters
     from pearl_pipelines.ml.starter import ensure_regions
 
+    recipe = recipe_for(schema_id)
+    model = with_features(load_shipped(shipped_path(settings.assets_dir, schema_id, recipe.arch))[0], recipe.features)
+    cached = settings.home_abs / "bench" / "real_imagery" / f"starter-{schema_id}-{backbone_digest(model)}"
+    if (cached / "model.pt").is_file() and (cached / REPLAY_FILE).is_file():
+        return load_model(cached / "model.pt"), ReplaySet.load(cached / REPLAY_FILE)
     names = training_regions(settings)
     ensure_regions(settings, names)
     train = load_labelled_rasters(settings.catalog_dir, names, schema_id)
+    fit = fit_zero_shot_head(model, train, recipe.zero_shot, seed=recipe.train.seed)
+    log(f"{schema_id}: zero-shot head fitted in {fit.seconds:.0f} s" if fit else f"{schema_id}: trained head")
     replay = build_replay_set(
-        model, [r.image for r in train], [r.labels for r in train], per_class=500, seed=0, max_images=4
+        model,
+        [r.image for r in train],
+        [r.labels for r in train],
+        per_class=recipe.replay_per_class,
+        seed=0,
+        max_images=recipe.replay_images,
     )
-    replay.save(cached)
+    replay.save(cached / REPLAY_FILE)
+    save_model(model, cached / "model.pt")
     return model, replay
 
 

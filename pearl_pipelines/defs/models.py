@@ -103,6 +103,8 @@ class StarterModelConfig(dg.Config):
     replay_per_class: int | None = None
     # Feature groups embedded beside the learned ones (ml/features.py); default: the recipe's (all of them).
     features: list[str] | None = None
+    # Domain-randomised patches the zero-shot head is fitted on (ml/zero_shot.py); 0 keeps the trained head.
+    zero_shot_patches: int | None = None
     epochs: int | None = None
     steps_per_epoch: int | None = None
     batch_size: int | None = None
@@ -123,6 +125,8 @@ class StarterModelConfig(dg.Config):
         top = {k: v for k, v in {"embed_dim": self.embed_dim, "replay_per_class": self.replay_per_class}.items() if v}
         if self.features is not None:
             top["features"] = self.features
+        if self.zero_shot_patches is not None:
+            top["zero_shot"] = {"patches": self.zero_shot_patches}
         return {**top, **({"train": train} if train else {})}
 
 

@@ -51,6 +51,7 @@ from pearl_pipelines.ml.train import (
     train_model,
     training_precision,
 )
+from pearl_pipelines.ml.zero_shot import ZeroShotRecipe, fit_zero_shot_head
 from pearl_pipelines.settings import Settings, get_settings
 
 STARTER_SCHEMAS = LABEL_SCHEMAS  # every schema the regions carry reference labels for
@@ -76,6 +77,9 @@ class StarterRecipe(BaseModel):
     # Feature groups embedded beside the learned ones once trained (ml/features.py): the head starts with zero
     # weight on them, so the starter's own map is unchanged, and every retrain can use them.
     features: list[str] = Field(default_factory=lambda: list(DEFAULT_FEATURES))
+    # The head a starter is registered with: fitted on the transferable feature groups of domain-randomised
+    # patches (ml/zero_shot.py), so its first map holds on real imagery. patches=0 keeps the trained head.
+    zero_shot: ZeroShotRecipe = Field(default_factory=ZeroShotRecipe)
 
 
 # Chosen on a validation split of the training items (20 % of 500 px blocks, never holdout). The U-Net is
@@ -250,6 +254,7 @@ def train_starter(
     client = MlflowClient(uri)
 
     if weights is not None:
+        zero_shot_recipe = recipe.zero_shot  # a registration step: the caller's recipe says how, not the file's
         model, shipped = load_shipped(weights)
         if model.spec.schema.names != load_schema(schema_id, settings.assets_dir).names:
             raise ValueError(f"{weights} holds a model of classes {model.spec.schema.names}, not schema {schema_id}")
@@ -259,7 +264,7 @@ def train_starter(
             else recipe_for(schema_id, model.spec.arch).model_copy(
                 update={"embed_dim": model.embed_dim, "arch_kwargs": model.spec.arch_kwargs}
             )
-        )
+        ).model_copy(update={"zero_shot": zero_shot_recipe})
     else:
         mean, std = band_stats(train)
         seed_everything(recipe.train.seed)  # the initial weights are part of what the seed reproduces
@@ -309,9 +314,18 @@ def train_starter(
             # CPU time of this process: on a shared machine wall time says more about the neighbours than the model.
             train_cpu_seconds = time.process_time() - cpu_started
         log(f"{schema_id}: scoring on {', '.join(holdout_names)}, then the replay set from {', '.join(train_names)}")
-        report = evaluate_rasters(model, holdout)  # before widening: the zero-padded head predicts the same
-        log(f"{schema_id}: holdout macro F1 {report.macro_f1:.3f}, overall accuracy {report.accuracy:.3f}")
+        trained_report = evaluate_rasters(model, holdout)  # before widening: the zero-padded head predicts the same
+        log(f"{schema_id}: trained head: holdout macro F1 {trained_report.macro_f1:.3f}")
         model = with_features(model, recipe.features)
+        report = trained_report
+        zero_shot = fit_zero_shot_head(model, train, recipe.zero_shot, seed=recipe.train.seed)
+        if zero_shot is not None:
+            log(
+                f"{schema_id}: zero-shot head on {' + '.join(zero_shot.groups)} fitted on {zero_shot.samples} "
+                f"domain-randomised pixels in {zero_shot.seconds:.0f} s"
+            )
+            report = evaluate_rasters(model, holdout)
+        log(f"{schema_id}: holdout macro F1 {report.macro_f1:.3f}, overall accuracy {report.accuracy:.3f}")
         model_path, replay_path = _save_and_log(
             client,
             run_id=run_id,
@@ -321,7 +335,12 @@ def train_starter(
             settings=settings,
             schema_id=schema_id,
             recipe=recipe,
-            timings={"train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds},
+            timings={
+                "train_seconds": train_seconds,
+                "train_cpu_seconds": train_cpu_seconds,
+                "trained_head_holdout_macro_f1": trained_report.macro_f1,
+                **({"zero_shot_fit_seconds": zero_shot.seconds} if zero_shot else {}),
+            },
             holdout_names=holdout_names,
         )
     except BaseException:

@@ -31,6 +31,7 @@ from pearl_pipelines.ml.starter import (
 )
 from pearl_pipelines.ml.tracking import CONFUSION_ARTIFACT, TAG_SCHEMA
 from pearl_pipelines.ml.train import TrainConfig, predict_array, training_precision
+from pearl_pipelines.ml.zero_shot import ZeroShotRecipe
 from pearl_pipelines.settings import Settings
 
 TINY = StarterRecipe(
@@ -38,6 +39,7 @@ TINY = StarterRecipe(
     embed_dim=16,
     train=TrainConfig(epochs=2, steps_per_epoch=4, batch_size=4, patch_size=64, lr=1e-2, threads=2),
     replay_per_class=20,
+    zero_shot=ZeroShotRecipe(patches=16, patch_size=64),
 )
 
 
@@ -56,7 +58,7 @@ def tiny_starter(settings: Settings, mlflow_uri: str, name: str, weights: Path |
     return train_starter(
         "chesapeake4",
         settings=settings,
-        recipe=None if weights else TINY,
+        recipe=TINY,  # with `weights`, only its zero-shot step applies
         tracking_uri=mlflow_uri,
         train_regions=["train-a"],
         model_name=name,
@@ -83,6 +85,8 @@ def test_starter_is_trained_logged_registered_and_loads_back(tiny_home: Settings
     assert {"holdout_f1_water", "holdout_precision_built", "holdout_recall_field", "train_seconds"} <= set(
         run.data.metrics
     )
+    # Registered with the zero-shot head (transferable groups only); the trained head's score is kept beside it.
+    assert {"trained_head_holdout_macro_f1", "zero_shot_fit_seconds"} <= set(run.data.metrics)
     losses = client.get_metric_history(result.run_id, "loss")
     assert [m.step for m in losses] == [1, 2]
     top = {a.path for a in client.list_artifacts(result.run_id)}
@@ -107,6 +111,9 @@ def test_starter_is_trained_logged_registered_and_loads_back(tiny_home: Settings
     holdout = load_labelled_rasters(tiny_home.catalog_dir, ["holdout"], "chesapeake4")[0]
     np.testing.assert_array_equal(predict_array(loaded, holdout.image), predict_array(local, holdout.image))
     assert loaded.spec == local.spec
+    weight = loaded.head.weight.detach()[:, :, 0, 0]
+    assert not weight[:, slice(*loaded.channel_groups["backbone"])].any()
+    assert weight[:, slice(*loaded.channel_groups["spectral_texture"])].abs().sum() > 0
 
     # A second starter moves `starter`; the champion stays where it was.
     again = tiny_starter(tiny_home, mlflow_uri, name)
