@@ -79,7 +79,7 @@ class StarterRecipe(BaseModel):
     features: list[str] = Field(default_factory=lambda: list(DEFAULT_FEATURES))
     # The head a starter is registered with: fitted on the transferable feature groups of domain-randomised
     # patches (ml/zero_shot.py), so its first map holds on real imagery. patches=0 keeps the trained head.
-    zero_shot: ZeroShotRecipe = Field(default_factory=ZeroShotRecipe)
+    zero_shot: ZeroShotRecipe = ZeroShotRecipe()  # pydantic copies it per instance
 
 
 # Chosen on a validation split of the training items (20 % of 500 px blocks, never holdout). The U-Net is

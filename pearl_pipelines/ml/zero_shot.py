@@ -35,10 +35,10 @@ TRANSFERABLE_GROUPS = ("spectral_texture", "imagenet_lite0")
 class ZeroShotRecipe(BaseModel):
     """How a starter's zero-shot head is fitted (`patches` = 0: keep the head trained with the backbone)."""
 
-    patches: int = Field(600, ge=0)
-    patch_size: int = Field(128, ge=16)
-    pixels_per_patch: int = Field(60, ge=1)
-    randomisation_p: float = Field(0.8, ge=0.0, le=1.0)  # share of patches domain-randomised
+    patches: int = Field(default=600, ge=0)
+    patch_size: int = Field(default=128, ge=16)
+    pixels_per_patch: int = Field(default=60, ge=1)
+    randomisation_p: float = Field(default=0.8, ge=0.0, le=1.0)  # share of patches domain-randomised
     C: float = 0.1  # inverse L2 strength: strong, so no single channel decides alone
 
 
@@ -54,7 +54,7 @@ def _patch(
 ) -> tuple[np.ndarray, np.ndarray]:
     height, width = raster.shape
     size = min(size, height, width)
-    top, left = rng.integers(0, height - size + 1), rng.integers(0, width - size + 1)
+    top, left = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
     if centred:  # on a random pixel of a random class (a coarse grid is enough to find one)
         rows, cols = np.nonzero(raster.labels[::4, ::4] == rng.integers(n_classes))
         if len(rows):
@@ -93,7 +93,7 @@ def fit_zero_shot_head(
     randomise = DomainRandomisation(p=recipe.randomisation_p)
     xs, ys = [], []
     for i in range(recipe.patches):
-        raster = rasters[rng.integers(len(rasters))]
+        raster = rasters[int(rng.integers(len(rasters)))]
         image, labels = randomise(*_patch(raster, recipe.patch_size, n_classes, i % 2 == 1, rng), rng)
         rows = rng.integers(0, labels.shape[0], recipe.pixels_per_patch)
         cols = rng.integers(0, labels.shape[1], recipe.pixels_per_patch)
