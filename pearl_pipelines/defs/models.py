@@ -122,7 +122,9 @@ class StarterModelConfig(dg.Config):
             }.items()
             if v is not None
         }
-        top: dict[str, Any] = {k: v for k, v in {"embed_dim": self.embed_dim, "replay_per_class": self.replay_per_class}.items() if v}
+        top: dict[str, Any] = {
+            k: v for k, v in {"embed_dim": self.embed_dim, "replay_per_class": self.replay_per_class}.items() if v
+        }
         if self.features is not None:
             top["features"] = self.features
         if self.zero_shot_patches is not None:
