@@ -198,6 +198,9 @@ def starter(settings, schema_id: str) -> tuple[LandcoverModel, ReplaySet]:
         seed=0,
         max_images=recipe.replay_images,
     )
+    if fit is not None:  # as train_starter does: retrains start from the zero-shot map
+        head = ModelVersion.from_model(model)
+        replay = replay.with_prior(head.weight, head.bias)
     replay.save(cached / REPLAY_FILE)
     save_model(model, cached / "model.pt")
     return model, replay

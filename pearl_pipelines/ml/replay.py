@@ -3,10 +3,15 @@
 Retraining the head on user labels alone would forget every class the user did not label; mixing
 in these samples keeps them alive. Labels are class indices of the base model's schema, which stay
 valid for every descendant schema (schemas only grow, renames keep indices).
+
+A replay set may also carry the starter's zero-shot head (`prior_weight`, `prior_bias`: ml/zero_shot.py), the
+map before any click. Every retrain sees its logits as features (ml/retrain.py), so a few clicks correct
+that map instead of replacing it with what ten points alone can say.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +32,24 @@ class ReplaySet:
     labels: np.ndarray  # (N,) class index in the base schema
     class_names: list[str]  # the base schema's names, index = label
     backbone_digest: str = ""
+    prior_weight: np.ndarray | None = None  # (K, C) float32: the starter's zero-shot head, if it has one
+    prior_bias: np.ndarray | None = None  # (K,)
 
     def __post_init__(self) -> None:
         if len(self.embeddings) != len(self.labels):
             raise ValueError(f"{len(self.embeddings)} embeddings but {len(self.labels)} labels")
+        if self.prior_weight is not None and (
+            self.prior_bias is None
+            or self.prior_weight.shape != (len(self.class_names), self.embeddings.shape[1])
+            or self.prior_bias.shape != (len(self.class_names),)
+        ):
+            raise ValueError("a replay set's prior head must be (classes, channels) weights and (classes,) biases")
+
+    def with_prior(self, weight: np.ndarray, bias: np.ndarray) -> ReplaySet:
+        """The same samples carrying a prior head (the starter's zero-shot head)."""
+        return dataclasses.replace(
+            self, prior_weight=np.asarray(weight, np.float32), prior_bias=np.asarray(bias, np.float32)
+        )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -38,14 +57,16 @@ class ReplaySet:
     def save(self, path: Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {
+            "embeddings": self.embeddings.astype(np.float16),
+            "labels": self.labels.astype(np.int16),
+            "class_names": np.array(self.class_names),
+            "backbone_digest": np.array(self.backbone_digest),
+        }
+        if self.prior_weight is not None and self.prior_bias is not None:
+            arrays.update(prior_weight=self.prior_weight, prior_bias=self.prior_bias)
         with path.open("wb") as f:  # a file object, so numpy does not append .npz to the name
-            np.savez_compressed(
-                f,
-                embeddings=self.embeddings.astype(np.float16),
-                labels=self.labels.astype(np.int16),
-                class_names=np.array(self.class_names),
-                backbone_digest=np.array(self.backbone_digest),
-            )
+            np.savez_compressed(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
         return path
 
     @classmethod
@@ -56,6 +77,8 @@ class ReplaySet:
                 labels=data["labels"].astype(np.int64),
                 class_names=data["class_names"].tolist(),
                 backbone_digest=str(data["backbone_digest"]),
+                prior_weight=data["prior_weight"] if "prior_weight" in data.files else None,
+                prior_bias=data["prior_bias"] if "prior_bias" in data.files else None,
             )
 
 

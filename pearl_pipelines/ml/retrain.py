@@ -34,6 +34,7 @@ from pearl_pipelines.ml.metrics import compute_metrics, grouped_cross_val_predic
 from pearl_pipelines.ml.replay import ReplaySet
 from pearl_pipelines.ml.samples import SamplingConfig, labels_to_samples, sample_on_grid, validate_labels
 from pearl_pipelines.ml.strategies import (
+    PRIOR_GROUP,
     STRATEGIES,
     UNLEARNED_BIAS,
     LogisticRegressionHead,
@@ -75,6 +76,8 @@ class RetrainOptions:
     # a starter keeps fit 10x faster (0.05 s instead of 0.6 s for 9 classes x 228 channels) for the same head.
     replay_per_class: int | None = 100
     replay_scale: float | None = None
+    # Whether the replay set's prior head (the starter's zero-shot head) joins the features of every fit.
+    use_prior: bool = True
     cv_folds: int = 5
     seed: int = 0
     evaluate: bool = True
@@ -194,7 +197,12 @@ def retrain(
             f"all labels are of class {schema.names[y_user[0]]!r} and no replay set brings other classes: "
             "label at least two classes"
         )
-    channel_groups = caches[0].meta.channel_groups
+    channels = x_user.shape[1]
+    channel_groups = dict(caches[0].meta.channel_groups or {"embedding": (0, channels)})
+    prior = _prior(replay, options)
+    if prior is not None:  # the starter's zero-shot logits join the features (folded back into the head below)
+        x_user, x_replay = _with_prior(x_user, prior), _with_prior(x_replay, prior)
+        channel_groups[PRIOR_GROUP] = (channels, x_user.shape[1])
 
     xy_replay = np.full((len(y_replay), 2), np.nan)  # replay samples come from elsewhere: no position here
 
@@ -226,6 +234,8 @@ def retrain(
     folds = {s: cross_validate(s) for s in scales} if options.evaluate or len(scales) > 1 else {}
     scale, replay_cv = _choose_replay_scale(y_user, folds, scales)
     weight, bias, head_extra = fit(slice(None), scale)
+    if prior is not None:
+        weight, bias, head_extra = _fold_prior(weight, bias, head_extra, prior, channels)
     y_all = np.concatenate([y_user, y_replay if scale > 0 else y_replay[:0]])
 
     info: dict[str, Any] = {
@@ -235,6 +245,7 @@ def retrain(
         "n_replay_samples": len(y_replay) if scale > 0 else 0,
         "replay_scale": scale,
         "replay_cv_accuracy": replay_cv,
+        "prior": prior is not None,
         "labels_outside_area": outside,
         "new_classes": [n for n in schema.names if n not in parent.schema.names],
         "unlearned_classes": [schema.names[i] for i in range(len(schema)) if i not in set(y_all.tolist())],
@@ -262,6 +273,42 @@ def retrain(
         metrics=metrics,
         info=info,
     )
+
+
+Prior = tuple[np.ndarray, np.ndarray]  # (K0, C) weight, (K0,) bias of the starter's zero-shot head
+
+
+def _prior(replay: ReplaySet | None, options: RetrainOptions) -> Prior | None:
+    if replay is None or replay.prior_weight is None or replay.prior_bias is None or not options.use_prior:
+        return None
+    return replay.prior_weight.astype(np.float32), replay.prior_bias.astype(np.float32)
+
+
+def _with_prior(x: np.ndarray, prior: Prior) -> np.ndarray:
+    """(N, C) embeddings -> (N, C + K0): the embeddings and the prior head's logits."""
+    weight, bias = prior
+    return np.concatenate([x, (x.astype(np.float32) @ weight.T + bias).astype(x.dtype)], axis=1)
+
+
+def _fold_prior(
+    weight: np.ndarray, bias: np.ndarray, extra: dict[str, np.ndarray], prior: Prior, channels: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """A head on [x, W0 x + b0] as the same head on x: every input layer [A | B] becomes A + B W0, with B b0
+    added to its bias. The input layer is the output layer of a linear head, the hidden layer of an MLP head,
+    and the global and local heads of a spatial ensemble."""
+    w0, b0 = prior
+
+    def fold(w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a, p = w[..., :channels], w[..., channels:]
+        return (a + p @ w0).astype(np.float32), (b + p @ b0).astype(np.float32)
+
+    extra = dict(extra)
+    if "hidden_weight" in extra:
+        extra["hidden_weight"], extra["hidden_bias"] = fold(extra["hidden_weight"], extra["hidden_bias"])
+        return weight, bias, extra
+    if "local_weight" in extra:
+        extra["local_weight"], extra["local_bias"] = fold(extra["local_weight"], extra["local_bias"])
+    return *fold(weight, bias), extra
 
 
 def _replay_candidates(options: RetrainOptions, *, has_replay: bool, user_classes: int) -> tuple[float, ...]:

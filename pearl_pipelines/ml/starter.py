@@ -51,6 +51,7 @@ from pearl_pipelines.ml.train import (
     train_model,
     training_precision,
 )
+from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.ml.zero_shot import ZeroShotRecipe, fit_zero_shot_head
 from pearl_pipelines.settings import Settings, get_settings
 
@@ -342,6 +343,7 @@ def train_starter(
                 **({"zero_shot_fit_seconds": zero_shot.seconds} if zero_shot else {}),
             },
             holdout_names=holdout_names,
+            with_prior=zero_shot is not None,
         )
     except BaseException:
         client.set_terminated(run_id, "FAILED")
@@ -394,6 +396,7 @@ def _save_and_log(
     recipe: StarterRecipe,
     timings: dict[str, float],
     holdout_names: Sequence[str],
+    with_prior: bool,
 ) -> tuple[Path, Path]:
     """Replay set + model file under PEARL_HOME, then metrics and artifacts into the run."""
     replay = build_replay_set(
@@ -404,6 +407,9 @@ def _save_and_log(
         seed=recipe.train.seed,
         max_images=recipe.replay_images,
     )
+    if with_prior:  # every retrain starts from the zero-shot map (ml/replay.py)
+        head = ModelVersion.from_model(model)
+        replay = replay.with_prior(head.weight, head.bias)
     out_dir = starter_dir(settings, schema_id, recipe.arch)
     replay_path = replay.save(out_dir / REPLAY_FILE)
     extra = {

@@ -32,6 +32,8 @@ from pearl_pipelines.ml.threads import single_threaded
 ChannelGroups = Mapping[str, tuple[int, int]]
 HeadFit = tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]  # weight, bias, extra arrays (ml/heads.py)
 
+# Feature group of the starter's zero-shot logits, appended by a retrain whose replay set carries them.
+PRIOR_GROUP = "prior"
 # Bias of a class that has no training sample: exp(-1e4) is 0, so it is never predicted.
 UNLEARNED_BIAS = -1e4
 
@@ -114,7 +116,10 @@ def group_scales(groups: ChannelGroups, channels: int, weights: Mapping[str, flo
 
 
 def _default_group_weights() -> dict[str, float]:
-    return {"spectral_texture": 3.0}
+    return {"spectral_texture": 3.0, PRIOR_GROUP: PRIOR_WEIGHT}
+
+
+PRIOR_WEIGHT = 3.0
 
 
 def _standardiser(x: np.ndarray, groups: ChannelGroups, weights: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
