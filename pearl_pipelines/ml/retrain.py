@@ -34,7 +34,6 @@ from pearl_pipelines.ml.metrics import compute_metrics, grouped_cross_val_predic
 from pearl_pipelines.ml.replay import ReplaySet
 from pearl_pipelines.ml.samples import SamplingConfig, labels_to_samples, sample_on_grid, validate_labels
 from pearl_pipelines.ml.strategies import (
-    PRIOR_GROUP,
     STRATEGIES,
     UNLEARNED_BIAS,
     LogisticRegressionHead,
@@ -76,8 +75,10 @@ class RetrainOptions:
     # a starter keeps fit 10x faster (0.05 s instead of 0.6 s for 9 classes x 228 channels) for the same head.
     replay_per_class: int | None = 100
     replay_scale: float | None = None
-    # Whether the replay set's prior head (the starter's zero-shot head) joins the features of every fit.
-    use_prior: bool = True
+    # Whether the fit is centred on the replay set's prior head (the starter's zero-shot map), so a few clicks
+    # correct that map instead of replacing it: None chooses by grouped CV with the replay share; the logistic
+    # strategy only.
+    prior: bool | None = None
     cv_folds: int = 5
     seed: int = 0
     evaluate: bool = True
@@ -197,45 +198,51 @@ def retrain(
             f"all labels are of class {schema.names[y_user[0]]!r} and no replay set brings other classes: "
             "label at least two classes"
         )
-    channels = x_user.shape[1]
-    channel_groups = dict(caches[0].meta.channel_groups or {"embedding": (0, channels)})
-    prior = _prior(replay, options)
-    if prior is not None:  # the starter's zero-shot logits join the features (folded back into the head below)
-        x_user, x_replay = _with_prior(x_user, prior), _with_prior(x_replay, prior)
-        channel_groups[PRIOR_GROUP] = (channels, x_user.shape[1])
+    channel_groups = caches[0].meta.channel_groups
+    prior = _prior(replay, schema, options, strategy)
+    reference = _reference_pixels(caches, options.seed) if prior is not None else None
 
     xy_replay = np.full((len(y_replay), 2), np.nan)  # replay samples come from elsewhere: no position here
 
-    def fit(train: np.ndarray | slice, scale: float) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    def fit(train: np.ndarray | slice, choice: Choice) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        scale, centred = choice
         keep = slice(None) if scale > 0 else slice(0)  # scale 0: no replay at all
+        x_train = np.concatenate([x_user[train], x_replay[keep]])
         y_train = np.concatenate([y_user[train], y_replay[keep]])
+        w_train = np.concatenate([w_user[train], scale * w_replay[keep]])
+        if centred:
+            assert prior is not None and isinstance(strategy, LogisticRegressionHead)
+            head = strategy.fit_centred(
+                x_train, y_train, prior, sample_weight=w_train, channel_groups=channel_groups, reference=reference
+            )
+            return *head, {}
         if len(np.unique(y_train)) < 2:  # a fold with one class and no replay can only predict that class
             weight = np.zeros((len(schema), x_user.shape[1]), np.float32)
             bias = np.full(len(schema), UNLEARNED_BIAS, np.float32)
             bias[y_train[0]] = 0.0
             return weight, bias, {}
         return strategy.fit(
-            np.concatenate([x_user[train], x_replay[keep]]),
+            x_train,
             y_train,
             len(schema),
-            sample_weight=np.concatenate([w_user[train], scale * w_replay[keep]]),
+            sample_weight=w_train,
             seed=options.seed,
             channel_groups=channel_groups,
             xy=np.concatenate([xy_user[train], xy_replay[keep]]),
         )
 
-    def cross_validate(scale: float) -> tuple[np.ndarray, list[str]]:
+    def cross_validate(choice: Choice) -> tuple[np.ndarray, list[str]]:
         def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
-            return np.argmax(head_logits(*fit(train, scale), x_user[test], xy_user[test]), axis=1)
+            return np.argmax(head_logits(*fit(train, choice), x_user[test], xy_user[test]), axis=1)
 
         return grouped_cross_val_predict(y_user, groups, fit_predict, n_splits=options.cv_folds, seed=options.seed)
 
     scales = _replay_candidates(options, has_replay=len(y_replay) > 0, user_classes=len(np.unique(y_user)))
-    folds = {s: cross_validate(s) for s in scales} if options.evaluate or len(scales) > 1 else {}
-    scale, replay_cv = _choose_replay_scale(y_user, folds, scales)
-    weight, bias, head_extra = fit(slice(None), scale)
-    if prior is not None:
-        weight, bias, head_extra = _fold_prior(weight, bias, head_extra, prior, channels)
+    centring = (False,) if prior is None else (True, False) if options.prior is None else (options.prior,)
+    choices = [(s, c) for c in centring for s in scales]
+    folds = {c: cross_validate(c) for c in choices} if options.evaluate or len(choices) > 1 else {}
+    (scale, centred), replay_cv = _choose(y_user, folds, choices)
+    weight, bias, head_extra = fit(slice(None), (scale, centred))
     y_all = np.concatenate([y_user, y_replay if scale > 0 else y_replay[:0]])
 
     info: dict[str, Any] = {
@@ -245,7 +252,7 @@ def retrain(
         "n_replay_samples": len(y_replay) if scale > 0 else 0,
         "replay_scale": scale,
         "replay_cv_accuracy": replay_cv,
-        "prior": prior is not None,
+        "prior_centred": centred,
         "labels_outside_area": outside,
         "new_classes": [n for n in schema.names if n not in parent.schema.names],
         "unlearned_classes": [schema.names[i] for i in range(len(schema)) if i not in set(y_all.tolist())],
@@ -253,7 +260,7 @@ def retrain(
     }
     metrics = None
     if options.evaluate:
-        predicted, notes = folds[scale]
+        predicted, notes = folds[(scale, centred)]
         held_out = predicted >= 0
         info["metric_notes"] = notes
         if held_out.any():
@@ -275,40 +282,23 @@ def retrain(
     )
 
 
-Prior = tuple[np.ndarray, np.ndarray]  # (K0, C) weight, (K0,) bias of the starter's zero-shot head
+Prior = tuple[np.ndarray, np.ndarray]  # (K, C) weight, (K,) bias of the starter's zero-shot head
+Choice = tuple[float, bool]  # replay scale, centred on the prior
 
 
-def _prior(replay: ReplaySet | None, options: RetrainOptions) -> Prior | None:
-    if replay is None or replay.prior_weight is None or replay.prior_bias is None or not options.use_prior:
+def _prior(
+    replay: ReplaySet | None, schema: ClassSchema, options: RetrainOptions, strategy: RetrainStrategy
+) -> Prior | None:
+    """The replay set's prior head over `schema` (zero rows for classes added since), if a retrain can use it."""
+    if replay is None or replay.prior_weight is None or replay.prior_bias is None or options.prior is False:
         return None
-    return replay.prior_weight.astype(np.float32), replay.prior_bias.astype(np.float32)
-
-
-def _with_prior(x: np.ndarray, prior: Prior) -> np.ndarray:
-    """(N, C) embeddings -> (N, C + K0): the embeddings and the prior head's logits."""
-    weight, bias = prior
-    return np.concatenate([x, (x.astype(np.float32) @ weight.T + bias).astype(x.dtype)], axis=1)
-
-
-def _fold_prior(
-    weight: np.ndarray, bias: np.ndarray, extra: dict[str, np.ndarray], prior: Prior, channels: int
-) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """A head on [x, W0 x + b0] as the same head on x: every input layer [A | B] becomes A + B W0, with B b0
-    added to its bias. The input layer is the output layer of a linear head, the hidden layer of an MLP head,
-    and the global and local heads of a spatial ensemble."""
-    w0, b0 = prior
-
-    def fold(w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        a, p = w[..., :channels], w[..., channels:]
-        return (a + p @ w0).astype(np.float32), (b + p @ b0).astype(np.float32)
-
-    extra = dict(extra)
-    if "hidden_weight" in extra:
-        extra["hidden_weight"], extra["hidden_bias"] = fold(extra["hidden_weight"], extra["hidden_bias"])
-        return weight, bias, extra
-    if "local_weight" in extra:
-        extra["local_weight"], extra["local_bias"] = fold(extra["local_weight"], extra["local_bias"])
-    return *fold(weight, bias), extra
+    if not isinstance(strategy, LogisticRegressionHead):
+        return None
+    known = len(replay.class_names)
+    weight = np.zeros((len(schema), replay.prior_weight.shape[1]), np.float32)
+    bias = np.zeros(len(schema), np.float32)
+    weight[:known], bias[:known] = replay.prior_weight, replay.prior_bias
+    return weight, bias
 
 
 def _replay_candidates(options: RetrainOptions, *, has_replay: bool, user_classes: int) -> tuple[float, ...]:
@@ -319,24 +309,43 @@ def _replay_candidates(options: RetrainOptions, *, has_replay: bool, user_classe
     return tuple(s for s in scales if s > 0 or user_classes >= 2) or (max(scales),)
 
 
-def _choose_replay_scale(
-    y_user: np.ndarray, folds: Mapping[float, tuple[np.ndarray, list[str]]], scales: Sequence[float]
-) -> tuple[float, dict[str, float]]:
-    """The scale whose grouped-CV accuracy on the user's own labels is highest (ties: more replay, which
-    keeps unlabelled classes alive); with no held-out labels, the most replay, as before selection existed.
+def _reference_pixels(caches: Sequence[EmbeddingCache], seed: int, n: int = 2000) -> np.ndarray:
+    """Embeddings of up to `n` random valid pixels of the caches: the imagery's own feature statistics, which a
+    handful of clicks cannot estimate."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for cache in caches:
+        rows, cols = rng.integers(0, cache.shape[0], n), rng.integers(0, cache.shape[1], n)
+        inside = np.asarray(cache.valid[rows, cols]) > 0
+        out.append(sample_embeddings(cache, rows[inside], cols[inside]))
+    pixels = np.concatenate(out)
+    return pixels[rng.permutation(len(pixels))[:n]]
 
-    Selection uses the same folds for every scale, so the chosen retrain is never worse in grouped CV
+
+def _choose(
+    y_user: np.ndarray, folds: Mapping[Choice, tuple[np.ndarray, list[str]]], choices: Sequence[Choice]
+) -> tuple[Choice, dict[str, float]]:
+    """The (replay scale, centred) whose grouped-CV accuracy on the user's own labels is highest (ties: centred
+    on the prior, then more replay, which keep unlabelled classes alive); with no held-out labels, the first
+    such choice, as before selection existed.
+
+    Selection uses the same folds for every choice, so the chosen retrain is never worse in grouped CV
     than the same retrain without replay (scale 0 is a candidate whenever the labels have two classes)."""
     accuracy = {}
-    for scale, (predicted, _) in folds.items():
+    for choice, (predicted, _) in folds.items():
         held_out = predicted >= 0
         if held_out.any():
-            accuracy[scale] = float((predicted[held_out] == y_user[held_out]).mean())
+            accuracy[choice] = float((predicted[held_out] == y_user[held_out]).mean())
+    preference = sorted(choices, key=lambda c: (c[1], c[0]), reverse=True)
     if not accuracy:
-        return max(scales), {}
+        return preference[0], {}
     best = max(accuracy.values())
-    chosen = max(s for s, acc in accuracy.items() if acc >= best - 1e-12)
-    return chosen, {f"{s:g}": round(acc, 4) for s, acc in accuracy.items()}
+    chosen = next(c for c in preference if c in accuracy and accuracy[c] >= best - 1e-12)
+    return chosen, {_choice_key(c): round(acc, 4) for c, acc in accuracy.items()}
+
+
+def _choice_key(choice: Choice) -> str:
+    return f"{choice[0]:g}" + ("+prior" if choice[1] else "")
 
 
 def _sample_caches(

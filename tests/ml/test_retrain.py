@@ -11,9 +11,7 @@ from shapely.geometry import LineString, Point, Polygon
 from sklearn.linear_model import LogisticRegression
 
 from pearl_pipelines.classes import NODATA_CLASS
-from pearl_pipelines.ml import retrain as engine
 from pearl_pipelines.ml.embeddings import EmbeddingCache, apply_head, sample_embeddings
-from pearl_pipelines.ml.heads import head_logits, input_channels
 from pearl_pipelines.ml.inference import predict
 from pearl_pipelines.ml.models import LandcoverModel
 from pearl_pipelines.ml.replay import ReplaySet, build_replay_set
@@ -304,46 +302,6 @@ def test_replay_prior_round_trips_and_must_match_the_embedding(area: Area, tmp_p
         area.replay.with_prior(area.parent.weight[:, :-1], area.parent.bias)
 
 
-@pytest.mark.parametrize("strategy", ["logistic_regression", "mlp", "spatial_ensemble"])
-def test_a_retrain_with_a_prior_folds_it_into_a_head_on_the_embeddings(area: Area, strategy: str) -> None:
-    """The prior's logits are features of the fit; the version's head applies to the cached embeddings alone,
-    and predicts exactly what the head on [embeddings, prior logits] does."""
-    labels = model_points(area, 30, seed=5)
-    replay = _with_starter_prior(area)
-    options = RetrainOptions(evaluate=False)
-    version = retrain(area.parent, area.cache, labels, replay=replay, strategy=make_strategy(strategy), options=options)
-    assert version.info["prior"] is True
-    # Folded: the head takes the cached channels alone.
-    assert input_channels(version.weight, version.head_extra) == area.cache.meta.channels
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(50, area.cache.meta.channels)).astype(np.float32)
-    xy = rng.uniform(ORIGIN[0], ORIGIN[0] + 300, size=(50, 2))
-    prior = (replay.prior_weight, replay.prior_bias)
-    k = len(version.schema)
-    # Unfold by hand: any head on [x, prior logits] with random weights, folded, gives the same logits.
-    wide = {
-        "weight": rng.normal(size=(k, x.shape[1] + k)).astype(np.float32),
-        "bias": rng.normal(size=k).astype(np.float32),
-    }
-    extra: dict[str, np.ndarray] = {}
-    if strategy == "mlp":
-        extra = {
-            "hidden_weight": rng.normal(size=(6, x.shape[1] + k)).astype(np.float32),
-            "hidden_bias": rng.normal(size=6).astype(np.float32),
-        }
-        wide["weight"] = rng.normal(size=(k, 6)).astype(np.float32)
-    if strategy == "spatial_ensemble":
-        extra = {
-            "centres": xy[:3],
-            "local_weight": rng.normal(size=(3, k, x.shape[1] + k)).astype(np.float32),
-            "local_bias": rng.normal(size=(3, k)).astype(np.float32),
-            "bandwidth": np.float32(50.0),
-        }
-    expected = head_logits(wide["weight"], wide["bias"], extra, engine._with_prior(x, prior), xy)
-    folded = engine._fold_prior(wide["weight"], wide["bias"], extra, prior, x.shape[1])
-    np.testing.assert_allclose(head_logits(*folded, x, xy), expected, rtol=1e-4, atol=1e-3)
-
-
 def test_a_few_clicks_correct_the_prior_map_instead_of_replacing_it(area: Area) -> None:
     """Three clicks of two classes: with the starter's map as a prior, the retrain keeps predicting the classes
     nobody clicked where the starter did; without it, those classes vanish wherever replay is thin."""
@@ -357,8 +315,28 @@ def test_a_few_clicks_correct_the_prior_map_instead_of_replacing_it(area: Area) 
     replay = ReplaySet(x[pick], starter[pick], schema.names, area.parent.base_model_id)
     replay = replay.with_prior(area.parent.weight, area.parent.bias)
     agree = {}
-    for use_prior in (True, False):
-        options = RetrainOptions(evaluate=False, replay_scale=0.3, use_prior=use_prior)
+    for prior in (True, False):
+        options = RetrainOptions(evaluate=False, replay_scale=0.3, prior=prior)
         version = retrain(area.parent, area.cache, labels, replay=replay, options=options)
-        agree[use_prior] = float((np.argmax(version.logits(x), axis=1) == starter).mean())
+        assert version.info["prior_centred"] is prior
+        agree[prior] = float((np.argmax(version.logits(x), axis=1) == starter).mean())
     assert len(schema) > 2 and agree[True] > 0.8 and agree[True] > agree[False] + 0.1, agree
+    # The clicked points themselves follow the clicks.
+    clicked = retrain(area.parent, area.cache, labels, replay=replay, options=RetrainOptions(prior=True))
+    xy = np.column_stack([labels.geometry.x, labels.geometry.y])
+    rows, cols = rasterio.transform.rowcol(area.cache.transform, xy[:, 0], xy[:, 1])
+    predicted = np.argmax(clicked.logits(sample_embeddings(area.cache, np.array(rows), np.array(cols))), axis=1)
+    assert [schema.names[i] for i in predicted] == labels["class_name"].tolist()
+
+
+def test_the_prior_is_chosen_by_grouped_cv_and_never_makes_it_worse(area: Area) -> None:
+    labels = model_points(area, 60, seed=8)
+    replay = _with_starter_prior(area)
+    free = retrain(area.parent, area.cache, labels, replay=replay, options=RetrainOptions(prior=False))
+    chosen = retrain(area.parent, area.cache, labels, replay=replay)
+    assert set(chosen.info["replay_cv_accuracy"]) == {"0", "0.3", "1", "0+prior", "0.3+prior", "1+prior"}
+    assert round(_cv_accuracy(chosen), 4) == max(chosen.info["replay_cv_accuracy"].values())
+    assert _cv_accuracy(chosen) >= _cv_accuracy(free)
+    # Only the logistic strategy fits around a prior: the others ignore it.
+    mlp = retrain(area.parent, area.cache, labels, replay=replay, strategy=make_strategy("mlp"))
+    assert mlp.info["prior_centred"] is False
