@@ -333,7 +333,8 @@ def test_the_prior_is_chosen_by_grouped_cv_and_never_makes_it_worse(area: Area) 
     labels = model_points(area, 60, seed=8)
     replay = _with_starter_prior(area)
     free = retrain(area.parent, area.cache, labels, replay=replay, options=RetrainOptions(prior=False))
-    chosen = retrain(area.parent, area.cache, labels, replay=replay)
+    chosen = retrain(area.parent, area.cache, labels, replay=replay, options=RetrainOptions(prior=None))
+    assert retrain(area.parent, area.cache, labels, replay=replay).info["prior_centred"] is True  # the default
     assert set(chosen.info["replay_cv_accuracy"]) == {"0", "0.3", "1", "0+prior", "0.3+prior", "1+prior"}
     assert round(_cv_accuracy(chosen), 4) == max(chosen.info["replay_cv_accuracy"].values())
     assert _cv_accuracy(chosen) >= _cv_accuracy(free)
