@@ -48,10 +48,10 @@ from pearl_pipelines.geo.regions import build_region, label_asset_key, load_regi
 from pearl_pipelines.ml.embeddings import EmbeddingCache, apply_head, backbone_digest, sample_embeddings
 from pearl_pipelines.ml.inference import predict
 from pearl_pipelines.ml.models import LandcoverModel, load_model, save_model, with_features
-from pearl_pipelines.ml.replay import ReplaySet, build_replay_set
+from pearl_pipelines.ml.replay import ReplaySet
 from pearl_pipelines.ml.retrain import RetrainOptions, make_strategy, retrain
 from pearl_pipelines.ml.shipped import load_shipped, shipped_path
-from pearl_pipelines.ml.starter import REPLAY_FILE, recipe_for, training_regions
+from pearl_pipelines.ml.starter import REPLAY_FILE, recipe_for, starter_replay_set, training_regions
 from pearl_pipelines.ml.suggest import uncertainty
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.ml.zero_shot import fit_zero_shot_head
@@ -193,17 +193,7 @@ def starter(settings, schema_id: str) -> tuple[LandcoverModel, ReplaySet]:
     train = load_labelled_rasters(settings.catalog_dir, names, schema_id)
     fit = fit_zero_shot_head(model, train, recipe.zero_shot, seed=recipe.train.seed)
     log(f"{schema_id}: zero-shot head fitted in {fit.seconds:.0f} s" if fit else f"{schema_id}: trained head")
-    replay = build_replay_set(
-        model,
-        [r.image for r in train],
-        [r.labels for r in train],
-        per_class=recipe.replay_per_class,
-        seed=0,
-        max_images=recipe.replay_images,
-    )
-    if fit is not None:  # as train_starter does: retrains start from the zero-shot map
-        head = ModelVersion.from_model(model)
-        replay = replay.with_prior(head.weight, head.bias)
+    replay = starter_replay_set(model, train, recipe, with_prior=fit is not None)  # as train_starter registers it
     replay.save(cached / REPLAY_FILE)
     save_model(model, cached / "model.pt")
     return model, replay

@@ -194,16 +194,14 @@ def retrain_version(
     evaluate: bool,
     strategy: str = "logistic_regression",
     replay_scale: float | None = None,
-    prior: bool | None = None,
 ) -> ModelVersion:
     """A child version for the project's schema from all labels over the cached AOIs (+ the replay set).
 
     `evaluate=False` with a `replay_scale` is the live path (one fit); `evaluate=True` adds grouped
-    cross-validation metrics, and without a `replay_scale` the share of replay (and, with `prior` None, whether
-    the fit is centred on the starter's zero-shot map) is chosen by that CV.
+    cross-validation metrics, and without a `replay_scale` the share of replay is chosen by that CV.
     """
     caches = [EmbeddingCache.open(d) for d in cache_dirs]
-    options = RetrainOptions(evaluate=evaluate, replay_scale=replay_scale, prior=prior)
+    options = RetrainOptions(evaluate=evaluate, replay_scale=replay_scale)
     head = make_strategy(strategy)
     return retrain(conform(parent, schema), caches, labels, replay=replay, strategy=head, options=options)
 

@@ -201,14 +201,12 @@ def run_retrain(svc: ReviewService, project_id: int, aoi_id: int | None, ctx: Jo
     ctx.step("fitting the head on your labels", 0.1)
     cache_dirs = list(caches.values())
     strategy = svc.states.get(project_id).strategy
-    # The live fit reuses the replay share and prior centring the last cross-validation chose (the first retrain:
-    # full replay, centred on the starter's map); the metrics pass below chooses again.
+    # The live fit reuses the replay share the last cross-validation chose; the metrics pass below chooses again.
     live_scale = float(current.version.info.get("replay_scale", 1.0))
-    live_prior = bool(current.version.info.get("prior_centred", True))
     fit = functools.partial(
         engine.retrain_version, current.version, schema, cache_dirs, labels, current.base.replay, strategy=strategy
     )
-    child = fit(evaluate=False, replay_scale=live_scale, prior=live_prior)
+    child = fit(evaluate=False, replay_scale=live_scale)
     with svc.states.update(project_id) as state:
         parent = state.current_model
         number = max(state.next_model_id, 1)
@@ -241,8 +239,8 @@ def run_retrain(svc: ReviewService, project_id: int, aoi_id: int | None, ctx: Jo
     # Off the live path: the same fit again (deterministic) plus the cross-validation folds.
     evaluated = fit(evaluate=True)
     notes = evaluated.info.get("metric_notes", [])
-    # CV chose another replay share or centring than the live fit used: its head replaces the live one.
-    if any(evaluated.info[k] != child.info[k] for k in ("replay_scale", "prior_centred")):
+    # CV chose another replay share than the live fit used: its head replaces the live one.
+    if evaluated.info["replay_scale"] != child.info["replay_scale"]:
         child = dataclasses.replace(evaluated, id=child.id)
         for aid in order:
             _repredict(svc, ctx, aid, child, number)

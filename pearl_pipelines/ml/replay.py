@@ -5,7 +5,7 @@ in these samples keeps them alive. Labels are class indices of the base model's 
 valid for every descendant schema (schemas only grow, renames keep indices).
 
 A replay set may also carry the starter's zero-shot head (`prior_weight`, `prior_bias`: ml/zero_shot.py), the
-map before any click. Every retrain sees its logits as features (ml/retrain.py), so a few clicks correct
+map before any click. A logistic retrain is centred on that head (ml/retrain.py), so a few clicks correct
 that map instead of replacing it with what ten points alone can say.
 """
 

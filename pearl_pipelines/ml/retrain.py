@@ -244,6 +244,7 @@ def retrain(
     (scale, centred), replay_cv = _choose(y_user, folds, choices)
     weight, bias, head_extra = fit(slice(None), (scale, centred))
     y_all = np.concatenate([y_user, y_replay if scale > 0 else y_replay[:0]])
+    learned = set(y_all.tolist()) | (set(range(len(replay.class_names))) if centred and replay else set())
 
     info: dict[str, Any] = {
         "seed": options.seed,
@@ -255,7 +256,8 @@ def retrain(
         "prior_centred": centred,
         "labels_outside_area": outside,
         "new_classes": [n for n in schema.names if n not in parent.schema.names],
-        "unlearned_classes": [schema.names[i] for i in range(len(schema)) if i not in set(y_all.tolist())],
+        # A centred fit keeps what the prior knows of classes nobody labelled.
+        "unlearned_classes": [n for i, n in enumerate(schema.names) if i not in learned],
         "options": dataclasses.asdict(options),
     }
     metrics = None

@@ -40,7 +40,7 @@ from pearl_pipelines.ml.metrics import MetricsReport, confusion_figure
 from pearl_pipelines.ml.models import LandcoverModel, ModelSpec, load_model, save_model, with_features
 from pearl_pipelines.ml.precision import PrecisionChoice
 from pearl_pipelines.ml.registry import MODEL_ARTIFACT_PATH, MODEL_FILE, ModelRegistry
-from pearl_pipelines.ml.replay import build_replay_set
+from pearl_pipelines.ml.replay import ReplaySet, build_replay_set
 from pearl_pipelines.ml.shipped import export_shipped, file_digest, load_shipped, shipped_path
 from pearl_pipelines.ml.tracking import CONFUSION_ARTIFACT, METRICS_ARTIFACT, TAG_BASE_MODEL, TAG_SCHEMA, TAG_VERSION
 from pearl_pipelines.ml.train import (
@@ -384,6 +384,25 @@ def train_starter(
     )
 
 
+def starter_replay_set(
+    model: LandcoverModel, train: Sequence[LabelledRaster], recipe: StarterRecipe, *, with_prior: bool
+) -> ReplaySet:
+    """The starter's replay set from its training rasters; `with_prior`: carrying the model's (zero-shot) head,
+    so every retrain starts from that map (ml/replay.py)."""
+    replay = build_replay_set(
+        model,
+        [r.image for r in train],
+        [r.labels for r in train],
+        per_class=recipe.replay_per_class,
+        seed=recipe.train.seed,
+        max_images=recipe.replay_images,
+    )
+    if not with_prior:
+        return replay
+    head = ModelVersion.from_model(model)
+    return replay.with_prior(head.weight, head.bias)
+
+
 def _save_and_log(
     client: MlflowClient,
     *,
@@ -399,17 +418,7 @@ def _save_and_log(
     with_prior: bool,
 ) -> tuple[Path, Path]:
     """Replay set + model file under PEARL_HOME, then metrics and artifacts into the run."""
-    replay = build_replay_set(
-        model,
-        [r.image for r in train],
-        [r.labels for r in train],
-        per_class=recipe.replay_per_class,
-        seed=recipe.train.seed,
-        max_images=recipe.replay_images,
-    )
-    if with_prior:  # every retrain starts from the zero-shot map (ml/replay.py)
-        head = ModelVersion.from_model(model)
-        replay = replay.with_prior(head.weight, head.bias)
+    replay = starter_replay_set(model, train, recipe, with_prior=with_prior)
     out_dir = starter_dir(settings, schema_id, recipe.arch)
     replay_path = replay.save(out_dir / REPLAY_FILE)
     extra = {

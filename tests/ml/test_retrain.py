@@ -319,6 +319,8 @@ def test_a_few_clicks_correct_the_prior_map_instead_of_replacing_it(area: Area) 
         options = RetrainOptions(evaluate=False, replay_scale=0.3, prior=prior)
         version = retrain(area.parent, area.cache, labels, replay=replay, options=options)
         assert version.info["prior_centred"] is prior
+        if prior:  # the classes nobody clicked are known from the prior
+            assert version.info["unlearned_classes"] == []
         agree[prior] = float((np.argmax(version.logits(x), axis=1) == starter).mean())
     assert len(schema) > 2 and agree[True] > 0.8 and agree[True] > agree[False] + 0.1, agree
     # The clicked points themselves follow the clicks.
