@@ -16,6 +16,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from pearl_pipelines.geo.stac import StacCatalog
+from pearl_pipelines.geo.tile_paths import tile_path
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.settings import Settings, get_settings
 from pearl_pipelines.worker.layout import prediction_dir
@@ -54,8 +55,7 @@ class RasterStore(dg.ConfigurableResource):
         return self.root / "tiles"
 
     def tile_path(self, key: str) -> Path:
-        z, x, y = key.split("-")
-        return self.tiles_dir / z / x / y / "image.tif"
+        return tile_path(self.tiles_dir, key)
 
     def embeddings_dir(self, base_model_slug: str, aoi_id: int) -> Path:
         """Embedding cache of one review AOI, per base model (every head on that backbone shares it)."""

@@ -25,6 +25,7 @@ from rasterio.windows import Window
 from pearl_pipelines.geo.cog import RGBN_DESCRIPTIONS, write_cog
 from pearl_pipelines.geo.grid import get_tms, parse_tile_key
 from pearl_pipelines.geo.stac import StacCatalog
+from pearl_pipelines.geo.tile_paths import tile_path
 
 
 class NoImageryError(LookupError):
@@ -124,11 +125,6 @@ def write_tile_cog(tile: TileImagery, path: Path) -> Path:
         overview_resampling="average",
         tags={"pearl_tile_key": tile.key, "pearl_sources": ",".join(tile.sources)},
     )
-
-
-def tile_path(tiles_dir: Path, key: str) -> Path:
-    z, x, y = key.split("-")
-    return Path(tiles_dir) / z / x / y / "image.tif"
 
 
 def fetch_tile(catalog: StacCatalog, key: str, tiles_dir: Path, *, datetime: str | None = None) -> Path:

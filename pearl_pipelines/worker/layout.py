@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pearl_pipelines.geo.tile_paths import tile_dir
+
 CLASSES_FILE = "classes.tif"
 CONFIDENCE_FILE = "confidence.tif"
 PREDICTION_META = "prediction.json"
@@ -13,11 +15,6 @@ PREDICTION_META = "prediction.json"
 def model_slug(name: str, version: str | int) -> str:
     """Folder-safe id of a registered model version: predictions of different models never overwrite each other."""
     return f"{name}-v{version}"
-
-
-def tile_dir(root: Path, key: str) -> Path:
-    z, x, y = key.split("-")
-    return Path(root) / z / x / y
 
 
 def prediction_dir(home: Path, slug: str, key: str) -> Path:
