@@ -45,9 +45,15 @@ def parse_tile_key(key: str) -> morecantile.Tile:
     return morecantile.Tile(x=x, y=y, z=z)
 
 
+def tile_bounds(key: str, tms: morecantile.TileMatrixSet | None = None) -> tuple[float, float, float, float]:
+    """Tile footprint as a lon/lat bounding box (west, south, east, north), e.g. for a STAC search."""
+    west, south, east, north = (tms or get_tms()).bounds(parse_tile_key(key))
+    return west, south, east, north
+
+
 def tile_geometry(key: str, tms: morecantile.TileMatrixSet | None = None) -> BaseGeometry:
-    """Tile footprint as a lon/lat polygon."""
-    return box(*(tms or get_tms()).bounds(parse_tile_key(key)))
+    """Tile footprint as a lon/lat polygon (`shapely.geometry.mapping` of it for GeoJSON)."""
+    return box(*tile_bounds(key, tms))
 
 
 def aoi_to_lonlat(geometry: Mapping[str, Any] | BaseGeometry, crs: Any = "EPSG:4326") -> BaseGeometry:

@@ -23,7 +23,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from pearl_pipelines.geo.cog import RGBN_DESCRIPTIONS, write_cog
-from pearl_pipelines.geo.grid import get_tms, parse_tile_key
+from pearl_pipelines.geo.grid import tile_bounds
 from pearl_pipelines.geo.stac import StacCatalog
 from pearl_pipelines.geo.tile_paths import tile_path
 
@@ -85,8 +85,7 @@ def read_tile(key: str, sources: Sequence[tuple[str, str]]) -> TileImagery:
     """Mosaic the tile from (item_id, href) sources, newest first: earlier sources win where they overlap."""
     if not sources:
         raise NoImageryError(f"no imagery covers tile {key}")
-    tms = get_tms()
-    lonlat_bounds = tms.bounds(parse_tile_key(key))
+    lonlat_bounds = tile_bounds(key)
     with rasterio.open(sources[0][1]) as ref:
         crs, grid = ref.crs, ref.transform
     left, _, _, top, width, height = _snap_bounds(
@@ -129,7 +128,6 @@ def write_tile_cog(tile: TileImagery, path: Path) -> Path:
 
 def fetch_tile(catalog: StacCatalog, key: str, tiles_dir: Path, *, datetime: str | None = None) -> Path:
     """Search the STAC API for the items under a tile, mosaic them and write the tile COG."""
-    lonlat = get_tms().bounds(parse_tile_key(key))
-    items = catalog.search(bbox=lonlat, datetime=datetime)
+    items = catalog.search(bbox=tile_bounds(key), datetime=datetime)
     tile = read_tile(key, [(item.id, href) for item, href in catalog.image_hrefs(items)])
     return write_tile_cog(tile, tile_path(tiles_dir, key))

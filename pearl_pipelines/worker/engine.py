@@ -16,11 +16,13 @@ from xml.sax.saxutils import escape
 import geopandas as gpd
 import numpy as np
 import rasterio
-from affine import Affine
+from rasterio import windows
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+from shapely.geometry import shape
+from shapely.geometry.base import BaseGeometry
 
-from pearl_pipelines.geo.grid import get_tms, parse_tile_key
 from pearl_pipelines.ml.embeddings import EmbeddingCache, EmbeddingMeta, sample_embeddings
 from pearl_pipelines.ml.metrics import MetricsReport, compute_metrics
 from pearl_pipelines.ml.models import LandcoverModel, load_model
@@ -79,14 +81,6 @@ def version_of(model: LandcoverModel, tracking_uri: str, name: str, version: str
 
 
 # -- imagery mosaics -------------------------------------------------------------------------------------
-def tile_polygon(key: str) -> dict[str, Any]:
-    west, south, east, north = get_tms().bounds(parse_tile_key(key))
-    return {
-        "type": "Polygon",
-        "coordinates": [[[west, south], [east, south], [east, north], [west, north], [west, south]]],
-    }
-
-
 def build_vrt(paths: Sequence[Path], out: Path) -> Path:
     """A GDAL VRT mosaic of tile COGs that share a CRS and pixel grid (tiles are cut on the imagery's own grid).
 
@@ -129,18 +123,20 @@ def build_vrt(paths: Sequence[Path], out: Path) -> Path:
 
 
 # -- embedding caches ------------------------------------------------------------------------------------
-def cache_window(cache: EmbeddingCache, lonlat_geometry: Mapping[str, Any]) -> tuple[int, int, int, int] | None:
-    """(row0, col0, height, width) of the cache pixels under a lon/lat geometry's bounds; None if outside."""
-    from shapely.geometry import shape
+def cache_window(
+    cache: EmbeddingCache, lonlat_geometry: BaseGeometry | Mapping[str, Any]
+) -> tuple[int, int, int, int] | None:
+    """(row0, col0, height, width) of the cache pixels under a lon/lat geometry's bounds; None if outside.
 
-    bounds = transform_bounds("EPSG:4326", cache.crs, *shape(lonlat_geometry).bounds, densify_pts=21)
-    inv = ~cache.transform
-    cols, rows = zip(*(inv @ (x, y) for x in (bounds[0], bounds[2]) for y in (bounds[1], bounds[3])), strict=True)
-    r0, r1 = max(int(np.floor(min(rows))), 0), min(int(np.ceil(max(rows))), cache.shape[0])
-    c0, c1 = max(int(np.floor(min(cols))), 0), min(int(np.ceil(max(cols))), cache.shape[1])
-    if r1 <= r0 or c1 <= c0:
+    Every pixel the bounds touch is included (offsets floored, far edges ceiled), then cropped to the cache.
+    """
+    geometry = lonlat_geometry if isinstance(lonlat_geometry, BaseGeometry) else shape(lonlat_geometry)
+    bounds = transform_bounds("EPSG:4326", cache.crs, *geometry.bounds, densify_pts=21)
+    rows, cols = windows.from_bounds(*bounds, transform=cache.transform).toslices()
+    window = Window.from_slices(rows, cols).crop(*cache.shape)
+    if window.height <= 0 or window.width <= 0:
         return None
-    return r0, c0, r1 - r0, c1 - c0
+    return int(window.row_off), int(window.col_off), int(window.height), int(window.width)
 
 
 def cache_view(cache: EmbeddingCache, window: tuple[int, int, int, int]) -> EmbeddingCache:
@@ -149,7 +145,7 @@ def cache_view(cache: EmbeddingCache, window: tuple[int, int, int, int]) -> Embe
     ENGINE-ADAPTER: the engine has no windowed `apply_head`; this builds an EmbeddingCache over slices.
     """
     r0, c0, h, w = window
-    transform = cache.transform @ Affine.translation(c0, r0)
+    transform = windows.transform(Window(c0, r0, w, h), cache.transform)
     meta = EmbeddingMeta.model_validate(
         {**cache.meta.model_dump(), "transform": list(transform)[:6], "height": h, "width": w}
     )

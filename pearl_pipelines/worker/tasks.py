@@ -319,6 +319,7 @@ def predict_tile_list(
     """Predict tiles (head over an AOI cache where given, else full inference over a mosaic of the tiles,
     so tile edges see their neighbours); one custom message per tile. Returns (counts per mode, invalid COGs)."""
     from pearl_pipelines.geo.cog import validate_cog
+    from pearl_pipelines.geo.grid import tile_geometry
     from pearl_pipelines.ml.embeddings import EmbeddingCache, apply_head
     from pearl_pipelines.ml.inference import predict as full_predict
     from pearl_pipelines.worker.engine import (
@@ -327,7 +328,6 @@ def predict_tile_list(
         cache_window,
         class_pixel_counts,
         head_arrays,
-        tile_polygon,
     )
     from pearl_pipelines.worker.layout import write_prediction_meta
 
@@ -347,7 +347,7 @@ def predict_tile_list(
             if tile.get("cache_dir"):
                 cache = caches.get(tile["cache_dir"]) or EmbeddingCache.open(_path(tile["cache_dir"]))
                 caches[tile["cache_dir"]] = cache
-                window = cache_window(cache, tile_polygon(tile["key"]))
+                window = cache_window(cache, tile_geometry(tile["key"]))
                 if window is not None:
                     result = apply_head(cache_view(cache, window), weight, bias, schema, out_dir)
                     mode = "head"
@@ -355,7 +355,7 @@ def predict_tile_list(
                 if vrt is None:  # a cache was given but does not cover the tile
                     vrt = build_vrt([_path(tile["tile_path"])], Path(tmp) / f"tile-{i}.vrt")
                 result = full_predict(
-                    model, vrt, out_dir, aoi=tile_polygon(tile["key"]), aoi_crs="EPSG:4326", model_id=model_id
+                    model, vrt, out_dir, aoi=tile_geometry(tile["key"]), aoi_crs="EPSG:4326", model_id=model_id
                 )
             counts[mode] += 1
             write_prediction_meta(out_dir, model=model_id, mode=mode, tile_key=tile["key"])

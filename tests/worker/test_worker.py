@@ -19,9 +19,10 @@ from affine import Affine
 from shapely.geometry import Point
 
 from pearl_pipelines.geo.cog import write_cog
+from pearl_pipelines.geo.grid import tile_geometry
 from pearl_pipelines.ml.embeddings import EmbeddingCache
 from pearl_pipelines.settings import REPO_ROOT
-from pearl_pipelines.worker.engine import build_vrt, cache_view, cache_window, holdout_mask, tile_polygon
+from pearl_pipelines.worker.engine import build_vrt, cache_view, cache_window, holdout_mask
 from pearl_pipelines.worker.layout import CLASSES_FILE, prediction_is_fresh, write_prediction_meta
 
 CRS = "EPSG:32618"
@@ -65,7 +66,7 @@ def test_cache_view_is_the_tile_window_of_an_aoi_cache(tmp_path: Path) -> None:
     cache.write_block(0, 0, torch.arange(height * width * 2, dtype=torch.float32).reshape(height, width, 2) % 97)
     cache.flush()
     cache = EmbeddingCache.open(tmp_path / "cache")
-    window = cache_window(cache, tile_polygon(key))
+    window = cache_window(cache, tile_geometry(key))
     assert window is not None
     r0, c0, h, w = window
     assert 95 <= r0 <= 101 and 95 <= c0 <= 101  # the tile starts ~100 px in
