@@ -109,6 +109,23 @@ def write_cog(
             return cog_from_dataset(src, Path(path), overview_resampling=overview_resampling)
 
 
+def write_rgbn_cog(
+    path: Path, data: np.ndarray, valid: np.ndarray, *, crs: Any, transform: Any, tags: dict[str, str] | None = None
+) -> Path:
+    """Imagery as an RGBN COG (band 4 is NIR, not alpha): pixels no source covers are masked (no mask when
+    every pixel is valid), overviews averaged."""
+    return write_cog(
+        path,
+        data,
+        crs=crs,
+        transform=transform,
+        descriptions=RGBN_DESCRIPTIONS,
+        mask=None if valid.all() else valid,
+        overview_resampling="average",
+        tags=tags,
+    )
+
+
 def validate_cog(path: Path) -> tuple[bool, list[str], list[str]]:
     """(is_valid, errors, warnings) from rio-cogeo's validator."""
     return cog_validate(str(path), quiet=True)

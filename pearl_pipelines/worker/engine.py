@@ -1,4 +1,4 @@
-"""Glue between the worker tasks and the ML engine (`pearl_pipelines.ml`): model loading, mosaics, views.
+"""Glue between the worker tasks and the ML engine (`pearl_pipelines.ml`): model loading, cache views, metrics.
 
 Nothing here trains or predicts by itself; it calls the engine. Functions marked `ENGINE-ADAPTER` stand in
 for an engine entry point with a different shape than the worker needs; see each docstring.
@@ -11,7 +11,6 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
 import geopandas as gpd
 import numpy as np
@@ -78,48 +77,6 @@ def version_of(model: LandcoverModel, tracking_uri: str, name: str, version: str
         run = ModelRegistry(tracking_uri).client.get_run(registered.run_id)
         version_id = run.data.tags.get(TAG_VERSION)
     return ModelVersion.from_model(model, version_id=version_id or f"{name}-v{version}")
-
-
-# -- imagery mosaics -------------------------------------------------------------------------------------
-def build_vrt(paths: Sequence[Path], out: Path) -> Path:
-    """A GDAL VRT mosaic of tile COGs that share a CRS and pixel grid (tiles are cut on the imagery's own grid).
-
-    Lets inference see across tile edges, so tiles predicted one by one show no seams.
-    """
-    if not paths:
-        raise ValueError("no tiles to mosaic")
-    infos = []
-    for path in paths:
-        with rasterio.open(path) as src:
-            infos.append((Path(path).resolve(), src.crs, src.transform, src.width, src.height, src.count))
-    crs, ref = infos[0][1], infos[0][2]
-    others = [str(p) for p, c, t, *_ in infos if c != crs or (t.a, t.e) != (ref.a, ref.e)]
-    if others:
-        raise ValueError(f"tiles {', '.join(others[:3])} are not on the grid of {infos[0][0]}; mosaic per CRS")
-    left = min(t.c for _, _, t, *_ in infos)
-    top = max(t.f for _, _, t, *_ in infos)
-    right = max(t.c + w * t.a for _, _, t, w, _, _ in infos)
-    bottom = min(t.f + h * t.e for _, _, t, _, h, _ in infos)
-    width, height = round((right - left) / ref.a), round((bottom - top) / ref.e)
-    bands = []
-    for band in range(1, 5):
-        sources = []
-        for path, _, t, w, h, _ in infos:
-            x_off, y_off = round((t.c - left) / ref.a), round((t.f - top) / ref.e)
-            sources.append(
-                f'<ComplexSource><SourceFilename relativeToVRT="0">{escape(str(path))}</SourceFilename>'
-                f"<SourceBand>{band}</SourceBand>"
-                f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
-                f'<DstRect xOff="{x_off}" yOff="{y_off}" xSize="{w}" ySize="{h}"/></ComplexSource>'
-            )
-        bands.append(f'<VRTRasterBand dataType="Byte" band="{band}">{"".join(sources)}</VRTRasterBand>')
-    transform = (left, ref.a, 0.0, top, 0.0, ref.e)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>{escape(crs.to_wkt())}</SRS>'
-        f"<GeoTransform>{', '.join(repr(v) for v in transform)}</GeoTransform>{''.join(bands)}</VRTDataset>"
-    )
-    return out
 
 
 # -- embedding caches ------------------------------------------------------------------------------------

@@ -94,8 +94,9 @@ def train_starter(pipes: PipesContext) -> None:
 # -- embed -----------------------------------------------------------------------------------------------
 def embed(pipes: PipesContext) -> None:
     """Embedding cache per review AOI (and the base model's predictions of it, as a by-product)."""
+    from pearl_pipelines.geo.mosaic import GTI_SUFFIX, one_grid_mosaic
     from pearl_pipelines.ml.inference import predict
-    from pearl_pipelines.worker.engine import build_vrt, load_registered, log_inference_run
+    from pearl_pipelines.worker.engine import load_registered, log_inference_run
 
     extras = pipes.extras
     name, version = extras["model"]["name"], extras["model"]["version"]
@@ -104,10 +105,12 @@ def embed(pipes: PipesContext) -> None:
     pixels = 0
     with tempfile.TemporaryDirectory(prefix="pearl-embed-") as tmp:
         for aoi in extras["aois"]:
-            vrt = build_vrt([_path(p) for p in aoi["tile_paths"]], Path(tmp) / f"aoi-{aoi['aoi_id']}.vrt")
+            mosaic = one_grid_mosaic(
+                [_path(p) for p in aoi["tile_paths"]], Path(tmp) / f"aoi-{aoi['aoi_id']}{GTI_SUFFIX}"
+            )
             result = predict(
                 model,
-                vrt,
+                mosaic,
                 _path(aoi["predictions_dir"]),
                 aoi=aoi["geometry"],
                 aoi_crs="EPSG:4326",
@@ -320,15 +323,10 @@ def predict_tile_list(
     so tile edges see their neighbours); one custom message per tile. Returns (counts per mode, invalid COGs)."""
     from pearl_pipelines.geo.cog import validate_cog
     from pearl_pipelines.geo.grid import tile_geometry
+    from pearl_pipelines.geo.mosaic import GTI_SUFFIX, one_grid_mosaic
     from pearl_pipelines.ml.embeddings import EmbeddingCache, apply_head
     from pearl_pipelines.ml.inference import predict as full_predict
-    from pearl_pipelines.worker.engine import (
-        build_vrt,
-        cache_view,
-        cache_window,
-        class_pixel_counts,
-        head_arrays,
-    )
+    from pearl_pipelines.worker.engine import cache_view, cache_window, class_pixel_counts, head_arrays
     from pearl_pipelines.worker.layout import write_prediction_meta
 
     schema = model.spec.schema
@@ -338,7 +336,11 @@ def predict_tile_list(
     caches: dict[str, EmbeddingCache] = {}
     with tempfile.TemporaryDirectory(prefix="pearl-predict-") as tmp:
         need_full = [t for t in tiles if not t.get("cache_dir")]
-        vrt = build_vrt([_path(t["tile_path"]) for t in need_full], Path(tmp) / "tiles.vrt") if need_full else None
+        mosaic = (
+            one_grid_mosaic([_path(t["tile_path"]) for t in need_full], Path(tmp) / f"tiles{GTI_SUFFIX}")
+            if need_full
+            else None
+        )
         for i, tile in enumerate(tiles):
             tile_started = time.perf_counter()
             out_dir = _path(tile["out_dir"])
@@ -352,10 +354,10 @@ def predict_tile_list(
                     result = apply_head(cache_view(cache, window), weight, bias, schema, out_dir)
                     mode = "head"
             if result is None:
-                if vrt is None:  # a cache was given but does not cover the tile
-                    vrt = build_vrt([_path(tile["tile_path"])], Path(tmp) / f"tile-{i}.vrt")
+                if mosaic is None:  # a cache was given but does not cover the tile
+                    mosaic = one_grid_mosaic([_path(tile["tile_path"])], Path(tmp) / f"tile-{i}{GTI_SUFFIX}")
                 result = full_predict(
-                    model, vrt, out_dir, aoi=tile_geometry(tile["key"]), aoi_crs="EPSG:4326", model_id=model_id
+                    model, mosaic, out_dir, aoi=tile_geometry(tile["key"]), aoi_crs="EPSG:4326", model_id=model_id
                 )
             counts[mode] += 1
             write_prediction_meta(out_dir, model=model_id, mode=mode, tile_key=tile["key"])

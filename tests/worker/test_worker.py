@@ -20,9 +20,10 @@ from shapely.geometry import Point
 
 from pearl_pipelines.geo.cog import write_cog
 from pearl_pipelines.geo.grid import tile_geometry
+from pearl_pipelines.geo.mosaic import GTI_SUFFIX, one_grid_mosaic
 from pearl_pipelines.ml.embeddings import EmbeddingCache
 from pearl_pipelines.settings import REPO_ROOT
-from pearl_pipelines.worker.engine import build_vrt, cache_view, cache_window, holdout_mask
+from pearl_pipelines.worker.engine import cache_view, cache_window, holdout_mask
 from pearl_pipelines.worker.layout import CLASSES_FILE, prediction_is_fresh, write_prediction_meta
 
 CRS = "EPSG:32618"
@@ -34,15 +35,31 @@ def _cog(path: Path, x0: float, y0: float, value: int, size: int = 16) -> Path:
     return write_cog(path, data, crs=CRS, transform=Affine(1, 0, x0, 0, -1, y0))
 
 
-def test_vrt_mosaics_adjacent_tiles_on_their_grid(tmp_path: Path) -> None:
+def test_mosaic_of_adjacent_tiles_on_their_grid(tmp_path: Path) -> None:
     left = _cog(tmp_path / "a.tif", 500_000, 4_400_016, 10)
     right = _cog(tmp_path / "b.tif", 500_016, 4_400_016, 20)
-    vrt = build_vrt([left, right], tmp_path / "mosaic.vrt")
-    with rasterio.open(vrt) as src:
+    mosaic = one_grid_mosaic([left, right], tmp_path / f"mosaic{GTI_SUFFIX}")
+    with rasterio.open(mosaic) as src:
         assert (src.width, src.height, src.count) == (32, 16, 4)
         data = src.read()
     assert (data[0, :, :16] == 10).all() and (data[0, :, 16:] == 20).all()
     assert (data[3, :, :16] == 11).all()
+
+
+def test_inference_over_a_tile_mosaic_predicts_like_the_single_file(tmp_path: Path) -> None:
+    """The worker hands the engine a mosaic of tiles: across the seam it sees what the whole image shows."""
+    from pearl_pipelines.ml.inference import predict
+    from tests.ml.conftest import ORIGIN, blob_image, tiny_model, write_image
+
+    model, image = tiny_model("fcn"), blob_image(160, 200, seed=1)
+    left = write_image(tmp_path / "left.tif", image[:, :, :110])
+    right = write_image(tmp_path / "right.tif", image[:, :, 110:], (ORIGIN[0] + 110, ORIGIN[1]))
+    mosaic = one_grid_mosaic([left, right], tmp_path / f"tiles{GTI_SUFFIX}")
+    whole = predict(model, write_image(tmp_path / "whole.tif", image), tmp_path / "a", device="cpu")
+    tiled = predict(model, mosaic, tmp_path / "b", device="cpu")
+    with rasterio.open(whole.classes_path) as a, rasterio.open(tiled.classes_path) as b:
+        assert a.transform == b.transform
+        np.testing.assert_array_equal(b.read(1), a.read(1))
 
 
 def test_cache_view_is_the_tile_window_of_an_aoi_cache(tmp_path: Path) -> None:
