@@ -354,10 +354,11 @@ def predict_tile_list(
                     result = apply_head(cache_view(cache, window), weight, bias, schema, out_dir)
                     mode = "head"
             if result is None:
-                if mosaic is None:  # a cache was given but does not cover the tile
-                    mosaic = one_grid_mosaic([_path(tile["tile_path"])], Path(tmp) / f"tile-{i}{GTI_SUFFIX}")
+                imagery = mosaic
+                if tile.get("cache_dir"):  # a cache was given but does not cover the tile: not in the mosaic either
+                    imagery = one_grid_mosaic([_path(tile["tile_path"])], Path(tmp) / f"tile-{i}{GTI_SUFFIX}")
                 result = full_predict(
-                    model, mosaic, out_dir, aoi=tile_geometry(tile["key"]), aoi_crs="EPSG:4326", model_id=model_id
+                    model, imagery, out_dir, aoi=tile_geometry(tile["key"]), aoi_crs="EPSG:4326", model_id=model_id
                 )
             counts[mode] += 1
             write_prediction_meta(out_dir, model=model_id, mode=mode, tile_key=tile["key"])
