@@ -40,13 +40,14 @@ class LocalPipes:
 def direct_refresh(home: Path, stac_url: str, mlflow_uri: str, version: str) -> tuple[float, int]:
     """The regional refresh without Dagster; returns (seconds, tiles predicted)."""
     from pearl_pipelines.defs.imagery import fetch_tiles, index_frame, tile_sources
-    from pearl_pipelines.defs.maps import write_region_map
     from pearl_pipelines.defs.models import ModelRef
     from pearl_pipelines.defs.resources import RasterStore
     from pearl_pipelines.geo.grid import aoi_to_tile_keys
+    from pearl_pipelines.geo.maps import write_region_map
     from pearl_pipelines.geo.regions import load_regions
     from pearl_pipelines.geo.stac import StacCatalog
     from pearl_pipelines.worker.engine import load_registered
+    from pearl_pipelines.worker.layout import CLASSES_FILE, CONFIDENCE_FILE
     from pearl_pipelines.worker.tasks import predict_tile_list
 
     started = time.perf_counter()
@@ -64,7 +65,15 @@ def direct_refresh(home: Path, stac_url: str, mlflow_uri: str, version: str) -> 
         for k in keys
     ]
     predict_tile_list(LocalPipes(), model, model_ref.uri, tiles)  # type: ignore[arg-type]
-    write_region_map(rasters, region, model_ref, keys)
+    predicted = [rasters.predictions_dir(model_ref.slug, k) for k in keys]
+    write_region_map(
+        region,
+        class_paths=[d / CLASSES_FILE for d in predicted],
+        confidence_paths=[d / CONFIDENCE_FILE for d in predicted],
+        out_dir=rasters.map_dir(region.name, model_ref.slug),
+        model_uri=model_ref.uri,
+        model_slug=model_ref.slug,
+    )
     return time.perf_counter() - started, len(keys)
 
 

@@ -192,16 +192,20 @@ def read_mosaic(
     *,
     bands: int,
     dtype: str = "uint8",
+    resampling: str = "bilinear",
     progress: Progress | None = None,
 ) -> Mosaic:
-    """Read the mosaic of `sources` (newest first) on `grid` into memory, in strips of rows."""
+    """Read the mosaic of `sources` (newest first) on `grid` into memory, in strips of rows.
+
+    `resampling` applies to sources off the grid only ("nearest" for class rasters).
+    """
     under = sources_under(sources, grid)
     data = np.zeros((bands, grid.height, grid.width), dtype=dtype)
     valid = np.zeros((grid.height, grid.width), dtype=bool)
     strips = windows.subdivide(Window(0, 0, grid.width, grid.height), STRIP_ROWS, grid.width)
     if under:
         with tempfile.TemporaryDirectory(prefix="pearl-mosaic-") as tmp:
-            index = write_index(under, grid, Path(tmp) / f"mosaic{GTI_SUFFIX}", bands=bands)
+            index = write_index(under, grid, Path(tmp) / f"mosaic{GTI_SUFFIX}", bands=bands, resampling=resampling)
             with rasterio.open(index) as mosaic:
                 for done, window in enumerate(strips, start=1):
                     rows, cols = window.toslices()
