@@ -39,13 +39,14 @@ class LocalPipes:
 
 def direct_refresh(home: Path, stac_url: str, mlflow_uri: str, version: str) -> tuple[float, int]:
     """The regional refresh without Dagster; returns (seconds, tiles predicted)."""
-    from pearl_pipelines.defs.imagery import fetch_tiles, index_frame, tile_sources
     from pearl_pipelines.defs.models import ModelRef
     from pearl_pipelines.defs.resources import RasterStore
     from pearl_pipelines.geo.grid import aoi_to_tile_keys
+    from pearl_pipelines.geo.imagery_index import index_frame, tile_sources
     from pearl_pipelines.geo.maps import write_region_map
     from pearl_pipelines.geo.regions import load_regions
     from pearl_pipelines.geo.stac import StacCatalog
+    from pearl_pipelines.geo.tiles import cut_tiles
     from pearl_pipelines.worker.engine import load_registered
     from pearl_pipelines.worker.layout import CLASSES_FILE, CONFIDENCE_FILE
     from pearl_pipelines.worker.tasks import predict_tile_list
@@ -56,7 +57,7 @@ def direct_refresh(home: Path, stac_url: str, mlflow_uri: str, version: str) -> 
     keys = aoi_to_tile_keys(region.geometry)
     catalog = StacCatalog(url=stac_url, collections=[REGION])
     frame = index_frame(catalog.search(intersects=region.geometry))
-    list(fetch_tiles(rasters, keys, lambda k: tile_sources(frame, k), force=True, without_imagery=[]))
+    list(cut_tiles(keys, lambda k: tile_sources(frame, k), rasters.tile_path, force=True))
     keys = [k for k in keys if rasters.tile_path(k).is_file()]
     model_ref = ModelRef(STARTER, version)
     model = load_registered(mlflow_uri, STARTER, version, home / "models" / "registry-cache")

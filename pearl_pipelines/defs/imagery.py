@@ -4,28 +4,25 @@ STAC and network steps retry with exponential backoff; a broken region file or a
 fails at once with a message that says what to fix (retrying cannot help there).
 """
 
-import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import geopandas as gpd
 from pydantic import Field
-from shapely.geometry import box, shape
 
 from pearl_pipelines.defs.partitions import TILE_KEYS, keys_to_add, region_partitions, tile_keys_partitions
 from pearl_pipelines.defs.resources import RasterStore, StacResource
-from pearl_pipelines.geo.grid import aoi_to_tile_keys, get_tms, parse_tile_key
+from pearl_pipelines.geo.grid import aoi_to_tile_keys
+from pearl_pipelines.geo.imagery_index import index_frame, tile_sources
 from pearl_pipelines.geo.regions import Region, RegionFileError, load_region_file, regions_dir
 from pearl_pipelines.geo.stac import StacError
-from pearl_pipelines.geo.tiles import NoImageryError, read_tile, write_tile_cog
+from pearl_pipelines.geo.tiles import cut_tiles, search_tile_sources
 from pearl_pipelines.settings import get_settings
 
 # STAC APIs and blob storage fail transiently (timeouts, 5xx, throttling): retry 1 s, 2 s, 4 s (+-jitter).
 STAC_RETRY = dg.RetryPolicy(max_retries=3, delay=1.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
-FETCH_THREADS = 4  # GDAL releases the GIL while reading and compressing
 
 
 def load_region_or_fail(name: str, assets_dir: Path | None = None) -> Region:
@@ -49,83 +46,34 @@ def register_tile_keys(instance: dg.DagsterInstance, tile_keys: Sequence[str]) -
     return new
 
 
-def index_frame(items: Sequence[Any], image_asset: str = "image") -> gpd.GeoDataFrame:
-    """STAC items -> GeoDataFrame (EPSG:4326): id, collection, datetime, href, gsd, epsg, geometry."""
-    rows = []
-    for item in items:
-        asset = item.assets.get(image_asset)
-        rows.append(
-            {
-                "id": item.id,
-                "collection": item.collection_id,
-                "datetime": item.datetime.isoformat() if item.datetime else None,
-                "href": asset.href if asset else None,
-                "gsd": item.properties.get("gsd"),
-                "epsg": item.properties.get("proj:epsg") or item.properties.get("proj:code"),
-                "geometry": shape(item.geometry),
-            }
-        )
-    return gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:4326")
-
-
-def tile_sources(index: gpd.GeoDataFrame, key: str) -> list[tuple[str, str]]:
-    """(item id, href) of the index items under a tile, newest first."""
-    footprint = box(*get_tms().bounds(parse_tile_key(key)))
-    hits = index[index.intersects(footprint) & index["href"].notna()].sort_values("datetime", ascending=False)
-    return list(zip(hits["id"], hits["href"], strict=True))
-
-
-def tile_needs_fetch(path: Path, sources: Sequence[tuple[str, str]]) -> bool:
-    """Missing, or the newest covering item is not among the items the tile was cut from (new imagery)."""
-    if not path.is_file():
-        return True
-    import rasterio
-
-    with rasterio.open(path) as src:
-        used = set((src.tags().get("pearl:sources") or "").split(","))
-    return bool(sources) and sources[0][0] not in used
-
-
 def fetch_tiles(
     rasters: RasterStore,
     keys: Sequence[str],
-    sources_for: Any,
+    sources_for: Callable[[str], Sequence[tuple[str, str]]],
     *,
     force: bool = False,
     without_imagery: list[str] | None = None,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Cut the tiles that need it (in threads); yields (key, metadata) per tile written, in key order.
+    """Cut the tiles that need it; yields (key, materialization metadata) per tile written, in key order.
 
     Tiles no imagery covers are skipped and appended to `without_imagery` (an AOI may reach past the imagery).
     """
-
-    def one(key: str) -> tuple[str, dict[str, Any] | None]:
-        sources = sources_for(key)
-        path = rasters.tile_path(key)
-        if not force and not tile_needs_fetch(path, sources):
-            return key, None
-        started = time.perf_counter()
-        try:
-            tile = read_tile(key, sources)
-        except NoImageryError:
-            return key, {}
-        write_tile_cog(tile, path)
-        return key, {
-            "uri": dg.MetadataValue.path(str(path)),
-            "sources": ", ".join(tile.sources),
-            "valid_fraction": round(float(tile.valid.mean()), 4),
-            "width": int(tile.data.shape[2]),
-            "height": int(tile.data.shape[1]),
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-
-    with ThreadPoolExecutor(FETCH_THREADS) as pool:
-        for key, meta in pool.map(one, keys):
-            if meta == {}:
-                if without_imagery is not None:
-                    without_imagery.append(key)
-            elif meta is not None:
-                yield key, meta
+    for key, cut in cut_tiles(keys, sources_for, rasters.tile_path, force=force):
+        if cut is None:
+            if without_imagery is not None:
+                without_imagery.append(key)
+            continue
+        yield (
+            key,
+            {
+                "uri": dg.MetadataValue.path(str(cut.path)),
+                "sources": ", ".join(cut.sources),
+                "valid_fraction": round(cut.valid_fraction, 4),
+                "width": cut.width,
+                "height": cut.height,
+                "seconds": round(cut.seconds, 3),
+            },
+        )
 
 
 class ImageryIndexConfig(dg.Config):
@@ -235,13 +183,9 @@ def imagery_tiles(
     without imagery are logged and left out).
     """
     catalog = stac.catalog()
-
-    def sources_for(key: str) -> list[tuple[str, str]]:
-        items = catalog.search(bbox=get_tms().bounds(parse_tile_key(key)))
-        return [(item.id, href) for item, href in catalog.image_hrefs(items)]
-
     keys = selected_keys(context, config.tile_keys)
     without: list[str] = []
+    sources_for = partial(search_tile_sources, catalog)
     for key, meta in fetch_tiles(rasters, keys, sources_for, force=config.refetch, without_imagery=without):
         yield dg.AssetMaterialization(asset_key=context.asset_key, partition=key, metadata=meta)
     if without:

@@ -8,6 +8,7 @@ materialization of exactly that `predictions` partition.
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ from pearl_pipelines.defs.resources import (
     cache_complete,
 )
 from pearl_pipelines.geo.cog import validate_cog
-from pearl_pipelines.geo.grid import get_tms, parse_tile_key
+from pearl_pipelines.geo.maps import class_counts
+from pearl_pipelines.geo.tiles import search_tile_sources
 from pearl_pipelines.worker.layout import CLASSES_FILE, CONFIDENCE_FILE, prediction_is_fresh
 
 PREDICTIONS_COG_CHECK = "predictions_cog_valid"
@@ -53,12 +55,7 @@ def ensure_tiles(
     if not missing:
         return 0
     register_tile_keys(context.instance, missing)
-    catalog = stac.catalog(collections)
-
-    def sources_for(key: str) -> list[tuple[str, str]]:
-        items = catalog.search(bbox=get_tms().bounds(parse_tile_key(key)))
-        return [(item.id, href) for item, href in catalog.image_hrefs(items)]
-
+    sources_for = partial(search_tile_sources, stac.catalog(collections))
     count = 0
     without: list[str] = []
     for key, meta in fetch_tiles(rasters, missing, sources_for, without_imagery=without):
@@ -200,14 +197,8 @@ def predict_tiles(
 
 def existing_prediction(rasters: RasterStore, model: ModelRef, key: str) -> dict[str, Any]:
     """A tile prediction already on disk (e.g. written by the retrain worker), in the worker's message shape."""
-    import numpy as np
-    import rasterio
-
     out = rasters.predictions_dir(model.slug, key)
-    with rasterio.open(out / CLASSES_FILE) as src:
-        names = src.tags().get("classes", "").split(",")
-        counts = np.bincount(src.read(1).ravel(), minlength=256)
-        width, height = src.width, src.height
+    counts = class_counts(out / CLASSES_FILE)
     return {
         "kind": "tile",
         "tile_key": key,
@@ -215,9 +206,9 @@ def existing_prediction(rasters: RasterStore, model: ModelRef, key: str) -> dict
         "confidence": str(out / CONFIDENCE_FILE),
         "mode": "precomputed",
         "seconds": 0.0,
-        "class_pixels": {n: int(counts[i]) for i, n in enumerate(names)},
-        "width": width,
-        "height": height,
+        "class_pixels": counts.pixels,
+        "width": counts.width,
+        "height": counts.height,
     }
 
 

@@ -7,11 +7,14 @@ Items on another grid are warped onto it (bilinear). The mosaic itself is `mosai
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
@@ -21,6 +24,9 @@ from pearl_pipelines.geo.grid import tile_bounds
 from pearl_pipelines.geo.mosaic import Grid, open_sources, read_mosaic
 from pearl_pipelines.geo.stac import StacCatalog
 from pearl_pipelines.geo.tile_paths import tile_path
+
+FETCH_THREADS = 4  # GDAL releases the GIL while reading and compressing
+Sources = Sequence[tuple[str, str]]  # (item id, href), newest first
 
 
 class NoImageryError(LookupError):
@@ -82,3 +88,56 @@ def fetch_tile(catalog: StacCatalog, key: str, tiles_dir: Path, *, datetime: str
     """Search the STAC API for the items under a tile, mosaic them and write the tile COG."""
     tile = read_tile(key, search_tile_sources(catalog, key, datetime=datetime))
     return write_tile_cog(tile, tile_path(tiles_dir, key))
+
+
+def tile_needs_fetch(path: Path, sources: Sources) -> bool:
+    """Missing, or the newest covering item is not among the items the tile was cut from (new imagery)."""
+    if not path.is_file():
+        return True
+    with rasterio.open(path) as src:
+        used = set((src.tags().get("pearl:sources") or "").split(","))
+    return bool(sources) and sources[0][0] not in used
+
+
+@dataclass(frozen=True)
+class CutTile:
+    """A tile COG just written, and what it was cut from."""
+
+    key: str
+    path: Path
+    sources: list[str]
+    valid_fraction: float
+    width: int
+    height: int
+    seconds: float
+
+
+def cut_tiles(
+    keys: Sequence[str],
+    sources_for: Callable[[str], Sources],
+    path_for: Callable[[str], Path],
+    *,
+    force: bool = False,
+) -> Iterator[tuple[str, CutTile | None]]:
+    """Cut the tiles that need it (in threads), in key order: (key, CutTile) per tile written, (key, None) per
+    tile no imagery covers (an AOI may reach past the imagery); tiles that are up to date are skipped."""
+
+    def one(key: str) -> tuple[str, bool, CutTile | None]:
+        """(key, whether the tile needed cutting, the tile written or None without imagery)."""
+        sources, path = sources_for(key), path_for(key)
+        if not force and not tile_needs_fetch(path, sources):
+            return key, False, None
+        started = time.perf_counter()
+        try:
+            tile = read_tile(key, sources)
+        except NoImageryError:
+            return key, True, None
+        write_tile_cog(tile, path)
+        height, width = tile.valid.shape
+        seconds = time.perf_counter() - started
+        return key, True, CutTile(key, path, tile.sources, float(tile.valid.mean()), width, height, seconds)
+
+    with ThreadPoolExecutor(FETCH_THREADS) as pool:
+        for key, needed, cut in pool.map(one, keys):
+            if needed:
+                yield key, cut

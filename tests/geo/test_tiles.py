@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,18 @@ from shapely.ops import unary_union
 
 from pearl_pipelines.geo.cog import RGBN_DESCRIPTIONS, validate_cog, write_cog
 from pearl_pipelines.geo.grid import aoi_to_tile_keys, tile_geometry
+from pearl_pipelines.geo.imagery_index import index_frame, tile_sources
 from pearl_pipelines.geo.stac import StacCatalog
 from pearl_pipelines.geo.stac_server import StacServer
-from pearl_pipelines.geo.tiles import NoImageryError, TileImagery, read_tile, write_tile_cog
+from pearl_pipelines.geo.tile_paths import tile_path
+from pearl_pipelines.geo.tiles import (
+    NoImageryError,
+    TileImagery,
+    cut_tiles,
+    read_tile,
+    search_tile_sources,
+    write_tile_cog,
+)
 from tests.conftest import SmallCatalog
 
 UTM = "EPSG:26918"
@@ -163,3 +173,31 @@ def test_earlier_sources_win_and_other_grids_are_warped(edge_key: str, tmp_path:
     edge = round(x0 + 2 * (size // 4) - partial.transform.c)  # tile column where the west half ends
     assert partial.valid[:, : edge - 1].all() and not partial.valid[:, edge + 1 :].any()
     assert set(np.unique(partial.data[:, partial.valid])) <= {50, 60}
+
+
+def test_cut_tiles_writes_each_tile_once_and_reports_tiles_without_imagery(
+    catalog: StacCatalog, edge_key: str, tmp_path: Path
+) -> None:
+    far_key = "15-0-0"  # no demo item anywhere near
+    keys = [edge_key, far_key]
+    cut = dict(cut_tiles(keys, partial(search_tile_sources, catalog), lambda k: tile_path(tmp_path, k)))
+    assert list(cut) == keys and cut[far_key] is None
+    written = cut[edge_key]
+    assert written is not None and written.path == tile_path(tmp_path, edge_key) and written.path.is_file()
+    assert 0 < written.valid_fraction < 1 and len(written.sources) >= 2
+    with rasterio.open(written.path) as src:
+        assert (src.width, src.height) == (written.width, written.height)
+    # Without sources and with the COG on disk, a tile is up to date: nothing is cut again.
+    assert list(cut_tiles([edge_key], lambda k: [], lambda k: tile_path(tmp_path, k))) == []
+
+
+def test_index_tile_sources_are_the_items_under_the_tile_newest_first(
+    catalog: StacCatalog, demo_items: list[pystac.Item], edge_key: str
+) -> None:
+    index = index_frame(demo_items)
+    sources = tile_sources(index, edge_key)
+    under = {i.id for i in demo_items if shape(i.geometry).intersects(tile_geometry(edge_key))}
+    assert {item_id for item_id, _ in sources} == under
+    dates = index.set_index("id").loc[[item_id for item_id, _ in sources], "datetime"].tolist()
+    assert dates == sorted(dates, reverse=True)
+    assert {s[0] for s in search_tile_sources(catalog, edge_key)} == under
