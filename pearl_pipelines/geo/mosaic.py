@@ -56,6 +56,7 @@ class Grid:
         """The smallest grid with `like`'s pixel size and pixel phase that covers `bounds` (in `crs`).
 
         Snapping to `like` keeps the pixels of a source on that grid where they are: copied, not resampled.
+        (Done on coordinates: rasterio.windows rounds offsets to nearest and clips negative ones, not outward.)
         """
         res_x, res_y = like.a, -like.e
         left = like.c + math.floor((bounds[0] - like.c) / res_x) * res_x
