@@ -125,7 +125,7 @@ def sources_under(sources: Sequence[Source], grid: Grid) -> list[Source]:
     under = []
     for source in sources:
         footprint = box(*source.bounds_in(grid.crs))
-        if not footprint.intersects(area) or footprint.intersection(area).area == 0:
+        if footprint.intersection(area).area == 0:  # apart, or touching along an edge only
             continue
         under.append(source)
         if source.opaque and source.crs == grid.crs and footprint.contains(area):
