@@ -37,7 +37,12 @@ class ReviewServices:
         self.model_cache = ModelCache(settings=settings, store=store, states=states, hub=hub)
         self.imagery = ProjectImagery(settings=settings, store=store, states=states, runner=runner)
         self.aois = AoiService(
-            settings=settings, store=store, states=states, classes=self.classes, models=self.model_cache, runner=runner
+            settings=settings,
+            store=store,
+            states=states,
+            classes=self.classes,
+            model_cache=self.model_cache,
+            runner=runner,
         )
         self.labels = LabelService(
             store=store, classes=self.classes, aois=self.aois, hub=hub, label_runs=self.label_runs
@@ -47,7 +52,7 @@ class ReviewServices:
             store=store,
             states=states,
             classes=self.classes,
-            models=self.model_cache,
+            model_cache=self.model_cache,
             aois=self.aois,
             runner=runner,
         )
@@ -56,7 +61,7 @@ class ReviewServices:
             store=store,
             states=states,
             classes=self.classes,
-            models=self.model_cache,
+            model_cache=self.model_cache,
             imagery=self.imagery,
             aois=self.aois,
         )

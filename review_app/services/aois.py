@@ -29,11 +29,11 @@ class AoiService:
         store: LabelStore,
         states: StateStore,
         classes: ClassSchemas,
-        models: ModelCache,
+        model_cache: ModelCache,
         runner: JobRunner,
     ) -> None:
         self.settings, self.store, self.states = settings, store, states
-        self.classes, self.models, self.runner = classes, models, runner
+        self.classes, self.model_cache, self.runner = classes, model_cache, runner
 
     def get(self, project_id: int, aoi_id: int) -> AoiRow:
         row = self.store.get_aoi(aoi_id)
@@ -81,10 +81,10 @@ class AoiService:
 
     def start_inference(self, project_id: int, aoi_id: int) -> Job:
         aoi = self.get(project_id, aoi_id)
-        self.models.require(project_id)
+        self.model_cache.require(project_id)
         if self.states.get(project_id).imagery.state != "ready":
             raise Conflict("the project's imagery is not ready yet")
-        ws, slot = self.states.workspace(project_id), self.models.slot(project_id)
+        ws, slot = self.states.workspace(project_id), self.model_cache.slot(project_id)
         schema_of = functools.partial(self.classes.get, project_id)
         return self.runner.submit(
             project_id,
@@ -98,7 +98,7 @@ class AoiService:
         return aoi_suggestions(
             self.states.workspace(project_id),
             aoi_id,
-            model=self.models.slot(project_id),
+            model=self.model_cache.slot(project_id),
             schema=self.classes.get(project_id),
             store=self.store,
             n=n,

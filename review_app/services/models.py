@@ -29,18 +29,18 @@ class ModelService:
         store: LabelStore,
         states: StateStore,
         classes: ClassSchemas,
-        models: ModelCache,
+        model_cache: ModelCache,
         aois: AoiService,
         runner: JobRunner,
     ) -> None:
         self.settings, self.store, self.states = settings, store, states
-        self.classes, self.models, self.aois, self.runner = classes, models, aois, runner
+        self.classes, self.model_cache, self.aois, self.runner = classes, model_cache, aois, runner
 
     def start_retrain(self, project_id: int, aoi_id: int | None) -> Job:
-        self.models.require(project_id)
+        self.model_cache.require(project_id)
         if aoi_id is not None:
             self.aois.get(project_id, aoi_id)
-        ws, slot = self.states.workspace(project_id), self.models.slot(project_id)
+        ws, slot = self.states.workspace(project_id), self.model_cache.slot(project_id)
         tasks.check_retrain(ws, store=self.store, model=slot)  # refuse an empty/unusable retrain now, as a 4xx
         schema_of = functools.partial(self.classes.get, project_id)
         return self.runner.submit(
@@ -52,7 +52,7 @@ class ModelService:
 
     def start_restore(self, project_id: int, version: int) -> Job:
         self.checkpoint_info(project_id, version)
-        ws, slot = self.states.workspace(project_id), self.models.slot(project_id)
+        ws, slot = self.states.workspace(project_id), self.model_cache.slot(project_id)
         schema_of = functools.partial(self.classes.get, project_id)
         return self.runner.submit(
             project_id, "restore", lambda ctx: tasks.run_restore(ctx, ws, version, model=slot, schema_of=schema_of)

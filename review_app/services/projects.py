@@ -37,12 +37,12 @@ class ProjectService:
         store: LabelStore,
         states: StateStore,
         classes: ClassSchemas,
-        models: ModelCache,
+        model_cache: ModelCache,
         imagery: ProjectImagery,
         aois: AoiService,
     ) -> None:
         self.settings, self.store, self.states = settings, store, states
-        self.classes, self.models, self.imagery, self.aois = classes, models, imagery, aois
+        self.classes, self.model_cache, self.imagery, self.aois = classes, model_cache, imagery, aois
 
     def get(self, project_id: int) -> ProjectRow:
         return self.store.get_project(project_id)
@@ -78,7 +78,7 @@ class ProjectService:
     def warm_up(self, project_id: int) -> None:
         """Start what a project needs in the background: its imagery mosaic and its base model."""
         self.imagery.ensure(project_id)
-        self.models.load_in_background(project_id)
+        self.model_cache.load_in_background(project_id)
 
     def out(self, project_id: int, *, retry_missing: bool = True) -> ProjectOut:
         row = self.get(project_id)
@@ -97,7 +97,7 @@ class ProjectService:
             bounds=state.imagery.bounds,
             tilejson=imagery_links(project_id) if state.imagery.state == "ready" else TileJsonLinks(),
         )
-        model = self.models.loaded(project_id)
+        model = self.model_cache.loaded(project_id)
         return ProjectOut(
             id=row.id,
             name=row.name,
@@ -108,7 +108,7 @@ class ProjectService:
             imagery=imagery,
             model=ModelStatus(
                 ready=model is not None,
-                message="" if model is not None else self.models.why_missing(project_id),
+                message="" if model is not None else self.model_cache.why_missing(project_id),
                 base_model=row.base_model,
                 current_version=state.current_model,
             ),
