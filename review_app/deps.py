@@ -1,4 +1,4 @@
-"""FastAPI dependencies as `Annotated` aliases (full-stack-fastapi-template style)."""
+"""FastAPI dependencies as `Annotated` aliases (full-stack-fastapi-template style): one per domain service."""
 
 from __future__ import annotations
 
@@ -7,23 +7,67 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 
 from pearl_pipelines.labels.store import ProjectRow
-from review_app.service import ReviewService
+from review_app.container import ReviewServices
+from review_app.jobs import JobRunner
+from review_app.services.aois import AoiService
+from review_app.services.classes import ClassSchemas
+from review_app.services.labels import LabelService
+from review_app.services.models import ModelService
+from review_app.services.projects import ProjectService
+from review_app.workspace import StateStore
 
 
-def get_service(request: Request) -> ReviewService:
-    return request.app.state.service  # type: ignore[no-any-return]
+def get_services(request: Request) -> ReviewServices:
+    return request.app.state.services  # type: ignore[no-any-return]
 
 
-ServiceDep = Annotated[ReviewService, Depends(get_service)]
+ServicesDep = Annotated[ReviewServices, Depends(get_services)]
+
+
+def get_projects(services: ServicesDep) -> ProjectService:
+    return services.projects
+
+
+def get_classes(services: ServicesDep) -> ClassSchemas:
+    return services.classes
+
+
+def get_aois(services: ServicesDep) -> AoiService:
+    return services.aois
+
+
+def get_labels(services: ServicesDep) -> LabelService:
+    return services.labels
+
+
+def get_models(services: ServicesDep) -> ModelService:
+    return services.models
+
+
+def get_states(services: ServicesDep) -> StateStore:
+    return services.states
+
+
+def get_jobs(services: ServicesDep) -> JobRunner:
+    return services.runner
+
+
+ProjectsDep = Annotated[ProjectService, Depends(get_projects)]
+ClassesDep = Annotated[ClassSchemas, Depends(get_classes)]
+AoisDep = Annotated[AoiService, Depends(get_aois)]
+LabelsDep = Annotated[LabelService, Depends(get_labels)]
+ModelsDep = Annotated[ModelService, Depends(get_models)]
+StatesDep = Annotated[StateStore, Depends(get_states)]  # the projects' session state (model and layer versions)
+JobsDep = Annotated[JobRunner, Depends(get_jobs)]
 
 
 ProjectId = Annotated[int, Path(ge=1, description="project id")]
 AoiId = Annotated[int, Path(ge=1, description="AOI id")]
 
 
-def get_project(service: ServiceDep, project_id: ProjectId) -> ProjectRow:
+def get_project(projects: ProjectsDep, project_id: ProjectId) -> ProjectRow:
     """The project named in the path, or 404."""
-    return service.project(project_id)
+    return projects.get(project_id)
 
 
 ProjectDep = Annotated[ProjectRow, Depends(get_project)]

@@ -26,7 +26,7 @@ from pearl_pipelines.labels.store import LabelStoreError
 from pearl_pipelines.ml.errors import SuggestionError
 from review_app.engine import RetrainError
 from review_app.geometry import GeometryError
-from review_app.service import Conflict
+from review_app.services.errors import Conflict
 
 log = logging.getLogger(__name__)
 TILE_PREFIX = "/tiles/"

@@ -18,9 +18,9 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from pearl_pipelines.settings import Settings, get_settings
+from review_app.container import ReviewServices
 from review_app.errors import add_exception_handlers
 from review_app.routers import aois, labels, models, projects, ws
-from review_app.service import ReviewService
 from review_app.tiles import TileCacheMiddleware, mount_tiles
 
 log = logging.getLogger(__name__)
@@ -35,17 +35,15 @@ NOT_BUILT = """<!doctype html><html><head><meta charset="utf-8"><title>PEARL rev
 def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service = ReviewService(settings or get_settings())
-        service.hub.bind(asyncio.get_running_loop())
-        app.state.service = service
-        service.ensure_demo_project()
-        for project in service.store.list_projects():
-            service.warm_up(project.id)
-        log.info("review app ready; PEARL_HOME=%s", service.settings.home_abs)
+        services = ReviewServices(settings or get_settings())
+        services.hub.bind(asyncio.get_running_loop())
+        app.state.services = services
+        services.start()
+        log.info("review app ready; PEARL_HOME=%s", services.settings.home_abs)
         try:
             yield
         finally:
-            service.close()
+            services.close()
 
     app = FastAPI(
         title="PEARL review app",

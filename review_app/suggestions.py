@@ -6,19 +6,20 @@ that head and cache, keeps the project's existing labels out of the way, and ans
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
+from pearl_pipelines.classes import ClassSchema
+from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.ml.embeddings import EmbeddingCache
 from pearl_pipelines.ml.samples import sample_on_grid, validate_labels
 from pearl_pipelines.ml.suggest import MAX_SUGGESTIONS, suggest_clicks
 from review_app import engine
-from review_app.service import Conflict
-
-if TYPE_CHECKING:
-    from review_app.service import ReviewService
+from review_app.services.errors import Conflict
+from review_app.services.model_cache import ModelSlot
+from review_app.workspace import ProjectWorkspace
 
 SuggestionMethod = Literal["margin", "entropy"]  # = ml.suggest.METHODS
 DEFAULT_SUGGESTIONS = 20
@@ -49,40 +50,46 @@ class SuggestionCollection(BaseModel):
 
 
 def aoi_suggestions(
-    service: ReviewService, project_id: int, aoi_id: int, *, n: int, method: SuggestionMethod
+    ws: ProjectWorkspace,
+    aoi_id: int,
+    *,
+    model: ModelSlot,
+    schema: ClassSchema,
+    store: LabelStore,
+    n: int,
+    method: SuggestionMethod,
 ) -> SuggestionCollection:
-    """Up to `n` points of the AOI, most uncertain first, spread out and away from the project's labels.
+    """Up to `n` points of the project's AOI `aoi_id` (known to exist), most uncertain first, spread out and away
+    from the project's labels in `store`; scored by the current model of `model` on the project's class `schema`.
 
-    Raises KeyError (unknown AOI), Conflict (AOI not predicted yet, no model), SuggestionError (bad n/method).
+    Raises Conflict (AOI not predicted yet, no model), SuggestionError (bad n/method).
     """
-    service.aoi(project_id, aoi_id)
-    layer = service.states.get(project_id).aois.get(aoi_id)
-    directory = service.paths(project_id).embeddings_dir(aoi_id)
+    layer = ws.state().aois.get(aoi_id)
+    directory = ws.paths.embeddings_dir(aoi_id)
     if layer is None or layer.version == 0 or not layer.embeddings or not engine.has_embeddings(directory):
         raise Conflict(
             f"AOI {aoi_id} has no prediction yet: run inference on it first "
             "(suggestions score the embeddings that inference caches)"
         )
-    current = service.require_model(project_id)
-    schema = service.schema(project_id)
+    current = model.require()
     head = engine.conform(current.version, schema)  # classes added since the last retrain: never predicted
     cache = EmbeddingCache.open(directory)
     found = suggest_clicks(
-        cache, head.logits, n, method=method, exclude=_label_pixels(service, project_id, cache), needs_xy=head.needs_xy
+        cache, head.logits, n, method=method, exclude=_label_pixels(store, ws.project_id, cache), needs_xy=head.needs_xy
     )
     collection = found.to_geojson(schema)
     return SuggestionCollection(
         features=[SuggestionFeature.model_validate(f) for f in collection["features"]],
         aoi_id=aoi_id,
-        model_version=service.states.get(project_id).current_model,
+        model_version=ws.state().current_model,
         method=method,
         spacing_px=found.spacing_px,
     )
 
 
-def _label_pixels(service: ReviewService, project_id: int, cache: EmbeddingCache) -> tuple[np.ndarray, np.ndarray]:
+def _label_pixels(store: LabelStore, project_id: int, cache: EmbeddingCache) -> tuple[np.ndarray, np.ndarray]:
     """Pixels of the project's live labels on the cache's grid: a place already labelled is not suggested again."""
-    labels = service.store.labels_frame(project_id)
+    labels = store.labels_frame(project_id)
     if not len(labels):
         return np.empty(0, np.int64), np.empty(0, np.int64)
     samples = sample_on_grid(validate_labels(labels), crs=cache.crs, transform=cache.transform, shape=cache.shape)

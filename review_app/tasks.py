@@ -1,5 +1,10 @@
 """Job bodies: imagery mosaic, inference over an AOI, live retrain, checkpoint restore.
 
+Each body gets only what it touches: the project's workspace (files + session state), the label store, a slot
+of the model cache, and the project's class schema as a callable (read when used: classes can be added while a
+job waits for its turn). The domain services (review_app/services/) submit them; of those, this module knows
+only the model cache's `ModelSlot` type.
+
 The live retrain is ordered for latency: fit the head (one fit, no metrics), re-predict the AOI the
 mapper is looking at from its cached embeddings, announce the new layer version, and only then
 re-predict the other AOIs, compute metrics (grouped CV fits several more heads) and save the version.
@@ -11,64 +16,66 @@ import dataclasses
 import functools
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import geopandas as gpd
 from shapely.geometry import shape
 
 from pearl_pipelines.classes import ClassSchema
+from pearl_pipelines.labels.store import AoiRow, LabelStore
 from pearl_pipelines.ml.metrics import MetricsReport
 from pearl_pipelines.ml.versions import ModelVersion
+from pearl_pipelines.settings import Settings
 from review_app import engine
 from review_app.imagery import ImageryError, build_mosaic, imagery_sources, lonlat_bounds
 from review_app.jobs import JobContext, JobFailed
+from review_app.links import prediction_links
 from review_app.schemas import ClassMetric, MetricsOut
-from review_app.workspace import AoiLayer, ImageryInfo, ModelVersionInfo
+from review_app.services.model_cache import ModelSlot
+from review_app.workspace import AoiLayer, ImageryInfo, ModelVersionInfo, ProjectWorkspace
 
-if TYPE_CHECKING:
-    from review_app.service import ReviewService
-
+SchemaOf = Callable[[], ClassSchema]  # the project's class schema as it is now
 KEEP_LAYER_VERSIONS = 3  # the browser may still fetch the previous version's tiles while it swaps layers
 
 
-def build_imagery(svc: ReviewService, project_id: int, ctx: JobContext) -> str:
-    row = svc.project(project_id)
-    paths = svc.paths(project_id)
-    with svc.states.update(project_id) as state:
+def build_imagery(ctx: JobContext, ws: ProjectWorkspace, *, source: dict[str, Any], settings: Settings) -> str:
+    """Mosaic the project's imagery `source` (the project's `imagery` field) into its imagery COG."""
+    with ws.update() as state:
         state.imagery = ImageryInfo(state="building", message="mosaicking the project's imagery")
     ctx.step("finding the project's imagery")
     try:
-        sources = imagery_sources(row.imagery, svc.settings)
-        clip = row.imagery.get("bbox") if row.imagery.get("source") == "stac" else None
-        build_mosaic(sources, paths.imagery, clip_lonlat=clip, progress=lambda d, t: ctx.progress(d, t + 1, "mosaic"))
-        bounds = lonlat_bounds(paths.imagery)
+        sources = imagery_sources(source, settings)
+        clip = source.get("bbox") if source.get("source") == "stac" else None
+        build_mosaic(
+            sources, ws.paths.imagery, clip_lonlat=clip, progress=lambda d, t: ctx.progress(d, t + 1, "mosaic")
+        )
+        bounds = lonlat_bounds(ws.paths.imagery)
     except ImageryError as exc:
         missing = "generate" in str(exc)
-        with svc.states.update(project_id) as state:
+        with ws.update() as state:
             state.imagery = ImageryInfo(state="missing" if missing else "error", message=str(exc))
         if missing:  # not an error of this job: the project page says what to run
             return "imagery not generated yet"
         raise JobFailed(str(exc)) from None
     except Exception:
-        with svc.states.update(project_id) as state:
+        with ws.update() as state:
             state.imagery = ImageryInfo(state="error", message="the imagery could not be mosaicked (see server log)")
         raise
-    with svc.states.update(project_id) as state:
+    with ws.update() as state:
         state.imagery = ImageryInfo(state="ready", bounds=bounds)
     ctx.publish({"type": "imagery_ready", "bounds": bounds})
     return f"imagery ready ({len(sources)} items)"
 
 
 def _publish_layer(
-    svc: ReviewService, ctx: JobContext, aoi_id: int, version: int, *, model_version: int | None, embeddings: bool
+    ctx: JobContext, ws: ProjectWorkspace, aoi_id: int, version: int, *, model_version: int | None, embeddings: bool
 ) -> None:
-    project_id = ctx.job.project_id
-    with svc.states.update(project_id) as state:
+    with ws.update() as state:
         state.aois[aoi_id] = AoiLayer(version=version, model_version=model_version, embeddings=embeddings)
-    paths = svc.paths(project_id)
     for old in range(1, version - KEEP_LAYER_VERSIONS + 1):
-        shutil.rmtree(paths.prediction_dir(aoi_id, old), ignore_errors=True)
+        shutil.rmtree(ws.paths.prediction_dir(aoi_id, old), ignore_errors=True)
     ctx.publish(
         {
             "type": "prediction_updated",
@@ -76,16 +83,16 @@ def _publish_layer(
             "version": version,
             "model_version": model_version,
             "job_id": ctx.job.id,
-            "tilejson": svc.prediction_links(project_id, aoi_id, version).model_dump(),
+            "tilejson": prediction_links(ws.project_id, aoi_id, version).model_dump(),
         }
     )
 
 
-def run_inference(svc: ReviewService, project_id: int, aoi_id: int, ctx: JobContext) -> str:
-    current = svc.require_model(project_id)
-    aoi = svc.aoi(project_id, aoi_id)
-    paths = svc.paths(project_id)
-    state = svc.states.get(project_id)
+def run_inference(ctx: JobContext, ws: ProjectWorkspace, aoi: AoiRow, *, model: ModelSlot, schema_of: SchemaOf) -> str:
+    """A full forward pass over the AOI with the current model: a new layer version, and the embedding cache."""
+    current = model.require()
+    aoi_id, paths = aoi.id, ws.paths
+    state = ws.state()
     version = state.aois.get(aoi_id, AoiLayer()).version + 1
     ctx.step(f"predicting {aoi.name}", 0.0)
     result = engine.predict_aoi(
@@ -99,27 +106,27 @@ def run_inference(svc: ReviewService, project_id: int, aoi_id: int, ctx: JobCont
     )
     if current.version.needs_xy:  # the forward pass gave the embeddings; the spatial head applies to them
         engine.repredict(
-            paths.embeddings_dir(aoi_id), current.version, svc.schema(project_id), paths.prediction_dir(aoi_id, version)
+            paths.embeddings_dir(aoi_id), current.version, schema_of(), paths.prediction_dir(aoi_id, version)
         )
-    _publish_layer(svc, ctx, aoi_id, version, model_version=state.current_model, embeddings=True)
+    _publish_layer(ctx, ws, aoi_id, version, model_version=state.current_model, embeddings=True)
     return f"{aoi.name} predicted in {result.seconds:.1f} s"
 
 
-def _cached_aois(svc: ReviewService, project_id: int) -> dict[int, Path]:
-    paths = svc.paths(project_id)
+def _cached_aois(ws: ProjectWorkspace) -> dict[int, Path]:
+    paths = ws.paths
     return {
         aoi_id: paths.embeddings_dir(aoi_id)
-        for aoi_id, layer in svc.states.get(project_id).aois.items()
+        for aoi_id, layer in ws.state().aois.items()
         if layer.embeddings and engine.has_embeddings(paths.embeddings_dir(aoi_id))
     }
 
 
-def check_retrain(svc: ReviewService, project_id: int) -> None:
+def check_retrain(ws: ProjectWorkspace, *, store: LabelStore, model: ModelSlot) -> None:
     """Refuse, before any work, a retrain that cannot run (raised as RetrainError -> 422)."""
-    labels = svc.store.list_labels(project_id)
+    labels = store.list_labels(ws.project_id)
     if not labels:
         raise engine.RetrainError("there are no labels to retrain on: add points or polygons inside an AOI first")
-    cached = _cached_aois(svc, project_id)
+    cached = _cached_aois(ws)
     if not any(label.aoi_id in cached for label in labels):
         aois = sorted({label.aoi_id for label in labels if label.aoi_id is not None})
         raise engine.RetrainError(
@@ -127,15 +134,15 @@ def check_retrain(svc: ReviewService, project_id: int) -> None:
             "(retraining re-uses the embeddings that inference caches)"
         )
     classes = {label.class_name for label in labels}
-    if len(classes) < 2 and svc.require_model(project_id).base.replay is None:
+    if len(classes) < 2 and model.require().base.replay is None:
         raise engine.RetrainError(
             f"all labels are of class {classes.pop()!r} and this model has no replay set: label at least two classes"
         )
 
 
-def _labels(svc: ReviewService, project_id: int, aoi_ids: list[int]) -> gpd.GeoDataFrame:
-    frame = svc.store.labels_frame(project_id)
-    aoi_of = {r.id: r.aoi_id for r in svc.store.list_labels(project_id)}
+def _labels(store: LabelStore, project_id: int, aoi_ids: list[int]) -> gpd.GeoDataFrame:
+    frame = store.labels_frame(project_id)
+    aoi_of = {r.id: r.aoi_id for r in store.list_labels(project_id)}
     return frame[[aoi_of.get(i) in aoi_ids for i in frame["label_id"]]]
 
 
@@ -182,36 +189,51 @@ def metrics_out(report: MetricsReport | None, model_version: int, notes: list[st
     )
 
 
-def _repredict(svc: ReviewService, ctx: JobContext, aoi_id: int, version: ModelVersion, model_version: int) -> None:
-    project_id = ctx.job.project_id
-    paths = svc.paths(project_id)
-    layer_version = svc.states.get(project_id).aois.get(aoi_id, AoiLayer()).version + 1
-    engine.repredict(
-        paths.embeddings_dir(aoi_id), version, svc.schema(project_id), paths.prediction_dir(aoi_id, layer_version)
-    )
-    _publish_layer(svc, ctx, aoi_id, layer_version, model_version=model_version, embeddings=True)
+def _repredict(
+    ctx: JobContext,
+    ws: ProjectWorkspace,
+    aoi_id: int,
+    version: ModelVersion,
+    *,
+    model_version: int,
+    schema_of: SchemaOf,
+) -> None:
+    paths = ws.paths
+    layer_version = ws.state().aois.get(aoi_id, AoiLayer()).version + 1
+    engine.repredict(paths.embeddings_dir(aoi_id), version, schema_of(), paths.prediction_dir(aoi_id, layer_version))
+    _publish_layer(ctx, ws, aoi_id, layer_version, model_version=model_version, embeddings=True)
 
 
-def run_retrain(svc: ReviewService, project_id: int, aoi_id: int | None, ctx: JobContext) -> str:
+def run_retrain(
+    ctx: JobContext,
+    ws: ProjectWorkspace,
+    aoi_id: int | None,
+    *,
+    store: LabelStore,
+    model: ModelSlot,
+    schema_of: SchemaOf,
+) -> str:
+    """A new model version from all labels; `aoi_id` (the AOI in view) is re-predicted first."""
     started = time.perf_counter()
-    current = svc.require_model(project_id)
-    schema = svc.schema(project_id)
-    caches = _cached_aois(svc, project_id)
-    labels = _labels(svc, project_id, list(caches))
+    project_id = ws.project_id
+    current = model.require()
+    schema = schema_of()
+    caches = _cached_aois(ws)
+    labels = _labels(store, project_id, list(caches))
     ctx.step("fitting the head on your labels", 0.1)
     cache_dirs = list(caches.values())
-    strategy = svc.states.get(project_id).strategy
+    strategy = ws.state().strategy
     # The live fit reuses the replay share the last cross-validation chose; the metrics pass below chooses again.
     live_scale = float(current.version.info.get("replay_scale", 1.0))
     fit = functools.partial(
         engine.retrain_version, current.version, schema, cache_dirs, labels, current.base.replay, strategy=strategy
     )
     child = fit(evaluate=False, replay_scale=live_scale)
-    with svc.states.update(project_id) as state:
+    with ws.update() as state:
         parent = state.current_model
         number = max(state.next_model_id, 1)
         state.next_model_id = number + 1
-    version_dir = svc.paths(project_id).version_dir(number)
+    version_dir = ws.paths.version_dir(number)
     info = ModelVersionInfo(
         id=number,
         engine_id=child.id,
@@ -221,19 +243,19 @@ def run_retrain(svc: ReviewService, project_id: int, aoi_id: int | None, ctx: Jo
         n_labels=int(child.info.get("n_labels", len(labels))),
         classes=child.schema.names,
     )
-    svc.set_version(project_id, child)
+    model.set_version(child)
     # The AOI in view first, then the other labelled AOIs, then the rest.
-    labelled = {r.aoi_id for r in svc.store.list_labels(project_id)}
+    labelled = {r.aoi_id for r in store.list_labels(project_id)}
     order = sorted(caches, key=lambda a: (a != aoi_id, a not in labelled, a))
     first_layer_s = 0.0
     for n, aid in enumerate(order):
         ctx.step(f"re-predicting AOI {aid} from cached embeddings", 0.3 + 0.6 * n / len(order))
-        _repredict(svc, ctx, aid, child, number)
+        _repredict(ctx, ws, aid, child, model_version=number, schema_of=schema_of)
         if n == 0:
             first_layer_s = time.perf_counter() - started
             # The version is current (and can be saved as a checkpoint) as soon as the map shows it.
             engine.save_version(child, version_dir, labels)
-            with svc.states.update(project_id) as state:
+            with ws.update() as state:
                 state.models[number], state.current_model = info, number
     ctx.step("computing metrics (grouped cross-validation)", 0.9)
     # Off the live path: the same fit again (deterministic) plus the cross-validation folds.
@@ -243,24 +265,23 @@ def run_retrain(svc: ReviewService, project_id: int, aoi_id: int | None, ctx: Jo
     if evaluated.info["replay_scale"] != child.info["replay_scale"]:
         child = dataclasses.replace(evaluated, id=child.id)
         for aid in order:
-            _repredict(svc, ctx, aid, child, number)
+            _repredict(ctx, ws, aid, child, model_version=number, schema_of=schema_of)
     else:
         child = dataclasses.replace(child, metrics=evaluated.metrics, info={**child.info, "metric_notes": notes})
-    svc.set_version(project_id, child)
+    model.set_version(child)
     engine.save_version(child, version_dir, labels)
     metrics = metrics_out(child.metrics, number, notes)
     metrics.n_labels = info.n_labels
-    with svc.states.update(project_id) as state:
+    with ws.update() as state:
         state.models[number].metrics = metrics
-    _score_base(svc, project_id, base=current.base, schema=schema, caches=cache_dirs, labels=labels)
+    _score_base(ws, base=current.base, schema=schema, caches=cache_dirs, labels=labels)
     ctx.publish({"type": "metrics_updated", "model_version": number})
     f1 = f"mean F1 {metrics.mean_f1:.2f}" if metrics.mean_f1 is not None else "metrics need more labels"
     return f"model v{number}: map updated in {first_layer_s:.2f} s; {f1}"
 
 
 def _score_base(
-    svc: ReviewService,
-    project_id: int,
+    ws: ProjectWorkspace,
     *,
     base: engine.BaseModel,
     schema: ClassSchema,
@@ -273,21 +294,22 @@ def _score_base(
         return
     scored = metrics_out(report, 0)
     scored.n_labels = len(labels)
-    with svc.states.update(project_id) as state:
+    with ws.update() as state:
         if 0 in state.models:
             state.models[0].metrics = scored
 
 
-def run_restore(svc: ReviewService, project_id: int, number: int, ctx: JobContext) -> str:
-    info = svc.checkpoint_info(project_id, number)
-    version = engine.load_version(svc.paths(project_id).version_dir(number))
-    svc.require_model(project_id)
-    svc.set_version(project_id, version)
-    with svc.states.update(project_id) as state:
+def run_restore(ctx: JobContext, ws: ProjectWorkspace, number: int, *, model: ModelSlot, schema_of: SchemaOf) -> str:
+    """Make checkpoint `number` the current model and re-predict every cached AOI with it."""
+    info = ws.checkpoint(number)
+    version = engine.load_version(ws.paths.version_dir(number))
+    model.require()
+    model.set_version(version)
+    with ws.update() as state:
         state.current_model = number
-    caches = _cached_aois(svc, project_id)
+    caches = _cached_aois(ws)
     for n, aid in enumerate(sorted(caches)):
         ctx.step(f"re-predicting AOI {aid} with {info.name or f'v{number}'}", n / max(1, len(caches)))
-        _repredict(svc, ctx, aid, version, number)
+        _repredict(ctx, ws, aid, version, model_version=number, schema_of=schema_of)
     ctx.publish({"type": "metrics_updated", "model_version": number})
     return f"restored {info.name or f'model v{number}'}"

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from titiler.core.dependencies import BidxParams
 from titiler.core.factory import TilerFactory
 
-from review_app.service import ReviewService
+from review_app.container import ReviewServices
 
 _ID = re.compile(r"^[1-9][0-9]{0,8}$")
 MAX_TILESIZE = 1024
@@ -46,8 +46,8 @@ def _file(path: Path) -> str:
     return str(path)
 
 
-def _service(request: Request) -> ReviewService:
-    return request.app.state.service  # type: ignore[no-any-return]
+def _services(request: Request) -> ReviewServices:
+    return request.app.state.services  # type: ignore[no-any-return]
 
 
 IdParam = Annotated[str, PathParam(description="numeric id")]
@@ -55,22 +55,22 @@ IdParam = Annotated[str, PathParam(description="numeric id")]
 
 def imagery_path(request: Request, project_id: IdParam) -> str:
     """Project id -> the project's imagery mosaic COG."""
-    return _file(_service(request).paths(_id(project_id)).imagery)
+    return _file(_services(request).states.paths(_id(project_id)).imagery)
 
 
 def classes_path(request: Request, project_id: IdParam, aoi_id: IdParam, version: IdParam) -> str:
     """(project, AOI, layer version) -> that prediction's class COG."""
-    return _file(_service(request).paths(_id(project_id)).classes_path(_id(aoi_id), _id(version)))
+    return _file(_services(request).states.paths(_id(project_id)).classes_path(_id(aoi_id), _id(version)))
 
 
 def confidence_path(request: Request, project_id: IdParam, aoi_id: IdParam, version: IdParam) -> str:
-    return _file(_service(request).paths(_id(project_id)).confidence_path(_id(aoi_id), _id(version)))
+    return _file(_services(request).states.paths(_id(project_id)).confidence_path(_id(aoi_id), _id(version)))
 
 
 def class_colormap(request: Request, project_id: IdParam) -> dict[int, tuple[int, int, int, int]]:
     """Colours from the project's class schema (so a recolour shows without rewriting rasters)."""
     try:
-        return _service(request).colormap(_id(project_id))
+        return _services(request).classes.colormap(_id(project_id))
     except KeyError:
         raise _not_found() from None
 

@@ -111,6 +111,9 @@ class StateStore:
     def paths(self, project_id: int) -> ProjectPaths:
         return ProjectPaths.of(self.home, project_id)
 
+    def workspace(self, project_id: int) -> ProjectWorkspace:
+        return ProjectWorkspace(project_id, self.paths(project_id), self)
+
     def get(self, project_id: int) -> ProjectState:
         with self._lock:
             if project_id not in self._cache:
@@ -130,6 +133,28 @@ class StateStore:
 
     def update(self, project_id: int) -> _StateUpdate:
         return _StateUpdate(self, project_id)
+
+
+@dataclass(frozen=True)
+class ProjectWorkspace:
+    """One project's files and session state: what a job body reads and writes (and nothing of other projects)."""
+
+    project_id: int
+    paths: ProjectPaths
+    states: StateStore
+
+    def state(self) -> ProjectState:
+        return self.states.get(self.project_id)
+
+    def update(self) -> _StateUpdate:
+        return self.states.update(self.project_id)
+
+    def checkpoint(self, version: int) -> ModelVersionInfo:
+        """A model version of the project with its files on disk, or KeyError."""
+        info = self.state().models.get(version)
+        if info is None or not self.paths.version_dir(version).is_dir():
+            raise KeyError(f"no checkpoint {version} in project {self.project_id}")
+        return info
 
 
 class _StateUpdate:

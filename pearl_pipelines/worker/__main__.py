@@ -9,18 +9,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-TASK_NAMES = ("probe", "train-starter", "embed", "retrain", "predict")
+from pearl_pipelines.worker.run import TASK_NAMES, run_task
 
-
-def run_task(task: str) -> int:
-    """Run one task inside a Pipes session (the session reports an exception to Dagster, then re-raises)."""
-    from dagster_pipes import open_dagster_pipes
-
-    from pearl_pipelines.worker.tasks import TASKS
-
-    with open_dagster_pipes() as pipes:
-        TASKS[task](pipes)
-    return 0
+__all__ = ["TASK_NAMES", "main", "run_task"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

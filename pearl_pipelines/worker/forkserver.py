@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from pearl_pipelines.services import Service
+from pearl_pipelines.worker.run import run_task
 
 PRELOAD = (
     "torch",
@@ -84,12 +85,6 @@ def delegate(task: str, timeout: float = 1.0) -> int | None:
 
 
 # -- server side -----------------------------------------------------------------------------------------
-def _run_task(task: str) -> int:
-    from pearl_pipelines.worker.__main__ import run_task
-
-    return run_task(task)  # what the launcher would have run itself
-
-
 def _serve_one(conn: socket.socket) -> None:
     """In a fork of the server: become the launcher's process, run the task in a grandchild, report its code."""
     message, fds, _, _ = socket.recv_fds(conn, MAX_MESSAGE, 3)
@@ -114,7 +109,7 @@ def _serve_one(conn: socket.socket) -> None:
         get_settings.cache_clear()  # settings come from the launcher's environment
         code = 1
         try:
-            code = _run_task(request["task"])
+            code = run_task(request["task"])  # what the launcher would have run itself
         except BaseException:  # a failed task is reported (Pipes), printed, and becomes the exit code
             traceback.print_exc()
         finally:

@@ -11,48 +11,48 @@ import rasterio
 from fastapi import APIRouter, Query, status
 from fastapi.responses import FileResponse, Response
 
-from review_app.deps import AoiId, ProjectId, ServiceDep
+from review_app.deps import AoiId, AoisDep, ClassesDep, ProjectId, StatesDep
 from review_app.schemas import AoiCreate, AoiOut, ErrorOut, JobOut
-from review_app.service import Conflict
+from review_app.services.aois import AoiService
+from review_app.services.errors import Conflict
 from review_app.suggestions import (
     DEFAULT_SUGGESTIONS,
     MAX_SUGGESTIONS,
     SuggestionCollection,
     SuggestionMethod,
-    aoi_suggestions,
 )
+from review_app.workspace import StateStore
 
 router = APIRouter(prefix="/api/projects/{project_id}/aois", tags=["aois"])
 ERRORS: dict[int | str, dict] = {404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 422: {"model": ErrorOut}}
 
 
 @router.get("", response_model=list[AoiOut])
-def list_aois(service: ServiceDep, project_id: ProjectId) -> list[AoiOut]:
-    service.project(project_id)
-    return [service.aoi_out(a) for a in service.store.list_aois(project_id)]
+def list_aois(aois: AoisDep, project_id: ProjectId) -> list[AoiOut]:
+    return [aois.out(a) for a in aois.of_project(project_id)]
 
 
 @router.post("", response_model=AoiOut, status_code=status.HTTP_201_CREATED, responses=ERRORS)
-def create_aoi(service: ServiceDep, project_id: ProjectId, body: AoiCreate) -> AoiOut:
+def create_aoi(aois: AoisDep, project_id: ProjectId, body: AoiCreate) -> AoiOut:
     """A GeoJSON Polygon/MultiPolygon over the project's imagery, at most `live_aoi_max_km2` (default 25 km^2)."""
-    return service.aoi_out(service.add_aoi(project_id, body))
+    return aois.out(aois.add(project_id, body))
 
 
 @router.get("/{aoi_id}", response_model=AoiOut, responses=ERRORS)
-def get_aoi(service: ServiceDep, project_id: ProjectId, aoi_id: AoiId) -> AoiOut:
-    return service.aoi_out(service.aoi(project_id, aoi_id))
+def get_aoi(aois: AoisDep, project_id: ProjectId, aoi_id: AoiId) -> AoiOut:
+    return aois.out(aois.get(project_id, aoi_id))
 
 
 @router.post("/{aoi_id}/inference", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED, responses=ERRORS)
-def start_inference(service: ServiceDep, project_id: ProjectId, aoi_id: AoiId) -> JobOut:
+def start_inference(aois: AoisDep, project_id: ProjectId, aoi_id: AoiId) -> JobOut:
     """Predict the AOI with the current model and cache its embeddings; progress and the new layer arrive on the
     websocket (`job`, `prediction_updated`)."""
-    return service.start_inference(project_id, aoi_id).out()
+    return aois.start_inference(project_id, aoi_id).out()
 
 
 @router.get("/{aoi_id}/suggestions", response_model=SuggestionCollection, responses=ERRORS)
 def get_suggestions(
-    service: ServiceDep,
+    aois: AoisDep,
     project_id: ProjectId,
     aoi_id: AoiId,
     n: Annotated[int, Query(ge=1, le=MAX_SUGGESTIONS, description="how many points")] = DEFAULT_SUGGESTIONS,
@@ -60,22 +60,22 @@ def get_suggestions(
 ) -> SuggestionCollection:
     """Label here next: up to `n` lon/lat Points of the AOI where the current model is least sure, spread over
     the AOI and away from existing labels (fewer when the AOI cannot hold `n`). 409 until the AOI is predicted."""
-    return aoi_suggestions(service, project_id, aoi_id, n=n, method=method)
+    return aois.suggestions(project_id, aoi_id, n=n, method=method)
 
 
-def _current_classes(service: ServiceDep, project_id: int, aoi_id: int) -> tuple[str, int]:
-    service.aoi(project_id, aoi_id)
-    layer = service.states.get(project_id).aois.get(aoi_id)
+def _current_classes(aois: AoiService, states: StateStore, project_id: int, aoi_id: int) -> tuple[str, int]:
+    aois.get(project_id, aoi_id)
+    layer = states.get(project_id).aois.get(aoi_id)
     if layer is None or layer.version == 0:
         raise Conflict(f"AOI {aoi_id} has no prediction yet: run inference first")
-    path = service.paths(project_id).classes_path(aoi_id, layer.version)
+    path = states.paths(project_id).classes_path(aoi_id, layer.version)
     return str(path), layer.version
 
 
 @router.get("/{aoi_id}/export/classes.tif", response_class=FileResponse, responses=ERRORS)
-def export_classes(service: ServiceDep, project_id: ProjectId, aoi_id: AoiId) -> FileResponse:
+def export_classes(aois: AoisDep, states: StatesDep, project_id: ProjectId, aoi_id: AoiId) -> FileResponse:
     """The AOI's current classified map: a COG (uint8 class index, colour table, nodata 255)."""
-    path, version = _current_classes(service, project_id, aoi_id)
+    path, version = _current_classes(aois, states, project_id, aoi_id)
     return FileResponse(
         path,
         media_type="image/tiff; application=geotiff; profile=cloud-optimized",
@@ -84,10 +84,12 @@ def export_classes(service: ServiceDep, project_id: ProjectId, aoi_id: AoiId) ->
 
 
 @router.get("/{aoi_id}/export/areas.csv", response_class=Response, responses=ERRORS)
-def export_areas(service: ServiceDep, project_id: ProjectId, aoi_id: AoiId) -> Response:
+def export_areas(
+    aois: AoisDep, states: StatesDep, classes: ClassesDep, project_id: ProjectId, aoi_id: AoiId
+) -> Response:
     """Area per class of the AOI's current map (pixels, m^2, ha, percent of the mapped area)."""
-    path, version = _current_classes(service, project_id, aoi_id)
-    schema = service.schema(project_id)
+    path, version = _current_classes(aois, states, project_id, aoi_id)
+    schema = classes.get(project_id)
     with rasterio.open(path) as src:
         data = src.read(1)
         pixel_m2 = abs(src.transform.a * src.transform.e)

@@ -8,9 +8,9 @@ from pathlib import Path
 from fastapi import APIRouter, Query, status
 from fastapi.responses import JSONResponse, Response
 
-from review_app.deps import ProjectDep, ProjectId, ServiceDep
+from review_app.deps import LabelsDep, ProjectDep, ProjectId
 from review_app.schemas import ErrorOut, LabelCollection, LabelCreate, LabelFeature, UndoOut
-from review_app.service import label_feature
+from review_app.services.labels import label_feature
 
 router = APIRouter(prefix="/api/projects/{project_id}/labels", tags=["labels"])
 ERRORS: dict[int | str, dict] = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
@@ -19,29 +19,29 @@ GPKG_MEDIA_TYPE = "application/geopackage+sqlite3"
 
 @router.get("", response_model=LabelCollection, responses=ERRORS)
 def list_labels(
-    service: ServiceDep, project: ProjectDep, aoi_id: int | None = Query(default=None, ge=1)
+    labels: LabelsDep, project: ProjectDep, aoi_id: int | None = Query(default=None, ge=1)
 ) -> LabelCollection:
     """Live labels as a GeoJSON FeatureCollection (lon/lat); `properties.class_name` names the class."""
-    rows = service.store.list_labels(project.id, aoi_id=aoi_id)
+    rows = labels.of_project(project.id, aoi_id=aoi_id)
     return LabelCollection(features=[label_feature(r) for r in rows])
 
 
 @router.post("", response_model=LabelFeature, status_code=status.HTTP_201_CREATED, responses=ERRORS)
-def create_label(service: ServiceDep, project_id: ProjectId, body: LabelCreate) -> LabelFeature:
+def create_label(labels: LabelsDep, project_id: ProjectId, body: LabelCreate) -> LabelFeature:
     """A Point or Polygon of a class, inside an AOI. Stored and committed before this answers."""
-    return label_feature(service.add_label(project_id, body))
+    return label_feature(labels.add(project_id, body))
 
 
 @router.delete("/{label_id}", response_model=LabelFeature, responses=ERRORS)
-def delete_label(service: ServiceDep, project_id: ProjectId, label_id: int) -> LabelFeature:
+def delete_label(labels: LabelsDep, project_id: ProjectId, label_id: int) -> LabelFeature:
     """Erase a label (undo brings it back)."""
-    return label_feature(service.delete_label(project_id, label_id))
+    return label_feature(labels.delete(project_id, label_id))
 
 
 @router.post("/undo", response_model=UndoOut, responses=ERRORS)
-def undo(service: ServiceDep, project_id: ProjectId) -> UndoOut:
+def undo(labels: LabelsDep, project_id: ProjectId) -> UndoOut:
     """Revert the newest add or delete; `undone` is null when there is nothing left to undo."""
-    row = service.undo(project_id)
+    row = labels.undo(project_id)
     if row is None:
         return UndoOut(undone=None, restored=False)
     return UndoOut(undone=label_feature(row), restored=row.deleted_at is None)
@@ -52,20 +52,20 @@ def _attachment(name: str) -> dict[str, str]:
 
 
 @router.get("/export.geojson", responses=ERRORS)
-def export_geojson(service: ServiceDep, project: ProjectDep) -> JSONResponse:
+def export_geojson(labels: LabelsDep, project: ProjectDep) -> JSONResponse:
     """All live labels as a GeoJSON file (EPSG:4326)."""
     return JSONResponse(
-        service.labels_geojson(project.id),
+        labels.geojson(project.id),
         media_type="application/geo+json",
         headers=_attachment(f"project{project.id}-labels.geojson"),
     )
 
 
 @router.get("/export.gpkg", response_class=Response, responses=ERRORS)
-def export_geopackage(service: ServiceDep, project: ProjectDep) -> Response:
+def export_geopackage(labels: LabelsDep, project: ProjectDep) -> Response:
     """All live labels as a GeoPackage (layer `labels`, EPSG:4326) that opens in QGIS."""
-    frame = service.store.labels_frame(project.id)
-    rows = {r.id: r for r in service.store.list_labels(project.id)}
+    frame = labels.frame(project.id)
+    rows = {r.id: r for r in labels.of_project(project.id)}
     frame["aoi_id"] = [rows[i].aoi_id for i in frame["label_id"]]
     frame["created_at"] = [rows[i].created_at.isoformat() for i in frame["label_id"]]
     with tempfile.TemporaryDirectory(prefix="pearl-export-") as tmp:

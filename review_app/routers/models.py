@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, status
 
-from review_app.deps import ProjectDep, ProjectId, ServiceDep
+from review_app.deps import ClassesDep, JobsDep, LabelsDep, ModelsDep, ProjectDep, ProjectId, StatesDep
 from review_app.schemas import (
     CheckpointCreate,
     CheckpointOut,
@@ -26,10 +26,10 @@ ERRORS: dict[int | str, dict] = {404: {"model": ErrorOut}, 409: {"model": ErrorO
 
 
 @router.post("/retrain", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED, responses=ERRORS)
-def retrain(service: ServiceDep, project_id: ProjectId, body: RetrainRequest | None = None) -> JobOut:
+def retrain(models: ModelsDep, project_id: ProjectId, body: RetrainRequest | None = None) -> JobOut:
     """Fit a new head on the labels over cached embeddings; the AOI in view is re-predicted first and announced
     on the websocket (`prediction_updated`), then metrics follow (`metrics_updated`). Refused (422) without labels."""
-    return service.start_retrain(project_id, (body or RetrainRequest()).aoi_id).out()
+    return models.start_retrain(project_id, (body or RetrainRequest()).aoi_id).out()
 
 
 STRATEGY_HELP = {
@@ -45,15 +45,15 @@ def _strategy_out(name: str) -> StrategyOut:
 
 
 @router.get("/strategy", response_model=StrategyOut, responses=ERRORS)
-def get_strategy(service: ServiceDep, project: ProjectDep) -> StrategyOut:
+def get_strategy(states: StatesDep, project: ProjectDep) -> StrategyOut:
     """The retraining strategy of this project and the ones it can switch to."""
-    return _strategy_out(service.states.get(project.id).strategy)
+    return _strategy_out(states.get(project.id).strategy)
 
 
 @router.put("/strategy", response_model=StrategyOut, responses=ERRORS)
-def set_strategy(service: ServiceDep, project: ProjectDep, body: StrategyIn) -> StrategyOut:
+def set_strategy(states: StatesDep, project: ProjectDep, body: StrategyIn) -> StrategyOut:
     """Choose how the next retrains fit their head (the current map stays until the next retrain)."""
-    with service.states.update(project.id) as state:
+    with states.update(project.id) as state:
         state.strategy = body.strategy
     return _strategy_out(body.strategy)
 
@@ -77,12 +77,12 @@ def _checkpoint(info: ModelVersionInfo, current: int | None) -> CheckpointOut:
 
 @router.get("/checkpoints", response_model=list[CheckpointOut], responses=ERRORS)
 def list_checkpoints(
-    service: ServiceDep,
+    states: StatesDep,
     project: ProjectDep,
     all_versions: bool = Query(default=False, description="include unnamed retrain versions"),
 ) -> list[CheckpointOut]:
     """Saved checkpoints (and the base model), newest first; the current model is always listed."""
-    state = service.states.get(project.id)
+    state = states.get(project.id)
     infos = sorted(state.models.values(), key=lambda m: m.id, reverse=True)
     return [
         _checkpoint(m, state.current_model)
@@ -92,10 +92,12 @@ def list_checkpoints(
 
 
 @router.post("/checkpoints", response_model=CheckpointOut, status_code=status.HTTP_201_CREATED, responses=ERRORS)
-def save_checkpoint(service: ServiceDep, project_id: ProjectId, body: CheckpointCreate) -> CheckpointOut:
+def save_checkpoint(
+    models: ModelsDep, states: StatesDep, project_id: ProjectId, body: CheckpointCreate
+) -> CheckpointOut:
     """Name the current model as a checkpoint (also logged to MLflow as a model version when MLflow is up)."""
-    info = service.save_checkpoint(project_id, body.name)
-    return _checkpoint(info, service.states.get(project_id).current_model)
+    info = models.save_checkpoint(project_id, body.name)
+    return _checkpoint(info, states.get(project_id).current_model)
 
 
 @router.post(
@@ -104,24 +106,27 @@ def save_checkpoint(service: ServiceDep, project_id: ProjectId, body: Checkpoint
     status_code=status.HTTP_202_ACCEPTED,
     responses=ERRORS,
 )
-def restore_checkpoint(service: ServiceDep, project_id: ProjectId, checkpoint_id: int) -> JobOut:
+def restore_checkpoint(models: ModelsDep, project_id: ProjectId, checkpoint_id: int) -> JobOut:
     """Make a checkpoint the current model and re-predict the AOIs with it (from cached embeddings)."""
-    return service.start_restore(project_id, checkpoint_id).out()
+    return models.start_restore(project_id, checkpoint_id).out()
 
 
 @router.get("/checkpoints/compare", response_model=CompareOut, responses=ERRORS)
 def compare_checkpoints(
-    service: ServiceDep,
+    *,
+    models: ModelsDep,
+    states: StatesDep,
+    classes: ClassesDep,
     project_id: ProjectId,
     a: int = Query(description="checkpoint id"),
     b: int = Query(description="checkpoint id"),
 ) -> CompareOut:
     """Per-class F1 of two checkpoints side by side (each measured on the labels it was evaluated with)."""
-    current = service.states.get(project_id).current_model
-    info_a, info_b = service.checkpoint_info(project_id, a), service.checkpoint_info(project_id, b)
+    current = states.get(project_id).current_model
+    info_a, info_b = models.checkpoint_info(project_id, a), models.checkpoint_info(project_id, b)
     f1_a = {c.name: c.f1 for c in info_a.metrics.per_class} if info_a.metrics else {}
     f1_b = {c.name: c.f1 for c in info_b.metrics.per_class} if info_b.metrics else {}
-    names = [n for n in service.schema(project_id).names if n in f1_a or n in f1_b]
+    names = [n for n in classes.get(project_id).names if n in f1_a or n in f1_b]
     rows = []
     for name in names:
         fa, fb = f1_a.get(name), f1_b.get(name)
@@ -130,9 +135,9 @@ def compare_checkpoints(
 
 
 @router.get("/metrics", response_model=MetricsOut, responses=ERRORS)
-def current_metrics(service: ServiceDep, project: ProjectDep) -> MetricsOut:
+def current_metrics(states: StatesDep, labels: LabelsDep, project: ProjectDep) -> MetricsOut:
     """Per-class F1 and confusion matrix of the current model (grouped cross-validation over the labels)."""
-    state = service.states.get(project.id)
+    state = states.get(project.id)
     info = state.models.get(state.current_model) if state.current_model is not None else None
     if info is not None and info.metrics is not None:
         return info.metrics
@@ -144,13 +149,13 @@ def current_metrics(service: ServiceDep, project: ProjectDep) -> MetricsOut:
         classes=[],
         mean_f1=None,
         accuracy=None,
-        n_labels=len(service.store.list_labels(project.id)),
+        n_labels=len(labels.of_project(project.id)),
         n_samples=0,
         message="no metrics yet: add labels of two classes or more and retrain",
     )
 
 
 @jobs_router.get("/{job_id}", response_model=JobOut, responses={404: {"model": ErrorOut}})
-def get_job(service: ServiceDep, job_id: str) -> JobOut:
+def get_job(jobs: JobsDep, job_id: str) -> JobOut:
     """A job's state (the browser gets the same on the websocket; this is for scripts)."""
-    return service.runner.get(job_id).out()
+    return jobs.get(job_id).out()

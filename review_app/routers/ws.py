@@ -7,7 +7,7 @@ import contextlib
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from review_app.service import ReviewService
+from review_app.container import ReviewServices
 
 router = APIRouter(tags=["websocket"])
 PING_S = 20.0
@@ -18,15 +18,15 @@ async def project_events(websocket: WebSocket, project_id: int) -> None:
     """Server -> browser JSON events: `hello`, `job` (progress/state), `imagery_ready`, `model_status`,
     `prediction_updated` (layer version and TileJSON to fetch), `metrics_updated`, `labels_changed`,
     `classes_changed`, `error`, `ping`."""
-    service: ReviewService = websocket.app.state.service
+    services: ReviewServices = websocket.app.state.services
     try:
-        service.project(project_id)
+        services.projects.get(project_id)
     except KeyError:
         await websocket.close(code=4404, reason=f"no project {project_id}")
         return
     await websocket.accept()
-    queue = service.hub.subscribe(project_id)
-    jobs = [j.out().model_dump(mode="json") for j in service.runner.active(project_id)]
+    queue = services.hub.subscribe(project_id)
+    jobs = [j.out().model_dump(mode="json") for j in services.runner.active(project_id)]
     await websocket.send_json({"type": "hello", "project_id": project_id, "active_jobs": jobs})
     receiver = asyncio.create_task(_drain(websocket))
     try:
@@ -45,7 +45,7 @@ async def project_events(websocket: WebSocket, project_id: int) -> None:
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
-        service.hub.unsubscribe(project_id, queue)
+        services.hub.unsubscribe(project_id, queue)
         receiver.cancel()
         with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
             await receiver

@@ -64,10 +64,10 @@ def test_model_found_later_is_picked_up(
     review_assets: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Imagery present, model trained after the app started: the next look at the project finds it."""
-    from review_app import service
     from review_app.main import create_app
+    from review_app.services import model_cache
 
-    monkeypatch.setattr(service, "MODEL_RETRY_S", 0.5)  # 10 s in the app
+    monkeypatch.setattr(model_cache, "MODEL_RETRY_S", 0.5)  # 10 s in the app
     settings = new_home(tmp_path_factory, review_assets, with_model=False)
     with TestClient(create_app(settings)) as client:
         project = _settled(client)

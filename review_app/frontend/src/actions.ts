@@ -1,5 +1,6 @@
 // What the mapper can do: each action calls the API, updates the state, and says what went wrong if it did.
-import { api, ApiError, type Geometry, type StrategyName } from "./api";
+import { api, ApiError, type Geometry, type Job, type StrategyName } from "./api";
+import { fitToAoi, markUpdateRequested } from "./map";
 import { currentAoi, emit, state, type Tool } from "./state";
 import { toast } from "./ui";
 
@@ -147,7 +148,6 @@ export const actions = {
     state.aoiId = aoi.id;
     state.tool = "point";
     emit("project", "aoi", "tool");
-    const { fitToAoi } = await import("./map");
     fitToAoi(aoi);
     toast(`${aoi.name} (${aoi.area_km2.toFixed(2)} km²) added: predicting it now`, "success", 3000);
     await actions.runInference();
@@ -164,7 +164,6 @@ export const actions = {
     const job = await guarded(() => api.retrain(state.projectId, state.aoiId));
     if (!job) return;
     trackJob(job);
-    const { markUpdateRequested } = await import("./map");
     markUpdateRequested(state.aoiId);
   },
 
@@ -199,7 +198,7 @@ export function strategyTitle(name: string): string {
   return STRATEGY_TITLES[name] ?? name.replaceAll("_", " ");
 }
 
-export function trackJob(job: import("./api").Job): void {
+export function trackJob(job: Job): void {
   const known = state.jobs.get(job.id);
   if (known && known.state !== "queued") return; // the websocket was faster than the HTTP answer
   state.jobs.set(job.id, job);

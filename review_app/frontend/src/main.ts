@@ -19,7 +19,7 @@ async function main(): Promise<void> {
   }
   state.projectId = projects.some((p) => p.id === wanted) ? wanted : projects[0].id;
   mountPanels();
-  mountSuggestions(createMap($("#map")));
+  mountSuggestions(createMap($("#map"), actions));
   await Promise.all([actions.loadProject(), actions.loadLabels(), actions.loadModelPanels(), actions.loadStrategy()]);
   connect();
   bindKeys();

@@ -3,12 +3,21 @@
 import * as maplibregl from "maplibre-gl";
 import "maplibre-gl/dist/maplibre-gl.css";
 import type { Aoi, Geometry } from "./api";
-import { actions } from "./actions";
 import { classColor, currentAoi, emit, on, state } from "./state";
 
 type Position = [number, number];
 
+/** What the mapper's gestures on the map ask for. main.ts passes the actions: the map does not import them
+ * (actions.ts imports the map to frame a new AOI), so the two modules stay out of an import cycle. */
+export interface MapGestures {
+  createAoi(geometry: Geometry): Promise<void>;
+  addLabel(geometry: Geometry): Promise<boolean>;
+  deleteLabel(id: number): Promise<void>;
+  selectAoi(id: number): void;
+}
+
 let map: maplibregl.Map;
+let gestures: MapGestures;
 const predictionLayers = new Map<number, { version: number; id: string; palette: string }>();
 let imageryKey = "";
 let sketch: Position[] = [];
@@ -22,7 +31,8 @@ const ANCHORS = ["anchor-predictions", "anchor-confidence", "anchor-vectors"];
 
 const absolute = (path: string) => new URL(path, window.location.href).toString();
 
-export function createMap(container: HTMLElement): maplibregl.Map {
+export function createMap(container: HTMLElement, handlers: MapGestures): maplibregl.Map {
+  gestures = handlers;
   maplibregl.setWorkerUrl(absolute("/static/maplibre-gl-worker.mjs"));
   map = new maplibregl.Map({
     container,
@@ -359,8 +369,8 @@ export async function finishSketch(): Promise<void> {
   const geometry: Geometry = { type: "Polygon", coordinates: [ring] };
   const tool = state.tool;
   cancelSketch();
-  if (tool === "aoi") await actions.createAoi(geometry);
-  else if (tool === "polygon") await actions.addLabel(geometry);
+  if (tool === "aoi") await gestures.createAoi(geometry);
+  else if (tool === "polygon") await gestures.addLabel(geometry);
 }
 
 function onToolChange(): void {
@@ -373,7 +383,7 @@ function onToolChange(): void {
 
 /** What a click with the point tool does: a point label of the selected class (suggestion markers call it too). */
 export function labelPointAt(at: Position): Promise<boolean> {
-  return actions.addLabel({ type: "Point", coordinates: at });
+  return gestures.addLabel({ type: "Point", coordinates: at });
 }
 
 function onClick(e: maplibregl.MapMouseEvent): void {
@@ -393,12 +403,12 @@ function onClick(e: maplibregl.MapMouseEvent): void {
         [e.point.x + 6, e.point.y + 6],
       ];
       const hit = map.queryRenderedFeatures(box, { layers: ["label-point", "label-fill"] })[0];
-      if (hit) void actions.deleteLabel(Number(hit.properties.id));
+      if (hit) void gestures.deleteLabel(Number(hit.properties.id));
       break;
     }
     default: {
       const aoi = map.queryRenderedFeatures(e.point, { layers: ["aoi-fill"] })[0];
-      if (aoi && Number(aoi.properties.id) !== state.aoiId) actions.selectAoi(Number(aoi.properties.id));
+      if (aoi && Number(aoi.properties.id) !== state.aoiId) gestures.selectAoi(Number(aoi.properties.id));
     }
   }
 }

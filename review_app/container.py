@@ -1,0 +1,78 @@
+"""The composition root: the review app's stores and domain services, built once per app and wired explicitly.
+
+Each service gets in its constructor exactly what it uses; routers reach the one of their domain through deps.py.
+Built in main.py's lifespan, kept on `app.state.services`, closed at shutdown.
+"""
+
+from __future__ import annotations
+
+from pearl_pipelines.labels.store import LabelStore
+from pearl_pipelines.settings import Settings
+from review_app import engine
+from review_app.events import EventHub
+from review_app.jobs import Debouncer, JobRunner
+from review_app.services.aois import AoiService
+from review_app.services.classes import ClassSchemas
+from review_app.services.labels import LabelService
+from review_app.services.model_cache import ModelCache
+from review_app.services.models import ModelService
+from review_app.services.project_imagery import ProjectImagery
+from review_app.services.projects import ProjectService
+from review_app.workspace import StateStore
+
+
+class ReviewServices:
+    def __init__(self, settings: Settings) -> None:
+        settings.home_abs.mkdir(parents=True, exist_ok=True)
+        self.settings = settings
+        # Shared infrastructure: the label DB, the per-project session state, websocket fan-out, the job pool.
+        self.store = LabelStore(settings.resolved_label_store_url)
+        self.states = StateStore(settings.home_abs)
+        self.hub = EventHub()
+        self.runner = JobRunner(self.hub)
+        self.label_runs = Debouncer(lambda project_id: engine.submit_label_run(project_id, settings, self.store))
+        # The domains, each built from the pieces above and the domains it needs.
+        store, states, hub, runner = self.store, self.states, self.hub, self.runner
+        self.classes = ClassSchemas(store=store, hub=hub)
+        self.model_cache = ModelCache(settings=settings, store=store, states=states, hub=hub)
+        self.imagery = ProjectImagery(settings=settings, store=store, states=states, runner=runner)
+        self.aois = AoiService(
+            settings=settings,
+            store=store,
+            states=states,
+            classes=self.classes,
+            model_cache=self.model_cache,
+            runner=runner,
+        )
+        self.labels = LabelService(
+            store=store, classes=self.classes, aois=self.aois, hub=hub, label_runs=self.label_runs
+        )
+        self.models = ModelService(
+            settings=settings,
+            store=store,
+            states=states,
+            classes=self.classes,
+            model_cache=self.model_cache,
+            aois=self.aois,
+            runner=runner,
+        )
+        self.projects = ProjectService(
+            settings=settings,
+            store=store,
+            states=states,
+            classes=self.classes,
+            model_cache=self.model_cache,
+            imagery=self.imagery,
+            aois=self.aois,
+        )
+
+    def start(self) -> None:
+        """First start creates the demo project; every project's imagery and model start loading."""
+        self.projects.ensure_demo_project()
+        for project in self.projects.list_all():
+            self.projects.warm_up(project.id)
+
+    def close(self) -> None:
+        self.label_runs.close()
+        self.runner.shutdown()
+        self.store.engine.dispose()

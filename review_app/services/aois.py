@@ -1,0 +1,106 @@
+"""AOIs: the areas a mapper draws to map live (over the imagery, within the size limit), inference over one, and
+"label here next" suggestions inside one."""
+
+from __future__ import annotations
+
+import functools
+
+from shapely.geometry import box, shape
+
+from pearl_pipelines.geo.grid import aoi_to_tile_keys
+from pearl_pipelines.labels.store import AoiRow, LabelStore
+from pearl_pipelines.settings import Settings
+from review_app import geometry, tasks
+from review_app.jobs import Job, JobRunner
+from review_app.links import prediction_links
+from review_app.schemas import AoiCreate, AoiOut, PredictionLayer
+from review_app.services.classes import ClassSchemas
+from review_app.services.errors import Conflict
+from review_app.services.model_cache import ModelCache
+from review_app.suggestions import SuggestionCollection, SuggestionMethod, aoi_suggestions
+from review_app.workspace import StateStore
+
+
+class AoiService:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: LabelStore,
+        states: StateStore,
+        classes: ClassSchemas,
+        model_cache: ModelCache,
+        runner: JobRunner,
+    ) -> None:
+        self.settings, self.store, self.states = settings, store, states
+        self.classes, self.model_cache, self.runner = classes, model_cache, runner
+
+    def get(self, project_id: int, aoi_id: int) -> AoiRow:
+        row = self.store.get_aoi(aoi_id)
+        if row.project_id != project_id:
+            raise KeyError(f"no AOI {aoi_id} in project {project_id}")
+        return row
+
+    def of_project(self, project_id: int) -> list[AoiRow]:
+        self.store.get_project(project_id)  # an unknown project is a 404, not an empty list
+        return self.store.list_aois(project_id)
+
+    def out(self, row: AoiRow) -> AoiOut:
+        layer = self.states.get(row.project_id).aois.get(row.id)
+        prediction = None
+        if layer is not None and layer.version > 0:
+            prediction = PredictionLayer(
+                version=layer.version,
+                model_version=layer.model_version,
+                tilejson=prediction_links(row.project_id, row.id, layer.version),
+                embeddings=layer.embeddings,
+            )
+        return AoiOut(
+            id=row.id,
+            name=row.name,
+            geometry=row.geometry,
+            area_km2=round(geometry.area_km2(shape(row.geometry)), 4),
+            tile_keys=len(row.tile_keys),
+            prediction=prediction,
+        )
+
+    def add(self, project_id: int, req: AoiCreate) -> AoiRow:
+        self.store.get_project(project_id)
+        geom = geometry.parse_aoi(req.geometry, req.crs, self.settings.live_aoi_max_km2)
+        imagery = self.states.get(project_id).imagery
+        if imagery.state != "ready" or imagery.bounds is None:
+            raise Conflict(f"the project's imagery is not ready ({imagery.state}): {imagery.message or 'wait for it'}")
+        if not box(*imagery.bounds).intersects(geom):
+            raise geometry.GeometryError(
+                f"AOI {tuple(round(v, 5) for v in geom.bounds)} is outside the project's imagery "
+                f"{tuple(round(v, 5) for v in imagery.bounds)}; draw it over the imagery"
+            )
+        keys = aoi_to_tile_keys(geom)
+        name = req.name or f"AOI {len(self.store.list_aois(project_id)) + 1}"
+        return self.store.add_aoi(project_id, name, geom, keys)
+
+    def start_inference(self, project_id: int, aoi_id: int) -> Job:
+        aoi = self.get(project_id, aoi_id)
+        self.model_cache.require(project_id)
+        if self.states.get(project_id).imagery.state != "ready":
+            raise Conflict("the project's imagery is not ready yet")
+        ws, slot = self.states.workspace(project_id), self.model_cache.slot(project_id)
+        schema_of = functools.partial(self.classes.get, project_id)
+        return self.runner.submit(
+            project_id,
+            "inference",
+            lambda ctx: tasks.run_inference(ctx, ws, aoi, model=slot, schema_of=schema_of),
+            aoi_id=aoi_id,
+        )
+
+    def suggestions(self, project_id: int, aoi_id: int, *, n: int, method: SuggestionMethod) -> SuggestionCollection:
+        self.get(project_id, aoi_id)
+        return aoi_suggestions(
+            self.states.workspace(project_id),
+            aoi_id,
+            model=self.model_cache.slot(project_id),
+            schema=self.classes.get(project_id),
+            store=self.store,
+            n=n,
+            method=method,
+        )
