@@ -19,7 +19,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
 
-from pearl_pipelines.geo.cog import write_rgbn_cog
+from pearl_pipelines.geo.cog import gdal_tag_key, write_rgbn_cog
 from pearl_pipelines.geo.grid import tile_bounds
 from pearl_pipelines.geo.mosaic import Grid, open_sources, read_mosaic
 from pearl_pipelines.geo.stac import StacCatalog
@@ -27,6 +27,7 @@ from pearl_pipelines.geo.tile_paths import tile_path
 
 FETCH_THREADS = 4  # GDAL releases the GIL while reading and compressing
 Sources = Sequence[tuple[str, str]]  # (item id, href), newest first
+SOURCES_TAG = gdal_tag_key("pearl:sources")  # the item ids a tile COG was cut from
 
 
 class NoImageryError(LookupError):
@@ -74,7 +75,7 @@ def write_tile_cog(tile: TileImagery, path: Path) -> Path:
         tile.valid,
         crs=tile.crs,
         transform=tile.transform,
-        tags={"pearl_tile_key": tile.key, "pearl_sources": ",".join(tile.sources)},
+        tags={gdal_tag_key("pearl:tile_key"): tile.key, SOURCES_TAG: ",".join(tile.sources)},
     )
 
 
@@ -95,7 +96,7 @@ def tile_needs_fetch(path: Path, sources: Sources) -> bool:
     if not path.is_file():
         return True
     with rasterio.open(path) as src:
-        used = set((src.tags().get("pearl:sources") or "").split(","))
+        used = set((src.tags().get(SOURCES_TAG) or "").split(","))
     return bool(sources) and sources[0][0] not in used
 
 

@@ -189,6 +189,12 @@ def test_cut_tiles_writes_each_tile_once_and_reports_tiles_without_imagery(
         assert (src.width, src.height) == (written.width, written.height)
     # Without sources and with the COG on disk, a tile is up to date: nothing is cut again.
     assert list(cut_tiles([edge_key], lambda k: [], lambda k: tile_path(tmp_path, k))) == []
+    # Nor with the same items; a newer item on top re-cuts it.
+    same = partial(search_tile_sources, catalog)
+    assert list(cut_tiles([edge_key], same, lambda k: tile_path(tmp_path, k))) == []
+    newer = [("newer-item", href) for _, href in same(edge_key)[:1]] + same(edge_key)
+    recut = dict(cut_tiles([edge_key], lambda k: newer, lambda k: tile_path(tmp_path, k)))
+    assert recut[edge_key] is not None and "newer-item" in recut[edge_key].sources
 
 
 def test_index_tile_sources_are_the_items_under_the_tile_newest_first(
