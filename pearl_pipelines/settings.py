@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pearl_pipelines.layout import Layout
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -55,22 +57,27 @@ class Settings(BaseSettings):
         return self.home.expanduser().resolve()
 
     @property
+    def layout(self) -> Layout:
+        """Every file under PEARL_HOME (pearl_pipelines.layout)."""
+        return Layout.at(self.home)
+
+    @property
     def catalog_dir(self) -> Path:
         """Local STAC catalog: one folder per collection (region), items with COG assets."""
-        return self.home_abs / "catalog"
+        return self.layout.path(Layout.catalog)
 
     @property
     def tiles_dir(self) -> Path:
-        return self.home_abs / "tiles"
+        return self.layout.path(Layout.tiles)
 
     @property
     def cache_dir(self) -> Path:
         """Per-machine measurements (e.g. the precision probe), safe to delete."""
-        return self.home_abs / "cache"
+        return self.layout.path(Layout.machine_cache)
 
     @property
     def models_dir(self) -> Path:
-        return self.home_abs / "models"
+        return self.layout.path(Layout.models)
 
     @property
     def resolved_label_store_url(self) -> str:

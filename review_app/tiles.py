@@ -1,7 +1,7 @@
 """Tile routes: titiler factories whose path dependency maps ids to files; nothing else can be read.
 
 Security (titiler's SECURITY.md): no `url=` parameter exists (the path dependency takes ids from
-the path and computes the file from them, see workspace.ProjectPaths), no `expression` parameter
+the path and computes the file from them, see layout.ProjectPaths), no `expression` parameter
 (indexes only), VRT off (GDAL_SKIP in review_app/__init__.py, and the reader opens GTiff only),
 one uniform 404 for an unknown id, a missing file, or a malformed request (errors.py).
 """

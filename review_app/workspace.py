@@ -1,7 +1,5 @@
-"""Per-project files under PEARL_HOME/review and the project's session state (model versions, layer versions).
+"""The project's session state (model versions, layer versions); its files are `layout.ProjectPaths`.
 
-Every raster the tile routes serve sits at a path computed here from integer ids, so a tile request
-can never name a file: `ProjectPaths` is the whole id -> file mapping.
 The state is a small JSON document per project, written atomically under a lock (one app process).
 """
 
@@ -15,48 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from pearl_pipelines.layout import ProjectPaths
 from review_app.schemas import MetricsOut
-
-
-@dataclass(frozen=True)
-class ProjectPaths:
-    root: Path
-
-    @classmethod
-    def of(cls, home: Path, project_id: int) -> ProjectPaths:
-        return cls(Path(home) / "review" / "projects" / str(int(project_id)))
-
-    @property
-    def imagery(self) -> Path:
-        return self.root / "imagery" / "mosaic.tif"
-
-    def aoi_dir(self, aoi_id: int) -> Path:
-        return self.root / "aois" / str(int(aoi_id))
-
-    def prediction_dir(self, aoi_id: int, version: int) -> Path:
-        return self.aoi_dir(aoi_id) / "predictions" / f"v{int(version)}"
-
-    def classes_path(self, aoi_id: int, version: int) -> Path:
-        return self.prediction_dir(aoi_id, version) / "classes.tif"
-
-    def confidence_path(self, aoi_id: int, version: int) -> Path:
-        return self.prediction_dir(aoi_id, version) / "confidence.tif"
-
-    def embeddings_dir(self, aoi_id: int) -> Path:
-        return self.aoi_dir(aoi_id) / "embeddings"
-
-    @property
-    def base_model_dir(self) -> Path:
-        """The project's copy of its base model (model.pt + replay.npz): no MLflow needed after the first load."""
-        return self.root / "models" / "base"
-
-    def version_dir(self, version: int) -> Path:
-        """A model version checkpoint (ml.versions.ModelVersion: head, schema, lineage, metrics, labels)."""
-        return self.root / "models" / f"v{int(version)}"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state.json"
 
 
 def _now() -> dt.datetime:

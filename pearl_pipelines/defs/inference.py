@@ -31,7 +31,7 @@ from pearl_pipelines.defs.resources import (
 from pearl_pipelines.geo.cog import validate_cog
 from pearl_pipelines.geo.maps import class_counts
 from pearl_pipelines.geo.tiles import search_tile_sources
-from pearl_pipelines.worker.layout import CLASSES_FILE, CONFIDENCE_FILE, prediction_is_fresh
+from pearl_pipelines.layout import CLASSES_FILE, CONFIDENCE_FILE, prediction_is_fresh
 
 PREDICTIONS_COG_CHECK = "predictions_cog_valid"
 

@@ -12,7 +12,7 @@ from pearl_pipelines.defs.partitions import region_partitions
 from pearl_pipelines.defs.resources import GpuCompute, MlflowRegistry, RasterStore
 from pearl_pipelines.geo.grid import aoi_to_tile_keys
 from pearl_pipelines.geo.maps import MapError, write_region_map
-from pearl_pipelines.worker.layout import CLASSES_FILE, CONFIDENCE_FILE
+from pearl_pipelines.layout import CLASSES_FILE, CONFIDENCE_FILE
 
 
 class LandcoverMapConfig(dg.Config):

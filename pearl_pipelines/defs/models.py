@@ -22,7 +22,7 @@ from pearl_pipelines.defs.resources import (
     cache_complete,
     parse_model_ref,
 )
-from pearl_pipelines.worker.layout import model_slug
+from pearl_pipelines.layout import model_slug
 
 CHAMPION = "champion"
 STARTER = "starter"

@@ -16,69 +16,70 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from pearl_pipelines.geo.stac import StacCatalog
-from pearl_pipelines.geo.tile_paths import tile_path
 from pearl_pipelines.labels.store import LabelStore
+from pearl_pipelines.layout import Layout
 from pearl_pipelines.settings import Settings, get_settings
-from pearl_pipelines.worker.layout import prediction_dir
 
 WORKER_MODULE = "pearl_pipelines.worker"
 RUN_ID_TAG = "dagster_run_id"  # MLflow tag on every training, retraining and inference run
 
 
 class RasterStore(dg.ConfigurableResource):
-    """Where the file outputs live: one tree under PEARL_HOME, addressed by ids (tile key, model, region).
+    """Where the file outputs live: one tree under PEARL_HOME (`pearl_pipelines.layout`), addressed by ids.
 
-    Paths handed to the worker are relative to this root, so a pod that mounts PEARL_HOME elsewhere
+    Paths handed to the worker are keys relative to this root, so a pod that mounts PEARL_HOME elsewhere
     resolves them against its own PEARL_HOME.
     """
 
     home: str
 
     @property
+    def layout(self) -> Layout:
+        return Layout.at(self.home)
+
+    @property
     def root(self) -> Path:
-        return Path(self.home).expanduser().resolve()
+        return self.layout.root
 
     def rel(self, path: Path) -> str:
-        """`path` relative to PEARL_HOME (symlinks inside it kept); absolute when it lies outside."""
-        path = Path(path)
-        for candidate in (path.absolute(), path.resolve()):
-            if candidate.is_relative_to(self.root):
-                return str(candidate.relative_to(self.root))
-        return str(path.resolve())
+        """`path` as a key relative to PEARL_HOME (symlinks inside it kept); absolute when it lies outside."""
+        try:
+            return self.layout.key(path)
+        except ValueError:
+            return str(Path(path).resolve())
 
     @property
     def catalog_dir(self) -> Path:
-        return self.root / "catalog"
+        return self.layout.path(Layout.catalog)
 
     @property
     def tiles_dir(self) -> Path:
-        return self.root / "tiles"
+        return self.layout.path(Layout.tiles)
 
     def tile_path(self, key: str) -> Path:
-        return tile_path(self.tiles_dir, key)
+        return self.layout.path(self.layout.tile(key))
 
     def embeddings_dir(self, base_model_slug: str, aoi_id: int) -> Path:
-        """Embedding cache of one review AOI, per base model (every head on that backbone shares it)."""
-        return self.root / "embeddings" / base_model_slug / f"aoi-{aoi_id}"
+        return self.layout.path(Layout.aoi_embeddings(base_model_slug, aoi_id))
 
     def aoi_predictions_dir(self, base_model_slug: str, aoi_id: int) -> Path:
-        return self.root / "predictions" / base_model_slug / "aois" / f"aoi-{aoi_id}"
+        return self.layout.path(Layout.aoi_predictions(base_model_slug, aoi_id))
 
     @property
     def reports_dir(self) -> Path:
-        return self.root / "reports"
+        return self.layout.path(Layout.reports)
 
     def predictions_dir(self, model_slug: str, key: str) -> Path:
-        return prediction_dir(self.root, model_slug, key)
+        return self.layout.path(Layout.tile_prediction(model_slug, key))
 
     def index_path(self, region: str) -> Path:
-        return self.root / "imagery_index" / f"{region}.parquet"
+        return self.layout.path(Layout.imagery_index(region))
 
     def label_set_path(self, project_id: int, digest: str) -> Path:
-        return self.root / "label_sets" / f"project-{project_id}" / f"{digest}.parquet"
+        return self.layout.path(Layout.label_set(project_id, digest))
 
     def map_dir(self, region: str, model_slug: str) -> Path:
-        return self.root / "maps" / region / model_slug
+        return self.layout.path(Layout.region_map(region, model_slug))
 
 
 class StacResource(dg.ConfigurableResource):

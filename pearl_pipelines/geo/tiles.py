@@ -23,7 +23,7 @@ from pearl_pipelines.geo.cog import gdal_tag_key, write_rgbn_cog
 from pearl_pipelines.geo.grid import tile_bounds
 from pearl_pipelines.geo.mosaic import Grid, open_sources, read_mosaic
 from pearl_pipelines.geo.stac import StacCatalog
-from pearl_pipelines.geo.tile_paths import tile_path
+from pearl_pipelines.layout import tile_path
 
 FETCH_THREADS = 4  # GDAL releases the GIL while reading and compressing
 Sources = Sequence[tuple[str, str]]  # (item id, href), newest first

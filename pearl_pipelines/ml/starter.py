@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 
 from pearl_pipelines.classes import load_schema
 from pearl_pipelines.geo.regions import LABEL_SCHEMAS, Region, build_region, load_regions
+from pearl_pipelines.layout import Layout
 from pearl_pipelines.ml.data import LabelledRaster, band_stats, load_labelled_rasters
 from pearl_pipelines.ml.embeddings import backbone_digest
 from pearl_pipelines.ml.features import DEFAULT_FEATURES
@@ -110,7 +111,7 @@ def starter_model_name(schema_id: str) -> str:
 
 
 def starter_dir(settings: Settings, schema_id: str, arch: str) -> Path:
-    return settings.models_dir / f"starter-{schema_id}-{arch}"
+    return settings.layout.path(Layout.starter(schema_id, arch))
 
 
 def recipe_for(schema_id: str, arch: str | None = None) -> StarterRecipe:

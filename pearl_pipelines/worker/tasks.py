@@ -24,6 +24,7 @@ from typing import Any
 
 from dagster_pipes import PipesContext
 
+from pearl_pipelines.layout import Layout
 from pearl_pipelines.settings import get_settings
 
 RUN_ID_TAG = "dagster_run_id"
@@ -35,7 +36,7 @@ def _path(rel: str | Path) -> Path:
 
 
 def _models_cache() -> Path:
-    return get_settings().home_abs / "models" / "registry-cache"
+    return get_settings().layout.path(Layout.registry_cache)
 
 
 def _run_tags(extras: Mapping[str, Any], task: str) -> dict[str, str]:
@@ -153,6 +154,7 @@ def retrain(pipes: PipesContext) -> None:
     import geopandas as gpd
 
     from pearl_pipelines.classes import ClassSchema
+    from pearl_pipelines.layout import model_slug
     from pearl_pipelines.ml.embeddings import EmbeddingCache
     from pearl_pipelines.ml.metrics import confusion_figure
     from pearl_pipelines.ml.models import save_model
@@ -169,7 +171,6 @@ def retrain(pipes: PipesContext) -> None:
         log_inference_run,
         version_of,
     )
-    from pearl_pipelines.worker.layout import model_slug, prediction_dir
 
     phases.lap("imports")
     extras = pipes.extras
@@ -290,7 +291,9 @@ def retrain(pipes: PipesContext) -> None:
         {
             **t,
             "out_dir": str(
-                prediction_dir(get_settings().home_abs, model_slug(registered.name, registered.version), t["key"])
+                get_settings().layout.path(
+                    Layout.tile_prediction(model_slug(registered.name, registered.version), t["key"])
+                )
             ),
         }
         for t in extras.get("predict_tiles", [])
@@ -324,10 +327,10 @@ def predict_tile_list(
     from pearl_pipelines.geo.cog import validate_cog
     from pearl_pipelines.geo.grid import tile_geometry
     from pearl_pipelines.geo.mosaic import GTI_SUFFIX, one_grid_mosaic
+    from pearl_pipelines.layout import write_prediction_meta
     from pearl_pipelines.ml.embeddings import EmbeddingCache, apply_head
     from pearl_pipelines.ml.inference import predict as full_predict
     from pearl_pipelines.worker.engine import cache_view, cache_window, class_pixel_counts, head_arrays
-    from pearl_pipelines.worker.layout import write_prediction_meta
 
     schema = model.spec.schema
     weight, bias = head_arrays(model)

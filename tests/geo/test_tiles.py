@@ -20,7 +20,6 @@ from pearl_pipelines.geo.grid import aoi_to_tile_keys, tile_geometry
 from pearl_pipelines.geo.imagery_index import index_frame, tile_sources
 from pearl_pipelines.geo.stac import StacCatalog
 from pearl_pipelines.geo.stac_server import StacServer
-from pearl_pipelines.geo.tile_paths import tile_path
 from pearl_pipelines.geo.tiles import (
     NoImageryError,
     TileImagery,
@@ -29,6 +28,7 @@ from pearl_pipelines.geo.tiles import (
     search_tile_sources,
     write_tile_cog,
 )
+from pearl_pipelines.layout import tile_path
 from tests.conftest import SmallCatalog
 
 UTM = "EPSG:26918"

@@ -12,7 +12,7 @@ from shapely.geometry import Point, shape
 from pearl_pipelines.ml.embeddings import EmbeddingCache
 from pearl_pipelines.settings import Settings
 from review_app.geometry import inside
-from review_app.workspace import ProjectPaths
+from pearl_pipelines.layout import ProjectPaths
 from tests.review_app.conftest import center, square
 
 

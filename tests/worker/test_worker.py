@@ -21,10 +21,10 @@ from shapely.geometry import Point
 from pearl_pipelines.geo.cog import write_cog
 from pearl_pipelines.geo.grid import tile_geometry
 from pearl_pipelines.geo.mosaic import GTI_SUFFIX, one_grid_mosaic
+from pearl_pipelines.layout import CLASSES_FILE, prediction_is_fresh, write_prediction_meta
 from pearl_pipelines.ml.embeddings import EmbeddingCache
 from pearl_pipelines.settings import REPO_ROOT
 from pearl_pipelines.worker.engine import cache_view, cache_window, holdout_mask
-from pearl_pipelines.worker.layout import CLASSES_FILE, prediction_is_fresh, write_prediction_meta
 
 CRS = "EPSG:32618"
 
