@@ -61,8 +61,11 @@ StatesDep = Annotated[StateStore, Depends(get_states)]  # the projects' session 
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]
 
 
-ProjectId = Annotated[int, Path(ge=1, description="project id")]
-AoiId = Annotated[int, Path(ge=1, description="AOI id")]
+MAX_ID = 2**63 - 1  # the label store's integer ids (SQLite and PostgreSQL): a larger id can name nothing
+ProjectId = Annotated[int, Path(ge=1, le=MAX_ID, description="project id")]
+AoiId = Annotated[int, Path(ge=1, le=MAX_ID, description="AOI id")]
+LabelId = Annotated[int, Path(ge=1, le=MAX_ID, description="label id")]
+CheckpointId = Annotated[int, Path(ge=0, le=MAX_ID, description="checkpoint id (0: the base model)")]
 
 
 def get_project(projects: ProjectsDep, project_id: ProjectId) -> ProjectRow:

@@ -6,6 +6,7 @@
 | GeometryError, AoiError, LabelStoreError, RetrainError, SuggestionError, ValidationError | 422 |
 | KeyError (unknown project, AOI, label, checkpoint, job) | 404 |
 | Conflict (no model yet, imagery not ready) | 409 |
+| StacError (the STAC API is unreachable or failed) | 503, naming the service |
 | anything else | 500 "internal error", details only in the server log |
 """
 
@@ -22,6 +23,7 @@ from rio_tiler.errors import RioTilerError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pearl_pipelines.geo.grid import AoiError
+from pearl_pipelines.geo.stac import StacError
 from pearl_pipelines.labels.store import LabelStoreError
 from pearl_pipelines.ml.errors import SuggestionError
 from review_app.engine import RetrainError
@@ -31,6 +33,7 @@ from review_app.services.errors import Conflict
 log = logging.getLogger(__name__)
 TILE_PREFIX = "/tiles/"
 NOT_FOUND = {"detail": "Not Found"}
+BODY_NOT_PARSED = "There was an error parsing the body"
 
 
 def _field(loc: tuple | list) -> str:
@@ -76,6 +79,8 @@ async def _conflict(_: Request, exc: Exception) -> JSONResponse:
 async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     if request.url.path.startswith(TILE_PREFIX) and exc.status_code in (400, 404, 422):
         return JSONResponse(NOT_FOUND, status_code=404)
+    if exc.status_code == 400 and exc.detail == BODY_NOT_PARSED:  # FastAPI's words for a body that is not UTF-8
+        return JSONResponse({"detail": "the request body must be JSON (UTF-8)"}, status_code=422)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
@@ -86,6 +91,11 @@ async def _internal(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(NOT_FOUND, status_code=404)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
+
+
+async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+    """A service the request needs (the STAC API) is down: 503, naming it; not the user's fault, not a 500."""
+    return JSONResponse({"detail": _message(exc)}, status_code=503, headers={"Retry-After": "30"})
 
 
 async def _raster(request: Request, exc: Exception) -> JSONResponse:
@@ -104,6 +114,7 @@ def add_exception_handlers(app: FastAPI) -> None:
         app.add_exception_handler(error, _unprocessable)
     app.add_exception_handler(KeyError, _not_found)
     app.add_exception_handler(Conflict, _conflict)
+    app.add_exception_handler(StacError, _unavailable)
     app.add_exception_handler(RasterioError, _raster)
     app.add_exception_handler(RioTilerError, _raster)
     app.add_exception_handler(Exception, _internal)

@@ -5,11 +5,19 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from pearl_pipelines.classes import ClassSchema
 
 DEFAULT_BASE_MODEL = "models:/pearl-starter-chesapeake9@starter"
+
+
+def _as_utc(value: dt.datetime) -> dt.datetime:
+    """Stores hand back naive UTC datetimes (SQLite keeps no zone): the API always says which zone it means."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+UtcDatetime = Annotated[dt.datetime, AfterValidator(_as_utc)]
 
 GeoJSONGeometry = Annotated[
     dict[str, Any],
@@ -109,7 +117,7 @@ class AoiOut(BaseModel):
 class ProjectSummary(BaseModel):
     id: int
     name: str
-    created_at: dt.datetime
+    created_at: UtcDatetime
 
 
 class ProjectOut(ProjectSummary):
@@ -180,8 +188,8 @@ class JobOut(BaseModel):
     message: str = ""
     error: str | None = None
     aoi_id: int | None = None
-    started_at: dt.datetime | None = None
-    finished_at: dt.datetime | None = None
+    started_at: UtcDatetime | None = None
+    finished_at: UtcDatetime | None = None
 
 
 class RetrainRequest(BaseModel):
@@ -236,7 +244,7 @@ class CheckpointOut(BaseModel):
     name: str | None
     kind: Literal["base", "retrain"]
     parent: int | None
-    created_at: dt.datetime
+    created_at: UtcDatetime
     n_labels: int
     label_set: str | None
     classes: list[str]

@@ -24,6 +24,7 @@ import geopandas as gpd
 from shapely.geometry import shape
 
 from pearl_pipelines.classes import ClassSchema
+from pearl_pipelines.geo.stac import StacError
 from pearl_pipelines.labels.store import AoiRow, LabelStore
 from pearl_pipelines.ml.metrics import MetricsReport
 from pearl_pipelines.ml.versions import ModelVersion
@@ -52,7 +53,7 @@ def build_imagery(ctx: JobContext, ws: ProjectWorkspace, *, source: dict[str, An
             sources, ws.paths.imagery, clip_lonlat=clip, progress=lambda d, t: ctx.progress(d, t + 1, "mosaic")
         )
         bounds = lonlat_bounds(ws.paths.imagery)
-    except ImageryError as exc:
+    except (ImageryError, StacError) as exc:  # no items, or the STAC API is down: the project page says which
         missing = "generate" in str(exc)
         with ws.update() as state:
             state.imagery = ImageryInfo(state="missing" if missing else "error", message=str(exc))

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import APIRouter, Query, status
 from fastapi.responses import JSONResponse, Response
 
-from review_app.deps import LabelsDep, ProjectDep, ProjectId
+from review_app.deps import MAX_ID, LabelId, LabelsDep, ProjectDep, ProjectId
 from review_app.schemas import ErrorOut, LabelCollection, LabelCreate, LabelFeature, UndoOut
 from review_app.services.labels import label_feature
 
@@ -19,7 +19,7 @@ GPKG_MEDIA_TYPE = "application/geopackage+sqlite3"
 
 @router.get("", response_model=LabelCollection, responses=ERRORS)
 def list_labels(
-    labels: LabelsDep, project: ProjectDep, aoi_id: int | None = Query(default=None, ge=1)
+    labels: LabelsDep, project: ProjectDep, aoi_id: int | None = Query(default=None, ge=1, le=MAX_ID)
 ) -> LabelCollection:
     """Live labels as a GeoJSON FeatureCollection (lon/lat); `properties.class_name` names the class."""
     rows = labels.of_project(project.id, aoi_id=aoi_id)
@@ -33,7 +33,7 @@ def create_label(labels: LabelsDep, project_id: ProjectId, body: LabelCreate) ->
 
 
 @router.delete("/{label_id}", response_model=LabelFeature, responses=ERRORS)
-def delete_label(labels: LabelsDep, project_id: ProjectId, label_id: int) -> LabelFeature:
+def delete_label(labels: LabelsDep, project_id: ProjectId, label_id: LabelId) -> LabelFeature:
     """Erase a label (undo brings it back)."""
     return label_feature(labels.delete(project_id, label_id))
 

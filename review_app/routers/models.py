@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, status
 
-from review_app.deps import ClassesDep, JobsDep, LabelsDep, ModelsDep, ProjectDep, ProjectId, StatesDep
+from review_app.deps import (
+    MAX_ID,
+    CheckpointId,
+    ClassesDep,
+    JobsDep,
+    LabelsDep,
+    ModelsDep,
+    ProjectDep,
+    ProjectId,
+    StatesDep,
+)
 from review_app.schemas import (
     CheckpointCreate,
     CheckpointOut,
@@ -106,7 +116,7 @@ def save_checkpoint(
     status_code=status.HTTP_202_ACCEPTED,
     responses=ERRORS,
 )
-def restore_checkpoint(models: ModelsDep, project_id: ProjectId, checkpoint_id: int) -> JobOut:
+def restore_checkpoint(models: ModelsDep, project_id: ProjectId, checkpoint_id: CheckpointId) -> JobOut:
     """Make a checkpoint the current model and re-predict the AOIs with it (from cached embeddings)."""
     return models.start_restore(project_id, checkpoint_id).out()
 
@@ -118,8 +128,8 @@ def compare_checkpoints(
     states: StatesDep,
     classes: ClassesDep,
     project_id: ProjectId,
-    a: int = Query(description="checkpoint id"),
-    b: int = Query(description="checkpoint id"),
+    a: int = Query(ge=0, le=MAX_ID, description="checkpoint id"),
+    b: int = Query(ge=0, le=MAX_ID, description="checkpoint id"),
 ) -> CompareOut:
     """Per-class F1 of two checkpoints side by side (each measured on the labels it was evaluated with)."""
     current = states.get(project_id).current_model

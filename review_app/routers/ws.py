@@ -8,13 +8,14 @@ import contextlib
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from review_app.container import ReviewServices
+from review_app.deps import ProjectId
 
 router = APIRouter(tags=["websocket"])
 PING_S = 20.0
 
 
 @router.websocket("/api/projects/{project_id}/ws")
-async def project_events(websocket: WebSocket, project_id: int) -> None:
+async def project_events(websocket: WebSocket, project_id: ProjectId) -> None:
     """Server -> browser JSON events: `hello`, `job` (progress/state), `imagery_ready`, `model_status`,
     `prediction_updated` (layer version and TileJSON to fetch), `metrics_updated`, `labels_changed`,
     `classes_changed`, `error`, `ping`."""

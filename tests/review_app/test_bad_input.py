@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.settings import Settings
+from tests.conftest import free_port
 from tests.review_app.conftest import center, square
 
 
@@ -211,3 +214,55 @@ def test_bad_project(client: TestClient, store: LabelStore) -> None:
     )
     assert response.status_code == 422 and "unknown class schema" in _detail(response)
     assert len(store.list_projects()) == count
+
+
+BBOX = [-76.43, 38.96, -76.41, 38.98]
+HUGE = str(2**64 + 5)  # beyond SQLite's and PostgreSQL's 64-bit integers
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", f"/api/projects/{HUGE}"),
+        ("GET", f"/api/projects/1/aois/{HUGE}"),
+        ("POST", f"/api/projects/1/aois/{HUGE}/inference"),
+        ("GET", f"/api/projects/1/aois/{HUGE}/suggestions"),
+        ("DELETE", f"/api/projects/1/labels/{HUGE}"),
+        ("POST", f"/api/projects/1/checkpoints/{HUGE}/restore"),
+        ("GET", f"/api/projects/1/checkpoints/compare?a=0&b={HUGE}"),
+        ("GET", f"/api/projects/1/labels?aoi_id={HUGE}"),
+    ],
+)
+def test_ids_beyond_64_bits_are_unknown_ids(client: TestClient, unchanged: None, method: str, path: str) -> None:
+    response = client.request(method, path)
+    assert response.status_code in (404, 422), response.text
+    assert _detail(response)
+
+
+@pytest.mark.parametrize("path", ["/api/projects/1/retrain", "/api/projects/1/checkpoints", "/api/projects"])
+@pytest.mark.parametrize("body", [b"\xff\xfe\x00garbage", b"{not json", b"[1, 2", b"\x80"])
+def test_bodies_that_are_not_json_are_422(client: TestClient, unchanged: None, path: str, body: bytes) -> None:
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert "JSON" in _detail(response)
+
+
+def test_timestamps_carry_their_timezone(client: TestClient) -> None:
+    stamps = [client.get("/api/projects/1").json()["created_at"]]
+    stamps += [c["created_at"] for c in client.get("/api/projects/1/checkpoints").json()]
+    for stamp in stamps:
+        assert dt.datetime.fromisoformat(stamp).utcoffset() == dt.timedelta(0), stamp
+
+
+def test_unreachable_stac_api_is_named_and_nothing_else_breaks(client: TestClient, store: LabelStore) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    body = {"name": "stac down", "imagery": {"source": "stac", "url": dead, "collections": ["naip"], "bbox": BBOX}}
+    response = client.post("/api/projects", json=body)
+    assert response.status_code == 201, response.text  # the project is kept; its imagery says what is wrong
+    project_id = response.json()["id"]
+    deadline = time.monotonic() + 60
+    while (imagery := client.get(f"/api/projects/{project_id}").json()["imagery"])["state"] in ("missing", "building"):
+        assert time.monotonic() < deadline, imagery
+        time.sleep(0.1)
+    assert imagery["state"] == "error" and dead in imagery["message"] and "STAC API" in imagery["message"]
+    assert client.get("/api/projects/1").status_code == 200

@@ -9,10 +9,10 @@ from fastapi.testclient import TestClient
 from scipy.spatial.distance import cdist, pdist
 from shapely.geometry import Point, shape
 
+from pearl_pipelines.layout import ProjectPaths
 from pearl_pipelines.ml.embeddings import EmbeddingCache
 from pearl_pipelines.settings import Settings
 from review_app.geometry import inside
-from pearl_pipelines.layout import ProjectPaths
 from tests.review_app.conftest import center, square
 
 
