@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     review_host: str = "127.0.0.1"
     review_port: int = 8000
     live_aoi_max_km2: float = Field(default=25.0, gt=0, description="Largest AOI for live inference/retraining")
+    # Abuse limits and browser policy of the review app.
+    max_body_bytes: int = Field(default=2 << 20, gt=0, description="Largest request body (413 beyond)")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed to call the API from a browser; none by default"
+    )
 
     # Compute precision of training: auto = bfloat16 only where a timed probe finds it natively faster.
     precision: Literal["auto", "fp32", "bf16"] = "auto"

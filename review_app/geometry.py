@@ -21,6 +21,21 @@ from pearl_pipelines.geo.grid import AoiError, aoi_to_lonlat
 _GEOD = Geod(ellps="WGS84")
 LABEL_TYPES = ("Point", "Polygon")
 _LONLAT = ("EPSG:4326", "OGC:CRS84", "CRS84")
+MAX_VERTICES = 10_000  # per AOI or label: a hand-drawn shape has tens; more is a pasted dataset or an attack
+
+
+def _count_positions(coordinates: Any, limit: int) -> int:
+    """Positions in a GeoJSON coordinates array, counted up to just past `limit` (no shapely object is built)."""
+    if not isinstance(coordinates, list | tuple) or not coordinates:
+        return 0
+    if not isinstance(coordinates[0], list | tuple):
+        return 1
+    total = 0
+    for part in coordinates:
+        total += _count_positions(part, limit - total)
+        if total > limit:
+            break
+    return total
 
 
 class GeometryError(ValueError):
@@ -40,6 +55,8 @@ def check_crs(crs: str) -> str:
 def _shape(geometry: Mapping[str, Any]) -> BaseGeometry:
     if not isinstance(geometry, Mapping) or "type" not in geometry:
         raise GeometryError("geometry must be a GeoJSON geometry object with 'type' and 'coordinates'")
+    if _count_positions(geometry.get("coordinates"), MAX_VERTICES) > MAX_VERTICES:
+        raise GeometryError(f"geometry has more than {MAX_VERTICES} vertices; simplify it or split it into parts")
     try:
         geom = shape(geometry)
     except (AttributeError, KeyError, TypeError, ValueError, IndexError, ShapelyError) as exc:

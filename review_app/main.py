@@ -21,6 +21,7 @@ from pearl_pipelines.settings import Settings, get_settings
 from review_app.container import ReviewServices
 from review_app.errors import add_exception_handlers
 from review_app.routers import aois, labels, models, projects, ws
+from review_app.security import add_security
 from review_app.tiles import TileCacheMiddleware, mount_tiles
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     add_exception_handlers(app)
+    limits = settings or get_settings()
+    add_security(app, max_body_bytes=limits.max_body_bytes, cors_origins=limits.cors_origins)
     app.add_middleware(TileCacheMiddleware)
     for router in (projects.router, aois.router, labels.router, models.router, models.jobs_router, ws.router):
         app.include_router(router)

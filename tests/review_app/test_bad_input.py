@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -266,3 +267,56 @@ def test_unreachable_stac_api_is_named_and_nothing_else_breaks(client: TestClien
         time.sleep(0.1)
     assert imagery["state"] == "error" and dead in imagery["message"] and "STAC API" in imagery["message"]
     assert client.get("/api/projects/1").status_code == 200
+
+
+def test_bodies_over_the_limit_are_413_and_not_read(client: TestClient, settings: Settings, unchanged: None) -> None:
+    huge = b'{"name": "' + b"x" * settings.max_body_bytes + b'"}'
+    response = client.post("/api/projects", content=huge, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and str(settings.max_body_bytes) in _detail(response)
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams
+        yield b'{"name": "'
+        for _ in range(settings.max_body_bytes // 65536 + 1):
+            yield b"x" * 65536
+        yield b'"}'
+
+    response = client.post("/api/projects", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_geometries_with_too_many_vertices_are_refused(
+    client: TestClient, project: dict[str, Any], unchanged: None
+) -> None:
+    lon, lat = center(project)
+    turn = [t / 12_000 * math.tau for t in range(12_000)]
+    ring = [[lon + 1e-4 * math.cos(a), lat + 1e-4 * math.sin(a)] for a in turn]
+    polygon = {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
+    response = _label(client, polygon)
+    assert response.status_code == 422 and "more than 10000 vertices" in _detail(response)
+    response = client.post("/api/projects/1/aois", json={"name": "many", "geometry": polygon})
+    assert response.status_code == 422 and "more than 10000 vertices" in _detail(response)
+
+
+def test_security_headers_and_closed_cors(client: TestClient) -> None:
+    for path in ("/", "/api/projects/1", "/api/projects/99"):
+        response = client.get(path, headers={"origin": "https://evil.example"})
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert "access-control-allow-origin" not in response.headers
+    preflight = client.options(
+        "/api/projects/1/labels",
+        headers={"origin": "https://evil.example", "access-control-request-method": "POST"},
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_cors_opens_only_to_configured_origins(settings: Settings) -> None:
+    from review_app.main import create_app
+
+    app = create_app(settings.model_copy(update={"cors_origins": ["https://maps.example"]}))
+    with TestClient(app) as other:
+        asked = {"access-control-request-method": "GET"}
+        allowed = other.options("/api/projects", headers={"origin": "https://maps.example", **asked})
+        assert allowed.headers["access-control-allow-origin"] == "https://maps.example"
+        refused = other.options("/api/projects", headers={"origin": "https://evil.example", **asked})
+        assert "access-control-allow-origin" not in refused.headers

@@ -108,6 +108,8 @@ def page(server: tuple[str, Settings]) -> Iterator[Any]:
         page = context.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
+        # The app's Content-Security-Policy must not block anything the page itself loads.
+        page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
         page.errors = errors
         yield page
         context.close()
