@@ -14,6 +14,9 @@ from pearl_pipelines.layout import Layout
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+DEFAULT_AUTH_SECRET = "local-only-not-a-secret"
+
+
 class Settings(BaseSettings):
     """Every knob of the system. Read from the environment (`PEARL_HOME=/data pearl ...`) or a `.env`."""
 
@@ -48,6 +51,13 @@ class Settings(BaseSettings):
     review_host: str = "127.0.0.1"
     review_port: int = 8000
     live_aoi_max_km2: float = Field(default=25.0, gt=0, description="Largest AOI for live inference/retraining")
+    # Who may call the review app. local: one local user, signed in automatically, loopback only (`make demo`).
+    # oidc: OpenID Connect bearer tokens of `oidc_issuer` for `oidc_audience`, or personal API tokens.
+    auth_mode: Literal["local", "oidc"] = "local"
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = Field(default=None, description="default: from the issuer's discovery document")
+    auth_secret: str = Field(default=DEFAULT_AUTH_SECRET, description="key of the API tokens' HMAC; set outside local")
     # Abuse limits and browser policy of the review app.
     max_body_bytes: int = Field(default=2 << 20, gt=0, description="Largest request body (413 beyond)")
     cors_origins: list[str] = Field(

@@ -6,9 +6,11 @@ Built in main.py's lifespan, kept on `app.state.services`, closed at shutdown.
 
 from __future__ import annotations
 
+from pearl_pipelines.labels.accounts import Accounts, User
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.settings import Settings
 from review_app import engine
+from review_app.auth.identity import LOCAL_SUBJECT, Authenticator, check_settings
 from review_app.events import EventHub
 from review_app.jobs import Debouncer, JobRunner
 from review_app.services.aois import AoiService
@@ -23,11 +25,14 @@ from review_app.workspace import StateStore
 
 class ReviewServices:
     def __init__(self, settings: Settings) -> None:
+        check_settings(settings)  # refuse unsafe auth settings before touching anything
         settings.home_abs.mkdir(parents=True, exist_ok=True)
         self.settings = settings
         # Shared infrastructure: the label DB, the per-project session state, websocket fan-out, the job pool.
         self.store = LabelStore(settings.resolved_label_store_url)
         self.states = StateStore(settings.home_abs)
+        self.accounts = Accounts(self.store, settings.auth_secret)
+        self.auth = Authenticator(settings, self.accounts)
         self.hub = EventHub()
         self.runner = JobRunner(self.hub)
         self.label_runs = Debouncer(lambda project_id: engine.submit_label_run(project_id, settings, self.store))
@@ -65,6 +70,12 @@ class ReviewServices:
             imagery=self.imagery,
             aois=self.aois,
         )
+
+    def readable_projects(self, user: User) -> set[int]:
+        """Ids of the projects `user` may read (the local user: all of them)."""
+        if self.auth.local and user.subject == LOCAL_SUBJECT:
+            return {p.id for p in self.store.list_projects()}
+        return self.accounts.readable_projects(user)
 
     def start(self) -> None:
         """First start creates the demo project; every project's imagery and model start loading."""

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
+from pearl_pipelines.labels.accounts import Accounts, User
 from pearl_pipelines.labels.store import ProjectRow
 from review_app.container import ReviewServices
 from review_app.jobs import JobRunner
@@ -74,3 +75,18 @@ def get_project(projects: ProjectsDep, project_id: ProjectId) -> ProjectRow:
 
 
 ProjectDep = Annotated[ProjectRow, Depends(get_project)]
+
+
+def get_user(request: Request) -> User:
+    """The caller, as the app-wide guard (review_app.auth.guard) authenticated it."""
+    return request.state.user  # type: ignore[no-any-return]
+
+
+UserDep = Annotated[User, Depends(get_user)]
+
+
+def get_accounts(services: ServicesDep) -> Accounts:
+    return services.accounts
+
+
+AccountsDep = Annotated[Accounts, Depends(get_accounts)]

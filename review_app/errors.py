@@ -5,6 +5,7 @@
 | request body/query that does not parse (pydantic) | 422, with one message per field |
 | GeometryError, AoiError, LabelStoreError, RetrainError, SuggestionError, ValidationError | 422 |
 | KeyError (unknown project, AOI, label, checkpoint, job) | 404 |
+| Forbidden (a member without the role the route needs) | 403 |
 | Conflict (no model yet, imagery not ready) | 409 |
 | StacError (the STAC API is unreachable or failed) | 503, naming the service |
 | anything else | 500 "internal error", details only in the server log |
@@ -26,6 +27,7 @@ from pearl_pipelines.geo.grid import AoiError
 from pearl_pipelines.geo.stac import StacError
 from pearl_pipelines.labels.store import LabelStoreError
 from pearl_pipelines.ml.errors import SuggestionError
+from review_app.auth.guard import Forbidden
 from review_app.engine import RetrainError
 from review_app.geometry import GeometryError
 from review_app.services.errors import Conflict
@@ -72,6 +74,10 @@ async def _not_found(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": _message(exc)}, status_code=404)
 
 
+async def _forbidden(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": _message(exc)}, status_code=403)
+
+
 async def _conflict(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": _message(exc)}, status_code=409)
 
@@ -114,6 +120,7 @@ def add_exception_handlers(app: FastAPI) -> None:
         app.add_exception_handler(error, _unprocessable)
     app.add_exception_handler(KeyError, _not_found)
     app.add_exception_handler(Conflict, _conflict)
+    app.add_exception_handler(Forbidden, _forbidden)
     app.add_exception_handler(StacError, _unavailable)
     app.add_exception_handler(RasterioError, _raster)
     app.add_exception_handler(RioTilerError, _raster)

@@ -13,14 +13,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from pearl_pipelines.settings import Settings, get_settings
+from review_app.auth.guard import AuditMiddleware, authorize, check_every_route_has_a_rule
 from review_app.container import ReviewServices
 from review_app.errors import add_exception_handlers
-from review_app.routers import aois, labels, models, projects, ws
+from review_app.routers import accounts, aois, labels, models, projects, ws
 from review_app.security import add_security
 from review_app.tiles import TileCacheMiddleware, mount_tiles
 
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             services.close()
 
     app = FastAPI(
+        dependencies=[Depends(authorize)],  # every route, websocket and tile included: review_app/auth/rules.py
         title="PEARL review app",
         version="0.1.0",
         description=(
@@ -58,12 +60,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     add_exception_handlers(app)
     limits = settings or get_settings()
+    app.add_middleware(AuditMiddleware)
     add_security(app, max_body_bytes=limits.max_body_bytes, cors_origins=limits.cors_origins)
     app.add_middleware(TileCacheMiddleware)
-    for router in (projects.router, aois.router, labels.router, models.router, models.jobs_router, ws.router):
+    for module in (projects, aois, labels, models, accounts):
+        app.include_router(module.router)
+    for router in (models.jobs_router, ws.router):
         app.include_router(router)
     mount_tiles(app)
     _mount_frontend(app)
+    check_every_route_has_a_rule(app)
     return app
 
 

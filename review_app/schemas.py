@@ -289,3 +289,50 @@ class Event(BaseModel):
 class ErrorOut(BaseModel):
     detail: str
     errors: list[dict[str, Any]] | None = None
+
+
+# -- accounts ----------------------------------------------------------------------------------------------------
+RoleName = Literal["viewer", "mapper", "owner"]
+
+
+class UserOut(BaseModel):
+    id: int
+    subject: str
+    name: str
+
+
+class MemberOut(UserOut):
+    role: RoleName
+
+
+class MemberIn(BaseModel):
+    subject: str = Field(min_length=1, max_length=300, description="the user's subject: 'oidc:<issuer>#<sub>'")
+    role: RoleName
+    name: str | None = Field(default=None, max_length=200, description="display name until the user signs in")
+
+
+class TokenCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=80, examples=["nightly export script"])
+    days: int = Field(default=90, ge=1, le=366, description="lifetime in days")
+
+
+class TokenOut(BaseModel):
+    id: int
+    name: str
+    created_at: UtcDatetime
+    expires_at: UtcDatetime
+    revoked_at: UtcDatetime | None = None
+    last_used_at: UtcDatetime | None = None
+
+
+class TokenIssued(TokenOut):
+    token: str = Field(description="shown once: send it as 'Authorization: Bearer <token>'")
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: UtcDatetime
+    subject: str
+    action: str
+    target: dict[str, Any]
+    status: int

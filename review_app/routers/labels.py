@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import JSONResponse, Response
 
 from review_app.deps import MAX_ID, LabelId, LabelsDep, ProjectDep, ProjectId
@@ -27,9 +27,11 @@ def list_labels(
 
 
 @router.post("", response_model=LabelFeature, status_code=status.HTTP_201_CREATED, responses=ERRORS)
-def create_label(labels: LabelsDep, project_id: ProjectId, body: LabelCreate) -> LabelFeature:
+def create_label(labels: LabelsDep, project_id: ProjectId, body: LabelCreate, request: Request) -> LabelFeature:
     """A Point or Polygon of a class, inside an AOI. Stored and committed before this answers."""
-    return label_feature(labels.add(project_id, body))
+    feature = label_feature(labels.add(project_id, body))
+    request.state.audit_target = {"label_id": str(feature.id)}  # the audit trail names the label added
+    return feature
 
 
 @router.delete("/{label_id}", response_model=LabelFeature, responses=ERRORS)

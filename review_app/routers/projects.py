@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from review_app.deps import ClassesDep, ProjectDep, ProjectId, ProjectsDep
+from pearl_pipelines.labels.accounts import Role
+from review_app.deps import AccountsDep, ClassesDep, ProjectDep, ProjectId, ProjectsDep, ServicesDep, UserDep
 from review_app.schemas import ClassCreate, ClassOut, ClassUpdate, ErrorOut, ProjectCreate, ProjectOut, ProjectSummary
 
 router = APIRouter(prefix="/api/projects", tags=["projects"])
@@ -12,14 +13,18 @@ ERRORS: dict[int | str, dict] = {404: {"model": ErrorOut}, 422: {"model": ErrorO
 
 
 @router.get("", response_model=list[ProjectSummary])
-def list_projects(projects: ProjectsDep) -> list[ProjectSummary]:
-    return [ProjectSummary(id=p.id, name=p.name, created_at=p.created_at) for p in projects.list_all()]
+def list_projects(projects: ProjectsDep, services: ServicesDep, user: UserDep) -> list[ProjectSummary]:
+    """The projects the caller has a role in."""
+    mine = services.readable_projects(user)
+    return [ProjectSummary(id=p.id, name=p.name, created_at=p.created_at) for p in projects.list_all() if p.id in mine]
 
 
 @router.post("", response_model=ProjectOut, status_code=status.HTTP_201_CREATED, responses=ERRORS)
-def create_project(projects: ProjectsDep, body: ProjectCreate) -> ProjectOut:
-    """Create a project; its imagery mosaic is built in the background (a `job` event says when it is ready)."""
+def create_project(projects: ProjectsDep, accounts: AccountsDep, user: UserDep, body: ProjectCreate) -> ProjectOut:
+    """Create a project, owned by the caller; its imagery mosaic is built in the background (a `job` event says
+    when it is ready)."""
     row = projects.create(body)
+    accounts.set_role(row.id, user, Role.owner)
     return projects.out(row.id, retry_missing=False)
 
 

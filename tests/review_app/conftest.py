@@ -38,10 +38,12 @@ def new_home(tmp_path_factory: pytest.TempPathFactory, assets: Path, *, with_mod
     return Settings(home=home, mlflow_port=free_port(), dagster_port=free_port())
 
 
-def wait_ready(client: TestClient, project_id: int = 1, timeout: float = 60.0) -> dict[str, Any]:
+def wait_ready(
+    client: TestClient, project_id: int = 1, timeout: float = 60.0, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        project = client.get(f"/api/projects/{project_id}").json()
+        project = client.get(f"/api/projects/{project_id}", headers=headers).json()
         if project["imagery"]["state"] == "ready" and project["model"]["ready"]:
             return project
         if project["imagery"]["state"] == "error":

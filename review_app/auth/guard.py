@@ -1,0 +1,167 @@
+"""Enforcement: one app-wide dependency checks every REST, tile and websocket call against its rule, and a
+middleware writes the audit trail once the response status is known.
+
+Another project's ids answer exactly as unknown ids do (the same 404 and message), so nobody can enumerate
+projects; a member without the role gets a 403 that names the role needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, WebSocketException, status
+from fastapi.routing import APIWebSocketRoute
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pearl_pipelines.labels.accounts import Accounts, Role, User
+from review_app.auth.identity import LOCAL_SUBJECT, Authenticator, NotSignedIn
+from review_app.auth.rules import Rule, rule_for
+
+AUDIT_KEY = "pearl.audit"  # scope entry the guard fills and the audit middleware reads
+
+
+class Forbidden(Exception):
+    """Signed in and a member, but without the role this needs (403)."""
+
+
+def _route_of(conn: HTTPConnection) -> tuple[str, str]:
+    method = "WS" if conn.scope["type"] == "websocket" else conn.scope["method"]
+    # A route of an included router knows only its own part of the path; FastAPI keeps the full template
+    # (the include's prefix too) in its effective route context.
+    context = conn.scope.get("fastapi", {}).get("effective_route_context")
+    path = getattr(context, "path_format", None) or getattr(conn.scope.get("route"), "path", conn.url.path)
+    return method, str(path)
+
+
+def route_rule(conn: HTTPConnection) -> Rule:
+    method, path = _route_of(conn)
+    rule = rule_for(method, path)
+    if rule is None:  # create_app checks every route, so this is a route added at run time
+        raise RuntimeError(f"no access rule for {method} {path}")
+    return rule
+
+
+def _project_id(conn: HTTPConnection) -> int:
+    raw = str(conn.path_params.get("project_id", ""))
+    if not raw.isdigit() or int(raw) > 2**63 - 1:
+        raise KeyError(f"no project with id {raw}")
+    return int(raw)
+
+
+def role_in(accounts: Accounts, auth: Authenticator, user: User, project_id: int) -> Role | None:
+    if auth.local and user.subject == LOCAL_SUBJECT:
+        return Role.owner  # the one local user owns everything
+    return accounts.role(user, project_id)
+
+
+def authorize(conn: HTTPConnection) -> None:
+    """App-wide dependency: authenticate, then check the route's rule (404 for projects the caller is not in).
+
+    On a websocket every refusal closes the connection with 1008 and the reason (no HTTP status exists there).
+    """
+    if conn.scope["type"] != "websocket":
+        _authorize(conn)
+        return
+    try:
+        _authorize(conn)
+    except (KeyError, Forbidden) as exc:
+        reason = str(exc.args[0]) if exc.args else "not allowed"
+        raise WebSocketException(code=status.WS_1008_POLICY_VIOLATION, reason=reason[:120]) from None
+
+
+def _authorize(conn: HTTPConnection) -> None:
+    rule = route_rule(conn)
+    if rule.scope == "public":
+        return
+    services = conn.app.state.services
+    auth: Authenticator = services.auth
+    try:
+        user = auth.authenticate(conn)
+    except NotSignedIn as exc:
+        if conn.scope["type"] == "websocket":
+            raise WebSocketException(code=status.WS_1008_POLICY_VIOLATION, reason=str(exc)[:120]) from None
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+    conn.state.user = user
+    project_id: int | None = None
+    if rule.scope == "project":
+        project_id = _project_id(conn)
+        services.projects.get(project_id)  # unknown project: KeyError -> 404
+        role = role_in(services.accounts, auth, user, project_id)
+        if role is None:
+            raise KeyError(f"no project with id {project_id}")  # the same answer as an unknown id
+        if rule.audit:  # a member's refused attempt is audited too
+            conn.scope[AUDIT_KEY] = {"user": user, "action": rule.audit, "project_id": project_id}
+        if role < rule.need:
+            raise Forbidden(f"your role in project {project_id} is {role.name}; this needs {rule.need.name}")
+    elif rule.scope == "job":
+        job_id = str(conn.path_params["job_id"])
+        project_id = services.runner.get(job_id).project_id
+        if role_in(services.accounts, auth, user, project_id) is None:
+            raise KeyError(f"no job {job_id!r}")
+    if rule.audit:
+        conn.scope[AUDIT_KEY] = {"user": user, "action": rule.audit, "project_id": project_id}
+
+
+class AuditMiddleware:
+    """Records audited actions with their response status (refusals too), after the response started."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status_code = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            entry = scope.get(AUDIT_KEY)
+            if entry is not None:
+                target = {k: v for k, v in scope.get("path_params", {}).items() if k != "project_id"}
+                target.update(scope.get("state", {}).get("audit_target", {}))
+                accounts: Accounts = scope["app"].state.services.accounts
+                await run_in_threadpool(
+                    accounts.audit, entry["user"], entry["action"], entry["project_id"], target, status_code
+                )
+
+
+def check_every_route_has_a_rule(app: FastAPI) -> None:
+    """Fail at start when a route has no access rule (see rules.py)."""
+    missing = [f"{method} {path}" for method, path in app_routes(app) if rule_for(method, path) is None]
+    if missing:
+        raise RuntimeError("routes without an access rule in review_app/auth/rules.py: " + ", ".join(missing))
+
+
+def app_routes(app: FastAPI) -> list[tuple[str, str]]:
+    """(method, route template) of every HTTP and websocket route, "WS" for websockets."""
+    found: list[tuple[str, str]] = []
+    for path, route in _flatten(app.routes, ""):
+        if isinstance(route, APIWebSocketRoute):
+            found.append(("WS", path))
+        elif isinstance(route, Route):  # APIRoute included
+            found += [(m, path) for m in sorted(route.methods or ()) if m != "HEAD"]
+        elif isinstance(route, Mount):
+            found.append(("GET", path))
+    return found
+
+
+def _flatten(routes: list[Any], prefix: str) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI's included router, under its prefix
+        if included is not None:
+            out += _flatten(included.routes, prefix + route.include_context.prefix)
+        else:
+            out.append((prefix + getattr(route, "path", ""), route))
+    return out

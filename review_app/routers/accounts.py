@@ -1,0 +1,74 @@
+"""The caller, their personal API tokens, project members and the project's audit trail."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, status
+
+from pearl_pipelines.labels.accounts import Role
+from review_app.deps import MAX_ID, AccountsDep, ProjectId, UserDep
+from review_app.schemas import AuditOut, ErrorOut, MemberIn, MemberOut, TokenCreate, TokenIssued, TokenOut, UserOut
+
+router = APIRouter(tags=["accounts"])
+ERRORS: dict[int | str, dict] = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+
+
+@router.get("/api/me", response_model=UserOut)
+def me(user: UserDep) -> UserOut:
+    return UserOut(id=user.id, subject=user.subject, name=user.name)
+
+
+@router.get("/api/tokens", response_model=list[TokenOut])
+def list_tokens(accounts: AccountsDep, user: UserDep) -> list[TokenOut]:
+    """The caller's tokens (never their secrets)."""
+    return [TokenOut.model_validate(t, from_attributes=True) for t in accounts.tokens(user)]
+
+
+@router.post("/api/tokens", response_model=TokenIssued, status_code=status.HTTP_201_CREATED, responses=ERRORS)
+def create_token(accounts: AccountsDep, user: UserDep, body: TokenCreate) -> TokenIssued:
+    """A personal API token for scripts and the CLI, acting as the caller; the secret is shown only here."""
+    issued = accounts.issue_token(user, body.name, body.days)
+    row = next(t for t in accounts.tokens(user) if t.id == issued.id)
+    return TokenIssued(**TokenOut.model_validate(row, from_attributes=True).model_dump(), token=issued.token)
+
+
+@router.delete("/api/tokens/{token_id}", response_model=TokenOut, responses=ERRORS)
+def revoke_token(accounts: AccountsDep, user: UserDep, token_id: Annotated[int, Path(ge=1, le=MAX_ID)]) -> TokenOut:
+    return TokenOut.model_validate(accounts.revoke_token(user, token_id), from_attributes=True)
+
+
+@router.get("/api/projects/{project_id}/members", response_model=list[MemberOut], responses=ERRORS)
+def list_members(accounts: AccountsDep, project_id: ProjectId) -> list[MemberOut]:
+    return [
+        MemberOut.model_validate({"id": u.id, "subject": u.subject, "name": u.name, "role": role.name})
+        for u, role in accounts.members(project_id)
+    ]
+
+
+@router.put("/api/projects/{project_id}/members", response_model=list[MemberOut], responses=ERRORS)
+def set_member(accounts: AccountsDep, project_id: ProjectId, body: MemberIn) -> list[MemberOut]:
+    """Give a user a role in the project (owners only); the user may not have signed in yet."""
+    member = accounts.user(body.subject, body.name or body.subject)
+    accounts.set_role(project_id, member, Role[body.role])
+    return list_members(accounts, project_id)
+
+
+@router.delete("/api/projects/{project_id}/members/{user_id}", response_model=list[MemberOut], responses=ERRORS)
+def remove_member(
+    accounts: AccountsDep, project_id: ProjectId, user_id: Annotated[int, Path(ge=1, le=MAX_ID)]
+) -> list[MemberOut]:
+    member = next((u for u, _ in accounts.members(project_id) if u.id == user_id), None)
+    if member is None:
+        raise KeyError(f"user {user_id} is not a member of project {project_id}")
+    accounts.remove_member(project_id, member)
+    return list_members(accounts, project_id)
+
+
+@router.get("/api/projects/{project_id}/audit", response_model=list[AuditOut], responses=ERRORS)
+def audit_trail(accounts: AccountsDep, project_id: ProjectId) -> list[AuditOut]:
+    """Who did what in the project, newest first (owners only)."""
+    return [
+        AuditOut(id=row.id, at=row.at, subject=subject, action=row.action, target=row.target, status=row.status)
+        for row, subject in accounts.audit_trail(project_id)
+    ]
