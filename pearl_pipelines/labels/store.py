@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from pearl_pipelines.classes import ClassDef, ClassSchema
+from pearl_pipelines.labels import migrate
 
 
 def _now() -> dt.datetime:
@@ -104,7 +105,7 @@ class LabelStore:
         self.engine: Engine = create_engine(url, future=True)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        migrate.upgrade(self.engine)  # Alembic, not create_all: the schema can change under existing data
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
