@@ -52,7 +52,7 @@ def current_revision(connection: Connection) -> str | None:
 
 @contextlib.contextmanager
 def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
-    """Serialise SQLite upgrades across processes (pysqlite runs DDL outside a transaction)."""
+    """Serialise SQLite upgrades across processes without relying on SQLite's busy timeout (5 s)."""
     database = engine.url.database
     if engine.dialect.name != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
         yield
@@ -89,6 +89,8 @@ def upgrade(engine: Engine, revision: str = "head") -> str:
     with _sqlite_file_lock(engine), engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+        elif connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")  # pysqlite would autocommit each DDL statement
         config = alembic_config()
         config.attributes["connection"] = connection
         _adopt_legacy(connection, config)

@@ -171,3 +171,27 @@ def test_reopening_the_store_keeps_everything(store_url: str) -> None:
     assert again.label_set_digest(project.id) == digest
     assert [p.name for p in again.list_projects()] == ["p"]
     again.engine.dispose()
+
+
+def test_timestamps_are_aware_utc_on_every_backend(store: LabelStore, project: ProjectRow) -> None:
+    """SQLite returned naive datetimes and PostgreSQL its session zone: the API printed them differently."""
+    (label,) = store.add_labels(project.id, [("water", Point(0, 0))])
+    store.delete_label(project.id, label.id)
+    (stored,) = store.list_labels(project.id, include_deleted=True)
+    for value in (store.get_project(project.id).created_at, stored.created_at, stored.deleted_at):
+        assert value is not None
+        assert value.utcoffset() == dt.timedelta(0)
+        assert value.isoformat().endswith("+00:00")
+    assert stored.created_at <= stored.deleted_at <= dt.datetime.now(dt.UTC)  # type: ignore[operator]
+
+
+def test_over_long_names_are_refused_on_every_backend(store: LabelStore, project: ProjectRow) -> None:
+    """PostgreSQL raised a DataError (HTTP 500) where SQLite silently stored the string."""
+    with pytest.raises(LabelStoreError, match="at most 120"):
+        store.create_project("x" * 121, {}, load_schema("chesapeake9"), "m:/x")
+    with pytest.raises(LabelStoreError, match="at most 300"):
+        store.create_project("y", {}, load_schema("chesapeake9"), "m" * 301)
+    with pytest.raises(LabelStoreError, match="at most 120"):
+        store.add_aoi(project.id, "a" * 121, box(0, 0, 1, 1), [])
+    assert [p.name for p in store.list_projects()] == ["rotterdam"]
+    store.create_project("x" * 120, {}, load_schema("chesapeake9"), "m:/x")  # the limit itself is fine
