@@ -51,7 +51,8 @@ class PostgresServer:
     """One running cluster; `new_database()` hands each test an empty database on it."""
 
     bin_dir: Path
-    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pearl-pg-")))
+    # /tmp, not $TMPDIR or pytest's 0700 basetemp: the server's user must reach it, and socket paths are short.
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pearl-pg-", dir="/tmp")))
     port: int = field(default_factory=free_port)
     user: str | None = field(default_factory=_server_user)
     _counter: itertools.count = field(default_factory=itertools.count)

@@ -21,8 +21,8 @@ from shapely.geometry.base import BaseGeometry
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, create_engine, event, func, select
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.types import TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
 
 from pearl_pipelines.classes import ClassDef, ClassSchema
 from pearl_pipelines.labels import migrate

@@ -23,7 +23,9 @@ BACKENDS = ("sqlite", "postgresql")
 def postgres_server() -> Iterator[PostgresServer]:
     bin_dir = find_bin_dir()
     if bin_dir is None:
-        message = "PostgreSQL binaries not found (initdb in PATH or /usr/lib/postgresql/*/bin); apt-get install postgresql"
+        message = (
+            "PostgreSQL binaries not found (initdb in PATH or /usr/lib/postgresql/*/bin); apt-get install postgresql"
+        )
         if os.environ.get("PEARL_REQUIRE_POSTGRES") == "1":
             pytest.fail(message + " (PEARL_REQUIRE_POSTGRES=1)", pytrace=False)
         pytest.skip(message)
@@ -56,6 +58,6 @@ def project(store: LabelStore) -> ProjectRow:
     )
 
 
-def square(x: float, y: float, size: float = 0.001):  # noqa: ANN201
+def square(x: float, y: float, size: float = 0.001):
     """A small lon/lat square polygon with its lower-left corner at (x, y)."""
     return box(x, y, x + size, y + size)

@@ -35,11 +35,11 @@ def _write(url: str, project_id: int, writer: int, start: Callable[[], object]) 
     return ids
 
 
-def _fork_writer(url: str, project_id: int, writer: int, barrier) -> None:  # noqa: ANN001
+def _fork_writer(url: str, project_id: int, writer: int, barrier) -> None:
     _write(url, project_id, writer, lambda: barrier.wait(60))
 
 
-def _fork_startup(url: str, writer: int, barrier) -> None:  # noqa: ANN001
+def _fork_startup(url: str, writer: int, barrier) -> None:
     barrier.wait(60)
     store = LabelStore(url)  # every process migrates the fresh database at once
     project = store.create_project(f"p{writer}", {}, load_schema("chesapeake9"), "m:/x")
@@ -161,4 +161,26 @@ def test_concurrent_undos_revert_distinct_actions(store_url: str, undos: int) ->
     assert sorted(i for i in reverted if i is not None) == sorted(r.id for r in added)
     store = LabelStore(store_url)
     assert store.list_labels(project_id) == []
+    store.engine.dispose()
+
+
+def test_classes_added_at_once_are_all_kept(store_url: str) -> None:
+    """add_class is read-modify-write of the project's schema JSON: racing adds must not overwrite each other."""
+    store = LabelStore(store_url)
+    project_id = store.create_project("c", {}, load_schema("chesapeake9"), "m:/x").id
+    barrier = threading.Barrier(WRITERS)
+
+    def add(writer: int) -> None:
+        own = LabelStore(store_url)
+        barrier.wait(60)
+        try:
+            own.add_class(project_id, f"extra_{writer}", f"Extra {writer}", "#00ff00")
+        finally:
+            own.engine.dispose()
+
+    with ThreadPoolExecutor(WRITERS) as pool:
+        list(pool.map(add, range(WRITERS)))
+    names = store.schema(project_id).names
+    assert names[:9] == load_schema("chesapeake9").names
+    assert sorted(names[9:]) == [f"extra_{w}" for w in range(WRITERS)]
     store.engine.dispose()

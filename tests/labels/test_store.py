@@ -50,6 +50,7 @@ def test_add_and_update_class(store: LabelStore, project: ProjectRow) -> None:
         store.update_class(project.id, "pv", new_name="water")
     with pytest.raises(KeyError):
         store.update_class(project.id, "nope", title="x")
+    assert store.schema(project.id).description == load_schema("chesapeake9").description  # kept by edits
 
 
 def test_aois(store: LabelStore, project: ProjectRow) -> None:
@@ -76,7 +77,9 @@ def test_add_labels_stores_geometry_bbox_and_events(store: LabelStore, project: 
         (rows[0].id, "water", "Polygon", aoi.id),
         (rows[1].id, "barren", "Point", aoi.id),
     ]
-    assert (stored[0].minx, stored[0].miny, stored[0].maxx, stored[0].maxy) == pytest.approx((4.41, 51.91, 4.411, 51.911))
+    assert (stored[0].minx, stored[0].miny, stored[0].maxx, stored[0].maxy) == pytest.approx(
+        (4.41, 51.91, 4.411, 51.911)
+    )
     assert stored[1].geometry == {"type": "Point", "coordinates": [4.42, 51.92]}
     assert store.max_label_id(project.id) == rows[1].id
     assert store.max_event_id(project.id) == store.max_event_id() > 0
