@@ -12,6 +12,7 @@ import itertools
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -19,9 +20,13 @@ from pathlib import Path
 
 import psycopg
 
-from tests.conftest import free_port
-
 SUPERUSER = "pearl"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def find_bin_dir() -> Path | None:
@@ -53,7 +58,7 @@ class PostgresServer:
     bin_dir: Path
     # /tmp, not $TMPDIR or pytest's 0700 basetemp: the server's user must reach it, and socket paths are short.
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pearl-pg-", dir="/tmp")))
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=_free_port)
     user: str | None = field(default_factory=_server_user)
     _counter: itertools.count = field(default_factory=itertools.count)
 

@@ -1,47 +1,14 @@
-"""Label-store fixtures: every test runs on SQLite and on a real PostgreSQL server started for the session.
-
-Without PostgreSQL binaries the postgresql cases skip, unless PEARL_REQUIRE_POSTGRES=1 (CI), where they fail.
-"""
+"""Label-store fixtures on `store_url` (tests/conftest.py): every test runs on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from shapely.geometry import box
 
 from pearl_pipelines.classes import load_schema
 from pearl_pipelines.labels.store import LabelStore, ProjectRow
-from tests.pg_server import PostgresServer, find_bin_dir
-
-BACKENDS = ("sqlite", "postgresql")
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    bin_dir = find_bin_dir()
-    if bin_dir is None:
-        message = (
-            "PostgreSQL binaries not found (initdb in PATH or /usr/lib/postgresql/*/bin); apt-get install postgresql"
-        )
-        if os.environ.get("PEARL_REQUIRE_POSTGRES") == "1":
-            pytest.fail(message + " (PEARL_REQUIRE_POSTGRES=1)", pytrace=False)
-        pytest.skip(message)
-    server = PostgresServer(bin_dir).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """URL of an empty database: a fresh SQLite file, or a fresh database on the session's PostgreSQL server."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'labels.db'}"
-    return request.getfixturevalue("postgres_server").new_database()
 
 
 @pytest.fixture
