@@ -3,6 +3,7 @@
 Geometries are stored as GeoJSON in EPSG:4326 plus a bounding box, so the same tables work on SQLite
 and PostgreSQL without spatial extensions; spatial queries needed here are bbox filters.
 Labels are soft-deleted (undo restores them) and ids only grow, so `max_label_id()` is a sensor cursor.
+The schema is Alembic's (`migrate.py`, `migrations/`): change a model here only together with a new revision.
 """
 
 from __future__ import annotations
