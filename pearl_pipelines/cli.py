@@ -158,6 +158,9 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> None:
 
     from pearl_pipelines.labels import migrate
 
+    if args.db_command == "revision":
+        print(f"new revision: {migrate.new_revision(args.message)} (review it before committing)")
+        return
     url = settings.resolved_label_store_url
     shown = make_url(url).render_as_string(hide_password=True)
     engine = create_engine(url)
@@ -230,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = db.add_parser("upgrade", help="migrate to the newest revision (adopts a pre-Alembic SQLite database)")
     up.add_argument("--revision", default="head", help="target revision (default: head)")
     db.add_parser("current", help="print the database's revision and whether it is the newest")
+    rev = db.add_parser("revision", help="developers: autogenerate the next revision after changing the models")
+    rev.add_argument("-m", "--message", required=True, help="what the revision changes, e.g. 'label notes column'")
     p.set_defaults(func=cmd_db)
 
     p = sub.add_parser("demo", help="generate, start the local services, run the main job, print the URLs")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, create_engine, inspect, text
 from sqlalchemy.engine import Engine
 
 SCRIPT_LOCATION = "pearl_pipelines.labels:migrations"
@@ -96,3 +97,22 @@ def upgrade(engine: Engine, revision: str = "head") -> str:
         _adopt_legacy(connection, config)
         command.upgrade(config, revision)
         return current_revision(connection) or ""
+
+
+def new_revision(message: str) -> Path:
+    """Autogenerate the next revision from the models (run in a source checkout after changing them): the
+    models are compared with a scratch SQLite database at head; review the file, it runs on PostgreSQL too."""
+    config = alembic_config()
+    config.set_main_option("file_template", "r%%(rev)s_%%(slug)s")
+    script = ScriptDirectory.from_config(config)
+    rev_id = f"{int(head_revision()) + 1:04d}"
+    with tempfile.TemporaryDirectory() as scratch:
+        engine = create_engine(f"sqlite:///{scratch}/scratch.db")
+        upgrade(engine)
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            result = command.revision(config, message=message, autogenerate=True, rev_id=rev_id)
+        engine.dispose()
+    assert result is not None and not isinstance(result, list)
+    head_revision.cache_clear()
+    return Path(result.path) if result.path else Path(script.versions)
