@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 export PEARL_HOME ?= $(CURDIR)/.pearl
 
-.PHONY: install demo test lint typecheck pytest bench clean frontend chromium
+.PHONY: install demo test lint typecheck pytest bench clean frontend chromium postgres
 
 # torch first, pinned: pip takes the CPU build from this machine's disk instead of a multi-GB CUDA build.
 # solaris is only a carrier of real Rotterdam test images: installed without its dependencies, never imported;
@@ -34,6 +34,12 @@ install: $(STAMP) $(FRONTEND_STAMP)
 chromium:
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
+# Label-store tests start their own PostgreSQL server (tests/pg_server.py) from Debian's binaries, which live under
+# /usr/lib/postgresql/<version>/bin (the tests look there too); nothing listens on the default port for them.
+POSTGRES_BIN := $(firstword $(shell command -v initdb) $(wildcard /usr/lib/postgresql/*/bin/initdb))
+postgres:
+	$(if $(POSTGRES_BIN),@echo "PostgreSQL: $(POSTGRES_BIN)",apt-get update && apt-get install -y postgresql)
+
 demo: install
 	$(VENV)/bin/pearl demo
 
@@ -44,8 +50,9 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy pearl_pipelines review_app
 
-pytest: install chromium
-	$(PY) -m pytest
+# PEARL_REQUIRE_POSTGRES=1: the PostgreSQL cases fail, never skip, when the server cannot start.
+pytest: install chromium postgres
+	PEARL_REQUIRE_POSTGRES=$${PEARL_REQUIRE_POSTGRES:-1} $(PY) -m pytest
 
 test: lint typecheck pytest
 

@@ -152,6 +152,33 @@ def cmd_starter(args: argparse.Namespace, settings: Settings) -> None:
                 print(f"  shipped weights written to {ship_starter(result, settings.assets_dir)}")
 
 
+def cmd_db(args: argparse.Namespace, settings: Settings) -> None:
+    """Label-store schema by hand; the app and Dagster also upgrade on start, so this is for deploys and checks."""
+    from sqlalchemy import create_engine, make_url
+
+    from pearl_pipelines.labels import migrate
+
+    if args.db_command == "revision":
+        print(f"new revision: {migrate.new_revision(args.message)} (review it before committing)")
+        return
+    url = settings.resolved_label_store_url
+    shown = make_url(url).render_as_string(hide_password=True)
+    engine = create_engine(url)
+    try:
+        if args.db_command == "upgrade":
+            print(f"label store {shown}: at revision {migrate.upgrade(engine, args.revision)}")
+        else:
+            with engine.connect() as conn:
+                current = migrate.current_revision(conn)
+            head = migrate.head_revision()
+            state = "up to date" if current == head else f"behind (head is {head}; run `pearl db upgrade`)"
+            print(f"label store {shown}: revision {current or 'none'}, {state}")
+    except migrate.MigrationError as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        engine.dispose()
+
+
 def _wait_for_interrupt() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
@@ -200,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--ship", action="store_true", help="also write the trained weights to assets/starters")
     how.add_argument("--shipped", action="store_true", help="register the shipped weights instead of training")
     p.set_defaults(func=cmd_starter)
+
+    p = sub.add_parser("db", help="label-store schema: Alembic migrations (PEARL_LABEL_STORE_URL or SQLite in home)")
+    db = p.add_subparsers(dest="db_command", required=True)
+    up = db.add_parser("upgrade", help="migrate to the newest revision (adopts a pre-Alembic SQLite database)")
+    up.add_argument("--revision", default="head", help="target revision (default: head)")
+    db.add_parser("current", help="print the database's revision and whether it is the newest")
+    rev = db.add_parser("revision", help="developers: autogenerate the next revision after changing the models")
+    rev.add_argument("-m", "--message", required=True, help="what the revision changes, e.g. 'label notes column'")
+    p.set_defaults(func=cmd_db)
 
     p = sub.add_parser("demo", help="generate, start the local services, run the main job, print the URLs")
     p.add_argument("--no-wait", action="store_true", help="stop the services once the job is done")

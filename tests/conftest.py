@@ -8,6 +8,7 @@ with 300 m items instead of 1 km) so the tests stay fast on two cores.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import pytest
 from pearl_pipelines.geo.regions import Region, build_region, load_regions
 from pearl_pipelines.geo.stac_server import StacServer
 from pearl_pipelines.settings import get_settings
+from tests.pg_server import PostgresServer, find_bin_dir
 
 SMALL_SCALE = 0.3
 SMALL_REGIONS = ("demo", "train-a")
@@ -67,3 +69,31 @@ def stac_server(small_catalog: SmallCatalog) -> Iterator[StacServer]:
     """`rustac serve` over the small catalog on the port the settings name (so `StacCatalog.from_settings()` works)."""
     with StacServer(small_catalog.catalog_dir, port=get_settings().stac_port) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server on 127.0.0.1 for the session (tests/pg_server.py); skipped where PostgreSQL is not
+    installed, failed instead when PEARL_REQUIRE_POSTGRES=1 (make test, CI)."""
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        message = (
+            "PostgreSQL binaries not found (initdb in PATH or /usr/lib/postgresql/*/bin): apt-get install postgresql"
+        )
+        if os.environ.get("PEARL_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{message} (PEARL_REQUIRE_POSTGRES=1)", pytrace=False)
+        pytest.skip(message)
+    server = PostgresServer(bin_dir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """URL of an empty label-store database: a fresh SQLite file, or a fresh database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'labels.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.new_database()

@@ -3,6 +3,7 @@
 Geometries are stored as GeoJSON in EPSG:4326 plus a bounding box, so the same tables work on SQLite
 and PostgreSQL without spatial extensions; spatial queries needed here are bbox filters.
 Labels are soft-deleted (undo restores them) and ids only grow, so `max_label_id()` is a sensor cursor.
+The schema is Alembic's (`migrate.py`, `migrations/`): change a model here only together with a new revision.
 """
 
 from __future__ import annotations
@@ -19,14 +20,34 @@ import geopandas as gpd
 from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, create_engine, event, func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
 
 from pearl_pipelines.classes import ClassDef, ClassSchema
+from pearl_pipelines.labels import migrate
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """Timestamps read back as aware UTC on every backend (SQLite drops the offset, PostgreSQL uses its TimeZone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None or value.tzinfo is None:
+            return value
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 class Base(DeclarativeBase):
@@ -40,7 +61,7 @@ class ProjectRow(Base):
     imagery: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"stac_url":..., "collections": [...], "datetime": ...}
     class_schema: Mapped[dict[str, Any]] = mapped_column(JSON)  # ClassSchema as JSON; classes only grow
     base_model: Mapped[str] = mapped_column(String(300))  # model reference, e.g. "models:/starter-9@starter"
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=_now)
 
 
 class AoiRow(Base):
@@ -50,7 +71,7 @@ class AoiRow(Base):
     name: Mapped[str] = mapped_column(String(120))
     geometry: Mapped[dict[str, Any]] = mapped_column(JSON)
     tile_keys: Mapped[list[str]] = mapped_column(JSON)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=_now)
 
 
 class LabelRow(Base):
@@ -65,8 +86,8 @@ class LabelRow(Base):
     miny: Mapped[float] = mapped_column(Float)
     maxx: Mapped[float] = mapped_column(Float)
     maxy: Mapped[float] = mapped_column(Float)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    deleted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=_now)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class LabelEventRow(Base):
@@ -82,6 +103,13 @@ class LabelEventRow(Base):
 
 class LabelStoreError(ValueError):
     """A request the store refuses; the message says what is accepted."""
+
+
+def _check_length(what: str, value: str, column: Any) -> None:
+    """PostgreSQL refuses over-long strings (SQLite stores them): refuse them on both, with a clear message."""
+    limit = column.type.length
+    if len(value) > limit:
+        raise LabelStoreError(f"{what} is {len(value)} characters long; at most {limit} are allowed")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -104,7 +132,7 @@ class LabelStore:
         self.engine: Engine = create_engine(url, future=True)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        migrate.upgrade(self.engine)  # Alembic, not create_all: the schema can change under existing data
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -114,13 +142,19 @@ class LabelStore:
 
     # -- projects and classes -------------------------------------------------------------------------
     def create_project(self, name: str, imagery: dict[str, Any], schema: ClassSchema, base_model: str) -> ProjectRow:
-        with self.session() as s:
-            if s.scalar(select(ProjectRow).where(ProjectRow.name == name)):
-                raise LabelStoreError(f"a project named {name!r} already exists; pick another name")
-            row = ProjectRow(
-                name=name, imagery=imagery, class_schema=schema.model_dump(by_alias=True), base_model=base_model
-            )
-            s.add(row)
+        _check_length("project name", name, ProjectRow.__table__.c.name)
+        _check_length("base model", base_model, ProjectRow.__table__.c.base_model)
+        taken = LabelStoreError(f"a project named {name!r} already exists; pick another name")
+        try:
+            with self.session() as s:
+                if s.scalar(select(ProjectRow).where(ProjectRow.name == name)):
+                    raise taken
+                row = ProjectRow(
+                    name=name, imagery=imagery, class_schema=schema.model_dump(by_alias=True), base_model=base_model
+                )
+                s.add(row)
+        except IntegrityError as exc:  # another writer took the name between our check and our insert
+            raise taken from exc
         return row
 
     def get_project(self, project_id: int) -> ProjectRow:
@@ -137,20 +171,31 @@ class LabelStore:
     def schema(self, project_id: int) -> ClassSchema:
         return ClassSchema.model_validate(self.get_project(project_id).class_schema)
 
-    def _update_schema(self, project_id: int, schema: ClassSchema) -> ClassSchema:
-        with self.session() as s:
+    @staticmethod
+    def _locked_project(s: Session, project_id: int) -> ProjectRow:
+        """The project row, write-locked for the rest of the transaction: read-modify-write methods (undo, class
+        edits) of one project run one at a time, so racing callers see each other's changes instead of losing them.
+        """
+        connection = s.connection()
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")  # the database write lock, taken before reading
             row = s.get(ProjectRow, project_id)
-            if row is None:
-                raise KeyError(f"no project with id {project_id}")
-            row.class_schema = schema.model_dump(by_alias=True)
-        return schema
+        else:
+            row = s.scalar(select(ProjectRow).where(ProjectRow.id == project_id).with_for_update(key_share=True))
+        if row is None:
+            raise KeyError(f"no project with id {project_id}")
+        return row
 
     def add_class(self, project_id: int, name: str, title: str, color: str) -> ClassSchema:
-        schema = self.schema(project_id)
-        if name in schema.names:
-            raise LabelStoreError(f"class {name!r} already exists in this project")
         new = ClassDef(name=name, title=title, color=color)
-        return self._update_schema(project_id, schema.model_copy(update={"classes": [*schema.classes, new]}))
+        with self.session() as s:
+            row = self._locked_project(s, project_id)
+            schema = ClassSchema.model_validate(row.class_schema)
+            if name in schema.names:
+                raise LabelStoreError(f"class {name!r} already exists in this project")
+            schema = schema.model_copy(update={"classes": [*schema.classes, new]})
+            row.class_schema = schema.model_dump(by_alias=True)
+        return schema
 
     def update_class(
         self,
@@ -161,28 +206,32 @@ class LabelStore:
         title: str | None = None,
         color: str | None = None,
     ) -> ClassSchema:
-        """Recolour or rename a class (its index stays, so models and rasters remain valid)."""
-        schema = self.schema(project_id)
-        index = schema.index(name)
-        if new_name and new_name != name and new_name in schema.names:
-            raise LabelStoreError(f"cannot rename {name!r} to {new_name!r}: that class already exists")
-        current = schema.classes[index]
-        updated = ClassDef(
-            name=new_name or current.name, title=title or current.title, color=color or current.color, **{}
-        )
-        classes = list(schema.classes)
-        classes[index] = updated
-        result = self._update_schema(project_id, ClassSchema(id=schema.id, title=schema.title, classes=classes))
-        if new_name and new_name != name:
-            with self.session() as s:
+        """Recolour or rename a class (its index stays, so models and rasters remain valid); labels follow a rename
+        in the same transaction."""
+        with self.session() as s:
+            row = self._locked_project(s, project_id)
+            schema = ClassSchema.model_validate(row.class_schema)
+            index = schema.index(name)
+            if new_name and new_name != name and new_name in schema.names:
+                raise LabelStoreError(f"cannot rename {name!r} to {new_name!r}: that class already exists")
+            current = schema.classes[index]
+            updated = ClassDef(
+                name=new_name or current.name, title=title or current.title, color=color or current.color, **{}
+            )
+            classes = list(schema.classes)
+            classes[index] = updated
+            schema = schema.model_copy(update={"classes": classes})
+            row.class_schema = schema.model_dump(by_alias=True)
+            if new_name and new_name != name:
                 for label in s.scalars(
                     select(LabelRow).where(LabelRow.project_id == project_id, LabelRow.class_name == name)
                 ):
                     label.class_name = new_name
-        return result
+        return schema
 
     # -- AOIs -------------------------------------------------------------------------------------------
     def add_aoi(self, project_id: int, name: str, geometry: BaseGeometry, tile_keys: Sequence[str]) -> AoiRow:
+        _check_length("AOI name", name, AoiRow.__table__.c.name)
         self.get_project(project_id)
         with self.session() as s:
             row = AoiRow(project_id=project_id, name=name, geometry=mapping(geometry), tile_keys=list(tile_keys))
@@ -236,6 +285,7 @@ class LabelStore:
 
     def delete_label(self, project_id: int, label_id: int) -> LabelRow:
         with self.session() as s:
+            self._locked_project(s, project_id)
             row = s.get(LabelRow, label_id)
             if row is None or row.project_id != project_id or row.deleted_at is not None:
                 raise KeyError(f"no label {label_id} in project {project_id}")
@@ -246,6 +296,7 @@ class LabelStore:
     def undo(self, project_id: int) -> LabelRow | None:
         """Revert the newest not-yet-undone add or delete of this project; None when there is nothing to undo."""
         with self.session() as s:
+            self._locked_project(s, project_id)
             event_row = s.scalar(
                 select(LabelEventRow)
                 .where(

@@ -1,18 +1,31 @@
-"""label_submission_sensor and aoi_registration_sensor, evaluated with build_sensor_context on a real label store."""
+"""label_submission_sensor and aoi_registration_sensor, evaluated with build_sensor_context on a real label store:
+SQLite and PostgreSQL (the sensors' cursors are label-event ids, so both backends must hand out the same ones)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import dagster as dg
+import pytest
 from shapely.geometry import Point, box
 
 from pearl_pipelines.defs.jobs import LABEL_EVENT_TAG, PROJECT_TAG, label_run_tags
 from pearl_pipelines.defs.partitions import TILE_KEYS
 from pearl_pipelines.defs.resources import LabelStoreResource
 from pearl_pipelines.defs.sensors import aoi_registration_sensor, label_submission_sensor
+from pearl_pipelines.labels.store import LabelStore
 from tests.defs.conftest import DEMO_AOI, Project, add_project
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
+
+
+@pytest.fixture
+def label_store(store_url: str) -> Iterator[LabelStore]:
+    """Overrides tests/defs/conftest.py's SQLite-only store: every sensor test runs on both backends."""
+    store = LabelStore(store_url)
+    yield store
+    store.engine.dispose()
 
 
 def evaluate(sensor, instance: dg.DagsterInstance, store, cursor: str | None = None):
