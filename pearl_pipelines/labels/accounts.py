@@ -15,10 +15,10 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint, select
+from sqlalchemy import JSON, ForeignKey, Integer, String, UniqueConstraint, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from pearl_pipelines.labels.store import Base, LabelStore, LabelStoreError, ProjectRow
+from pearl_pipelines.labels.store import Base, LabelStore, LabelStoreError, ProjectRow, UtcDateTime
 
 TOKEN_PREFIX = "pearl_"
 MAX_TOKEN_DAYS = 366
@@ -36,16 +36,12 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)  # SQLite hands back naive UTC
-
-
 class UserRow(Base):
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     subject: Mapped[str] = mapped_column(String(300), unique=True)  # "oidc:<issuer>#<sub>" or "local"
     name: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=_now)
 
 
 class MembershipRow(Base):
@@ -63,10 +59,10 @@ class ApiTokenRow(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     name: Mapped[str] = mapped_column(String(80))
     digest: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=_now)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class AuditRow(Base):
@@ -79,7 +75,7 @@ class AuditRow(Base):
     action: Mapped[str] = mapped_column(String(40))
     target: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[int] = mapped_column(Integer)
-    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=_now)
 
 
 @dataclass(frozen=True)
@@ -189,7 +185,7 @@ class Accounts:
             return None
         with self.store.session() as s:
             row = s.scalar(select(ApiTokenRow).where(ApiTokenRow.digest == self._digest(secret)))
-            if row is None or row.revoked_at is not None or _aware(row.expires_at) <= _now():
+            if row is None or row.revoked_at is not None or row.expires_at <= _now():
                 return None
             row.last_used_at = _now()
             user = s.get(UserRow, row.user_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
+from pearl_pipelines.labels import accounts  # noqa: F401  (its tables are on the same metadata)
 from pearl_pipelines.labels.store import Base
 
 config = context.config
