@@ -8,6 +8,7 @@ with 300 m items instead of 1 km) so the tests stay fast on two cores.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +38,16 @@ class SmallCatalog:
     catalog_dir: Path
     regions: dict[str, Region]
     scale: float = SMALL_SCALE
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _subprocesses_import_this_checkout() -> Iterator[None]:
+    """Worker processes and servers started by tests import this checkout's packages, as the tests do (the
+    shared virtualenv's editable install may point at another checkout; cwd only shadows it in this process)."""
+    root = str(Path(__file__).resolve().parents[1])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        yield
 
 
 @pytest.fixture(scope="session")
