@@ -71,7 +71,24 @@ class SessionHandler:
         log.error("pipes message reader failed in %s", origin, exc_info=exc_info)
 
 
-def _context_data(extras: Mapping[str, Any]) -> PipesContextData:
+def bootstrap_env(context_params: Mapping[str, Any], message_params: Mapping[str, Any]) -> dict[str, str]:
+    """The two Pipes bootstrap variables `open_dagster_pipes` reads, encoded as Dagster encodes them."""
+    return {
+        DAGSTER_PIPES_CONTEXT_ENV_VAR: encode_param(context_params),
+        DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_param(message_params),
+    }
+
+
+def raise_if_failed(handler: SessionHandler, task: str, failure: str | None) -> None:
+    """The worker's own exception if its closing message carried one, else `failure` (how the process ended)."""
+    if handler.exception is not None:
+        exc = handler.exception
+        raise WorkerTaskError(f"worker task {task!r} failed: {exc.get('name')}: {exc.get('message')}")
+    if failure is not None:
+        raise WorkerTaskError(f"worker task {task!r} {failure}")
+
+
+def context_data(extras: Mapping[str, Any]) -> PipesContextData:
     """What `open_dagster_pipes` reads in the worker: no asset, no partition, a session id for a run id."""
     return PipesContextData(
         asset_keys=None,
@@ -92,7 +109,7 @@ def _tail(output: IO[bytes]) -> str:
     return output.read().decode(errors="replace")[-STDERR_TAIL:].strip()
 
 
-def _deliver(handler: SessionHandler, received: list[Any], on_message: OnMessage | None, wait: float) -> None:
+def deliver(handler: SessionHandler, received: list[Any], on_message: OnMessage | None, wait: float) -> None:
     """Pass on the custom messages that arrived (waiting up to `wait` s for the first), in order."""
     try:
         message = handler.custom.get(timeout=wait) if wait else handler.custom.get_nowait()
@@ -123,13 +140,10 @@ def run_local(
     received: list[Any] = []
     with (
         tempfile.TemporaryFile(prefix="pearl-session-") as output,
-        PipesTempFileContextInjector().inject_context(_context_data(extras)) as context_params,
+        PipesTempFileContextInjector().inject_context(context_data(extras)) as context_params,
         reader.read_messages(cast(PipesMessageHandler, handler)) as message_params,
     ):
-        bootstrap = {
-            DAGSTER_PIPES_CONTEXT_ENV_VAR: encode_param(context_params),
-            DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_param(message_params),
-        }
+        bootstrap = bootstrap_env(context_params, message_params)
         process = subprocess.Popen(
             list(command),
             env={**os.environ, **(env or {}), **bootstrap},
@@ -140,7 +154,7 @@ def run_local(
         )
         try:
             while process.poll() is None:
-                _deliver(handler, received, on_message, POLL_S)
+                deliver(handler, received, on_message, POLL_S)
         finally:
             if process.poll() is None:  # the callback raised: do not leave the task running
                 process.terminate()
@@ -148,12 +162,8 @@ def run_local(
                     process.wait(10)
         code = process.returncode
         tail = _tail(output)
-    _deliver(handler, received, on_message, 0)  # the reader thread has read the file to its end
-    if handler.exception is not None:
-        exc = handler.exception
-        raise WorkerTaskError(f"worker task {task!r} failed: {exc.get('name')}: {exc.get('message')}")
-    if code != 0:
-        raise WorkerTaskError(f"worker task {task!r} exited with code {code}: {tail or '(no output)'}")
+    deliver(handler, received, on_message, 0)  # the reader thread has read the file to its end
+    raise_if_failed(handler, task, None if code == 0 else f"exited with code {code}: {tail or '(no output)'}")
     if tail:
         log.debug("worker task %s output:\n%s", task, tail)
     return received
