@@ -52,15 +52,12 @@ class SessionHandler:
 
     def __init__(self) -> None:
         self.custom: queue.Queue[Any] = queue.Queue()
-        self.opened = self.closed = False
         self.exception: Mapping[str, Any] | None = None
 
     def handle_message(self, message: Mapping[str, Any]) -> None:
         method, params = message.get("method"), message.get("params") or {}
-        if method == "opened":
-            self.opened = True
-        elif method == "closed":
-            self.closed, self.exception = True, params.get("exception")
+        if method == "closed":
+            self.exception = params.get("exception")
         elif method == "report_custom_message":
             self.custom.put(params.get("payload"))
         elif method == "log":
@@ -82,8 +79,8 @@ def bootstrap_env(context_params: Mapping[str, Any], message_params: Mapping[str
 def raise_if_failed(handler: SessionHandler, task: str, failure: str | None) -> None:
     """The worker's own exception if its closing message carried one, else `failure` (how the process ended)."""
     if handler.exception is not None:
-        exc = handler.exception
-        raise WorkerTaskError(f"worker task {task!r} failed: {exc.get('name')}: {exc.get('message')}")
+        exc = handler.exception  # its message is the exception's last traceback line: "Name: text"
+        raise WorkerTaskError(f"worker task {task!r} failed: {str(exc.get('message') or exc.get('name')).strip()}")
     if failure is not None:
         raise WorkerTaskError(f"worker task {task!r} {failure}")
 

@@ -422,6 +422,8 @@ def predict_aoi(pipes: PipesContext) -> None:
     The model is the project's base model folder (model.pt) plus the head version folder it maps with;
     a spatial head applies to embeddings only, so the base model runs and the app re-predicts from the cache.
     """
+    import torch
+
     from pearl_pipelines.ml.inference import predict as full_predict
     from pearl_pipelines.ml.models import load_model
     from pearl_pipelines.ml.versions import ModelVersion
@@ -456,6 +458,7 @@ def predict_aoi(pipes: PipesContext) -> None:
             "kind": "summary",
             "pid": os.getpid(),
             "forked_from_warm_server": os.environ.get("PEARL_WORKER_FORKED") == "1",
+            "torch_threads": torch.get_num_threads(),
             "seconds": round(result.seconds, 3),
             "windows": result.windows,
             "height": result.height,
