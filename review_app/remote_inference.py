@@ -16,11 +16,9 @@ from typing import Any
 
 from pearl_pipelines.ml.versions import VERSION_FILE, ModelVersion
 from pearl_pipelines.settings import Settings
-from pearl_pipelines.worker.session import WorkerTaskError, run_task
 from review_app.engine import MODEL_FILE
 from review_app.workspace import ProjectWorkspace
 
-__all__ = ["AoiPrediction", "WorkerTaskError", "predict_aoi"]
 TASK = "predict-aoi"
 Progress = Callable[[int, int], None]
 
@@ -80,6 +78,8 @@ def predict_aoi(
 ) -> AoiPrediction:
     """Full forward pass over the AOI (lon/lat GeoJSON) in the worker: classes + confidence COGs in `out_dir`,
     the AOI's embedding cache in `embeddings_dir`. Raises WorkerTaskError with the worker's message."""
+    from pearl_pipelines.worker.session import WorkerTaskError, run_task  # Dagster Pipes: loaded on first use
+
     home = settings.home_abs
     extras = {
         "base_model": _rel(ws.paths.base_model_dir / MODEL_FILE, home),
