@@ -1,11 +1,10 @@
 """Run one worker task outside a Dagster run (the review app's jobs), where Dagster would run it.
 
 Same command as `GpuCompute` (`python -m pearl_pipelines.worker <task>`, so the warm worker server takes it
-when one runs), same Dagster Pipes protocol. Dagster's Pipes clients report into a run's context (logs,
-engine events, materializations); a web app has no run, and it wants the task's custom messages while the
-task runs (progress). So the launcher side here is built from Dagster's own pieces - the temp-file context
-injector and message reader, `dagster_pipes` bootstrap encoding - around a small handler: custom messages
-go to a callback, logs to Python logging, and the exception of the worker's closing message is raised.
+when one runs), same Dagster Pipes protocol. Dagster's Pipes clients report into a run's context; a web app
+has no run, and it wants the task's custom messages while the task runs (progress). So the launcher side is
+built from Dagster's own pieces - here the temp-file context injector and message reader - around the handler
+of `session_pipes.py`: custom messages go to a callback, and the worker's exception is raised.
 """
 
 from __future__ import annotations
@@ -13,110 +12,37 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import subprocess
 import tempfile
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from dagster._core.pipes.context import PipesMessageHandler
 from dagster._core.pipes.utils import PipesTempFileContextInjector, PipesTempFileMessageReader
-from dagster_pipes import (
-    DAGSTER_PIPES_CONTEXT_ENV_VAR,
-    DAGSTER_PIPES_MESSAGES_ENV_VAR,
-    PipesContextData,
-    encode_param,
+
+from pearl_pipelines.worker.session_pipes import (
+    POLL_S,
+    OnMessage,
+    SessionHandler,
+    WorkerTaskError,
+    bootstrap_env,
+    context_data,
+    deliver,
+    raise_if_failed,
 )
 
 if TYPE_CHECKING:
     from pearl_pipelines.defs.resources import GpuCompute
     from pearl_pipelines.settings import Settings
 
+__all__ = ["OnMessage", "WorkerTaskError", "run_local", "run_task"]
 log = logging.getLogger(__name__)
-OnMessage = Callable[[Any], None]
-POLL_S = 0.05
 STDERR_TAIL = 2000  # characters of the worker's output quoted when it dies without a Pipes exception
-
-
-class WorkerTaskError(RuntimeError):
-    """A worker task failed; the message is the worker's own exception (or its output's tail if it had none)."""
-
-
-class SessionHandler:
-    """The launcher's end of the message channel, for one task without a Dagster run.
-
-    Duck-types the two methods Dagster's message readers call (`handle_message`,
-    `report_pipes_framework_exception`); materializations and checks have no asset to go to and are ignored.
-    """
-
-    def __init__(self) -> None:
-        self.custom: queue.Queue[Any] = queue.Queue()
-        self.exception: Mapping[str, Any] | None = None
-
-    def handle_message(self, message: Mapping[str, Any]) -> None:
-        method, params = message.get("method"), message.get("params") or {}
-        if method == "closed":
-            self.exception = params.get("exception")
-        elif method == "report_custom_message":
-            self.custom.put(params.get("payload"))
-        elif method == "log":
-            level = logging.getLevelName(str(params.get("level", "info")).upper())
-            log.log(level if isinstance(level, int) else logging.INFO, "[worker] %s", params.get("message"))
-
-    def report_pipes_framework_exception(self, origin: str, exc_info: Any) -> None:
-        log.error("pipes message reader failed in %s", origin, exc_info=exc_info)
-
-
-def bootstrap_env(context_params: Mapping[str, Any], message_params: Mapping[str, Any]) -> dict[str, str]:
-    """The two Pipes bootstrap variables `open_dagster_pipes` reads, encoded as Dagster encodes them."""
-    return {
-        DAGSTER_PIPES_CONTEXT_ENV_VAR: encode_param(context_params),
-        DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_param(message_params),
-    }
-
-
-def raise_if_failed(handler: SessionHandler, task: str, failure: str | None) -> None:
-    """The worker's own exception if its closing message carried one, else `failure` (how the process ended)."""
-    if handler.exception is not None:
-        exc = handler.exception  # its message is the exception's last traceback line: "Name: text"
-        raise WorkerTaskError(f"worker task {task!r} failed: {str(exc.get('message') or exc.get('name')).strip()}")
-    if failure is not None:
-        raise WorkerTaskError(f"worker task {task!r} {failure}")
-
-
-def context_data(extras: Mapping[str, Any]) -> PipesContextData:
-    """What `open_dagster_pipes` reads in the worker: no asset, no partition, a session id for a run id."""
-    return PipesContextData(
-        asset_keys=None,
-        code_version_by_asset_key=None,
-        provenance_by_asset_key=None,
-        partition_key=None,
-        partition_key_range=None,
-        partition_time_window=None,
-        run_id=f"session-{uuid.uuid4().hex[:12]}",
-        job_name=None,
-        retry_number=0,
-        extras=dict(extras),
-    )
 
 
 def _tail(output: IO[bytes]) -> str:
     output.seek(0)
     return output.read().decode(errors="replace")[-STDERR_TAIL:].strip()
-
-
-def deliver(handler: SessionHandler, received: list[Any], on_message: OnMessage | None, wait: float) -> None:
-    """Pass on the custom messages that arrived (waiting up to `wait` s for the first), in order."""
-    try:
-        message = handler.custom.get(timeout=wait) if wait else handler.custom.get_nowait()
-        while True:
-            received.append(message)
-            if on_message is not None:
-                on_message(message)
-            message = handler.custom.get_nowait()
-    except queue.Empty:
-        return
 
 
 def run_local(

@@ -22,7 +22,7 @@ from dagster._core.pipes.utils import PipesEnvContextInjector
 from dagster_k8s.client import DagsterKubernetesClient, WaitForPodState
 from dagster_k8s.pipes import WAIT_TIMEOUT_FOR_READY, PipesK8sPodLogsMessageReader, build_pod_body
 
-from pearl_pipelines.worker.session import (
+from pearl_pipelines.worker.session_pipes import (
     POLL_S,
     OnMessage,
     SessionHandler,
