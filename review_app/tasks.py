@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
-from shapely.geometry import shape
 
 from pearl_pipelines.classes import ClassSchema
 from pearl_pipelines.geo.stac import StacError
@@ -29,7 +28,7 @@ from pearl_pipelines.labels.store import AoiRow, LabelStore
 from pearl_pipelines.ml.metrics import MetricsReport
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
-from review_app import engine
+from review_app import engine, remote_inference
 from review_app.imagery import ImageryError, build_mosaic, imagery_sources, lonlat_bounds
 from review_app.jobs import JobContext, JobFailed
 from review_app.links import prediction_links
@@ -89,28 +88,34 @@ def _publish_layer(
     )
 
 
-def run_inference(ctx: JobContext, ws: ProjectWorkspace, aoi: AoiRow, *, model: ModelSlot, schema_of: SchemaOf) -> str:
-    """A full forward pass over the AOI with the current model: a new layer version, and the embedding cache."""
+def run_inference(
+    ctx: JobContext, ws: ProjectWorkspace, aoi: AoiRow, *, model: ModelSlot, schema_of: SchemaOf, settings: Settings
+) -> str:
+    """A full forward pass over the AOI with the current model: a new layer version, and the embedding cache.
+
+    The backbone runs in the worker (remote_inference.py: where Dagster's compute runs), not in this process.
+    """
     current = model.require()
     aoi_id, paths = aoi.id, ws.paths
     state = ws.state()
     version = state.aois.get(aoi_id, AoiLayer()).version + 1
     ctx.step(f"predicting {aoi.name}", 0.0)
-    result = engine.predict_aoi(
-        engine.version_model(current.version, current.base),
-        paths.imagery,
-        shape(aoi.geometry),
-        paths.prediction_dir(aoi_id, version),
-        paths.embeddings_dir(aoi_id),
+    result = remote_inference.predict_aoi(
+        settings,
+        ws,
+        aoi.geometry,
+        current.version,
+        out_dir=paths.prediction_dir(aoi_id, version),
+        embeddings_dir=paths.embeddings_dir(aoi_id),
         progress=lambda done, total: ctx.progress(done, total, f"predicting {aoi.name}: window {done}/{total}"),
-        model_id=current.version.id,
     )
     if current.version.needs_xy:  # the forward pass gave the embeddings; the spatial head applies to them
         engine.repredict(
             paths.embeddings_dir(aoi_id), current.version, schema_of(), paths.prediction_dir(aoi_id, version)
         )
     _publish_layer(ctx, ws, aoi_id, version, model_version=state.current_model, embeddings=True)
-    return f"{aoi.name} predicted in {result.seconds:.1f} s"
+    where = "a warm worker fork" if result.forked else "a worker process"
+    return f"{aoi.name} predicted in {result.seconds:.1f} s by {where} (pid {result.pid})"
 
 
 def _cached_aois(ws: ProjectWorkspace) -> dict[int, Path]:

@@ -41,6 +41,16 @@ class SmallCatalog:
     scale: float = SMALL_SCALE
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _subprocesses_import_this_checkout() -> Iterator[None]:
+    """Worker processes and servers started by tests import this checkout's packages, as the tests do (the
+    shared virtualenv's editable install may point at another checkout; cwd only shadows it in this process)."""
+    root = str(Path(__file__).resolve().parents[1])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        yield
+
+
 @pytest.fixture(scope="session")
 def pearl_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A fresh PEARL_HOME (and STAC port) for the whole session; the real environment is restored after."""

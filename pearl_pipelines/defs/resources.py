@@ -304,13 +304,11 @@ def automation_enabled() -> bool:
     return get_settings().dagster_automation
 
 
-def build_resources(settings: Settings | None = None) -> dict[str, Any]:
-    """Resources for `PEARL_DEPLOYMENT` (local | k8s); k8s reads its pod settings from PEARL_K8S_* variables."""
+def gpu_compute(settings: Settings | None = None) -> GpuCompute:
+    """The worker's compute for `PEARL_DEPLOYMENT`: Dagster's resource, and the review app's session launcher's."""
     settings = settings or get_settings()
-    home = str(settings.home_abs)
-    compute = GpuCompute(env={"PEARL_HOME": home})
     if settings.deployment == "k8s":
-        compute = GpuCompute(
+        return GpuCompute(
             mode="k8s",
             image=dg.EnvVar("PEARL_K8S_WORKER_IMAGE").get_value("ghcr.io/pearl-pipelines/pearl-worker:latest") or "",
             namespace=dg.EnvVar("PEARL_K8S_NAMESPACE").get_value("pearl") or "pearl",
@@ -318,6 +316,14 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
             mlflow_tracking_uri=dg.EnvVar("PEARL_K8S_MLFLOW_URI").get_value() or None,
             load_incluster_config=True,
         )
+    return GpuCompute(env={"PEARL_HOME": str(settings.home_abs)})
+
+
+def build_resources(settings: Settings | None = None) -> dict[str, Any]:
+    """Resources for `PEARL_DEPLOYMENT` (local | k8s); k8s reads its pod settings from PEARL_K8S_* variables."""
+    settings = settings or get_settings()
+    home = str(settings.home_abs)
+    compute = gpu_compute(settings)
     return {
         "stac": StacResource(
             url=settings.resolved_stac_url, source=settings.stac_source, collection=settings.stac_collection

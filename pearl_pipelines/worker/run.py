@@ -6,7 +6,8 @@ it is its own module so that neither of those two imports the other. Kept light:
 
 from __future__ import annotations
 
-TASK_NAMES = ("probe", "train-starter", "embed", "retrain", "predict")  # = worker.tasks.TASKS, without importing it
+# = worker.tasks.TASKS, without importing it
+TASK_NAMES = ("probe", "train-starter", "embed", "retrain", "predict", "predict-aoi")
 
 
 def run_task(task: str) -> int:

@@ -7,6 +7,7 @@
 | embed          | embeddings       | backbone over each review AOI -> float16 embedding cache              |
 | retrain        | landcover_model  | new head on cached embeddings under the label set, register version   |
 | predict        | predictions      | classes + confidence COG per tile (head on cache, or full inference)  |
+| predict-aoi    | (review app)     | full forward pass over one review AOI -> COGs + its embedding cache   |
 
 Per-tile results go back as custom messages ({"kind": "tile", ...}); the Dagster side turns them into
 materializations of the tile partitions. Every task is one MLflow run tagged with the Dagster run id.
@@ -414,6 +415,61 @@ def predict(pipes: PipesContext) -> None:
     )
 
 
+# -- predict-aoi -----------------------------------------------------------------------------------------
+PROGRESS_INTERVAL_S = 0.2  # at most this often a progress message (plus the last window)
+
+
+def predict_aoi(pipes: PipesContext) -> None:
+    """The review app's inference over a new AOI, run where the compute runs (see worker/session.py).
+
+    The model is the project's base model folder (model.pt) plus the head version folder it maps with;
+    a spatial head applies to embeddings only, so the base model runs and the app re-predicts from the cache.
+    """
+    import torch
+
+    from pearl_pipelines.ml.inference import predict as full_predict
+    from pearl_pipelines.ml.models import load_model
+    from pearl_pipelines.ml.versions import ModelVersion
+
+    extras = pipes.extras
+    model = load_model(_path(extras["base_model"]))
+    if extras.get("version_dir"):
+        version = ModelVersion.load(_path(extras["version_dir"]))
+        if not version.needs_xy:
+            model = version.to_model(model)
+    last, interval = 0.0, float(extras.get("progress_interval_s", PROGRESS_INTERVAL_S))
+
+    def progress(done: int, total: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if done >= total or now - last >= interval:
+            last = now
+            pipes.report_custom_message({"kind": "progress", "done": done, "total": total})
+
+    result = full_predict(
+        model,
+        _path(extras["imagery"]),
+        _path(extras["out_dir"]),
+        aoi=extras["aoi"],
+        aoi_crs="EPSG:4326",
+        embeddings_dir=_path(extras["embeddings_dir"]),
+        model_id=extras.get("model_id"),
+        progress=progress,
+    )
+    pipes.report_custom_message(
+        {
+            "kind": "summary",
+            "pid": os.getpid(),
+            "forked_from_warm_server": os.environ.get("PEARL_WORKER_FORKED") == "1",
+            "torch_threads": torch.get_num_threads(),
+            "seconds": round(result.seconds, 3),
+            "windows": result.windows,
+            "height": result.height,
+            "width": result.width,
+        }
+    )
+
+
 # -- probe ---------------------------------------------------------------------------------------------
 def probe(pipes: PipesContext) -> None:
     """What the worker sees: Python, torch, the accelerator, PEARL_HOME (a GPU pod's smoke test)."""
@@ -444,4 +500,5 @@ TASKS: dict[str, Callable[[PipesContext], None]] = {
     "embed": embed,
     "retrain": retrain,
     "predict": predict,
+    "predict-aoi": predict_aoi,
 }

@@ -89,7 +89,7 @@ class AoiService:
         return self.runner.submit(
             project_id,
             "inference",
-            lambda ctx: tasks.run_inference(ctx, ws, aoi, model=slot, schema_of=schema_of),
+            lambda ctx: tasks.run_inference(ctx, ws, aoi, model=slot, schema_of=schema_of, settings=self.settings),
             aoi_id=aoi_id,
         )
 

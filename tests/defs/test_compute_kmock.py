@@ -13,6 +13,7 @@ container, log-stream reconnects, pod eviction.
 
 import asyncio
 import datetime as dt
+import os
 import subprocess
 import sys
 import threading
@@ -176,4 +177,33 @@ def test_pipes_k8s_client_runs_the_worker_pod(cluster: FakeCluster) -> None:
     assert {"DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES"} <= {e["name"] for e in container["env"]}
     assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     # The client deleted the pod once it had the results.
+    assert cluster._api().list_namespaced_pod(NAMESPACE).items == []
+
+
+def test_session_launcher_runs_the_task_as_a_pod_and_streams_its_messages(cluster: FakeCluster) -> None:
+    """The review app's launcher in k8s mode (worker/session_k8s.py): the same pod, its messages from the pod log."""
+    from pearl_pipelines.worker.session import WorkerTaskError, run_task
+    from tests.worker.aoi_data import aoi_extras, build_aoi_home, check_messages, check_outputs
+
+    volume = build_aoi_home(cluster.home / "pearl-home")  # the PVC, as the emulated kubelet mounts it
+    compute = GpuCompute(
+        mode="k8s",
+        image="registry.example/pearl-worker:1.0",
+        namespace=NAMESPACE,
+        kubeconfig_file=str(cluster.kubeconfig),
+        load_incluster_config=False,
+        poll_interval=0.1,
+        env={"PYTHONPATH": os.environ.get("PYTHONPATH", "")},  # the image's code = this checkout's
+    )
+    seen: list[Any] = []
+    messages = run_task("predict-aoi", aoi_extras(volume), on_message=seen.append, compute=compute)
+    assert seen == messages
+    check_messages(messages)
+    check_outputs(volume)
+    (pod,) = cluster.created
+    assert pod["metadata"]["name"].startswith("pearl-session-predict-aoi-")
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+    with pytest.raises(WorkerTaskError, match=r"predict-aoi.*FileNotFoundError: no model version checkpoint"):
+        run_task("predict-aoi", {**aoi_extras(volume), "version_dir": "models/missing"}, compute=compute)
     assert cluster._api().list_namespaced_pod(NAMESPACE).items == []

@@ -1,0 +1,102 @@
+"""The AOI forward pass, run where the compute runs: the worker's `predict-aoi` task, not the web process.
+
+The backbone is the expensive part of live mapping; Dagster already runs it through `GpuCompute` (a warm fork
+of the worker server locally, a GPU pod in k8s mode). The review app hands it the same way, through the
+session launcher (`pearl_pipelines.worker.session`): the worker loads the project's base model and current
+head from the workspace and writes the COGs and the embedding cache there. Head-only work stays in the app.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pearl_pipelines.ml.versions import VERSION_FILE, ModelVersion
+from pearl_pipelines.settings import Settings
+from review_app.engine import MODEL_FILE
+from review_app.workspace import ProjectWorkspace
+
+TASK = "predict-aoi"
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class AoiPrediction:
+    """The worker's summary of one AOI forward pass."""
+
+    seconds: float
+    pid: int
+    forked: bool
+    windows: int
+    height: int
+    width: int
+
+    @classmethod
+    def of(cls, summary: Mapping[str, Any]) -> AoiPrediction:
+        return cls(
+            seconds=float(summary["seconds"]),
+            pid=int(summary["pid"]),
+            forked=bool(summary.get("forked_from_warm_server")),
+            windows=int(summary.get("windows", 0)),
+            height=int(summary["height"]),
+            width=int(summary["width"]),
+        )
+
+
+def _rel(path: Path, home: Path) -> str:
+    """Worker paths are relative to PEARL_HOME (a pod mounts it elsewhere); absolute when outside it."""
+    path = Path(path).absolute()
+    return str(path.relative_to(home)) if path.is_relative_to(home) else str(path)
+
+
+def version_folder(ws: ProjectWorkspace, version: ModelVersion) -> Path:
+    """The saved folder of the head the project maps with: its checkpoint, or a copy when none on disk is it
+    (a retrain that failed between taking effect and saving)."""
+    number = ws.state().current_model
+    if number is not None:
+        manifest = ws.paths.version_dir(number) / VERSION_FILE
+        if manifest.is_file() and json.loads(manifest.read_text()).get("id") == version.id:
+            return ws.paths.version_dir(number)
+    folder = ws.paths.root / "models" / "session" / version.id
+    if not (folder / VERSION_FILE).is_file():
+        version.save(folder)
+    return folder
+
+
+def predict_aoi(
+    settings: Settings,
+    ws: ProjectWorkspace,
+    geometry: Mapping[str, Any],
+    version: ModelVersion,
+    *,
+    out_dir: Path,
+    embeddings_dir: Path,
+    progress: Progress | None = None,
+) -> AoiPrediction:
+    """Full forward pass over the AOI (lon/lat GeoJSON) in the worker: classes + confidence COGs in `out_dir`,
+    the AOI's embedding cache in `embeddings_dir`. Raises WorkerTaskError with the worker's message."""
+    from pearl_pipelines.worker.session import WorkerTaskError, run_task  # Dagster Pipes: loaded on first use
+
+    home = settings.home_abs
+    extras = {
+        "base_model": _rel(ws.paths.base_model_dir / MODEL_FILE, home),
+        "version_dir": _rel(version_folder(ws, version), home),
+        "imagery": _rel(ws.paths.imagery, home),
+        "aoi": dict(geometry),
+        "out_dir": _rel(out_dir, home),
+        "embeddings_dir": _rel(embeddings_dir, home),
+        "model_id": version.id,
+    }
+
+    def on_message(message: Any) -> None:
+        if progress is not None and isinstance(message, dict) and message.get("kind") == "progress":
+            progress(int(message["done"]), int(message["total"]))
+
+    messages = run_task(TASK, extras, on_message=on_message, settings=settings)
+    summaries = [m for m in messages if isinstance(m, dict) and m.get("kind") == "summary"]
+    if not summaries:
+        raise WorkerTaskError(f"worker task {TASK!r} finished without a summary")
+    return AoiPrediction.of(summaries[-1])
