@@ -167,6 +167,10 @@ class ProjectPaths:
         """A model version checkpoint (ml.versions.ModelVersion: head, schema, lineage, metrics, labels)."""
         return self._path("models", f"v{int(version)}")
 
+    def session_version_dir(self, version_id: str) -> Path:
+        """A head the worker maps with that is not a checkpoint on disk (saved for the worker to load)."""
+        return self._path("models", "session", version_id)
+
     @property
     def state(self) -> Path:
         return self._path("state.json")

@@ -46,12 +46,6 @@ class AoiPrediction:
         )
 
 
-def _rel(path: Path, home: Path) -> str:
-    """Worker paths are relative to PEARL_HOME (a pod mounts it elsewhere); absolute when outside it."""
-    path = Path(path).absolute()
-    return str(path.relative_to(home)) if path.is_relative_to(home) else str(path)
-
-
 def version_folder(ws: ProjectWorkspace, version: ModelVersion) -> Path:
     """The saved folder of the head the project maps with: its checkpoint, or a copy when none on disk is it
     (a retrain that failed between taking effect and saving)."""
@@ -60,7 +54,7 @@ def version_folder(ws: ProjectWorkspace, version: ModelVersion) -> Path:
         manifest = ws.paths.version_dir(number) / VERSION_FILE
         if manifest.is_file() and json.loads(manifest.read_text()).get("id") == version.id:
             return ws.paths.version_dir(number)
-    folder = ws.paths.root / "models" / "session" / version.id
+    folder = ws.paths.session_version_dir(version.id)
     if not (folder / VERSION_FILE).is_file():
         version.save(folder)
     return folder
@@ -80,14 +74,14 @@ def predict_aoi(
     the AOI's embedding cache in `embeddings_dir`. Raises WorkerTaskError with the worker's message."""
     from pearl_pipelines.worker.session import WorkerTaskError, run_task  # Dagster Pipes: loaded on first use
 
-    home = settings.home_abs
+    key = settings.layout.key  # worker paths are keys under PEARL_HOME (a pod mounts it elsewhere)
     extras = {
-        "base_model": _rel(ws.paths.base_model_dir / MODEL_FILE, home),
-        "version_dir": _rel(version_folder(ws, version), home),
-        "imagery": _rel(ws.paths.imagery, home),
+        "base_model": key(ws.paths.base_model_dir / MODEL_FILE),
+        "version_dir": key(version_folder(ws, version)),
+        "imagery": key(ws.paths.imagery),
         "aoi": dict(geometry),
-        "out_dir": _rel(out_dir, home),
-        "embeddings_dir": _rel(embeddings_dir, home),
+        "out_dir": key(out_dir),
+        "embeddings_dir": key(embeddings_dir),
         "model_id": version.id,
     }
 
