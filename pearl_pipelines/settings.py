@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     auth_secret: str = Field(default=DEFAULT_AUTH_SECRET, description="key of the API tokens' HMAC; set outside local")
     # Abuse limits and browser policy of the review app.
     max_body_bytes: int = Field(default=2 << 20, gt=0, description="Largest request body (413 beyond)")
+    write_rate_limit: str = Field(
+        default="30/second;600/minute", description="Writes per user (POST/PUT/PATCH/DELETE), `limits` syntax"
+    )
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call the API from a browser; none by default"
     )

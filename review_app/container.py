@@ -13,6 +13,7 @@ from review_app import engine
 from review_app.auth.identity import LOCAL_SUBJECT, Authenticator, check_settings
 from review_app.events import EventHub
 from review_app.jobs import Debouncer, JobRunner
+from review_app.rate_limits import WriteLimiter
 from review_app.services.aois import AoiService
 from review_app.services.classes import ClassSchemas
 from review_app.services.labels import LabelService
@@ -33,6 +34,7 @@ class ReviewServices:
         self.states = StateStore(settings.home_abs)
         self.accounts = Accounts(self.store, settings.auth_secret)
         self.auth = Authenticator(settings, self.accounts)
+        self.write_limiter = WriteLimiter(settings.write_rate_limit)
         self.hub = EventHub()
         self.runner = JobRunner(self.hub)
         self.label_runs = Debouncer(lambda project_id: engine.submit_label_run(project_id, settings, self.store))

@@ -7,6 +7,7 @@
 | KeyError (unknown project, AOI, label, checkpoint, job) | 404 |
 | Forbidden (a member without the role the route needs) | 403 |
 | Conflict (no model yet, imagery not ready) | 409 |
+| TooManyRequests (writes per user, a second waiting retrain/inference) | 429 with Retry-After |
 | StacError (the STAC API is unreachable or failed) | 503, naming the service |
 | anything else | 500 "internal error", details only in the server log |
 """
@@ -30,6 +31,7 @@ from pearl_pipelines.ml.errors import SuggestionError
 from review_app.auth.guard import Forbidden
 from review_app.engine import RetrainError
 from review_app.geometry import GeometryError
+from review_app.rate_limits import TooManyRequests
 from review_app.services.errors import Conflict
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,11 @@ async def _forbidden(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": _message(exc)}, status_code=403)
 
 
+async def _too_many(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TooManyRequests)
+    return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)})
+
+
 async def _conflict(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": _message(exc)}, status_code=409)
 
@@ -121,6 +128,7 @@ def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(KeyError, _not_found)
     app.add_exception_handler(Conflict, _conflict)
     app.add_exception_handler(Forbidden, _forbidden)
+    app.add_exception_handler(TooManyRequests, _too_many)
     app.add_exception_handler(StacError, _unavailable)
     app.add_exception_handler(RasterioError, _raster)
     app.add_exception_handler(RioTilerError, _raster)

@@ -17,10 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from review_app.events import EventHub
+from review_app.rate_limits import TooManyRequests
 from review_app.schemas import JobKind, JobOut, JobState
 
 log = logging.getLogger(__name__)
 MAX_JOBS_KEPT = 200
+LIMITED_KINDS = frozenset({"retrain", "inference"})  # the expensive ones: one running + one waiting per project
 PROGRESS_INTERVAL_S = 0.1
 
 
@@ -94,8 +96,21 @@ class JobRunner:
         self._guard = threading.Lock()
 
     def submit(self, project_id: int, kind: JobKind, body: JobBody, *, aoi_id: int | None = None) -> Job:
+        """Queue a job. Of each limited kind a project has at most one running and one waiting: the same request
+        again joins the waiting job; another one (a different AOI) is refused with TooManyRequests (429)."""
         job = Job(project_id=project_id, kind=kind, aoi_id=aoi_id)
         with self._guard:
+            if kind in LIMITED_KINDS:
+                waiting = next(
+                    (j for j in self._jobs.values() if (j.project_id, j.kind, j.state) == (project_id, kind, "queued")),
+                    None,
+                )
+                if waiting is not None and waiting.aoi_id == aoi_id:
+                    return waiting  # e.g. a second label burst while the first retrain runs: one retrain follows
+                if waiting is not None:
+                    raise TooManyRequests(
+                        f"a {kind} is already waiting in project {project_id}; retry when it has started", 5
+                    )
             self._jobs[job.id] = job
             while len(self._jobs) > MAX_JOBS_KEPT:
                 self._jobs.popitem(last=False)

@@ -20,6 +20,7 @@ from pearl_pipelines.labels.accounts import Accounts, Role, User
 from review_app.auth.identity import LOCAL_SUBJECT, Authenticator, NotSignedIn
 from review_app.auth.rules import Rule, rule_for
 
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 AUDIT_KEY = "pearl.audit"  # scope entry the guard fills and the audit middleware reads
 
 
@@ -85,6 +86,8 @@ def _authorize(conn: HTTPConnection) -> None:
             raise WebSocketException(code=status.WS_1008_POLICY_VIOLATION, reason=str(exc)[:120]) from None
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     conn.state.user = user
+    if conn.scope["type"] == "http" and conn.scope["method"] in WRITE_METHODS:
+        services.write_limiter.hit(user.id)  # TooManyRequests -> 429 with Retry-After
     project_id: int | None = None
     if rule.scope == "project":
         project_id = _project_id(conn)
