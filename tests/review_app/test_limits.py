@@ -11,7 +11,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pearl_pipelines.labels.accounts import Accounts
-from pearl_pipelines.settings import Settings
 from review_app.events import EventHub
 from review_app.jobs import JobRunner
 from review_app.rate_limits import TooManyRequests
