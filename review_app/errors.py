@@ -23,8 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pearl_pipelines.geo.grid import AoiError
 from pearl_pipelines.labels.store import LabelStoreError
-from pearl_pipelines.ml.errors import SuggestionError
-from review_app.engine import RetrainError
+from pearl_pipelines.ml.errors import RetrainError, SuggestionError
 from review_app.geometry import GeometryError
 from review_app.services.errors import Conflict
 
