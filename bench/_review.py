@@ -67,7 +67,7 @@ def bench_settings() -> Settings:
 
 def _ensure_model(main: Settings, settings: Settings) -> None:
     from pearl_pipelines.ml.base_model import local_model_dirs
-    from pearl_pipelines.ml.registry import MODEL_FILE
+    from pearl_pipelines.ml.models import MODEL_FILE
 
     for folder in local_model_dirs(BASE_MODEL, main):
         if (folder / MODEL_FILE).is_file():

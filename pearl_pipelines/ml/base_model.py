@@ -1,5 +1,7 @@
 """A project's base model: the frozen backbone + starter head and its replay set, from the MLflow registry or,
-when MLflow is down or lacks it, from the local copies under PEARL_HOME/models (the review app works offline)."""
+when MLflow is down or lacks it, from the local copies under PEARL_HOME/models (the review app works offline).
+
+MLflow is imported only when a base model is looked for there: the review app starts without it."""
 
 from __future__ import annotations
 
@@ -7,11 +9,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from pearl_pipelines.ml.models import LandcoverModel, load_model, save_model
+from pearl_pipelines.ml.models import MODEL_FILE, LandcoverModel, load_model, save_model
 from pearl_pipelines.ml.refs import parse_model_uri
-from pearl_pipelines.ml.registry import MODEL_FILE, ModelRegistry
 from pearl_pipelines.ml.replay import REPLAY_FILE, ReplaySet
-from pearl_pipelines.ml.tracking import mlflow_reachable
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
 
@@ -62,6 +62,9 @@ def load_base_model(ref: str, settings: Settings) -> tuple[BaseModel | None, str
             replay = ReplaySet.load(folder / REPLAY_FILE) if (folder / REPLAY_FILE).is_file() else None
             return BaseModel(model, replay, str(path)), ""
         return None, f"no model file at {path}"
+    from pearl_pipelines.ml.registry import ModelRegistry
+    from pearl_pipelines.ml.tracking import mlflow_reachable
+
     name, alias = parse_model_uri(ref)
     uri = settings.resolved_mlflow_uri
     if mlflow_reachable(uri):

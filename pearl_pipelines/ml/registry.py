@@ -20,13 +20,12 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from pearl_pipelines.ml import versions
-from pearl_pipelines.ml.models import LandcoverModel, load_model
+from pearl_pipelines.ml.models import MODEL_FILE, LandcoverModel, load_model
 from pearl_pipelines.ml.refs import model_uri
 from pearl_pipelines.ml.replay import REPLAY_FILE, ReplaySet
 from pearl_pipelines.ml.tracking import CHECKPOINT_ARTIFACT_DIR, TAG_VERSION, log_version, mlflow_reachable
 
 MODEL_ARTIFACT_PATH = "model"  # run artifact folder that a model version points at
-MODEL_FILE = "model.pt"
 READY_FILE = ".complete"  # in a downloaded version's folder: the download finished (holds model.pt's path)
 
 

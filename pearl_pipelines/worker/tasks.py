@@ -20,11 +20,14 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagster_pipes import PipesContext
 
 from pearl_pipelines.settings import get_settings
+
+if TYPE_CHECKING:  # for annotations only: each task imports the engine modules it uses when it runs
+    from pearl_pipelines.ml.versions import ModelVersion
 
 RUN_ID_TAG = "dagster_run_id"
 
@@ -311,7 +314,7 @@ def retrain(pipes: PipesContext) -> None:
 
 # -- predict ---------------------------------------------------------------------------------------------
 def predict_tile_list(
-    pipes: PipesContext, model: Any, model_id: str, tiles: list[dict[str, Any]], version: Any = None
+    pipes: PipesContext, model: Any, model_id: str, tiles: list[dict[str, Any]], version: ModelVersion | None = None
 ) -> tuple[dict[str, int], list[str]]:
     """Predict tiles (head over an AOI cache where given, else full inference over a mosaic of the tiles,
     so tile edges see their neighbours); one custom message per tile. Returns (counts per mode, invalid COGs).

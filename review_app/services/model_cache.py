@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.ml.base_model import BaseModel, load_base_model
-from pearl_pipelines.ml.registry import MODEL_FILE
+from pearl_pipelines.ml.models import MODEL_FILE
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
 from review_app.events import EventHub

@@ -8,7 +8,6 @@ import logging
 import threading
 
 from pearl_pipelines.labels.store import LabelStore, LabelStoreError
-from pearl_pipelines.ml.registry import log_checkpoint
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
 from review_app import tasks
@@ -80,6 +79,8 @@ class ModelService:
         return info
 
     def _log_checkpoint(self, project_id: int, version: int, name: str) -> None:
+        from pearl_pipelines.ml.registry import log_checkpoint  # MLflow: imported when a checkpoint is logged
+
         directory = self.states.paths(project_id).version_dir(version)
         try:
             mlflow_version = log_checkpoint(
