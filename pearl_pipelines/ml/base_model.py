@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pearl_pipelines.ml.models import MODEL_FILE, LandcoverModel, load_model, save_model
-from pearl_pipelines.ml.refs import parse_model_uri
+from pearl_pipelines.ml.refs import PREFIX, parse_model_uri
 from pearl_pipelines.ml.replay import REPLAY_FILE, ReplaySet
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
@@ -54,7 +54,7 @@ def local_model_dirs(ref: str, settings: Settings) -> list[Path]:
 
 def load_base_model(ref: str, settings: Settings) -> tuple[BaseModel | None, str]:
     """The project's base model from the MLflow registry, else from PEARL_HOME/models; (None, why) if neither."""
-    if not ref.startswith("models:/"):
+    if not ref.startswith(PREFIX):  # a file or folder under PEARL_HOME/models (or absolute)
         path = Path(ref) if Path(ref).is_absolute() else settings.models_dir / ref
         folder = path if path.is_dir() else path.parent
         if (folder / MODEL_FILE).is_file() or path.is_file():
