@@ -66,7 +66,8 @@ def bench_settings() -> Settings:
 
 
 def _ensure_model(main: Settings, settings: Settings) -> None:
-    from review_app.engine import MODEL_FILE, local_model_dirs
+    from pearl_pipelines.ml.base_model import local_model_dirs
+    from pearl_pipelines.ml.models import MODEL_FILE
 
     for folder in local_model_dirs(BASE_MODEL, main):
         if (folder / MODEL_FILE).is_file():

@@ -48,7 +48,7 @@ def direct_refresh(home: Path, stac_url: str, mlflow_uri: str, version: str) -> 
     from pearl_pipelines.geo.stac import StacCatalog
     from pearl_pipelines.geo.tiles import cut_tiles
     from pearl_pipelines.layout import CLASSES_FILE, CONFIDENCE_FILE
-    from pearl_pipelines.worker.engine import load_registered
+    from pearl_pipelines.ml.registry import load_registered
     from pearl_pipelines.worker.tasks import predict_tile_list
 
     started = time.perf_counter()

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pearl_pipelines.ml.data import LabelledRaster, load_labelled_rasters
 from pearl_pipelines.ml.metrics import MetricsReport, compute_metrics
+from pearl_pipelines.ml.refs import starter_model_name
 from pearl_pipelines.ml.registry import ModelRegistry
 from pearl_pipelines.ml.starter import (
     HOLDOUT_REGION,
@@ -35,7 +36,6 @@ from pearl_pipelines.ml.starter import (
     ensure_mlflow,
     ensure_regions,
     format_report,
-    starter_model_name,
     train_starter,
     training_regions,
 )

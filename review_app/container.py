@@ -9,10 +9,10 @@ from __future__ import annotations
 from pearl_pipelines.labels.accounts import Accounts, User
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.settings import Settings
-from review_app import engine
 from review_app.auth.identity import LOCAL_SUBJECT, Authenticator, check_settings
 from review_app.events import EventHub
 from review_app.jobs import Debouncer, JobRunner
+from review_app.label_runs import submit_label_run
 from review_app.rate_limits import WriteLimiter
 from review_app.services.aois import AoiService
 from review_app.services.classes import ClassSchemas
@@ -37,7 +37,7 @@ class ReviewServices:
         self.write_limiter = WriteLimiter(settings.write_rate_limit)
         self.hub = EventHub()
         self.runner = JobRunner(self.hub)
-        self.label_runs = Debouncer(lambda project_id: engine.submit_label_run(project_id, settings, self.store))
+        self.label_runs = Debouncer(lambda project_id: submit_label_run(project_id, settings, self.store))
         # The domains, each built from the pieces above and the domains it needs.
         store, states, hub, runner = self.store, self.states, self.hub, self.runner
         self.classes = ClassSchemas(store=store, hub=hub)

@@ -27,9 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pearl_pipelines.geo.grid import AoiError
 from pearl_pipelines.geo.stac import StacError
 from pearl_pipelines.labels.store import LabelStoreError
-from pearl_pipelines.ml.errors import SuggestionError
+from pearl_pipelines.ml.errors import RetrainError, SuggestionError
 from review_app.auth.guard import Forbidden
-from review_app.engine import RetrainError
 from review_app.geometry import GeometryError
 from review_app.rate_limits import TooManyRequests
 from review_app.services.errors import Conflict

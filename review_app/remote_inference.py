@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pearl_pipelines.ml.models import MODEL_FILE
 from pearl_pipelines.ml.versions import VERSION_FILE, ModelVersion
 from pearl_pipelines.settings import Settings
-from review_app.engine import MODEL_FILE
 from review_app.workspace import ProjectWorkspace
 
 TASK = "predict-aoi"

@@ -13,10 +13,10 @@ from pydantic import BaseModel, Field
 
 from pearl_pipelines.classes import ClassSchema
 from pearl_pipelines.labels.store import LabelStore
-from pearl_pipelines.ml.embeddings import EmbeddingCache
+from pearl_pipelines.ml.embeddings import EmbeddingCache, cache_complete
+from pearl_pipelines.ml.loop import conform
 from pearl_pipelines.ml.samples import sample_on_grid, validate_labels
 from pearl_pipelines.ml.suggest import MAX_SUGGESTIONS, suggest_clicks
-from review_app import engine
 from review_app.services.errors import Conflict
 from review_app.services.model_cache import ModelSlot
 from review_app.workspace import ProjectWorkspace
@@ -66,13 +66,13 @@ def aoi_suggestions(
     """
     layer = ws.state().aois.get(aoi_id)
     directory = ws.paths.embeddings_dir(aoi_id)
-    if layer is None or layer.version == 0 or not layer.embeddings or not engine.has_embeddings(directory):
+    if layer is None or layer.version == 0 or not layer.embeddings or not cache_complete(directory):
         raise Conflict(
             f"AOI {aoi_id} has no prediction yet: run inference on it first "
             "(suggestions score the embeddings that inference caches)"
         )
     current = model.require()
-    head = engine.conform(current.version, schema)  # classes added since the last retrain: never predicted
+    head = conform(current.version, schema)  # classes added since the last retrain: never predicted
     cache = EmbeddingCache.open(directory)
     found = suggest_clicks(
         cache, head.logits, n, method=method, exclude=_label_pixels(store, ws.project_id, cache), needs_xy=head.needs_xy

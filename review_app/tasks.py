@@ -25,10 +25,14 @@ import geopandas as gpd
 from pearl_pipelines.classes import ClassSchema
 from pearl_pipelines.geo.stac import StacError
 from pearl_pipelines.labels.store import AoiRow, LabelStore
+from pearl_pipelines.ml import loop
+from pearl_pipelines.ml.base_model import BaseModel
+from pearl_pipelines.ml.embeddings import cache_complete
+from pearl_pipelines.ml.errors import RetrainError
 from pearl_pipelines.ml.metrics import MetricsReport
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
-from review_app import engine, remote_inference
+from review_app import remote_inference
 from review_app.imagery import ImageryError, build_mosaic, imagery_sources, lonlat_bounds
 from review_app.jobs import JobContext, JobFailed
 from review_app.links import prediction_links
@@ -110,7 +114,7 @@ def run_inference(
         progress=lambda done, total: ctx.progress(done, total, f"predicting {aoi.name}: window {done}/{total}"),
     )
     if current.version.needs_xy:  # the forward pass gave the embeddings; the spatial head applies to them
-        engine.repredict(
+        loop.repredict(
             paths.embeddings_dir(aoi_id), current.version, schema_of(), paths.prediction_dir(aoi_id, version)
         )
     _publish_layer(ctx, ws, aoi_id, version, model_version=state.current_model, embeddings=True)
@@ -123,7 +127,7 @@ def _cached_aois(ws: ProjectWorkspace) -> dict[int, Path]:
     return {
         aoi_id: paths.embeddings_dir(aoi_id)
         for aoi_id, layer in ws.state().aois.items()
-        if layer.embeddings and engine.has_embeddings(paths.embeddings_dir(aoi_id))
+        if layer.embeddings and cache_complete(paths.embeddings_dir(aoi_id))
     }
 
 
@@ -131,17 +135,17 @@ def check_retrain(ws: ProjectWorkspace, *, store: LabelStore, model: ModelSlot) 
     """Refuse, before any work, a retrain that cannot run (raised as RetrainError -> 422)."""
     labels = store.list_labels(ws.project_id)
     if not labels:
-        raise engine.RetrainError("there are no labels to retrain on: add points or polygons inside an AOI first")
+        raise RetrainError("there are no labels to retrain on: add points or polygons inside an AOI first")
     cached = _cached_aois(ws)
     if not any(label.aoi_id in cached for label in labels):
         aois = sorted({label.aoi_id for label in labels if label.aoi_id is not None})
-        raise engine.RetrainError(
+        raise RetrainError(
             f"the labelled AOI(s) {', '.join(map(str, aois))} have no predictions yet: run inference on them first "
             "(retraining re-uses the embeddings that inference caches)"
         )
     classes = {label.class_name for label in labels}
     if len(classes) < 2 and model.require().base.replay is None:
-        raise engine.RetrainError(
+        raise RetrainError(
             f"all labels are of class {classes.pop()!r} and this model has no replay set: label at least two classes"
         )
 
@@ -206,7 +210,7 @@ def _repredict(
 ) -> None:
     paths = ws.paths
     layer_version = ws.state().aois.get(aoi_id, AoiLayer()).version + 1
-    engine.repredict(paths.embeddings_dir(aoi_id), version, schema_of(), paths.prediction_dir(aoi_id, layer_version))
+    loop.repredict(paths.embeddings_dir(aoi_id), version, schema_of(), paths.prediction_dir(aoi_id, layer_version))
     _publish_layer(ctx, ws, aoi_id, layer_version, model_version=model_version, embeddings=True)
 
 
@@ -232,7 +236,7 @@ def run_retrain(
     # The live fit reuses the replay share the last cross-validation chose; the metrics pass below chooses again.
     live_scale = float(current.version.info.get("replay_scale", 1.0))
     fit = functools.partial(
-        engine.retrain_version, current.version, schema, cache_dirs, labels, current.base.replay, strategy=strategy
+        loop.retrain_version, current.version, schema, cache_dirs, labels, current.base.replay, strategy=strategy
     )
     child = fit(evaluate=False, replay_scale=live_scale)
     with ws.update() as state:
@@ -260,7 +264,7 @@ def run_retrain(
         if n == 0:
             first_layer_s = time.perf_counter() - started
             # The version is current (and can be saved as a checkpoint) as soon as the map shows it.
-            engine.save_version(child, version_dir, labels)
+            child.save(version_dir, labels=labels)
             with ws.update() as state:
                 state.models[number], state.current_model = info, number
     ctx.step("computing metrics (grouped cross-validation)", 0.9)
@@ -275,7 +279,7 @@ def run_retrain(
     else:
         child = dataclasses.replace(child, metrics=evaluated.metrics, info={**child.info, "metric_notes": notes})
     model.set_version(child)
-    engine.save_version(child, version_dir, labels)
+    child.save(version_dir, labels=labels)
     metrics = metrics_out(child.metrics, number, notes)
     metrics.n_labels = info.n_labels
     with ws.update() as state:
@@ -289,13 +293,13 @@ def run_retrain(
 def _score_base(
     ws: ProjectWorkspace,
     *,
-    base: engine.BaseModel,
+    base: BaseModel,
     schema: ClassSchema,
     caches: list[Path],
     labels: gpd.GeoDataFrame,
 ) -> None:
     """The starter model's F1 on the same labels, so checkpoints can be compared with where the mapper began."""
-    report = engine.score_version(engine.root_version(base), schema, caches, labels)
+    report = loop.evaluate(base.root_version(), schema, caches, labels)
     if report is None:
         return
     scored = metrics_out(report, 0)
@@ -308,7 +312,7 @@ def _score_base(
 def run_restore(ctx: JobContext, ws: ProjectWorkspace, number: int, *, model: ModelSlot, schema_of: SchemaOf) -> str:
     """Make checkpoint `number` the current model and re-predict every cached AOI with it."""
     info = ws.checkpoint(number)
-    version = engine.load_version(ws.paths.version_dir(number))
+    version = ModelVersion.load(ws.paths.version_dir(number))
     model.require()
     model.set_version(version)
     with ws.update() as state:

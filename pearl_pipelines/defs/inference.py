@@ -18,7 +18,7 @@ from pydantic import Field
 from pearl_pipelines.defs.events import upstream_metadata
 from pearl_pipelines.defs.imagery import fetch_tiles, register_tile_keys, selected_keys
 from pearl_pipelines.defs.labels import get_project_or_fail
-from pearl_pipelines.defs.models import ModelRef, champion_ref, project_model_ref, starter_model_name
+from pearl_pipelines.defs.models import ModelRef, champion_ref, project_model_ref
 from pearl_pipelines.defs.partitions import tile_keys_partitions
 from pearl_pipelines.defs.resources import (
     GpuCompute,
@@ -32,6 +32,7 @@ from pearl_pipelines.geo.cog import validate_cog
 from pearl_pipelines.geo.maps import class_counts
 from pearl_pipelines.geo.tiles import search_tile_sources
 from pearl_pipelines.layout import CLASSES_FILE, CONFIDENCE_FILE, prediction_is_fresh
+from pearl_pipelines.ml.refs import starter_model_name
 
 PREDICTIONS_COG_CHECK = "predictions_cog_valid"
 

@@ -7,12 +7,13 @@ import dagster as dg
 
 from pearl_pipelines.defs.imagery import load_region_or_fail
 from pearl_pipelines.defs.inference import TileJob, predict_tiles, split_fresh, tile_metadata
-from pearl_pipelines.defs.models import champion_ref, starter_model_name
+from pearl_pipelines.defs.models import champion_ref
 from pearl_pipelines.defs.partitions import region_partitions
 from pearl_pipelines.defs.resources import GpuCompute, MlflowRegistry, RasterStore
 from pearl_pipelines.geo.grid import aoi_to_tile_keys
 from pearl_pipelines.geo.maps import MapError, write_region_map
 from pearl_pipelines.layout import CLASSES_FILE, CONFIDENCE_FILE
+from pearl_pipelines.ml.refs import starter_model_name
 
 
 class LandcoverMapConfig(dg.Config):

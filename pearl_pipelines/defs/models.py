@@ -20,17 +20,11 @@ from pearl_pipelines.defs.resources import (
     MlflowRegistry,
     RasterStore,
     cache_complete,
-    parse_model_ref,
 )
 from pearl_pipelines.layout import model_slug
+from pearl_pipelines.ml.refs import CHAMPION_ALIAS, parse_model_uri, starter_model_name
 
-CHAMPION = "champion"
 STARTER = "starter"
-
-
-def starter_model_name(schema_id: str) -> str:
-    """Registered-model name of a schema's starter family (the review app's default base model)."""
-    return f"pearl-starter-{schema_id}"
 
 
 def project_alias(project_id: int) -> str:
@@ -69,7 +63,7 @@ def resolve_or_fail(mlflow: MlflowRegistry, model_ref: str, what: str) -> ModelR
 
 
 def champion_ref(mlflow: MlflowRegistry, name: str) -> ModelRef | None:
-    found = mlflow.version_by_alias(name, CHAMPION)
+    found = mlflow.version_by_alias(name, CHAMPION_ALIAS)
     return ModelRef(name, str(found.version)) if found is not None else None
 
 
@@ -86,7 +80,7 @@ def base_of(mlflow: MlflowRegistry, ref: ModelRef) -> ModelRef:
     base = tags.get("pearl.base_model")
     if not base:
         return ref
-    name, version = parse_model_ref(base)
+    name, version = parse_model_uri(base)
     return ModelRef(name, version)
 
 
@@ -272,7 +266,7 @@ def champion_model(context: dg.AssetExecutionContext, mlflow: MlflowRegistry) ->
     # The blocking check stopped worse candidates; promote only on evidence (or when there is no champion).
     promote = previous is None or compared
     if promote:
-        mlflow.set_alias(name, CHAMPION, version)
+        mlflow.set_alias(name, CHAMPION_ALIAS, version)
         context.log.info(f"champion of {name}: v{previous.version if previous else '-'} -> v{version}")
     champion = ModelRef(name, version) if promote or previous is None else previous
     if not promote:

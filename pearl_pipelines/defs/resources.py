@@ -18,6 +18,7 @@ from pydantic import Field, PrivateAttr
 from pearl_pipelines.geo.stac import StacCatalog
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.layout import Layout
+from pearl_pipelines.ml.refs import parse_model_uri
 from pearl_pipelines.settings import Settings, get_settings
 
 WORKER_MODULE = "pearl_pipelines.worker"
@@ -113,8 +114,9 @@ class LabelStoreResource(dg.ConfigurableResource):
 class MlflowRegistry(dg.ConfigurableResource):
     """A small resource around `mlflow.MlflowClient` (not dagster-mlflow): resolve, alias, tag.
 
-    Model references are `models:/name@alias` or `models:/name/version`; runs pin aliases to version
-    numbers before they hand a model to the worker, so a run's lineage never depends on a moving alias.
+    Model references are `models:/name@alias` or `models:/name/version` (`ml.refs.parse_model_uri`); runs pin
+    aliases to version numbers before they hand a model to the worker, so a run's lineage never depends on a moving
+    alias.
     """
 
     tracking_uri: str
@@ -140,7 +142,7 @@ class MlflowRegistry(dg.ConfigurableResource):
 
     def resolve(self, model_ref: str) -> tuple[str, str]:
         """`models:/name@alias` or `models:/name/3` -> (name, version number); KeyError when it does not exist."""
-        name, version = parse_model_ref(model_ref)
+        name, version = parse_model_uri(model_ref)
         if not version.isdigit():
             found = self.version_by_alias(name, version)
             if found is None:
@@ -153,20 +155,6 @@ class MlflowRegistry(dg.ConfigurableResource):
 
     def model_version(self, name: str, version: str | int) -> Any:
         return self.client.get_model_version(name, str(version))
-
-
-def parse_model_ref(model_ref: str) -> tuple[str, str]:
-    """`models:/name@alias` -> (name, alias); `models:/name/3` -> (name, "3")."""
-    if not model_ref.startswith("models:/"):
-        raise ValueError(f"model reference {model_ref!r} must look like models:/name@alias or models:/name/3")
-    rest = model_ref.removeprefix("models:/")
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        return name, alias
-    name, _, version = rest.rpartition("/")
-    if not name or not version:
-        raise ValueError(f"model reference {model_ref!r} must look like models:/name@alias or models:/name/3")
-    return name, version
 
 
 def cache_complete(directory: Path) -> bool:

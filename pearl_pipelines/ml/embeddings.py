@@ -5,6 +5,9 @@ Layout of a cache directory:
   valid.npy        uint8 (H, W): 1 inside the AOI, 0 outside (written as nodata on re-prediction)
   embeddings.json  CRS (WKT), transform, shape, per-channel offset, digest of the backbone that made it
 
+`EmbeddingCache.window` is a view of part of a cache (memmap slices, its own transform), so anything that takes
+a cache (re-prediction, sampling) works on a window of it too: a tile's part of an AOI cache, say.
+
 Stored values are embedding - offset (the first block's per-channel mean): float16 keeps ~3 significant
 digits of what varies between pixels rather than of a large constant part, which cuts the classes a
 re-prediction flips against the float32 map by ~20x. The offset folds into the head's bias for free.
@@ -15,10 +18,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,12 @@ import numpy as np
 import torch
 from affine import Affine
 from pydantic import BaseModel
+from rasterio import windows
 from rasterio.crs import CRS
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+from shapely.geometry import shape
+from shapely.geometry.base import BaseGeometry
 
 from pearl_pipelines.classes import ClassSchema
 from pearl_pipelines.ml.heads import head_kind, head_logits, input_channels
@@ -76,8 +85,11 @@ def backbone_digest(model: LandcoverModel) -> str:
 class EmbeddingCache:
     """An open cache: `array` (H, W, C) float16 and `valid` (H, W) uint8 memmaps plus their metadata."""
 
-    def __init__(self, directory: Path, meta: EmbeddingMeta, array: np.ndarray, valid: np.ndarray) -> None:
+    def __init__(
+        self, directory: Path, meta: EmbeddingMeta, array: np.ndarray, valid: np.ndarray, *, view: bool = False
+    ) -> None:
         self.directory, self.meta, self.array, self.valid = Path(directory), meta, array, valid
+        self.view = view  # a window of the cache in `directory`: never flushed over it
 
     @classmethod
     def create(
@@ -142,6 +154,34 @@ class EmbeddingCache:
         """(N, 2) map coordinates (the cache's CRS) of pixel centres: where a spatial head places a pixel."""
         return pixel_centres(self.transform, rows, cols)
 
+    def window(self, window: Window) -> EmbeddingCache:
+        """A read-only view of `window` of this cache (memmap slices, no copy) with the window's transform."""
+        (r0, r1), (c0, c1) = ((round(a), round(b)) for a, b in window.toranges())
+        height, width = self.shape
+        if not (0 <= r0 < r1 <= height and 0 <= c0 < c1 <= width):
+            raise ValueError(f"window {window} is not inside the {height}x{width} cache")
+        meta = self.meta.model_copy(
+            update={
+                "transform": list(self.transform @ Affine.translation(c0, r0))[:6],
+                "height": r1 - r0,
+                "width": c1 - c0,
+            }
+        )
+        return EmbeddingCache(self.directory, meta, self.array[r0:r1, c0:c1], self.valid[r0:r1, c0:c1], view=True)
+
+    def lonlat_window(self, area: BaseGeometry | Mapping[str, Any] | Sequence[float]) -> Window | None:
+        """The window of cache pixels under a lon/lat geometry's (or `(west, south, east, north)`) bounds, cropped
+        to the cache; None when they miss it. Every pixel the bounds touch is in (offsets floored, ends ceiled)."""
+        if isinstance(area, BaseGeometry | Mapping):
+            area = (area if isinstance(area, BaseGeometry) else shape(area)).bounds
+        west, south, east, north = transform_bounds("EPSG:4326", self.crs, *area, densify_pts=21)
+        exact = windows.from_bounds(west, south, east, north, transform=self.transform)
+        (r0, r1), (c0, c1) = exact.toranges()
+        height, width = self.shape
+        r0, c0 = max(math.floor(r0), 0), max(math.floor(c0), 0)
+        r1, c1 = min(math.ceil(r1), height), min(math.ceil(c1), width)
+        return Window(c0, r0, c1 - c0, r1 - r0) if r1 > r0 and c1 > c0 else None
+
     def write_block(self, row: int, col: int, block: torch.Tensor, valid: np.ndarray | None = None) -> None:
         """Store an (h, w, C) float block at (row, col); `valid` (h, w) bool, default all valid."""
         h, w = block.shape[:2]
@@ -153,10 +193,17 @@ class EmbeddingCache:
 
     def flush(self) -> None:
         """Write the memmaps, then the metadata that marks the cache complete."""
+        if self.view:
+            raise ValueError(f"a window of the cache in {self.directory} is read-only")
         for array in (self.array, self.valid):
             if isinstance(array, np.memmap):
                 array.flush()
         (self.directory / META_FILE).write_text(self.meta.model_dump_json(indent=2))
+
+
+def cache_complete(directory: Path) -> bool:
+    """Whether `directory` holds a complete cache (the metadata file is written last, by `flush`)."""
+    return (Path(directory) / META_FILE).is_file()
 
 
 def pixel_centres(transform: Affine, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from pearl_pipelines.classes import ClassSchema
 from pearl_pipelines.ml.features import build_feature_group
 
 BANDS = ("red", "green", "blue", "nir")
+MODEL_FILE = "model.pt"  # a saved model's file name, in a local folder and in a registered version's artifacts
 
 
 class ModelSpec(BaseModel):

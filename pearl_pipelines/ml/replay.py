@@ -25,6 +25,8 @@ from pearl_pipelines.ml.inference import Region, WindowPlan, band_columns, infer
 from pearl_pipelines.ml.models import LandcoverModel, pick_device
 from pearl_pipelines.ml.tiling import ArraySource, default_tiling
 
+REPLAY_FILE = "replay.npz"  # beside a starter's model.pt, locally and in the registry
+
 
 @dataclass(frozen=True)
 class ReplaySet:

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
@@ -40,10 +39,18 @@ from pearl_pipelines.ml.features import DEFAULT_FEATURES
 from pearl_pipelines.ml.metrics import MetricsReport, confusion_figure
 from pearl_pipelines.ml.models import LandcoverModel, ModelSpec, load_model, save_model, with_features
 from pearl_pipelines.ml.precision import PrecisionChoice
+from pearl_pipelines.ml.refs import CHAMPION_ALIAS, starter_model_name
 from pearl_pipelines.ml.registry import MODEL_ARTIFACT_PATH, MODEL_FILE, ModelRegistry
-from pearl_pipelines.ml.replay import ReplaySet, build_replay_set
+from pearl_pipelines.ml.replay import REPLAY_FILE, ReplaySet, build_replay_set
 from pearl_pipelines.ml.shipped import export_shipped, file_digest, load_shipped, shipped_path
-from pearl_pipelines.ml.tracking import CONFUSION_ARTIFACT, METRICS_ARTIFACT, TAG_BASE_MODEL, TAG_SCHEMA, TAG_VERSION
+from pearl_pipelines.ml.tracking import (
+    CONFUSION_ARTIFACT,
+    METRICS_ARTIFACT,
+    TAG_BASE_MODEL,
+    TAG_SCHEMA,
+    TAG_VERSION,
+    mlflow_reachable,
+)
 from pearl_pipelines.ml.train import (
     EpochStats,
     TrainConfig,
@@ -59,8 +66,6 @@ from pearl_pipelines.settings import Settings, get_settings
 STARTER_SCHEMAS = LABEL_SCHEMAS  # every schema the regions carry reference labels for
 EXPERIMENT = "pearl-starter-models"
 STARTER_ALIAS = "starter"
-CHAMPION_ALIAS = "champion"
-REPLAY_FILE = "replay.npz"
 TRAIN_ROLE = "train"
 HOLDOUT_REGION = "holdout"
 
@@ -104,10 +109,6 @@ RECIPES: dict[tuple[str, str], StarterRecipe] = {
     ("chesapeake4", "unet"): StarterRecipe(arch="unet", arch_kwargs=_UNET, train=_train(12)),
 }
 DEFAULT_ARCH: dict[str, str] = {"chesapeake9": "unet", "chesapeake4": "fcn"}
-
-
-def starter_model_name(schema_id: str) -> str:
-    return f"pearl-starter-{schema_id}"
 
 
 def starter_dir(settings: Settings, schema_id: str, arch: str) -> Path:
@@ -160,20 +161,13 @@ def training_regions(settings: Settings) -> list[str]:
     return [r.name for r in load_regions(settings.assets_dir).values() if r.properties.role == TRAIN_ROLE]
 
 
-def mlflow_answers(uri: str) -> bool:
-    try:
-        return httpx.get(f"{uri.rstrip('/')}/health", timeout=2.0).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @contextlib.contextmanager
 def ensure_mlflow(settings: Settings) -> Iterator[str]:
     """Yield a tracking URI that answers: the configured one, or a local server started here (stopped after)."""
     from pearl_pipelines.services import mlflow_server
 
     uri = settings.resolved_mlflow_uri
-    if mlflow_answers(uri):
+    if mlflow_reachable(uri, timeout=2.0):
         yield uri
         return
     if settings.mlflow_tracking_uri and settings.mlflow_tracking_uri != f"http://127.0.0.1:{settings.mlflow_port}":

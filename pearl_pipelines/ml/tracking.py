@@ -1,4 +1,4 @@
-"""MLflow tracking of model versions: one run per version, with lineage as tags and the checkpoint as artifacts.
+"""MLflow tracking: one run per model version (lineage as tags, the checkpoint as artifacts), one per inference task.
 
 Plain `mlflow.MlflowClient` calls against an explicit tracking URI: no global `mlflow.set_tracking_uri`,
 no active-run state, so concurrent callers cannot log into each other's runs.
@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
+import httpx
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run
 
@@ -20,6 +22,7 @@ from pearl_pipelines.ml.metrics import confusion_figure
 from pearl_pipelines.ml.versions import ModelVersion
 
 EXPERIMENT = "pearl-model-versions"
+INFERENCE_EXPERIMENT = "pearl-inference"
 TAG_VERSION = "pearl.version_id"
 TAG_PARENT = "pearl.parent_version_id"
 TAG_LABEL_SET = "pearl.label_set_digest"
@@ -28,6 +31,19 @@ TAG_SCHEMA = "pearl.schema_id"
 CHECKPOINT_ARTIFACT_DIR = "checkpoint"
 CONFUSION_ARTIFACT = "confusion_matrix.png"
 METRICS_ARTIFACT = "metrics.json"
+
+
+def mlflow_reachable(uri: str, timeout: float = 1.0) -> bool:
+    """Whether the tracking server answers its /health probe (a file or database store is local: always).
+
+    MLflow's client retries for minutes on a dead server; callers that can do without it ask this first.
+    """
+    if not uri.startswith("http"):
+        return True
+    try:
+        return httpx.get(f"{uri.rstrip('/')}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def version_tags(version: ModelVersion) -> dict[str, str]:
@@ -106,3 +122,24 @@ def find_version_run(tracking_uri: str, version_id: str, experiment: str = EXPER
     query = f"tags.`{TAG_VERSION}` = '{version_id}'"
     runs = client.search_runs([found.experiment_id], filter_string=query, max_results=1)
     return runs[0] if runs else None
+
+
+def log_inference_run(
+    tracking_uri: str,
+    *,
+    tags: Mapping[str, str],
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    experiment: str = INFERENCE_EXPERIMENT,
+) -> str:
+    """A finished MLflow run for an inference or embedding task (tagged with the Dagster run id)."""
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(_experiment_id(client, experiment), tags=dict(tags))
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run.info.run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+        params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+    )
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id

@@ -41,7 +41,7 @@ PRELOAD = (
     "pearl_pipelines.ml.tracking",
     "pearl_pipelines.ml.registry",
     "pearl_pipelines.ml.metrics",
-    "pearl_pipelines.worker.engine",
+    "pearl_pipelines.ml.loop",
     "pearl_pipelines.worker.tasks",
 )
 FORKED_ENV = "PEARL_WORKER_FORKED"  # set in a forked task, so a task can tell (the probe reports it)

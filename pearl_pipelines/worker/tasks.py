@@ -21,12 +21,15 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagster_pipes import PipesContext
 
 from pearl_pipelines.layout import Layout
 from pearl_pipelines.settings import get_settings
+
+if TYPE_CHECKING:  # for annotations only: each task imports the engine modules it uses when it runs
+    from pearl_pipelines.ml.versions import ModelVersion
 
 RUN_ID_TAG = "dagster_run_id"
 
@@ -97,8 +100,9 @@ def train_starter(pipes: PipesContext) -> None:
 def embed(pipes: PipesContext) -> None:
     """Embedding cache per review AOI (and the base model's predictions of it, as a by-product)."""
     from pearl_pipelines.geo.mosaic import GTI_SUFFIX, one_grid_mosaic
-    from pearl_pipelines.ml.inference import predict
-    from pearl_pipelines.worker.engine import load_registered, log_inference_run
+    from pearl_pipelines.ml.loop import predict_aoi
+    from pearl_pipelines.ml.registry import load_registered
+    from pearl_pipelines.ml.tracking import log_inference_run
 
     extras = pipes.extras
     name, version = extras["model"]["name"], extras["model"]["version"]
@@ -110,13 +114,12 @@ def embed(pipes: PipesContext) -> None:
             mosaic = one_grid_mosaic(
                 [_path(p) for p in aoi["tile_paths"]], Path(tmp) / f"aoi-{aoi['aoi_id']}{GTI_SUFFIX}"
             )
-            result = predict(
+            result = predict_aoi(
                 model,
                 mosaic,
+                aoi["geometry"],
                 _path(aoi["predictions_dir"]),
-                aoi=aoi["geometry"],
-                aoi_crs="EPSG:4326",
-                embeddings_dir=_path(aoi["cache_dir"]),
+                _path(aoi["cache_dir"]),
                 model_id=f"{name}/{version}",
             )
             pixels += result.height * result.width
@@ -157,21 +160,20 @@ def retrain(pipes: PipesContext) -> None:
     from pearl_pipelines.classes import ClassSchema
     from pearl_pipelines.layout import model_slug
     from pearl_pipelines.ml.embeddings import EmbeddingCache
+    from pearl_pipelines.ml.errors import RetrainError
+    from pearl_pipelines.ml.loop import evaluate, holdout_mask, retrain_version
     from pearl_pipelines.ml.metrics import confusion_figure
     from pearl_pipelines.ml.models import save_model
-    from pearl_pipelines.ml.registry import MODEL_ARTIFACT_PATH, MODEL_FILE, ModelRegistry
-    from pearl_pipelines.ml.retrain import RetrainOptions
-    from pearl_pipelines.ml.retrain import retrain as retrain_head
-    from pearl_pipelines.ml.tracking import TAG_LABEL_SET, TAG_PARENT, TAG_VERSION, log_version
-    from pearl_pipelines.worker.engine import (
-        evaluate_head,
+    from pearl_pipelines.ml.registry import (
+        MODEL_ARTIFACT_PATH,
+        MODEL_FILE,
+        ModelRegistry,
         find_replay,
-        head_arrays,
-        holdout_mask,
         load_registered,
-        log_inference_run,
         version_of,
     )
+    from pearl_pipelines.ml.tracking import TAG_LABEL_SET, TAG_PARENT, TAG_VERSION, log_inference_run, log_version
+    from pearl_pipelines.ml.versions import ModelVersion
 
     phases.lap("imports")
     extras = pipes.extras
@@ -187,18 +189,16 @@ def retrain(pipes: PipesContext) -> None:
     replay = find_replay(uri, base["name"], base["version"], _models_cache())
     held_out = holdout_mask(labels, float(extras.get("holdout_fraction", 0.2)))
     train_labels, holdout_labels = labels[~held_out], labels[held_out]
-    new_classes = {
-        c.name: {"color": c.color, "title": c.title} for c in schema.classes if c.name not in parent.schema.names
-    }
     phases.lap("load")
     started = time.perf_counter()
-    version = retrain_head(
+    version = retrain_version(
         parent,
+        schema,
         caches,  # every AOI of the project: each label is sampled in the caches it falls in
         train_labels,
-        replay=replay,
-        new_classes=new_classes,
-        options=RetrainOptions(seed=int(extras.get("seed", 0))),
+        replay,
+        evaluate=True,
+        seed=int(extras.get("seed", 0)),
     )
     # The label store's digest names the label set in Dagster; keep both on the version.
     version.info["label_store_digest"] = extras["label_set_digest"]
@@ -206,19 +206,16 @@ def retrain(pipes: PipesContext) -> None:
     fit_seconds = time.perf_counter() - started
     phases.lap("fit")
 
-    candidate_holdout = evaluate_head(version.weight, version.bias, version.schema.names, caches, holdout_labels)
+    # The champion gate: candidate and champion scored alike, on the same held-out labels and the project's schema.
+    candidate_holdout = evaluate(version, schema, caches, holdout_labels)
     champion_holdout = None
     champion = extras.get("champion")
     if champion and candidate_holdout is not None:
         champion_model = load_registered(uri, champion["name"], champion["version"], _models_cache())
-        champion_weight, champion_bias = head_arrays(champion_model)
-        champion_holdout = evaluate_head(
-            champion_weight,
-            champion_bias,
-            champion_model.spec.schema.names,
-            caches,
-            holdout_labels,
-        )
+        try:
+            champion_holdout = evaluate(ModelVersion.from_model(champion_model), schema, caches, holdout_labels)
+        except RetrainError as exc:  # e.g. another project's champion with more classes: no comparison, no promotion
+            pipes.log.warning(f"champion models:/{champion['name']}/{champion['version']} not comparable: {exc}")
 
     phases.lap("evaluate")
     tags = _run_tags(extras, "retrain")
@@ -302,7 +299,7 @@ def retrain(pipes: PipesContext) -> None:
     if tiles:
         model_id = f"models:/{registered.name}/{registered.version}"
         started = time.perf_counter()
-        counts, invalid = predict_tile_list(pipes, version.to_model(parent_model), model_id, tiles)
+        counts, invalid = predict_tile_list(pipes, version.to_model(parent_model), model_id, tiles, version=version)
         seconds = time.perf_counter() - started
         log_inference_run(
             uri,
@@ -321,20 +318,24 @@ def retrain(pipes: PipesContext) -> None:
 
 # -- predict ---------------------------------------------------------------------------------------------
 def predict_tile_list(
-    pipes: PipesContext, model: Any, model_id: str, tiles: list[dict[str, Any]]
+    pipes: PipesContext, model: Any, model_id: str, tiles: list[dict[str, Any]], version: ModelVersion | None = None
 ) -> tuple[dict[str, int], list[str]]:
     """Predict tiles (head over an AOI cache where given, else full inference over a mosaic of the tiles,
-    so tile edges see their neighbours); one custom message per tile. Returns (counts per mode, invalid COGs)."""
+    so tile edges see their neighbours); one custom message per tile. Returns (counts per mode, invalid COGs).
+
+    `version`: the model's head as a ModelVersion when the caller has it (else read from the model)."""
     from pearl_pipelines.geo.cog import validate_cog
     from pearl_pipelines.geo.grid import tile_geometry
+    from pearl_pipelines.geo.maps import class_counts
     from pearl_pipelines.geo.mosaic import GTI_SUFFIX, one_grid_mosaic
     from pearl_pipelines.layout import write_prediction_meta
-    from pearl_pipelines.ml.embeddings import EmbeddingCache, apply_head
+    from pearl_pipelines.ml.embeddings import EmbeddingCache
     from pearl_pipelines.ml.inference import predict as full_predict
-    from pearl_pipelines.worker.engine import cache_view, cache_window, class_pixel_counts, head_arrays
+    from pearl_pipelines.ml.loop import repredict
+    from pearl_pipelines.ml.versions import ModelVersion
 
     schema = model.spec.schema
-    weight, bias = head_arrays(model)
+    head = version if version is not None else ModelVersion.from_model(model)
     invalid: list[str] = []
     counts = {"head": 0, "full": 0}
     caches: dict[str, EmbeddingCache] = {}
@@ -353,9 +354,9 @@ def predict_tile_list(
             if tile.get("cache_dir"):
                 cache = caches.get(tile["cache_dir"]) or EmbeddingCache.open(_path(tile["cache_dir"]))
                 caches[tile["cache_dir"]] = cache
-                window = cache_window(cache, tile_geometry(tile["key"]))
+                window = cache.lonlat_window(tile_geometry(tile["key"]))
                 if window is not None:
-                    result = apply_head(cache_view(cache, window), weight, bias, schema, out_dir)
+                    result = repredict(cache, head, schema, out_dir, window=window)
                     mode = "head"
             if result is None:
                 imagery = mosaic
@@ -369,7 +370,7 @@ def predict_tile_list(
             ok, errors, _ = validate_cog(result.classes_path)
             if not ok:
                 invalid.append(f"{tile['key']}: {'; '.join(errors)}")
-            pixels = class_pixel_counts(result.classes_path, len(schema))
+            pixels = class_counts(result.classes_path).pixels
             pipes.report_custom_message(
                 {
                     "kind": "tile",
@@ -378,7 +379,7 @@ def predict_tile_list(
                     "confidence": str(result.confidence_path),
                     "mode": mode,
                     "seconds": round(time.perf_counter() - tile_started, 3),
-                    "class_pixels": dict(zip(schema.names, pixels, strict=True)),
+                    "class_pixels": pixels,
                     "width": result.width,
                     "height": result.height,
                 }
@@ -388,7 +389,8 @@ def predict_tile_list(
 
 def predict(pipes: PipesContext) -> None:
     """Classes + confidence COGs per tile with a registered model version; one MLflow inference run."""
-    from pearl_pipelines.worker.engine import load_registered, log_inference_run
+    from pearl_pipelines.ml.registry import load_registered
+    from pearl_pipelines.ml.tracking import log_inference_run
 
     extras = pipes.extras
     name, version = extras["model"]["name"], extras["model"]["version"]

@@ -13,9 +13,10 @@ import time
 from dataclasses import dataclass
 
 from pearl_pipelines.labels.store import LabelStore
+from pearl_pipelines.ml.base_model import BaseModel, load_base_model
+from pearl_pipelines.ml.models import MODEL_FILE
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
-from review_app import engine
 from review_app.events import EventHub
 from review_app.services.errors import Conflict
 from review_app.workspace import ModelVersionInfo, StateStore
@@ -29,7 +30,7 @@ LOADING = "loading the base model..."
 class ProjectModel:
     """The frozen backbone (+ replay set) and the head the project currently maps with."""
 
-    base: engine.BaseModel
+    base: BaseModel
     version: ModelVersion
 
 
@@ -59,10 +60,10 @@ class ModelCache:
             self._notes[project_id] = (time.monotonic(), LOADING)
         paths = self.states.paths(project_id)
         note = ""
-        if (paths.base_model_dir / engine.MODEL_FILE).is_file():
-            base: engine.BaseModel | None = engine.BaseModel.load(paths.base_model_dir)
+        if (paths.base_model_dir / MODEL_FILE).is_file():
+            base: BaseModel | None = BaseModel.load(paths.base_model_dir)
         else:
-            base, note = engine.load_base_model(self.store.get_project(project_id).base_model, self.settings)
+            base, note = load_base_model(self.store.get_project(project_id).base_model, self.settings)
             if base is not None:
                 base.save(paths.base_model_dir)
         loaded = None
@@ -110,14 +111,14 @@ class ModelCache:
             with self._lock:
                 self._loading.discard(project_id)
 
-    def _current_version(self, project_id: int, base: engine.BaseModel) -> ModelVersion:
+    def _current_version(self, project_id: int, base: BaseModel) -> ModelVersion:
         """The version the project's state names as current; the base model's own head (v0) the first time."""
         paths = self.states.paths(project_id)
         state = self.states.get(project_id)
         if state.current_model is not None and paths.version_dir(state.current_model).is_dir():
-            return engine.load_version(paths.version_dir(state.current_model))
-        root = engine.root_version(base)
-        engine.save_version(root, paths.version_dir(0), None)
+            return ModelVersion.load(paths.version_dir(state.current_model))
+        root = base.root_version()
+        root.save(paths.version_dir(0))
         with self.states.update(project_id) as st:
             st.models[0] = ModelVersionInfo(
                 id=0, engine_id=root.id, kind="base", name="starter (base model)", classes=root.schema.names

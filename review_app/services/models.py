@@ -10,7 +10,7 @@ import threading
 from pearl_pipelines.labels.store import LabelStore, LabelStoreError
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
-from review_app import engine, tasks
+from review_app import tasks
 from review_app.jobs import Job, JobRunner
 from review_app.services.aois import AoiService
 from review_app.services.classes import ClassSchemas
@@ -79,13 +79,15 @@ class ModelService:
         return info
 
     def _log_checkpoint(self, project_id: int, version: int, name: str) -> None:
+        from pearl_pipelines.ml.registry import log_checkpoint  # MLflow: imported when a checkpoint is logged
+
         directory = self.states.paths(project_id).version_dir(version)
         try:
-            mlflow_version = engine.log_checkpoint(
-                self.settings,
+            mlflow_version = log_checkpoint(
+                self.settings.resolved_mlflow_uri,
                 self.store.get_project(project_id).name,
                 name,
-                engine.load_version(directory),
+                ModelVersion.load(directory),
                 ModelVersion.load_labels(directory),
             )
         except Exception as exc:  # MLflow is optional locally: the checkpoint folder is the source of truth

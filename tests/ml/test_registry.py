@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from pearl_pipelines.geo.regions import build_region, load_regions
 from pearl_pipelines.ml.data import load_labelled_rasters
 from pearl_pipelines.ml.models import load_model
-from pearl_pipelines.ml.registry import MODEL_FILE, ModelRegistry, model_uri
+from pearl_pipelines.ml.registry import MODEL_FILE, ModelRegistry
 from pearl_pipelines.ml.replay import ReplaySet
 from pearl_pipelines.ml.shipped import file_digest
 from pearl_pipelines.ml.starter import (
@@ -151,4 +151,3 @@ def test_registry_reports_what_is_missing(mlflow_uri: str, tmp_path: Path) -> No
         registry.load_model("pearl-no-such-model", CHAMPION_ALIAS)
     with pytest.raises(KeyError, match="models:/pearl-no-such-model/3"):
         registry.download("pearl-no-such-model", 3, tmp_path)
-    assert model_uri("m", "starter") == "models:/m@starter" and model_uri("m", 2) == "models:/m/2"

@@ -1,4 +1,4 @@
-"""Worker helpers and entrypoint: mosaics, cache windows, held-out labels, file layout, usage errors.
+"""Worker helpers and entrypoint: mosaics, file layout, usage errors (cache windows, held-out labels: tests/ml).
 
 The tasks themselves run through Pipes in tests/defs (test_e2e.py: local subprocess; test_compute_kmock.py:
 as a fake Kubernetes pod).
@@ -11,20 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-import geopandas as gpd
 import numpy as np
 import rasterio
-import torch
 from affine import Affine
-from shapely.geometry import Point
 
 from pearl_pipelines.geo.cog import write_cog
-from pearl_pipelines.geo.grid import tile_geometry
 from pearl_pipelines.geo.mosaic import GTI_SUFFIX, one_grid_mosaic
 from pearl_pipelines.layout import CLASSES_FILE, prediction_is_fresh, write_prediction_meta
-from pearl_pipelines.ml.embeddings import EmbeddingCache
 from pearl_pipelines.settings import REPO_ROOT
-from pearl_pipelines.worker.engine import cache_view, cache_window, holdout_mask
 
 CRS = "EPSG:32618"
 
@@ -60,52 +54,6 @@ def test_inference_over_a_tile_mosaic_predicts_like_the_single_file(tmp_path: Pa
     with rasterio.open(whole.classes_path) as a, rasterio.open(tiled.classes_path) as b:
         assert a.transform == b.transform
         np.testing.assert_array_equal(b.read(1), a.read(1))
-
-
-def test_cache_view_is_the_tile_window_of_an_aoi_cache(tmp_path: Path) -> None:
-    from rasterio.warp import transform_bounds
-
-    from pearl_pipelines.geo.grid import get_tms, parse_tile_key
-
-    key = "15-9427-12525"
-    west, south, east, north = transform_bounds("EPSG:4326", CRS, *get_tms().bounds(parse_tile_key(key)))
-    origin = (west - 100, north + 100)  # the AOI cache reaches 100 m past the tile's north-west corner
-    height, width = int(north - south) + 200, int(east - west) + 200
-    cache = EmbeddingCache.create(
-        tmp_path / "cache",
-        crs=CRS,
-        transform=Affine(1, 0, *origin[:1], 0, -1, origin[1]),
-        height=height,
-        width=width,
-        channels=2,
-        backbone_digest="bb-test",
-    )
-    cache.write_block(0, 0, torch.arange(height * width * 2, dtype=torch.float32).reshape(height, width, 2) % 97)
-    cache.flush()
-    cache = EmbeddingCache.open(tmp_path / "cache")
-    window = cache_window(cache, tile_geometry(key))
-    assert window is not None
-    r0, c0, h, w = window
-    assert 95 <= r0 <= 101 and 95 <= c0 <= 101  # the tile starts ~100 px in
-    view = cache_view(cache, window)
-    assert view.shape == (h, w)
-    assert np.array_equal(view.array[0, 0], cache.array[r0, c0])
-    x, y = view.transform @ (0, 0)
-    assert (x, y) == cache.transform @ (c0, r0)
-
-
-def test_holdout_is_stable_and_about_the_requested_fraction() -> None:
-    labels = gpd.GeoDataFrame(
-        {"label_id": range(1, 401), "class_name": ["water"] * 400}, geometry=[Point(0, 0)] * 400, crs="EPSG:4326"
-    )
-    mask = holdout_mask(labels, 0.2)
-    assert 0.14 < mask.mean() < 0.26
-    # A label keeps its fate as labels are added: the comparison with earlier versions stays fair.
-    more = gpd.GeoDataFrame(
-        {"label_id": range(1, 501), "class_name": ["water"] * 500}, geometry=[Point(0, 0)] * 500, crs="EPSG:4326"
-    )
-    assert np.array_equal(holdout_mask(more, 0.2)[:400], mask)
-    assert not holdout_mask(labels.iloc[:5], 0.2).any()  # too few labels: nothing held out
 
 
 def test_prediction_freshness_follows_the_imagery(tmp_path: Path) -> None:

@@ -1,0 +1,40 @@
+"""`models:/` references to registered models: the one parser and formatter, and the starter models' names.
+
+Light on purpose (no MLflow, no torch): Dagster definitions, the review app and the worker all read references.
+A reference names a version (`models:/name/3`) or an alias (`models:/name@champion`); a bare `models:/name`
+means its `champion`, the alias that serves maps (the one `ModelRegistry.load_model` and Dagster's champion gate
+move), so a reference without a version never silently follows the newest, ungated, retrain.
+"""
+
+from __future__ import annotations
+
+PREFIX = "models:/"
+CHAMPION_ALIAS = "champion"
+DEFAULT_ALIAS = CHAMPION_ALIAS
+
+
+def model_uri(name: str, alias_or_version: str | int) -> str:
+    """`models:/name@alias` for an alias, `models:/name/3` for a version number."""
+    ref = str(alias_or_version)
+    return f"{PREFIX}{name}/{ref}" if ref.isdigit() else f"{PREFIX}{name}@{ref}"
+
+
+def parse_model_uri(ref: str) -> tuple[str, str]:
+    """`models:/name@alias` -> (name, alias); `models:/name/3` -> (name, "3"); `models:/name` -> (name, "champion")."""
+    if not ref.startswith(PREFIX):
+        raise ValueError(f"model reference {ref!r} must look like models:/name@alias or models:/name/3")
+    rest = ref.removeprefix(PREFIX)
+    if "@" in rest:
+        name, version = rest.split("@", 1)
+    elif "/" in rest:
+        name, _, version = rest.rpartition("/")
+    else:
+        name, version = rest, DEFAULT_ALIAS
+    if not name or not version:
+        raise ValueError(f"model reference {ref!r} must look like models:/name@alias or models:/name/3")
+    return name, version
+
+
+def starter_model_name(schema_id: str) -> str:
+    """Registered-model name of a schema's starter family (the review app's default base model)."""
+    return f"pearl-starter-{schema_id}"
