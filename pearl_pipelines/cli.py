@@ -179,6 +179,28 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> None:
         engine.dispose()
 
 
+def cmd_access(args: argparse.Namespace, settings: Settings) -> None:
+    """Operators' bootstrap of accounts (the API does the same for signed-in owners and users)."""
+    from pearl_pipelines.labels.accounts import Accounts, Role
+    from pearl_pipelines.labels.store import LabelStore, LabelStoreError
+
+    store = LabelStore(settings.resolved_label_store_url)
+    accounts = Accounts(store, settings.auth_secret)
+    user = accounts.user(args.subject, args.name or args.subject)
+    try:
+        if args.access_command == "grant":
+            accounts.set_role(args.project, user, Role[args.role])
+            print(f"{user.subject} is now {args.role} of project {args.project}")
+        else:
+            issued = accounts.issue_token(user, args.token_name, args.days)
+            print(f"token {issued.id} for {user.subject}, expires {issued.expires_at:%Y-%m-%d}; shown once:")
+            print(issued.token)
+    except (KeyError, LabelStoreError) as exc:
+        raise CliError(str(exc.args[0]) if exc.args else str(exc)) from None
+    finally:
+        store.engine.dispose()
+
+
 def _wait_for_interrupt() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
@@ -236,6 +258,19 @@ def build_parser() -> argparse.ArgumentParser:
     rev = db.add_parser("revision", help="developers: autogenerate the next revision after changing the models")
     rev.add_argument("-m", "--message", required=True, help="what the revision changes, e.g. 'label notes column'")
     p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("access", help="review-app accounts: grant a project role, issue a personal API token")
+    access = p.add_subparsers(dest="access_command", required=True)
+    grant = access.add_parser("grant", help="give a user (by OIDC subject) a role in a project")
+    grant.add_argument("--project", type=int, required=True)
+    grant.add_argument("--role", choices=["viewer", "mapper", "owner"], required=True)
+    token = access.add_parser("token", help="issue a personal API token for scripts and the CLI")
+    token.add_argument("--name", dest="token_name", required=True, help="what the token is for")
+    token.add_argument("--days", type=int, default=90, help="lifetime in days (1-366, default 90)")
+    for q in (grant, token):
+        q.add_argument("--subject", required=True, help="the user: 'oidc:<issuer>#<sub>' (see GET /api/me)")
+        q.add_argument("--display-name", dest="name", help="shown until the user signs in")
+    p.set_defaults(func=cmd_access)
 
     p = sub.add_parser("demo", help="generate, start the local services, run the main job, print the URLs")
     p.add_argument("--no-wait", action="store_true", help="stop the services once the job is done")

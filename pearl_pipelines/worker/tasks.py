@@ -429,16 +429,15 @@ def predict_aoi(pipes: PipesContext) -> None:
     """
     import torch
 
-    from pearl_pipelines.ml.inference import predict as full_predict
+    from pearl_pipelines.ml import loop
+    from pearl_pipelines.ml.base_model import BaseModel
     from pearl_pipelines.ml.models import load_model
     from pearl_pipelines.ml.versions import ModelVersion
 
     extras = pipes.extras
-    model = load_model(_path(extras["base_model"]))
-    if extras.get("version_dir"):
-        version = ModelVersion.load(_path(extras["version_dir"]))
-        if not version.needs_xy:
-            model = version.to_model(model)
+    base = BaseModel(load_model(_path(extras["base_model"])), None, extras["base_model"])
+    version = ModelVersion.load(_path(extras["version_dir"])) if extras.get("version_dir") else base.root_version()
+    model = loop.version_model(version, base)
     last, interval = 0.0, float(extras.get("progress_interval_s", PROGRESS_INTERVAL_S))
 
     def progress(done: int, total: int) -> None:
@@ -448,13 +447,12 @@ def predict_aoi(pipes: PipesContext) -> None:
             last = now
             pipes.report_custom_message({"kind": "progress", "done": done, "total": total})
 
-    result = full_predict(
+    result = loop.predict_aoi(
         model,
         _path(extras["imagery"]),
+        extras["aoi"],
         _path(extras["out_dir"]),
-        aoi=extras["aoi"],
-        aoi_crs="EPSG:4326",
-        embeddings_dir=_path(extras["embeddings_dir"]),
+        _path(extras["embeddings_dir"]),
         model_id=extras.get("model_id"),
         progress=progress,
     )

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
+from pearl_pipelines.classes import load_schema
+from pearl_pipelines.cli import main
 from pearl_pipelines.labels.accounts import Accounts, ApiTokenRow, Role
 from pearl_pipelines.labels.store import LabelStore, LabelStoreError, ProjectRow
+from pearl_pipelines.settings import get_settings
 
 KEY = "k" * 40
 
@@ -59,3 +63,27 @@ def test_audit_trail_newest_first_with_subjects(store: LabelStore, project: Proj
         ("label.add", "oidc:x#ada", {"label_id": "7"}),
     ]
     assert trail[0][0].at.tzinfo is not None
+
+
+def test_operators_grant_roles_and_issue_tokens_from_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    store = LabelStore(f"sqlite:///{home / 'labels.db'}")
+    project = store.create_project("p", {}, load_schema("chesapeake4"), "m:/x")
+    monkeypatch.setenv("PEARL_HOME", str(home))
+    get_settings.cache_clear()
+    try:
+        subject = "oidc:https://id.example#42"
+        assert main(["access", "grant", "--project", str(project.id), "--role", "mapper", "--subject", subject]) == 0
+        assert main(["access", "token", "--name", "ci", "--days", "3", "--subject", subject]) == 0
+        token = capsys.readouterr().out.strip().splitlines()[-1]
+        assert main(["access", "grant", "--project", "999", "--role", "owner", "--subject", subject]) == 2
+        assert "no project with id 999" in capsys.readouterr().err
+        accounts = Accounts(store, get_settings().auth_secret)
+        user = accounts.token_user(token)
+        assert user is not None and user.subject == subject and accounts.role(user, project.id) == Role.mapper
+    finally:
+        get_settings.cache_clear()
+        store.engine.dispose()

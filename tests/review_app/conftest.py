@@ -35,7 +35,8 @@ def new_home(tmp_path_factory: pytest.TempPathFactory, assets: Path, *, with_mod
     if with_model:
         (home / "models").symlink_to(assets / "models")
     # Nothing listens on these ports: no MLflow (local model fallback), no Dagster (label runs logged, not sent).
-    return Settings(home=home, mlflow_port=free_port(), dagster_port=free_port())
+    # Tests write faster than any mapper clicks: the per-user write limit is tested on its own (test_limits.py).
+    return Settings(home=home, mlflow_port=free_port(), dagster_port=free_port(), write_rate_limit="1000/second")
 
 
 def wait_ready(
