@@ -61,7 +61,8 @@ def role_in(accounts: Accounts, auth: Authenticator, user: User, project_id: int
 def authorize(conn: HTTPConnection) -> None:
     """App-wide dependency: authenticate, then check the route's rule (404 for projects the caller is not in).
 
-    On a websocket every refusal closes the connection with 1008 and the reason (no HTTP status exists there).
+    On a websocket a refusal closes the connection with the HTTP status as 4xxx and the reason: 4401 not signed
+    in, 4404 unknown (or foreign) project, 4403 without the role.
     """
     if conn.scope["type"] != "websocket":
         _authorize(conn)
@@ -70,7 +71,7 @@ def authorize(conn: HTTPConnection) -> None:
         _authorize(conn)
     except (KeyError, Forbidden) as exc:
         reason = str(exc.args[0]) if exc.args else "not allowed"
-        raise WebSocketException(code=status.WS_1008_POLICY_VIOLATION, reason=reason[:120]) from None
+        raise WebSocketException(code=4404 if isinstance(exc, KeyError) else 4403, reason=reason[:120]) from None
 
 
 def _authorize(conn: HTTPConnection) -> None:
@@ -83,7 +84,7 @@ def _authorize(conn: HTTPConnection) -> None:
         user = auth.authenticate(conn)
     except NotSignedIn as exc:
         if conn.scope["type"] == "websocket":
-            raise WebSocketException(code=status.WS_1008_POLICY_VIOLATION, reason=str(exc)[:120]) from None
+            raise WebSocketException(code=4401, reason=str(exc)[:120]) from None
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     conn.state.user = user
     if conn.scope["type"] == "http" and conn.scope["method"] in WRITE_METHODS:
