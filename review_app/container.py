@@ -35,6 +35,7 @@ class ReviewServices:
         self.accounts = Accounts(self.store, settings.auth_secret)
         self.auth = Authenticator(settings, self.accounts)
         self.write_limiter = WriteLimiter(settings.write_rate_limit)
+        self._known_projects: set[int] = set()
         self.hub = EventHub()
         self.runner = JobRunner(self.hub)
         self.label_runs = Debouncer(lambda project_id: submit_label_run(project_id, settings, self.store))
@@ -72,6 +73,13 @@ class ReviewServices:
             imagery=self.imagery,
             aois=self.aois,
         )
+
+    def require_project(self, project_id: int) -> None:
+        """KeyError for an unknown project. Projects are never deleted, so ids seen once are remembered: tile
+        requests (dozens a second per mapper) then cost no database query for it."""
+        if project_id not in self._known_projects:
+            self.projects.get(project_id)
+            self._known_projects.add(project_id)
 
     def readable_projects(self, user: User) -> set[int]:
         """Ids of the projects `user` may read (the local user: all of them)."""

@@ -92,7 +92,7 @@ def _authorize(conn: HTTPConnection) -> None:
     project_id: int | None = None
     if rule.scope == "project":
         project_id = _project_id(conn)
-        services.projects.get(project_id)  # unknown project: KeyError -> 404
+        services.require_project(project_id)  # unknown project: KeyError -> 404
         role = role_in(services.accounts, auth, user, project_id)
         if role is None:
             raise KeyError(f"no project with id {project_id}")  # the same answer as an unknown id

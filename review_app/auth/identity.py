@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from starlette.requests import HTTPConnection
@@ -75,8 +76,13 @@ class Authenticator:
     def local(self) -> bool:
         return self.settings.auth_mode == "local"
 
-    def local_user(self) -> User:
+    @functools.cached_property
+    def _local_user(self) -> User:
         return self.accounts.user(LOCAL_SUBJECT, "local user")
+
+    def local_user(self) -> User:
+        """The local mode's one user (looked up once: every tile request needs it)."""
+        return self._local_user
 
     def authenticate(self, conn: HTTPConnection) -> User:
         token = _bearer(conn)
