@@ -30,7 +30,9 @@ WRITERS = 6
 
 
 @contextlib.contextmanager
-def uvicorn(settings: Settings, store_url: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def uvicorn(
+    settings: Settings, store_url: str, port: int, extra_env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """The review app as `uvicorn review_app.main:app`, configured by environment variables only."""
     env = {
         **os.environ,
@@ -40,6 +42,7 @@ def uvicorn(settings: Settings, store_url: str, port: int) -> Iterator[subproces
         "PEARL_LABEL_STORE_URL": store_url,
         "PEARL_WRITE_RATE_LIMIT": "100000/second",
         "PYTHONPATH": str(REPO),
+        **(extra_env or {}),
     }
     with (settings.home_abs / f"uvicorn-{port}.log").open("wb") as log:
         process = subprocess.Popen(
