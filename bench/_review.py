@@ -48,15 +48,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-def bench_settings() -> Settings:
-    """The bench home, with the demo region and a model in place."""
+def bench_settings(name: str = "review") -> Settings:
+    """The bench home PEARL_HOME/bench/<name>, with the demo region and a model in place."""
     from pearl_pipelines.geo.regions import build_region, load_regions
 
     main = get_settings()
     if not (main.catalog_dir / DEMO / "collection.json").is_file():
         log(f"generating the demo region into {main.catalog_dir} (first run only) ...")
         build_region(load_regions(main.assets_dir)[DEMO], main.catalog_dir, show_progress=True)
-    home = main.home_abs / "bench" / "review"
+    home = main.home_abs / "bench" / name
     (home / "models").mkdir(parents=True, exist_ok=True)
     if not (home / "catalog").exists():
         (home / "catalog").symlink_to(main.catalog_dir)
@@ -100,9 +100,10 @@ def _ensure_model(main: Settings, settings: Settings) -> None:
     log(f"  saved to {folder}")
 
 
-def start_app(settings: Settings) -> tuple[str, Service]:
+def start_app(settings: Settings, extra_env: dict[str, str] | None = None) -> tuple[str, Service]:
     port = free_port()
     env = {"PEARL_MLFLOW_PORT": str(settings.mlflow_port), "PEARL_DAGSTER_PORT": str(settings.dagster_port)}
+    env.update(extra_env or {})
     service = review_app(settings, port=port, env=env).start(timeout=120)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600

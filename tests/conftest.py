@@ -18,8 +18,8 @@ import pytest
 
 from pearl_pipelines.geo.regions import Region, build_region, load_regions
 from pearl_pipelines.geo.stac_server import StacServer
+from pearl_pipelines.labels.pg_local import PostgresServer, find_bin_dir
 from pearl_pipelines.settings import get_settings
-from tests.pg_server import PostgresServer, find_bin_dir
 
 SMALL_SCALE = 0.3
 SMALL_REGIONS = ("demo", "train-a")
@@ -83,8 +83,8 @@ def stac_server(small_catalog: SmallCatalog) -> Iterator[StacServer]:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """A real PostgreSQL server on 127.0.0.1 for the session (tests/pg_server.py); skipped where PostgreSQL is not
-    installed, failed instead when PEARL_REQUIRE_POSTGRES=1 (make test, CI)."""
+    """A real PostgreSQL server on 127.0.0.1 for the session (pearl_pipelines/labels/pg_local.py); skipped where
+    PostgreSQL is not installed, failed instead when PEARL_REQUIRE_POSTGRES=1 (make test, CI)."""
     bin_dir = find_bin_dir()
     if bin_dir is None:
         message = (

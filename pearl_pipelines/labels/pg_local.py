@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL server for the tests: `initdb` into a temp dir, `pg_ctl start` on 127.0.0.1.
+"""A throwaway PostgreSQL server for tests and benches: `initdb` into a temp dir, `pg_ctl start` on 127.0.0.1.
 
 The binaries come from PATH or Debian's /usr/lib/postgresql/<version>/bin. PostgreSQL refuses to run as root,
 so under root the server runs as the `postgres` user Debian's package creates, or as `nobody`: subprocess drops
@@ -60,6 +60,9 @@ class PostgresServer:
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pearl-pg-", dir="/tmp")))
     port: int = field(default_factory=_free_port)
     user: str | None = field(default_factory=_server_user)
+    # Tests trade durability for speed (fsync off; the server itself is never killed); a bench measures the
+    # settings a deployment runs with.
+    durable: bool = False
     _counter: itertools.count = field(default_factory=itertools.count)
 
     @property
@@ -93,10 +96,8 @@ class PostgresServer:
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
         self.root.chmod(0o700)
         self._run("initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--locale=C")
-        options = (
-            f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c synchronous_commit=off "
-            "-c full_page_writes=off -c max_connections=200"
-        )
+        fast = "" if self.durable else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} {fast}-c max_connections=200"
         self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.root / "server.log"), "-w", "-t", "60",
                   "-o", options, "start")  # fmt: skip
         return self
@@ -113,7 +114,7 @@ class PostgresServer:
 
     def new_database(self) -> str:
         """CREATE an empty database and return its SQLAlchemy URL."""
-        name = f"pearl_test_{next(self._counter)}"
+        name = f"pearl_{next(self._counter)}"
         with psycopg.connect(f"host=127.0.0.1 port={self.port} user={SUPERUSER} dbname=postgres", autocommit=True) as c:
             c.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')  # type: ignore[arg-type]
         return self.url(name)
