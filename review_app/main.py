@@ -22,6 +22,7 @@ from review_app.auth.guard import AuditMiddleware, authorize, check_every_route_
 from review_app.container import ReviewServices
 from review_app.errors import add_exception_handlers
 from review_app.routers import accounts, aois, labels, models, projects, ws
+from review_app.schemas import COMMON_ERRORS
 from review_app.security import add_security
 from review_app.tiles import TileCacheMiddleware, mount_tiles
 
@@ -64,9 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_security(app, max_body_bytes=limits.max_body_bytes, cors_origins=limits.cors_origins)
     app.add_middleware(TileCacheMiddleware)
     for module in (projects, aois, labels, models, accounts):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=COMMON_ERRORS)
     for router in (models.jobs_router, ws.router):
-        app.include_router(router)
+        app.include_router(router, responses=COMMON_ERRORS)
     mount_tiles(app)
     _mount_frontend(app)
     check_every_route_has_a_rule(app)

@@ -286,6 +286,10 @@ class Event(BaseModel):
     ]
 
 
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorOut, "description": description}
+
+
 class ErrorOut(BaseModel):
     detail: str
     errors: list[dict[str, Any]] | None = None
@@ -336,3 +340,14 @@ class AuditOut(BaseModel):
     action: str
     target: dict[str, Any]
     status: int
+
+
+# Answers any route may give (the guard, the limits): documented on every route of the API.
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _error("not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired"),
+    403: _error("a member of the project without the role this needs"),
+    404: _error("unknown id, or a project the caller is not a member of"),
+    413: _error("request body larger than the server accepts"),
+    422: _error("the request does not validate; the message says what is accepted"),
+    429: _error("too many writes, or a retrain/inference already waiting; see Retry-After"),
+}

@@ -24,6 +24,7 @@ from titiler.core.dependencies import BidxParams
 from titiler.core.factory import TilerFactory
 
 from review_app.container import ReviewServices
+from review_app.schemas import COMMON_ERRORS
 
 _ID = re.compile(r"^[1-9][0-9]{0,8}$")
 MAX_TILESIZE = 1024
@@ -148,7 +149,10 @@ def mount_tiles(app: FastAPI) -> None:
         ),
     ]
     for prefix, path_dependency, colormap, tag in layers:
-        app.include_router(_factory(prefix, path_dependency, colormap).router, prefix=prefix, tags=[tag])
+        errors = {code: COMMON_ERRORS[code] for code in (401, 404, 422, 429)}  # tiles: a uniform 404 for the rest
+        app.include_router(
+            _factory(prefix, path_dependency, colormap).router, prefix=prefix, tags=[tag], responses=errors
+        )
 
 
 class TileCacheMiddleware:

@@ -13,7 +13,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.errors import InvalidSchema
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
 from pearl_pipelines.labels.accounts import Accounts, Role
 from pearl_pipelines.labels.store import LabelStore
@@ -22,7 +22,7 @@ from tests.review_app.conftest import new_home
 from tests.review_app.test_durability import ready_project, uvicorn
 
 EXAMPLES = 20
-CHECKS = [not_a_server_error, response_schema_conformance]
+CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance]
 LAST = {"DELETE /api/tokens/{token_id}", "DELETE /api/projects/{project_id}/members/{user_id}"}
 SECRET = secrets.token_urlsafe(48)
 
