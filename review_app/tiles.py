@@ -149,7 +149,9 @@ def mount_tiles(app: FastAPI) -> None:
         ),
     ]
     for prefix, path_dependency, colormap, tag in layers:
-        errors = {code: COMMON_ERRORS[code] for code in (401, 404, 422, 429)}  # tiles: a uniform 404 for the rest
+        errors: dict[int | str, dict[str, Any]] = {
+            code: COMMON_ERRORS[code] for code in (401, 404, 422, 429)
+        }  # tiles: a uniform 404 for the rest
         app.include_router(
             _factory(prefix, path_dependency, colormap).router, prefix=prefix, tags=[tag], responses=errors
         )
