@@ -34,7 +34,7 @@ install: $(STAMP) $(FRONTEND_STAMP)
 chromium:
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
-# Label-store tests start their own PostgreSQL server (tests/pg_server.py) from Debian's binaries, which live under
+# Label-store tests start their own PostgreSQL server (pearl_pipelines/labels/pg_local.py) from Debian's binaries, which live under
 # /usr/lib/postgresql/<version>/bin (the tests look there too); nothing listens on the default port for them.
 POSTGRES_BIN := $(firstword $(shell command -v initdb) $(wildcard /usr/lib/postgresql/*/bin/initdb))
 postgres:
