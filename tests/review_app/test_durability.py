@@ -1,5 +1,6 @@
 """Durability: uvicorn killed with SIGKILL in the middle of a label burst loses no acknowledged label, on SQLite
-and on PostgreSQL; after a restart the store, its undo log and the API agree."""
+and on PostgreSQL; after a restart the store, its undo log and the API agree. (Concurrent writers, tile readers,
+retrains and undos: test_http_storm.py.)"""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import morecantile
 import pytest
 from sqlalchemy import select
 
@@ -138,79 +138,3 @@ def test_sigkill_during_a_label_burst_loses_no_acknowledged_label(home: Settings
     print(
         f"{store_url.split(':', maxsplit=1)[0]}: {len(acknowledged)} acknowledged, {len(stored)} stored after SIGKILL"
     )
-
-
-def test_writers_undos_tile_readers_and_a_retrain_at_once(home: Settings, store_url: str) -> None:
-    """No 5xx, no lost or duplicated label, and an undo log that still undoes everything it recorded."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with uvicorn(home, store_url, port):
-        project = ready_project(url)
-        lon, lat = center(project)
-        aoi = httpx.post(f"{url}/api/projects/1/aois", json={"name": "storm", "geometry": square(lon, lat, 0.002)})
-        assert aoi.status_code == 201, aoi.text
-        before = {f["id"] for f in httpx.get(f"{url}/api/projects/1/labels").json()["features"]}
-        tilejson = httpx.get(f"{url}{project['imagery']['tilejson']['true_color']}").json()
-        t = morecantile.tms.get("WebMercatorQuad").tile(lon, lat, 16)
-        tile = tilejson["tiles"][0].replace("{z}", str(t.z)).replace("{x}", str(t.x)).replace("{y}", str(t.y))
-        tiles_ok: list[int] = []
-        statuses: list[int] = []
-        added: list[int] = []
-        stop = threading.Event()
-        lock = threading.Lock()
-
-        def call(client: httpx.Client, method: str, path: str, **kw: Any) -> httpx.Response:
-            response = client.request(method, path, **kw)
-            with lock:
-                statuses.append(response.status_code)
-            return response
-
-        def writer(seed: int) -> None:
-            rng = random.Random(seed)
-            with httpx.Client(base_url=url, timeout=30) as client:
-                while not stop.is_set():
-                    point = [lon + rng.uniform(-0.0015, 0.0015), lat + rng.uniform(-0.0015, 0.0015)]
-                    body = {
-                        "class_name": rng.choice(["water", "tree_canopy"]),
-                        "geometry": {"type": "Point", "coordinates": point},
-                    }
-                    response = call(client, "POST", "/api/projects/1/labels", json=body)
-                    if response.status_code == 201:
-                        with lock:
-                            added.append(int(response.json()["id"]))
-
-        def undoer() -> None:
-            with httpx.Client(base_url=url, timeout=30) as client:
-                while not stop.is_set():
-                    call(client, "POST", "/api/projects/1/labels/undo")
-                    time.sleep(0.05)
-
-        def reader() -> None:
-            with httpx.Client(timeout=30) as client:
-                while not stop.is_set():
-                    if call(client, "GET", tile).status_code == 200:
-                        tiles_ok.append(1)
-
-        threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
-        threads += [threading.Thread(target=undoer) for _ in range(2)]
-        threads += [threading.Thread(target=reader) for _ in range(3)]
-        for thread in threads:
-            thread.start()
-        time.sleep(2)
-        retrain = httpx.post(f"{url}/api/projects/1/retrain", json={}, timeout=30)
-        time.sleep(3)
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
-        assert retrain.status_code in (202, 422), retrain.text  # 422 only if every label was undone at that moment
-        assert statuses and max(statuses) < 500, sorted(set(statuses))
-        assert len(added) == len(set(added)) and len(added) > 20 and len(tiles_ok) > 5
-        live = {f["id"] for f in httpx.get(f"{url}/api/projects/1/labels").json()["features"]}
-        assert live - before <= set(added)  # nothing appeared that no writer added
-        # The undo log is consistent: undoing until nothing is left takes every label of the storm away.
-        with httpx.Client(base_url=url, timeout=30) as client:
-            for _ in range(len(added) * 2 + 10):
-                if client.post("/api/projects/1/labels/undo").json().get("undone") is None:
-                    break
-            left = {f["id"] for f in client.get("/api/projects/1/labels").json()["features"]}
-        assert not (left & set(added)), sorted(left & set(added))
