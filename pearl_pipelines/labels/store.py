@@ -129,8 +129,11 @@ class LabelStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: Engine = create_engine(url, future=True)
-        if url.startswith("sqlite"):
+        sqlite = url.startswith("sqlite")
+        # SQLite's 5 s default busy timeout is too short when several processes start on one file under load
+        # (every connection also switches to WAL, which needs the lock): wait up to 30 s instead of failing.
+        self.engine: Engine = create_engine(url, future=True, connect_args={"timeout": 30} if sqlite else {})
+        if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         migrate.upgrade(self.engine)  # Alembic, not create_all: the schema can change under existing data
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
