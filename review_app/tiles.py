@@ -9,6 +9,7 @@ one uniform 404 for an unknown id, a missing file, or a malformed request (error
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,7 +21,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from rio_tiler.io import Reader
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from titiler.core.dependencies import BidxParams
+from titiler.core.dependencies import BidxParams, DefaultDependency
 from titiler.core.factory import TilerFactory
 
 from review_app.container import ReviewServices
@@ -28,6 +29,10 @@ from review_app.schemas import COMMON_ERRORS
 
 _ID = re.compile(r"^[1-9][0-9]{0,8}$")
 MAX_TILESIZE = 1024
+# titiler leaves `buffer` and `padding` unbounded: buffer=2000 on a 256 px tile renders 4256x4256 px (12 s here),
+# larger values try to allocate gigabytes. A map needs a few pixels of either.
+MAX_BUFFER = 64
+MAX_PADDING = 64
 TMS = morecantile.TileMatrixSets({"WebMercatorQuad": morecantile.tms.get("WebMercatorQuad")})
 
 
@@ -98,6 +103,20 @@ def limit_tilesize(tilesize: Annotated[int | None, Query(gt=0, le=MAX_TILESIZE)]
     """A 100000-pixel tile is a denial of service, not a map tile."""
 
 
+@dataclass
+class BoundedTileParams(DefaultDependency):
+    """titiler's TileParams with limits: the rendered tile is at most MAX_TILESIZE + 2 * MAX_BUFFER pixels a side."""
+
+    buffer: Annotated[
+        float | None,
+        Query(gt=0, le=MAX_BUFFER, description="Pixels added on each side of the tile (a multiple of 0.5)."),
+    ] = None
+    padding: Annotated[
+        int | None,
+        Query(gt=0, le=MAX_PADDING, description="Pixels read around the tile edge to reduce resampling artefacts."),
+    ] = None
+
+
 @attr.s
 class GTiffReader(Reader):
     """rio-tiler Reader that opens (Geo)TIFFs only: a VRT or any other format is refused even if GDAL knows it."""
@@ -128,6 +147,7 @@ def _factory(prefix: str, path_dependency: Any, colormap_dependency: Any | None 
         reader=GTiffReader,
         path_dependency=path_dependency,
         layer_dependency=BidxParams,
+        tile_dependency=BoundedTileParams,
         process_dependency=lambda: None,
         supported_tms=TMS,
         add_preview=False,

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from pearl_pipelines.settings import Settings
 
 UNIFORM = {"detail": "Not Found"}
+SIZES = ("tilesize", "buffer", "padding")
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,17 @@ def test_url_and_expression_parameters_are_ignored(client: TestClient, tile: tup
         assert response.json()["count"] == 4  # the RGBN mosaic, not /etc/passwd
 
 
+def test_small_buffer_and_padding_still_render(client: TestClient, tile: tuple[int, int, int]) -> None:
+    z, x, y = tile
+    query = "bidx=1&bidx=2&bidx=3&buffer=64&padding=64"
+    response = client.get(f"/tiles/imagery/1/tiles/WebMercatorQuad/{z}/{x}/{y}.png?{query}")
+    assert response.status_code == 200 and response.content[:4] == b"\x89PNG"
+    paths = client.get("/openapi.json").json()["paths"]
+    parameters = paths["/tiles/imagery/{project_id}/tiles/{tileMatrixSetId}/{z}/{x}/{y}"]["get"]["parameters"]
+    limits = {p["name"]: p["schema"]["anyOf"][0]["maximum"] for p in parameters if p["name"] in SIZES}
+    assert limits == {"tilesize": 1024, "buffer": 64, "padding": 64}  # documented, so clients and fuzzers keep to them
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -70,6 +82,10 @@ def test_url_and_expression_parameters_are_ignored(client: TestClient, tile: tup
         "/tiles/imagery/1/tiles/WebMercatorQuad/16/0/0",  # tile outside the raster
         "/tiles/imagery/1/tiles/OtherTMS/{z}/{x}/{y}",
         "/tiles/imagery/1/tiles/WebMercatorQuad/{z}/{x}/{y}?tilesize=100000",
+        # titiler leaves these unbounded: schemathesis' buffer=2000 took 12 s, larger ones allocate gigabytes
+        "/tiles/imagery/1/tiles/WebMercatorQuad/{z}/{x}/{y}?buffer=2000",
+        "/tiles/imagery/1/tiles/WebMercatorQuad/{z}/{x}/{y}?buffer=1e9",
+        "/tiles/imagery/1/tiles/WebMercatorQuad/{z}/{x}/{y}?padding=100000",
         "/tiles/imagery/1/tiles/WebMercatorQuad/{z}/{x}/{y}.vrt",
         "/tiles/imagery/1/statistics",
         "/tiles/imagery/1/preview",
