@@ -320,3 +320,25 @@ def test_cors_opens_only_to_configured_origins(settings: Settings) -> None:
         assert allowed.headers["access-control-allow-origin"] == "https://maps.example"
         refused = other.options("/api/projects", headers={"origin": "https://evil.example", **asked})
         assert "access-control-allow-origin" not in refused.headers
+
+
+def test_tiles_below_the_zoom_floor_are_404_at_once(client: TestClient, project: dict[str, Any]) -> None:
+    """Schemathesis' z=0 imagery tile ran for hours (rio-tiler warps ~4x longer per zoom level down) and pinned a
+    worker thread past shutdown: below review_app.tiles.MIN_ZOOM a tile is the uniform 404, at once."""
+    import morecantile
+
+    from review_app.tiles import MIN_ZOOM
+
+    lon, lat = center(project)
+    tms = morecantile.tms.get("WebMercatorQuad")
+    for z in (0, 1, MIN_ZOOM - 1):
+        tile = tms.tile(lon, lat, z)
+        started = time.monotonic()
+        response = client.get(f"/tiles/imagery/1/tiles/WebMercatorQuad/{z}/{tile.x}/{tile.y}.png?padding=1")
+        assert (response.status_code, response.json()) == (404, {"detail": "Not Found"}), z
+        assert time.monotonic() - started < 2, z
+    tile = tms.tile(lon, lat, MIN_ZOOM)
+    response = client.get(
+        f"/tiles/imagery/1/tiles/WebMercatorQuad/{MIN_ZOOM}/{tile.x}/{tile.y}.png?bidx=1&bidx=2&bidx=3"
+    )
+    assert (response.status_code, response.headers["content-type"]) == (200, "image/png")
