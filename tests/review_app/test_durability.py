@@ -57,7 +57,11 @@ def uvicorn(
         finally:
             if process.poll() is None:
                 process.terminate()
-                process.wait(timeout=15)
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:  # stuck in a request: never leave a server behind
+                    process.kill()
+                    process.wait(timeout=15)
 
 
 def ready_project(url: str, timeout: float = 90.0) -> dict[str, Any]:
