@@ -1,5 +1,6 @@
 """Schemathesis over the review app's whole OpenAPI schema, as each role: no 5xx, no response that breaks its
-schema. uvicorn on loopback, a real SQLite store; personal API tokens stand for the roles."""
+schema, no undocumented status code; first with data that fits the schema, then with data that breaks it.
+uvicorn on loopback, a real SQLite store; personal API tokens stand for the roles."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
 from schemathesis.errors import InvalidSchema
+from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
 from pearl_pipelines.labels.accounts import Accounts, Role
@@ -21,7 +25,9 @@ from tests.conftest import free_port
 from tests.review_app.conftest import new_home
 from tests.review_app.test_durability import ready_project, uvicorn
 
-EXAMPLES = 20
+EXAMPLES = {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 8}
+# No parameter or body to break: the negative pass has nothing to send (the positive pass covers them).
+NOTHING_TO_NEGATE = {"GET /api/projects", "GET /api/me", "GET /api/tokens", "GET /api/jobs/{job_id}"}
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance]
 LAST = {"DELETE /api/tokens/{token_id}", "DELETE /api/projects/{project_id}/members/{user_id}"}
 SECRET = secrets.token_urlsafe(48)
@@ -49,16 +55,21 @@ def app_url(review_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 def _fuzz(
     operation: Any,
+    mode: GenerationMode,
     url: str,
     tokens: dict[str, str],
     failures: list[str],
     statuses: dict[int, int],
     unchecked: set[str],
+    unnegatable: set[str],
 ) -> None:
-    """`EXAMPLES` generated requests for one operation, each sent as every role."""
+    """`EXAMPLES[mode]` generated requests for one operation, each sent as every role."""
+    derandomised = settings(
+        max_examples=EXAMPLES[mode], deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
 
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-    @given(case=operation.as_strategy())
+    @derandomised
+    @given(case=operation.as_strategy(mode))
     def fuzz(case: Any) -> None:
         for role, token in tokens.items():
             _send(case, role, token)
@@ -78,26 +89,35 @@ def _fuzz(
                 unchecked.add(operation.label)
                 response = case.call_and_validate(base_url=url, headers=headers, checks=[not_a_server_error])
             statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-        except Exception as exc:  # schemathesis' check failures: keep going, report them all at the end
+        except (Exception, FailureGroup) as exc:  # check failures: keep going, report them all at the end
             first = " | ".join(str(exc).strip().splitlines()[:6])[:600]
-            failures.append(f"{role}: {operation.label}: {type(exc).__name__}: {first}")
+            failures.append(f"{role}: {mode}: {operation.label}: {type(exc).__name__}: {first}")
 
-    fuzz()
+    try:
+        fuzz()
+    except Unsatisfiable:
+        if mode is not GenerationMode.NEGATIVE:
+            raise
+        unnegatable.add(operation.label)
 
 
 def test_every_operation_as_every_role(app_url: tuple[str, dict[str, str]]) -> None:
-    """Each operation x each role: `EXAMPLES` generated requests (derandomised, so CI reruns the same ones)."""
+    """Each operation x each role x valid/invalid data: `EXAMPLES` generated requests (derandomised, so CI reruns
+    the same ones)."""
     url, tokens = app_url
     loaded = schemathesis.openapi.from_url(f"{url}/openapi.json")
     failures: list[str] = []
     statuses: dict[int, int] = {}
     unchecked: set[str] = set()
+    unnegatable: set[str] = set()
     operations = [result.ok() for result in loaded.get_all_operations()]
+    modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
     # Revoking a token or removing a member takes a role's credentials away for what follows: fuzz those last.
-    operations.sort(key=lambda op: op.label in LAST)
-    for operation in operations:
-        _fuzz(operation, url, tokens, failures, statuses, unchecked)
+    runs = sorted(((op, mode) for mode in modes for op in operations), key=lambda run: run[0].label in LAST)
+    for operation, mode in runs:
+        _fuzz(operation, mode, url, tokens, failures, statuses, unchecked, unnegatable)
     print(f"{len(operations)} operations x {len(tokens)} roles: responses by status {dict(sorted(statuses.items()))}")
     assert len(operations) > 40 and sum(statuses.values()) > len(operations) * len(tokens)
     assert not failures, "\n".join(sorted(set(failures)))
     assert {label.rsplit("/", 1)[-1] for label in unchecked} <= {"info"}, unchecked  # only titiler's Info model
+    assert unnegatable <= NOTHING_TO_NEGATE, unnegatable
