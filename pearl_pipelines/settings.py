@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = Field(default=None, description="default: from the issuer's discovery document")
+    # The browser's own sign-in (Authorization Code + PKCE, a public client): the client id registered at the
+    # identity provider for the page, and the scopes it asks for.
+    oidc_client_id: str | None = Field(default=None, description="the front-end's client id; default: oidc_audience")
+    oidc_scopes: str = Field(default="openid profile email", description="scopes the front-end's sign-in asks for")
     auth_secret: str = Field(default=DEFAULT_AUTH_SECRET, description="key of the API tokens' HMAC; set outside local")
     # Abuse limits and browser policy of the review app.
     max_body_bytes: int = Field(default=2 << 20, gt=0, description="Largest request body (413 beyond)")

@@ -62,10 +62,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_exception_handlers(app)
     limits = settings or get_settings()
     app.add_middleware(AuditMiddleware)
-    add_security(app, max_body_bytes=limits.max_body_bytes, cors_origins=limits.cors_origins)
+    add_security(
+        app,
+        max_body_bytes=limits.max_body_bytes,
+        cors_origins=limits.cors_origins,
+        oidc_issuer=limits.oidc_issuer if limits.auth_mode == "oidc" else None,
+    )
     app.add_middleware(TileCacheMiddleware)
     for module in (projects, aois, labels, models, accounts):
         app.include_router(module.router, responses=COMMON_ERRORS)
+    app.include_router(accounts.public_router)
     for router in (models.jobs_router, ws.router):
         app.include_router(router, responses=COMMON_ERRORS)
     mount_tiles(app)

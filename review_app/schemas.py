@@ -305,6 +305,16 @@ class UserOut(BaseModel):
     name: str
 
 
+class AuthConfigOut(BaseModel):
+    """How the front-end signs in: nothing to do in local mode; in oidc mode, the OpenID Connect Authorization Code
+    flow with PKCE (S256) as a public client of `issuer`."""
+
+    mode: Literal["local", "oidc"]
+    issuer: str | None = Field(default=None, description="OpenID Connect issuer (oidc mode)")
+    client_id: str | None = Field(default=None, description="the front-end's client id at the issuer (oidc mode)")
+    scopes: str | None = Field(default=None, description="scopes to ask for, space-separated (oidc mode)")
+
+
 class MemberOut(UserOut):
     role: RoleName
 

@@ -6,28 +6,37 @@ Pure ASGI middleware (no BaseHTTPMiddleware), so websocket and streaming respons
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+
 # The front-end is one bundle served from here; MapLibre draws from blob: workers and data:/blob: images,
-# and talks to this origin only (REST, tiles, websocket).
-CONTENT_SECURITY_POLICY = "; ".join(
-    (
-        "default-src 'self'",
-        "script-src 'self'",
-        "style-src 'self' 'unsafe-inline'",
-        "img-src 'self' data: blob:",
-        "worker-src 'self' blob:",
-        "connect-src 'self' ws: wss:",
-        "font-src 'self' data:",
-        "object-src 'none'",
-        "base-uri 'none'",
-        "frame-ancestors 'none'",
-        "form-action 'self'",
+# and talks to this origin only (REST, tiles, websocket). With OpenID Connect sign-in, the page also calls the
+# identity provider's discovery document and token endpoint (fetch), and nothing else of it.
+def content_security_policy(connect_origins: Sequence[str] = ()) -> str:
+    return "; ".join(
+        (
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self' 'unsafe-inline'",
+            "img-src 'self' data: blob:",
+            "worker-src 'self' blob:",
+            " ".join(("connect-src 'self' ws: wss:", *connect_origins)),
+            "font-src 'self' data:",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "frame-ancestors 'none'",
+            "form-action 'self'",
+        )
     )
-)
+
+
+CONTENT_SECURITY_POLICY = content_security_policy()
 SECURITY_HEADERS = {
     b"content-security-policy": CONTENT_SECURITY_POLICY.encode(),
     b"x-content-type-options": b"nosniff",
@@ -38,11 +47,23 @@ SECURITY_HEADERS = {
 }
 
 
+ORIGIN_HOST = re.compile(r"[A-Za-z0-9.\-]+(:\d+)?|\[[0-9A-Fa-f:.]+\](:\d+)?")  # host[:port], nothing else
+
+
+def issuer_origin(issuer: str) -> str:
+    """scheme://host[:port] of the OIDC issuer, the one source the page's sign-in fetches from."""
+    parts = urlsplit(issuer)
+    host = parts.netloc.rpartition("@")[2]
+    if parts.scheme not in ("http", "https") or not ORIGIN_HOST.fullmatch(host):
+        raise ValueError(f"PEARL_OIDC_ISSUER must be an http(s) URL, not {issuer!r}")
+    return f"{parts.scheme}://{host}"
+
+
 class SecurityHeadersMiddleware:
     """Adds the security headers to every HTTP response that does not set them itself."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, headers: dict[bytes, bytes] = SECURITY_HEADERS) -> None:
+        self.app, self.headers = app, headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,7 +73,7 @@ class SecurityHeadersMiddleware:
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in SECURITY_HEADERS.items() if k not in present]
+                extra = [(k, v) for k, v in self.headers.items() if k not in present]
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
@@ -93,8 +114,9 @@ class BodySizeLimitMiddleware:
         await self.app(scope, counted, send)
 
 
-def add_security(app: FastAPI, *, max_body_bytes: int, cors_origins: list[str]) -> None:
-    """CORS stays closed (no Access-Control-* headers: browsers refuse cross-origin calls) unless origins are set."""
+def add_security(app: FastAPI, *, max_body_bytes: int, cors_origins: list[str], oidc_issuer: str | None = None) -> None:
+    """CORS stays closed (no Access-Control-* headers: browsers refuse cross-origin calls) unless origins are set.
+    With an OIDC issuer (oidc mode), the page may also fetch from the issuer's origin (its sign-in)."""
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -103,4 +125,7 @@ def add_security(app: FastAPI, *, max_body_bytes: int, cors_origins: list[str]) 
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
-    app.add_middleware(SecurityHeadersMiddleware)
+    headers = dict(SECURITY_HEADERS)
+    if oidc_issuer:
+        headers[b"content-security-policy"] = content_security_policy([issuer_origin(oidc_issuer)]).encode()
+    app.add_middleware(SecurityHeadersMiddleware, headers=headers)

@@ -37,6 +37,7 @@ def _o(audit: str | None = None) -> Rule:
 
 RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/"): Rule("public"),
+    ("GET", "/api/auth/config"): Rule("public"),  # how to sign in: asked before there is a token
     ("GET", "/api/projects"): Rule("user"),  # lists only the caller's projects
     ("POST", "/api/projects"): Rule("user", audit="project.create"),  # the caller becomes its owner
     ("GET", "/api/me"): Rule("user"),

@@ -7,11 +7,37 @@ from typing import Annotated
 from fastapi import APIRouter, Path, status
 
 from pearl_pipelines.labels.accounts import Role
-from review_app.deps import MAX_ID, AccountsDep, ProjectId, UserDep
-from review_app.schemas import AuditOut, ErrorOut, MemberIn, MemberOut, TokenCreate, TokenIssued, TokenOut, UserOut
+from review_app.deps import MAX_ID, AccountsDep, ProjectId, ServicesDep, UserDep
+from review_app.schemas import (
+    AuditOut,
+    AuthConfigOut,
+    ErrorOut,
+    MemberIn,
+    MemberOut,
+    TokenCreate,
+    TokenIssued,
+    TokenOut,
+    UserOut,
+)
 
 router = APIRouter(tags=["accounts"])
+public_router = APIRouter(tags=["accounts"])  # no sign-in needed (rules.py): included without the guard's errors
 ERRORS: dict[int | str, dict] = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+
+
+@public_router.get("/api/auth/config", response_model=AuthConfigOut)
+def auth_config(services: ServicesDep) -> AuthConfigOut:
+    """How the front-end signs in (public: the page asks before it has a token). local: nothing to do. oidc: the
+    Authorization Code flow with PKCE (S256) as a public client `client_id` of `issuer`, asking for `scopes`."""
+    settings = services.settings
+    if settings.auth_mode == "local":
+        return AuthConfigOut(mode="local")
+    return AuthConfigOut(
+        mode="oidc",
+        issuer=settings.oidc_issuer,
+        client_id=settings.oidc_client_id or settings.oidc_audience,
+        scopes=settings.oidc_scopes,
+    )
 
 
 @router.get("/api/me", response_model=UserOut)

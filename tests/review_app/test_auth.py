@@ -3,13 +3,10 @@ served on loopback (RSA keys made here, tokens signed with PyJWT), personal API 
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
@@ -23,59 +20,19 @@ from pearl_pipelines.settings import Settings
 from review_app.auth.guard import app_routes
 from review_app.auth.identity import AuthConfigError, check_settings
 from review_app.auth.rules import rule_for
-from tests.conftest import free_port
 from tests.review_app.conftest import new_home, wait_ready
+from tests.review_app.idp import AUDIENCE, Issuer
 
-AUDIENCE = "pearl-review"
 UNKNOWN = {"{aoi_id}": "987654", "{label_id}": "987654", "{checkpoint_id}": "987654", "{version}": "1"}
 UNKNOWN |= {"{name}": "no_such_class", "{token_id}": "987654", "{user_id}": "987654", "{job_id}": "nope"}
 UNKNOWN |= {"{tileMatrixSetId}": "WebMercatorQuad", "{z}": "15", "{x}": "9000", "{y}": "12000", "{format}": "png"}
-
-
-class Issuer:
-    """A minimal OpenID provider: discovery document and JWKS over HTTP on loopback; signs tokens."""
-
-    def __init__(self) -> None:
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
-        self.kid = "test-key-1"
-        keys = {"keys": [{**jwk, "kid": self.kid, "use": "sig", "alg": "RS256"}]}
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        documents = {
-            "/.well-known/openid-configuration": {"issuer": self.url, "jwks_uri": f"{self.url}/jwks.json"},
-            "/jwks.json": keys,
-        }
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = json.dumps(documents.get(self.path, {})).encode()
-                self.send_response(200 if self.path in documents else 404)
-                self.send_header("content-type", "application/json")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def token(self, sub: str, **overrides: Any) -> str:
-        now = int(time.time())
-        claims = {"iss": self.url, "aud": AUDIENCE, "sub": sub, "iat": now, "exp": now + 600, "name": sub}
-        claims.update(overrides)
-        return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": self.kid})
-
-    def subject(self, sub: str) -> str:
-        return f"oidc:{self.url}#{sub}"
 
 
 @pytest.fixture(scope="module")
 def issuer() -> Iterator[Issuer]:
     issuer = Issuer()
     yield issuer
-    issuer.server.shutdown()
+    issuer.close()
 
 
 @pytest.fixture(scope="module")
