@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     write_rate_limit: str = Field(
         default="30/second;600/minute", description="Writes per user (POST/PUT/PATCH/DELETE), `limits` syntax"
     )
+    # Where the write counts live: memory:// counts per process (N workers or replicas allow N times the limit);
+    # redis://host:port/db shares one budget per user between every process naming the same Redis database.
+    rate_limit_storage: str = Field(
+        default="memory://", description="`limits` storage URI of the write counts: memory:// or redis://host:port/db"
+    )
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call the API from a browser; none by default"
     )

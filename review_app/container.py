@@ -27,6 +27,8 @@ from review_app.workspace import StateStore
 class ReviewServices:
     def __init__(self, settings: Settings) -> None:
         check_settings(settings)  # refuse unsafe auth settings before touching anything
+        # Refuses to start on a bad rate-limit spec or storage URI, or a Redis that does not answer.
+        self.write_limiter = WriteLimiter(settings.write_rate_limit, settings.rate_limit_storage)
         settings.home_abs.mkdir(parents=True, exist_ok=True)
         self.settings = settings
         # Shared infrastructure: the label DB, the per-project session state, websocket fan-out, the job pool.
@@ -34,7 +36,6 @@ class ReviewServices:
         self.states = StateStore(settings.home_abs)
         self.accounts = Accounts(self.store, settings.auth_secret)
         self.auth = Authenticator(settings, self.accounts)
-        self.write_limiter = WriteLimiter(settings.write_rate_limit)
         self._known_projects: set[int] = set()
         self.hub = EventHub()
         self.runner = JobRunner(self.hub)
