@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 export PEARL_HOME ?= $(CURDIR)/.pearl
 
-.PHONY: install demo test lint typecheck pytest bench clean frontend chromium postgres
+.PHONY: install demo test lint typecheck pytest bench clean frontend chromium postgres redis
 
 # torch first, pinned: pip takes the CPU build from this machine's disk instead of a multi-GB CUDA build.
 # solaris is only a carrier of real Rotterdam test images: installed without its dependencies, never imported;
@@ -40,6 +40,10 @@ POSTGRES_BIN := $(firstword $(shell command -v initdb) $(wildcard /usr/lib/postg
 postgres:
 	$(if $(POSTGRES_BIN),@echo "PostgreSQL: $(POSTGRES_BIN)",apt-get update && apt-get install -y postgresql)
 
+# The shared write-rate-limit tests start their own redis-server (tests/redis_local.py) on a free loopback port.
+redis:
+	command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
+
 demo: install
 	$(VENV)/bin/pearl demo
 
@@ -50,9 +54,10 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy pearl_pipelines review_app
 
-# PEARL_REQUIRE_POSTGRES=1: the PostgreSQL cases fail, never skip, when the server cannot start.
-pytest: install chromium postgres
-	PEARL_REQUIRE_POSTGRES=$${PEARL_REQUIRE_POSTGRES:-1} $(PY) -m pytest
+# PEARL_REQUIRE_POSTGRES=1 / PEARL_REQUIRE_REDIS=1: the PostgreSQL and Redis cases fail, never skip, when the server
+# is missing.
+pytest: install chromium postgres redis
+	PEARL_REQUIRE_POSTGRES=$${PEARL_REQUIRE_POSTGRES:-1} PEARL_REQUIRE_REDIS=$${PEARL_REQUIRE_REDIS:-1} $(PY) -m pytest
 
 test: lint typecheck pytest
 
