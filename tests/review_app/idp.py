@@ -57,7 +57,7 @@ class Issuer:
         self.redirect_uris: set[str] = set()  # registered for the client: the app's page
         self.seen = Seen()
         self._codes: dict[str, dict[str, Any]] = {}
-        self._refresh: dict[str, str] = {}  # refresh token -> scope
+        self._refresh: dict[str, tuple[str, int]] = {}  # refresh token -> scope, time of the sign-in
         self._lock = threading.Lock()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -92,14 +92,16 @@ class Issuer:
         """The app's user subject for a `sub` of this issuer."""
         return f"oidc:{self.url}#{sub}"
 
-    def _tokens(self, scope: str, nonce: str | None) -> dict[str, Any]:
+    def _tokens(self, scope: str, nonce: str | None, auth_time: int | None = None) -> dict[str, Any]:
+        """Tokens of the fixed user; a refresh keeps the sign-in's auth_time (OpenID Connect Core 12.2)."""
         sub, name = self.user
         now = int(time.time())
+        auth_time = auth_time or now
         id_claims = {"iss": self.url, "aud": self.client_id, "sub": sub, "iat": now, "exp": now + 600, "name": name}
-        id_claims |= {"auth_time": now, "email": f"{sub}@example.org"} | ({"nonce": nonce} if nonce else {})
+        id_claims |= {"auth_time": auth_time, "email": f"{sub}@example.org"} | ({"nonce": nonce} if nonce else {})
         refresh = secrets.token_urlsafe(24)
         with self._lock:
-            self._refresh[refresh] = scope
+            self._refresh[refresh] = (scope, auth_time)
         return {
             "access_token": self.token(sub, name=name),
             "id_token": jwt.encode(id_claims, self.key, algorithm="RS256", headers={"kid": self.kid}),
@@ -115,10 +117,10 @@ class Issuer:
             return 401, {"error": "invalid_client"}
         if form.get("grant_type") == "refresh_token":
             with self._lock:
-                scope = self._refresh.pop(form.get("refresh_token", ""), None)
-            if scope is None:
+                granted = self._refresh.pop(form.get("refresh_token", ""), None)  # rotated: each is used once
+            if granted is None:
                 return 400, {"error": "invalid_grant", "error_description": "unknown refresh token"}
-            return 200, self._tokens(scope, None)
+            return 200, self._tokens(granted[0], None, granted[1])
         if form.get("grant_type") != "authorization_code":
             return 400, {"error": "unsupported_grant_type"}
         with self._lock:

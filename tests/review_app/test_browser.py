@@ -45,26 +45,28 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager
-def running_app(settings: Settings, *, wait_ready: bool = True) -> Iterator[str]:
-    """`uvicorn review_app.main:app` on a free port, configured by environment variables only."""
+def running_app(settings: Settings, *, wait_ready: bool = True, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`uvicorn review_app.main:app` on a free port, configured by environment variables only (`env`: more of them,
+    e.g. PEARL_AUTH_MODE; without wait_ready it returns once the app answers at all, even 401)."""
     if not DIST.is_file():
         pytest.fail("the front-end is not built: run `make install` (npm ci + esbuild into review_app/static/dist)")
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (make test does it)")
     port = free_port()
-    env = {
+    environment = {
         **os.environ,
+        **(env or {}),
         "PEARL_HOME": str(settings.home_abs),
         "PEARL_MLFLOW_PORT": str(settings.mlflow_port),
         "PEARL_DAGSTER_PORT": str(settings.dagster_port),
         "PYTHONPATH": str(REPO),
     }
-    env.pop("PEARL_LABEL_STORE_URL", None)
+    environment.pop("PEARL_LABEL_STORE_URL", None)
     log = (settings.home_abs / "uvicorn.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "review_app.main:app", "--host", "127.0.0.1", "--port", str(port)],
         cwd=REPO,
-        env=env,
+        env=environment,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -178,6 +180,7 @@ def test_mapper_loop(page: Any, server: tuple[str, Settings]) -> None:
     imagery = [(u, s) for u, s in tile_responses if "/tiles/imagery/1/tiles/" in u]
     assert imagery and all(s == 200 for _, s in imagery), imagery[:3]
     assert page.get_by_test_id("class-list").locator("li").count() == 9
+    assert page.get_by_test_id("user-name").count() == 0 and page.get_by_test_id("sign-out").count() == 0  # local
     m.shot("project-opened")
 
     # 2. NIR false colour is one click away.

@@ -1,4 +1,6 @@
-// REST client: typed wrappers around /api (schemas mirror review_app/schemas.py).
+// REST client: typed wrappers around /api (schemas mirror review_app/schemas.py); every call carries the
+// signed-in user's access token in OIDC mode (auth.ts).
+import { authEnabled, authHeaders, onUnauthorized } from "./auth";
 
 export type Geometry = { type: string; coordinates: unknown };
 
@@ -147,12 +149,22 @@ export class ApiError extends Error {
   }
 }
 
+async function send(method: string, path: string, body?: unknown): Promise<Response> {
+  const json: Record<string, string> = body === undefined ? {} : { "Content-Type": "application/json" };
+  const call = () =>
+    fetch(path, {
+      method,
+      headers: { ...authHeaders(), ...json },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  const response = await call();
+  // Signed in with OIDC and refused: renew the token once and retry (or the page signs in again).
+  if (response.status === 401 && authEnabled() && (await onUnauthorized())) return call();
+  return response;
+}
+
 async function request<T>(method: string, path: string, body?: unknown): Promise<T> {
-  const response = await fetch(path, {
-    method,
-    headers: body === undefined ? {} : { "Content-Type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
+  const response = await send(method, path, body);
   const text = await response.text();
   const data = text ? JSON.parse(text) : null;
   if (!response.ok) {
@@ -163,7 +175,14 @@ async function request<T>(method: string, path: string, body?: unknown): Promise
 
 const p = (id: number) => `/api/projects/${id}`;
 
+export interface Me {
+  id: number;
+  subject: string;
+  name: string;
+}
+
 export const api = {
+  me: () => request<Me>("GET", "/api/me"),
   projects: () => request<{ id: number; name: string }[]>("GET", "/api/projects"),
   project: (id: number) => request<Project>("GET", p(id)),
   labels: (id: number) => request<LabelCollection>("GET", `${p(id)}/labels`),
@@ -197,3 +216,23 @@ export const exportLinks = (id: number, aoiId: number | null) => ({
   classesCog: aoiId ? `${p(id)}/aois/${aoiId}/export/classes.tif` : null,
   areasCsv: aoiId ? `${p(id)}/aois/${aoiId}/export/areas.csv` : null,
 });
+
+/** A download through fetch (it carries the access token, which a plain link cannot), saved under the server's name. */
+export async function download(path: string): Promise<void> {
+  const response = await send("GET", path);
+  if (!response.ok) {
+    const data = await response.json().catch(() => null);
+    throw new ApiError(response.status, (data && data.detail) || `GET ${path}: HTTP ${response.status}`);
+  }
+  const disposition = response.headers.get("content-disposition") ?? "";
+  const name = /filename="?([^";]+)"?/.exec(disposition)?.[1] ?? path.split("/").pop() ?? "download";
+  const url = URL.createObjectURL(await response.blob());
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = name;
+  link.addEventListener("click", (e) => e.stopPropagation()); // the page's own click handling leaves it alone
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+}

@@ -2,6 +2,7 @@
 import "./style.css";
 import { api } from "./api";
 import { actions } from "./actions";
+import { authEnabled, setDisplayName, startAuth } from "./auth";
 import { cancelSketch, createMap, finishSketch, removeLastVertex } from "./map";
 import { mountPanels } from "./panels";
 import { emit, state } from "./state";
@@ -10,6 +11,8 @@ import { $, toast } from "./ui";
 import { connect } from "./ws";
 
 async function main(): Promise<void> {
+  if (!(await startAuth())) return; // on the way to the identity provider, or showing the sign-in screen
+  if (authEnabled()) setDisplayName((await api.me()).name);
   const wanted = Number(new URLSearchParams(location.search).get("project"));
   const projects = await api.projects();
   if (!projects.length) {

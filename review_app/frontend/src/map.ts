@@ -3,6 +3,7 @@
 import * as maplibregl from "maplibre-gl";
 import "maplibre-gl/dist/maplibre-gl.css";
 import type { Aoi, Geometry } from "./api";
+import { withAccessToken } from "./auth";
 import { classColor, currentAoi, emit, on, state } from "./state";
 
 type Position = [number, number];
@@ -45,6 +46,8 @@ export function createMap(container: HTMLElement, handlers: MapGestures): maplib
     zoom: 13,
     attributionControl: false,
     maxZoom: 21,
+    // Tiles and TileJSON carry the current access token in OIDC mode (auth.ts); nothing changes in local mode.
+    transformRequest: (url) => ({ url: withAccessToken(url) }),
   });
   map.addControl(new maplibregl.NavigationControl({ showCompass: false }), "bottom-right");
   map.addControl(new maplibregl.ScaleControl({ unit: "metric" }), "bottom-left");

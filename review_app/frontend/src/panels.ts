@@ -1,11 +1,12 @@
 // Panels around the map: top bar (jobs, retrain), tools, classes, layers, AOIs, retrain strategy, metrics,
 // checkpoints, exports.
-import { exportLinks, type StrategyName } from "./api";
+import { download, exportLinks, type StrategyName } from "./api";
 import { actions, strategyTitle } from "./actions";
+import { authEnabled, signedInName, signOut } from "./auth";
 import { fitToAoi } from "./map";
 import { activeJob, currentAoi, emit, labelCounts, on, state, type Tool } from "./state";
 import { toggleSuggestions } from "./suggestions";
-import { $, esc, f2, pct, slug, timeAgo } from "./ui";
+import { $, esc, f2, pct, slug, timeAgo, toast } from "./ui";
 
 const ICONS: Record<string, string> = {
   pan: '<path d="M8 13V5.5a1.5 1.5 0 0 1 3 0V12M11 11.5v-8a1.5 1.5 0 0 1 3 0V12M14 11.5V5.5a1.5 1.5 0 0 1 3 0V14M17 9.5a1.5 1.5 0 0 1 3 0V15a7 7 0 0 1-7 7h-1.5a7 7 0 0 1-5.6-2.8L3.3 15.7a1.6 1.6 0 0 1 2.4-2.1L8 16"/>',
@@ -80,7 +81,15 @@ function renderTopbar(): void {
     ${suggestButton()}
     <button class="btn btn-primary ${retraining ? "working" : ""}" data-action="retrain" data-testid="retrain" ${model?.ready ? "" : "disabled"} title="Retrain on your labels (R)">
       ${retraining ? `<span class="spinner"></span>Retraining ${Math.round((retraining.progress || 0) * 100)}%` : "Retrain <kbd>R</kbd>"}
-    </button>`;
+    </button>${userArea()}`;
+}
+
+/** Signed in with OIDC: who, and "Sign out" (nothing in local mode). */
+function userArea(): string {
+  const name = signedInName();
+  if (name === null) return "";
+  return `<div class="user"><span class="user-name" data-testid="user-name" title="signed in">${esc(name)}</span>
+    <button class="btn btn-small" data-action="sign-out" data-testid="sign-out">Sign out</button></div>`;
 }
 
 function suggestButton(): string {
@@ -306,6 +315,12 @@ function renderExports(): void {
 function bindEvents(): void {
   document.addEventListener("click", (e) => {
     const target = e.target as HTMLElement;
+    const link = target.closest<HTMLAnchorElement>("a[download]");
+    if (link && authEnabled()) {
+      // A plain link cannot carry the access token: fetch it, then save it.
+      e.preventDefault();
+      return void download(link.getAttribute("href")!).catch((error) => toast(`Export failed: ${error.message}`, "error", 7000));
+    }
     const el = target.closest<HTMLElement>("[data-action],[data-tool],[data-class],[data-aoi],[data-restore],[data-rename]");
     if (!el || (el as HTMLButtonElement).disabled) return;
     if (el.dataset.tool) return actions.setTool(el.dataset.tool as Tool);
@@ -332,6 +347,8 @@ function bindEvents(): void {
         return renderAddClass(true);
       case "cancel-class":
         return renderAddClass(false);
+      case "sign-out":
+        return void signOut();
     }
   });
   document.addEventListener("change", (e) => {

@@ -1,6 +1,7 @@
 // The project websocket: every progress figure and map update arrives here (the page never polls).
 import type { Job, TileJsonLinks } from "./api";
 import { actions } from "./actions";
+import { renew, withAccessToken } from "./auth";
 import { fitToImagery } from "./map";
 import { emit, state } from "./state";
 import { toast } from "./ui";
@@ -21,15 +22,16 @@ let retryMs = 500;
 
 export function connect(): void {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const socket = new WebSocket(`${scheme}://${location.host}/api/projects/${state.projectId}/ws`);
+  const socket = new WebSocket(withAccessToken(`${scheme}://${location.host}/api/projects/${state.projectId}/ws`));
   socket.onopen = () => {
     retryMs = 500;
     state.wsConnected = true;
     emit("ws");
   };
-  socket.onclose = () => {
+  socket.onclose = (event) => {
     state.wsConnected = false;
     emit("ws");
+    if (event.code === 4401) void renew(); // not signed in (an expired token): the next try takes a new one
     setTimeout(connect, retryMs);
     retryMs = Math.min(retryMs * 2, 8000);
   };
