@@ -28,6 +28,7 @@ def main() -> None:
     from pearl_pipelines.classes import load_schema
     from pearl_pipelines.geo.grid import aoi_to_tile_keys
     from pearl_pipelines.labels.store import LabelStore
+    from pearl_pipelines.ml.refs import CURRENT_ALIAS, project_model_name
     from pearl_pipelines.settings import get_settings
     from pearl_pipelines.trigger import submit_label_run
 
@@ -60,7 +61,7 @@ def main() -> None:
             run_id = submit_label_run(project.id, port=bench.dagster_port, store=store)
             run = bench.wait(run_id)
             total = time.time() - submitted
-            version = client.get_model_version_by_alias(STARTER, f"project-{project.id}")
+            version = client.get_model_version_by_alias(project_model_name(project.id), CURRENT_ALIAS)
             if version.tags.get("dagster_run_id") != run_id:
                 raise RuntimeError(f"round {round_}: run {run_id} did not register the project's version")
             launch, execution = run["startTime"] - submitted, run["endTime"] - run["startTime"]

@@ -21,6 +21,7 @@ from review_app.services.model_cache import ModelCache
 from review_app.services.models import ModelService
 from review_app.services.project_imagery import ProjectImagery
 from review_app.services.projects import ProjectService
+from review_app.services.version_store import VersionPublisher
 from review_app.workspace import StateStore
 
 
@@ -40,6 +41,10 @@ class ReviewServices:
         self.hub = EventHub()
         self.runner = JobRunner(self.hub)
         self.label_runs = Debouncer(lambda project_id: submit_label_run(project_id, settings, self.store))
+        # MLflow is the version store; a version it logged is Dagster's cue: its label run adopts the version.
+        self.publisher = VersionPublisher(
+            settings=settings, store=self.store, states=self.states, on_published=self.label_runs.touch
+        )
         # The domains, each built from the pieces above and the domains it needs.
         store, states, hub, runner = self.store, self.states, self.hub, self.runner
         self.classes = ClassSchemas(store=store, hub=hub)
@@ -53,9 +58,7 @@ class ReviewServices:
             model_cache=self.model_cache,
             runner=runner,
         )
-        self.labels = LabelService(
-            store=store, classes=self.classes, aois=self.aois, hub=hub, label_runs=self.label_runs
-        )
+        self.labels = LabelService(store=store, classes=self.classes, aois=self.aois, hub=hub)
         self.models = ModelService(
             settings=settings,
             store=store,
@@ -64,6 +67,7 @@ class ReviewServices:
             model_cache=self.model_cache,
             aois=self.aois,
             runner=runner,
+            publisher=self.publisher,
         )
         self.projects = ProjectService(
             settings=settings,
@@ -93,8 +97,10 @@ class ReviewServices:
         self.projects.ensure_demo_project()
         for project in self.projects.list_all():
             self.projects.warm_up(project.id)
+            self.publisher.request(project.id)  # versions made while MLflow was down are logged now
 
     def close(self) -> None:
+        self.publisher.close()
         self.label_runs.close()
         self.runner.shutdown()
         self.store.engine.dispose()

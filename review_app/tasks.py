@@ -150,10 +150,12 @@ def check_retrain(ws: ProjectWorkspace, *, store: LabelStore, model: ModelSlot) 
         )
 
 
-def _labels(store: LabelStore, project_id: int, aoi_ids: list[int]) -> gpd.GeoDataFrame:
-    frame = store.labels_frame(project_id)
-    aoi_of = {r.id: r.aoi_id for r in store.list_labels(project_id)}
-    return frame[[aoi_of.get(i) in aoi_ids for i in frame["label_id"]]]
+def _labels(store: LabelStore, project_id: int, aoi_ids: list[int]) -> tuple[gpd.GeoDataFrame, str | None]:
+    """The labels inside the cached AOIs, and the label store's digest of the project's labels when that is all
+    of them (one snapshot: the digest names exactly the labels the head is fitted on)."""
+    rows = store.list_labels(project_id)
+    used = [r for r in rows if r.aoi_id in aoi_ids]
+    return LabelStore.frame_of(used), LabelStore.digest_of(rows) if len(used) == len(rows) else None
 
 
 def metrics_out(report: MetricsReport | None, model_version: int, notes: list[str] | None = None) -> MetricsOut:
@@ -222,14 +224,16 @@ def run_retrain(
     store: LabelStore,
     model: ModelSlot,
     schema_of: SchemaOf,
+    finished: Callable[[], None] = lambda: None,
 ) -> str:
-    """A new model version from all labels; `aoi_id` (the AOI in view) is re-predicted first."""
+    """A new model version from all labels; `aoi_id` (the AOI in view) is re-predicted first. `finished` is called
+    once the version is final (the version store logs it to MLflow)."""
     started = time.perf_counter()
     project_id = ws.project_id
     current = model.require()
     schema = schema_of()
     caches = _cached_aois(ws)
-    labels = _labels(store, project_id, list(caches))
+    labels, label_store_digest = _labels(store, project_id, list(caches))
     ctx.step("fitting the head on your labels", 0.1)
     cache_dirs = list(caches.values())
     strategy = ws.state().strategy
@@ -250,6 +254,7 @@ def run_retrain(
         kind="retrain",
         parent=parent,
         label_set=child.label_set_digest,
+        label_store_digest=label_store_digest,
         n_labels=int(child.info.get("n_labels", len(labels))),
         classes=child.schema.names,
     )
@@ -286,6 +291,7 @@ def run_retrain(
         state.models[number].metrics = metrics
     _score_base(ws, base=current.base, schema=schema, caches=cache_dirs, labels=labels)
     ctx.publish({"type": "metrics_updated", "model_version": number})
+    finished()
     f1 = f"mean F1 {metrics.mean_f1:.2f}" if metrics.mean_f1 is not None else "metrics need more labels"
     return f"model v{number}: map updated in {first_layer_s:.2f} s; {f1}"
 
@@ -309,10 +315,18 @@ def _score_base(
             state.models[0].metrics = scored
 
 
-def run_restore(ctx: JobContext, ws: ProjectWorkspace, number: int, *, model: ModelSlot, schema_of: SchemaOf) -> str:
-    """Make checkpoint `number` the current model and re-predict every cached AOI with it."""
+def run_restore(
+    ctx: JobContext,
+    ws: ProjectWorkspace,
+    number: int,
+    version: ModelVersion,
+    *,
+    model: ModelSlot,
+    schema_of: SchemaOf,
+    finished: Callable[[], None] = lambda: None,
+) -> str:
+    """Make checkpoint `number` (its head: `version`) the current model and re-predict every cached AOI with it."""
     info = ws.checkpoint(number)
-    version = ModelVersion.load(ws.paths.version_dir(number))
     model.require()
     model.set_version(version)
     with ws.update() as state:
@@ -322,4 +336,5 @@ def run_restore(ctx: JobContext, ws: ProjectWorkspace, number: int, *, model: Mo
         ctx.step(f"re-predicting AOI {aid} with {info.name or f'v{number}'}", n / max(1, len(caches)))
         _repredict(ctx, ws, aid, version, model_version=number, schema_of=schema_of)
     ctx.publish({"type": "metrics_updated", "model_version": number})
+    finished()  # `current` moves in MLflow
     return f"restored {info.name or f'model v{number}'}"

@@ -30,11 +30,19 @@ class ModelVersionInfo(BaseModel):
     parent: int | None = None
     created_at: dt.datetime = Field(default_factory=_now)
     label_set: str | None = None
+    # The label store's digest of the project's labels when every one of them was used (what Dagster names a label
+    # set by: its label run adopts this version instead of fitting again); None when some were left out.
+    label_store_digest: str | None = None
     n_labels: int = 0
     classes: list[str] = Field(default_factory=list)
     metrics: MetricsOut | None = None
     name: str | None = None
-    mlflow_version: str | None = None
+    mlflow_version: str | None = Field(default=None, description="version of MLflow's pearl-project-<id> (once logged)")
+
+    @property
+    def final(self) -> bool:
+        """Metrics are computed: the retrain finished and the version will not change any more."""
+        return self.kind == "retrain" and self.metrics is not None
 
 
 class AoiLayer(BaseModel):
@@ -108,9 +116,9 @@ class ProjectWorkspace:
         return self.states.update(self.project_id)
 
     def checkpoint(self, version: int) -> ModelVersionInfo:
-        """A model version of the project with its files on disk, or KeyError."""
+        """A model version of the project with its files on disk or in MLflow, or KeyError."""
         info = self.state().models.get(version)
-        if info is None or not self.paths.version_dir(version).is_dir():
+        if info is None or not (self.paths.version_dir(version).is_dir() or info.mlflow_version):
             raise KeyError(f"no checkpoint {version} in project {self.project_id}")
         return info
 

@@ -22,13 +22,16 @@ from pearl_pipelines.defs.resources import (
     cache_complete,
 )
 from pearl_pipelines.layout import model_slug
-from pearl_pipelines.ml.refs import CHAMPION_ALIAS, parse_model_uri, starter_model_name
+from pearl_pipelines.ml.refs import (
+    CHAMPION_ALIAS,
+    CURRENT_ALIAS,
+    TAG_LABEL_STORE,
+    TAG_SOURCE,
+    project_model_name,
+    starter_model_name,
+)
 
 STARTER = "starter"
-
-
-def project_alias(project_id: int) -> str:
-    return f"project-{project_id}"
 
 
 @dataclass(frozen=True)
@@ -68,20 +71,14 @@ def champion_ref(mlflow: MlflowRegistry, name: str) -> ModelRef | None:
 
 
 def project_model_ref(mlflow: MlflowRegistry, project: Any) -> tuple[ModelRef, ModelRef]:
-    """(latest model of the project, its base model): the project's alias if it has one, else the base."""
+    """(latest model of the project, its base model): the project's `current` version if it has one, else the base.
+
+    A project's versions are one registered model, `pearl-project-<id>`, whichever loop made them (review app or
+    Dagster); each is a head on the base version named in its `pearl.base_model` tag."""
     base = resolve_or_fail(mlflow, project.base_model, f"project {project.id}'s base model")
-    latest = mlflow.version_by_alias(base.name, project_alias(project.id))
-    return (ModelRef(base.name, str(latest.version)) if latest is not None else base), base
-
-
-def base_of(mlflow: MlflowRegistry, ref: ModelRef) -> ModelRef:
-    """The base (starter) version a registered version's head sits on; a starter is its own base."""
-    tags = mlflow.model_version(ref.name, ref.version).tags or {}
-    base = tags.get("pearl.base_model")
-    if not base:
-        return ref
-    name, version = parse_model_uri(base)
-    return ModelRef(name, version)
+    name = project_model_name(project.id)
+    latest = mlflow.version_by_alias(name, CURRENT_ALIAS)
+    return (ModelRef(name, str(latest.version)) if latest is not None else base), base
 
 
 class StarterModelConfig(dg.Config):
@@ -198,7 +195,11 @@ def landcover_model(
             allow_retries=False,
         )
     parent, base = project_model_ref(mlflow, project)
-    champion = champion_ref(mlflow, base.name)
+    name = project_model_name(config.project_id)
+    # The version to beat: the project's champion, or the starter version it began from.
+    champion = champion_ref(mlflow, name) or base
+    # A mapper's burst: the review app fitted and registered this very label set already; adopt it, do not refit.
+    made = mlflow.find_version(name, **{TAG_LABEL_STORE: labels["label_set_digest"], TAG_SOURCE: "review-app"})
     aois = label_store.store().list_aois(config.project_id)
     all_caches = [rasters.embeddings_dir(base.slug, a.id) for a in aois]
     caches = [c for c in all_caches if cache_complete(c)]
@@ -218,11 +219,12 @@ def landcover_model(
         "schema": label_store.store().schema(config.project_id).model_dump(mode="json", by_alias=True),
         "parent": {"name": parent.name, "version": parent.version},
         "base": {"name": base.name, "version": base.version},
-        "champion": champion.extras() if champion else None,
+        "champion": champion.extras(),
+        "adopt": {"name": made.name, "version": str(made.version)} if made is not None else None,
         "caches": [rasters.rel(c) for c in caches],
         "holdout_fraction": config.holdout_fraction,
         "seed": config.seed,
-        "aliases": [project_alias(config.project_id)],
+        "aliases": [CURRENT_ALIAS],
         "report_dir": rasters.rel(rasters.reports_dir),
         "tags": {"pearl.base_model": base.uri},
         # The project's tiles under review, re-predicted head-only by the worker right after registering.
@@ -263,19 +265,21 @@ def champion_model(context: dg.AssetExecutionContext, mlflow: MlflowRegistry) ->
     name, version = str(model["model_name"]), str(model["model_version"])
     previous = champion_ref(mlflow, name)
     compared = model.get("holdout_macro_f1") is not None and model.get("champion_holdout_macro_f1") is not None
-    # The blocking check stopped worse candidates; promote only on evidence (or when there is no champion).
-    promote = previous is None or compared
+    # The blocking check stopped worse candidates; promote only on evidence: a project's first champion too must
+    # have been compared with the starter it began from.
+    promote = compared
     if promote:
         mlflow.set_alias(name, CHAMPION_ALIAS, version)
         context.log.info(f"champion of {name}: v{previous.version if previous else '-'} -> v{version}")
-    champion = ModelRef(name, version) if promote or previous is None else previous
-    if not promote:
-        context.log.info(f"champion of {name} stays v{champion.version}: too few held-out labels to compare")
+    else:
+        context.log.info(f"champion of {name} stays {previous.uri if previous else 'none'}: too few held-out labels")
+    champion = ModelRef(name, version) if promote else previous
+    champion_uri = champion.uri if champion else "none"
     return dg.MaterializeResult(
         metadata={
-            "model_uri": champion.uri,
+            "model_uri": champion_uri,
             "model_name": name,
-            "model_version": int(champion.version),
+            "model_version": int(champion.version) if champion else None,
             "candidate": f"models:/{name}/{version}",
             "promoted": promote,
             "previous_champion": previous.uri if previous else "none",
@@ -283,5 +287,5 @@ def champion_model(context: dg.AssetExecutionContext, mlflow: MlflowRegistry) ->
             "holdout_macro_f1": model.get("holdout_macro_f1"),
             "previous_champion_holdout_macro_f1": model.get("champion_holdout_macro_f1"),
         },
-        data_version=dg.DataVersion(champion.uri),
+        data_version=dg.DataVersion(champion_uri),
     )

@@ -156,6 +156,12 @@ class MlflowRegistry(dg.ConfigurableResource):
     def model_version(self, name: str, version: str | int) -> Any:
         return self.client.get_model_version(name, str(version))
 
+    def find_version(self, name: str, **tags: str) -> Any | None:
+        """The newest version of `name` carrying all of `tags` (None when there is none, or no such model)."""
+        query = " and ".join([f"name = '{name}'", *(f"tags.`{k}` = '{v}'" for k, v in tags.items())])
+        found = self.client.search_model_versions(query, max_results=1, order_by=["version_number DESC"])
+        return found[0] if found else None
+
 
 def cache_complete(directory: Path) -> bool:
     """An embedding cache is complete once its metadata file is written (the engine writes it last)."""

@@ -354,14 +354,22 @@ class LabelStore:
 
     def labels_frame(self, project_id: int, *, aoi_id: int | None = None) -> gpd.GeoDataFrame:
         """Live labels as a GeoDataFrame (EPSG:4326) with columns label_id, class_name, geometry."""
-        rows = self.list_labels(project_id, aoi_id=aoi_id)
+        return self.frame_of(self.list_labels(project_id, aoi_id=aoi_id))
+
+    def label_set_digest(self, project_id: int, *, aoi_id: int | None = None) -> str:
+        """Stable content hash of the live labels (ids, classes, geometries): names a label-set version."""
+        return self.digest_of(self.list_labels(project_id, aoi_id=aoi_id))
+
+    @staticmethod
+    def frame_of(rows: Sequence[LabelRow]) -> gpd.GeoDataFrame:
+        """Label rows as a GeoDataFrame (EPSG:4326): one snapshot can give both a frame and its digest."""
         return gpd.GeoDataFrame(
             {"label_id": [r.id for r in rows], "class_name": [r.class_name for r in rows]},
             geometry=[shape(r.geometry) for r in rows],
             crs="EPSG:4326",
         )
 
-    def label_set_digest(self, project_id: int, *, aoi_id: int | None = None) -> str:
-        """Stable content hash of the live labels (ids, classes, geometries): names a label-set version."""
-        payload = [(r.id, r.class_name, r.geometry) for r in self.list_labels(project_id, aoi_id=aoi_id)]
+    @staticmethod
+    def digest_of(rows: Sequence[LabelRow]) -> str:
+        payload = [(r.id, r.class_name, r.geometry) for r in rows]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

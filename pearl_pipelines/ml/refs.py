@@ -8,9 +8,16 @@ move), so a reference without a version never silently follows the newest, ungat
 
 from __future__ import annotations
 
+import re
+
 PREFIX = "models:/"
 CHAMPION_ALIAS = "champion"
 DEFAULT_ALIAS = CHAMPION_ALIAS
+CURRENT_ALIAS = "current"  # a project's newest version: the review app's current model, Dagster's latest retrain
+CHECKPOINT_ALIAS_PREFIX = "checkpoint-"
+# Tags of a project's registered versions that its two loops look each other up by.
+TAG_LABEL_STORE = "pearl.label_store_digest"  # LabelStore.label_set_digest of the labels it was trained on
+TAG_SOURCE = "pearl.source"  # review-app | dagster
 
 
 def model_uri(name: str, alias_or_version: str | int) -> str:
@@ -38,3 +45,13 @@ def parse_model_uri(ref: str) -> tuple[str, str]:
 def starter_model_name(schema_id: str) -> str:
     """Registered-model name of a schema's starter family (the review app's default base model)."""
     return f"pearl-starter-{schema_id}"
+
+
+def project_model_name(project_id: int) -> str:
+    """The one registered-model name of a project's versions, for the review app and the Dagster loop alike."""
+    return f"pearl-project-{int(project_id)}"
+
+
+def checkpoint_alias(checkpoint_name: str) -> str:
+    """MLflow alias of a named checkpoint (aliases allow letters, digits, `_` and `-`)."""
+    return CHECKPOINT_ALIAS_PREFIX + (re.sub(r"[^a-z0-9_]+", "-", checkpoint_name.lower()).strip("-") or "unnamed")

@@ -7,7 +7,6 @@ A registered version's source is the run's `model/` artifact folder, which holds
 
 from __future__ import annotations
 
-import re
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,10 +19,10 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from pearl_pipelines.ml import versions
-from pearl_pipelines.ml.models import MODEL_FILE, LandcoverModel, load_model
-from pearl_pipelines.ml.refs import model_uri
+from pearl_pipelines.ml.models import MODEL_FILE, LandcoverModel, load_model, save_model
+from pearl_pipelines.ml.refs import model_uri, parse_model_uri, project_model_name
 from pearl_pipelines.ml.replay import REPLAY_FILE, ReplaySet
-from pearl_pipelines.ml.tracking import CHECKPOINT_ARTIFACT_DIR, TAG_VERSION, log_version, mlflow_reachable
+from pearl_pipelines.ml.tracking import CHECKPOINT_ARTIFACT_DIR, TAG_LABEL_SET, TAG_PARENT, TAG_VERSION, log_version
 
 MODEL_ARTIFACT_PATH = "model"  # run artifact folder that a model version points at
 READY_FILE = ".complete"  # in a downloaded version's folder: the download finished (holds model.pt's path)
@@ -114,19 +113,71 @@ class ModelRegistry:
             return load_model(self.download(name, alias_or_version, Path(tmp)) / MODEL_FILE)
 
 
+# -- a project's versions: one registered model per project, head-only versions on a registered base ------------
+TAG_BASE_MODEL_URI = "pearl.base_model"  # models:/name/N of the version whose backbone a head-only version uses
+TAG_PROJECT = "pearl.project_id"
+TAG_CHECKPOINT = "pearl.checkpoint"
+
+
+def register_head(
+    tracking_uri: str,
+    project_id: int,
+    version: versions.ModelVersion,
+    *,
+    base_uri: str,
+    labels: gpd.GeoDataFrame | None,
+    tags: dict[str, str] | None = None,
+    run_tags: dict[str, str] | None = None,
+    aliases: Iterable[str] = (),
+    description: str | None = None,
+) -> ModelVersion:
+    """Log `version` (run: params, metrics, confusion matrix, checkpoint = head + labels) and register it as a
+    version of `project_model_name(project_id)`. The backbone is not copied: `base_uri` names the registered
+    version it sits on, and `load_registered` composes the two."""
+    tags = {
+        TAG_VERSION: version.id,
+        TAG_PARENT: version.parent_id or "",
+        TAG_LABEL_SET: version.label_set_digest or "",
+        TAG_BASE_MODEL_URI: base_uri,
+        TAG_PROJECT: str(project_id),
+        "pearl.strategy": version.strategy,
+        **(tags or {}),
+    }
+    run_id = log_version(version, tracking_uri=tracking_uri, labels=labels, tags={**tags, **(run_tags or {})})
+    return ModelRegistry(tracking_uri).register(
+        project_model_name(project_id),
+        run_id,
+        artifact_path=CHECKPOINT_ARTIFACT_DIR,
+        aliases=aliases,
+        tags=tags,
+        description=description,
+    )
+
+
 # -- a worker's local copies of registered versions ----------------------------------------------------------
 def model_dir(cache_root: Path, name: str, version: str | int) -> Path:
     return Path(cache_root) / name / f"v{version}"
 
 
 def load_registered(tracking_uri: str, name: str, version: str | int, cache_root: Path) -> LandcoverModel:
-    """A registered version (its `model/model.pt`), downloaded once into `cache_root` and reused after."""
+    """A registered version as a model, downloaded once into `cache_root` and reused after.
+
+    A starter version holds a whole `model.pt`; a project's version holds only its head (a checkpoint) and names
+    its base in the `pearl.base_model` tag: the base is loaded the same way and the head set on it."""
     local = model_dir(cache_root, name, version)
     if not (local / READY_FILE).is_file():
-        downloaded = ModelRegistry(tracking_uri).download(name, version, local)
+        registry = ModelRegistry(tracking_uri)
+        downloaded = registry.download(name, version, local)
         found = next(downloaded.rglob(MODEL_FILE), None)
         if found is None:
-            raise FileNotFoundError(f"{model_uri(name, version)} has no {MODEL_FILE} in its artifacts")
+            checkpoint = next((p.parent for p in downloaded.rglob(versions.VERSION_FILE)), None)
+            base_uri = (registry.client.get_model_version(name, str(version)).tags or {}).get(TAG_BASE_MODEL_URI)
+            if checkpoint is None or not base_uri:
+                raise FileNotFoundError(f"{model_uri(name, version)} has neither {MODEL_FILE} nor a head and its base")
+            base_name, base_version = parse_model_uri(base_uri)
+            base = load_registered(tracking_uri, base_name, base_version, cache_root)
+            found = local / MODEL_FILE
+            save_model(versions.ModelVersion.load(checkpoint).to_model(base), found)
         (local / READY_FILE).write_text(str(found.relative_to(local)))
     return load_model(local / (local / READY_FILE).read_text())
 
@@ -148,28 +199,10 @@ def version_of(model: LandcoverModel, tracking_uri: str, name: str, version: str
     return versions.ModelVersion.from_model(model, version_id=version_id or f"{name}-v{version}")
 
 
-# -- the review app's checkpoints ------------------------------------------------------------------------------
-def review_model_name(project_name: str) -> str:
-    """Registered-model name of a review-app project's checkpoints: `pearl-review-<slug of the project name>`."""
-    return "pearl-review-" + (re.sub(r"[^a-z0-9]+", "-", project_name.lower()).strip("-") or "project")
-
-
-def log_checkpoint(
-    tracking_uri: str,
-    project_name: str,
-    checkpoint_name: str,
-    version: versions.ModelVersion,
-    labels: gpd.GeoDataFrame | None,
-) -> str:
-    """Log a saved checkpoint to MLflow (run with lineage + checkpoint artifacts) and register it as a version of
-    `review_model_name(project_name)`; returns the registered version number."""
-    if not mlflow_reachable(tracking_uri):
-        raise ConnectionError(f"MLflow is not reachable at {tracking_uri}")
-    run_id = log_version(version, tracking_uri=tracking_uri, labels=labels, tags={"pearl.checkpoint": checkpoint_name})
-    registered = ModelRegistry(tracking_uri).register(
-        review_model_name(project_name),
-        run_id,
-        artifact_path=CHECKPOINT_ARTIFACT_DIR,
-        tags={"pearl.checkpoint": checkpoint_name, TAG_VERSION: version.id},
-    )
-    return str(registered.version)
+def download_version(tracking_uri: str, name: str, version: str | int, dst: Path) -> versions.ModelVersion:
+    """A registered project version's head (its checkpoint folder) as a ModelVersion."""
+    downloaded = ModelRegistry(tracking_uri).download(name, version, dst)
+    checkpoint = next((p.parent for p in downloaded.rglob(versions.VERSION_FILE)), None)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{model_uri(name, version)} has no head checkpoint ({versions.VERSION_FILE})")
+    return versions.ModelVersion.load(checkpoint)

@@ -15,6 +15,7 @@ materializations of the tile partitions. Every task is one MLflow run tagged wit
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -163,16 +164,16 @@ def retrain(pipes: PipesContext) -> None:
     from pearl_pipelines.ml.errors import RetrainError
     from pearl_pipelines.ml.loop import evaluate, holdout_mask, retrain_version
     from pearl_pipelines.ml.metrics import confusion_figure
-    from pearl_pipelines.ml.models import save_model
+    from pearl_pipelines.ml.refs import TAG_LABEL_STORE, TAG_SOURCE
     from pearl_pipelines.ml.registry import (
-        MODEL_ARTIFACT_PATH,
-        MODEL_FILE,
         ModelRegistry,
+        download_version,
         find_replay,
         load_registered,
+        register_head,
         version_of,
     )
-    from pearl_pipelines.ml.tracking import TAG_LABEL_SET, TAG_PARENT, TAG_VERSION, log_inference_run, log_version
+    from pearl_pipelines.ml.tracking import log_inference_run
     from pearl_pipelines.ml.versions import ModelVersion
 
     phases.lap("imports")
@@ -191,23 +192,27 @@ def retrain(pipes: PipesContext) -> None:
     train_labels, holdout_labels = labels[~held_out], labels[held_out]
     phases.lap("load")
     started = time.perf_counter()
-    version = retrain_version(
-        parent,
-        schema,
-        caches,  # every AOI of the project: each label is sampled in the caches it falls in
-        train_labels,
-        replay,
-        evaluate=True,
-        seed=int(extras.get("seed", 0)),
+    adopt = extras.get("adopt")  # the review app registered a version for this label set already: no second fit
+    fit = functools.partial(
+        retrain_version, parent, schema, caches, train_labels, replay, seed=int(extras.get("seed", 0))
     )
-    # The label store's digest names the label set in Dagster; keep both on the version.
-    version.info["label_store_digest"] = extras["label_set_digest"]
-    version.info["n_holdout_labels"] = int(held_out.sum())
+    if adopt:
+        with tempfile.TemporaryDirectory(prefix="pearl-adopt-") as tmp:
+            version = download_version(uri, adopt["name"], adopt["version"], Path(tmp))
+        # The gate scores the recipe on labels it did not see: the adopted version's recipe, refitted without the
+        # held-out labels, is scored and thrown away (the registered version stays the app's).
+        scored = fit(evaluate=False, strategy=version.strategy, replay_scale=version.info.get("replay_scale"))
+    else:
+        # every AOI of the project: each label is sampled in the caches it falls in
+        version = scored = fit(evaluate=True)
+        # The label store's digest names the label set in Dagster; keep both on the version.
+        version.info["label_store_digest"] = extras["label_set_digest"]
+        version.info["n_holdout_labels"] = int(held_out.sum())
     fit_seconds = time.perf_counter() - started
     phases.lap("fit")
 
     # The champion gate: candidate and champion scored alike, on the same held-out labels and the project's schema.
-    candidate_holdout = evaluate(version, schema, caches, holdout_labels)
+    candidate_holdout = evaluate(scored, schema, caches, holdout_labels)
     champion_holdout = None
     champion = extras.get("champion")
     if champion and candidate_holdout is not None:
@@ -219,37 +224,38 @@ def retrain(pipes: PipesContext) -> None:
 
     phases.lap("evaluate")
     tags = _run_tags(extras, "retrain")
-    tags["pearl.project_id"] = str(extras["project_id"])
-    run_id = log_version(version, tracking_uri=uri, labels=train_labels, tags=tags)
-    with tempfile.TemporaryDirectory(prefix="pearl-retrain-") as tmp:
-        # A self-contained model.pt (backbone + new head) so every version loads like the starter does.
-        save_model(version.to_model(parent_model), Path(tmp) / MODEL_FILE, extra={"version_id": version.id})
-        registry.client.log_artifact(run_id, str(Path(tmp) / MODEL_FILE), MODEL_ARTIFACT_PATH)
-        if candidate_holdout is not None:
-            registry.client.log_metric(run_id, "holdout_macro_f1", candidate_holdout.macro_f1)
-        if champion_holdout is not None:
-            registry.client.log_metric(run_id, "champion_holdout_macro_f1", champion_holdout.macro_f1)
-    registered = registry.register(
-        parent_ref["name"],
-        run_id,
-        aliases=extras.get("aliases", []),
-        tags={
-            TAG_VERSION: version.id,
-            TAG_PARENT: parent.id,
-            "pearl.parent_model": f"models:/{parent_ref['name']}/{parent_ref['version']}",
-            TAG_LABEL_SET: version.label_set_digest or "",
-            "pearl.label_store_digest": extras["label_set_digest"],
-            "pearl.project_id": str(extras["project_id"]),
-            RUN_ID_TAG: tags[RUN_ID_TAG],
-            **{k: str(v) for k, v in (extras.get("tags") or {}).items()},
-        },
-        description=f"project {extras['project_id']}: retrained on label set {extras['label_set_digest']}",
-    )
+    if adopt:
+        registered = registry.client.get_model_version(adopt["name"], str(adopt["version"]))
+        for alias in extras.get("aliases", []):
+            registry.set_alias(registered.name, alias, registered.version)
+    else:
+        registered = register_head(
+            uri,
+            int(extras["project_id"]),
+            version,
+            base_uri=f"models:/{base['name']}/{base['version']}",
+            labels=train_labels,
+            tags={
+                "pearl.parent_model": f"models:/{parent_ref['name']}/{parent_ref['version']}",
+                TAG_LABEL_STORE: extras["label_set_digest"],
+                TAG_SOURCE: "dagster",
+                RUN_ID_TAG: tags[RUN_ID_TAG],
+            },
+            run_tags=tags,
+            aliases=extras.get("aliases", []),
+            description=f"project {extras['project_id']}: retrained on label set {extras['label_set_digest']}",
+        )
+    run_id = str(registered.run_id)
+    if candidate_holdout is not None:
+        registry.client.log_metric(run_id, "holdout_macro_f1", candidate_holdout.macro_f1)
+    if champion_holdout is not None:
+        registry.client.log_metric(run_id, "champion_holdout_macro_f1", champion_holdout.macro_f1)
     phases.lap("mlflow")
     holdout_f1 = f"{candidate_holdout.macro_f1:.3f}" if candidate_holdout else "n/a (too few labels)"
     pipes.log.info(
-        f"models:/{registered.name}/{registered.version}: head fitted on {len(train_labels)} labels in "
-        f"{fit_seconds:.2f} s, held-out macro F1 {holdout_f1}"
+        f"models:/{registered.name}/{registered.version}: "
+        + ("adopted from the review app (same label set), " if adopt else "")
+        + f"head fitted on {len(train_labels)} labels in {fit_seconds:.2f} s, held-out macro F1 {holdout_f1}"
     )
     confusion_path = None
     if version.metrics is not None:
@@ -268,6 +274,7 @@ def retrain(pipes: PipesContext) -> None:
         "mlflow_run_id": run_id,
         "classes": ", ".join(version.schema.names),
         "new_classes": ", ".join(version.info.get("new_classes", [])) or "none",
+        "adopted_from_review_app": bool(adopt),
         "n_labels_train": len(train_labels),
         "n_labels_holdout": int(held_out.sum()),
         "n_user_samples": int(version.info.get("n_user_samples", 0)),

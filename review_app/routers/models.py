@@ -105,7 +105,8 @@ def list_checkpoints(
 def save_checkpoint(
     models: ModelsDep, states: StatesDep, project_id: ProjectId, body: CheckpointCreate
 ) -> CheckpointOut:
-    """Name the current model as a checkpoint (also logged to MLflow as a model version when MLflow is up)."""
+    """Name the current model as a checkpoint: the alias `checkpoint-<name>` of its version of MLflow's
+    `pearl-project-<id>` (set as soon as MLflow has the version)."""
     info = models.save_checkpoint(project_id, body.name)
     return _checkpoint(info, states.get(project_id).current_model)
 

@@ -13,7 +13,6 @@ from shapely.geometry import shape
 from pearl_pipelines.labels.store import AoiRow, LabelRow, LabelStore, LabelStoreError
 from review_app import geometry
 from review_app.events import EventHub
-from review_app.jobs import Debouncer
 from review_app.schemas import LabelCreate, LabelFeature
 from review_app.services.aois import AoiService
 from review_app.services.classes import ClassSchemas
@@ -33,11 +32,9 @@ def label_feature(row: LabelRow) -> LabelFeature:
 
 
 class LabelService:
-    def __init__(
-        self, *, store: LabelStore, classes: ClassSchemas, aois: AoiService, hub: EventHub, label_runs: Debouncer
-    ) -> None:
+    def __init__(self, *, store: LabelStore, classes: ClassSchemas, aois: AoiService, hub: EventHub) -> None:
         self.store, self.classes, self.aois = store, classes, aois
-        self.hub, self.label_runs = hub, label_runs
+        self.hub = hub
 
     def of_project(self, project_id: int, *, aoi_id: int | None = None) -> list[LabelRow]:
         return self.store.list_labels(project_id, aoi_id=aoi_id)
@@ -90,5 +87,6 @@ class LabelService:
         }
 
     def _changed(self, project_id: int) -> None:
+        # Dagster hears of a label burst once the retrain it starts is in MLflow (container.py: the label run then
+        # adopts that version), or from its label sensor after a quiet period when no retrain follows.
         self.hub.publish(project_id, {"type": "labels_changed"})
-        self.label_runs.touch(project_id)  # Dagster hears about label bursts once, in the background

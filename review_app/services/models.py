@@ -1,13 +1,16 @@
-"""A project's model versions: live retrain, checkpoints (a name for a version, logged to MLflow when it is up),
-and restoring one. The version folders under the project are the source of truth; MLflow is a copy."""
+"""A project's model versions: live retrain, checkpoints (a name for a version: an MLflow alias), and restoring
+one. MLflow is the version store (services/version_store.py logs every finished version); the version folders under
+the project are its local cache, and a version no longer cached is read back from MLflow."""
 
 from __future__ import annotations
 
 import functools
 import logging
-import threading
+import tempfile
+from pathlib import Path
 
 from pearl_pipelines.labels.store import LabelStore, LabelStoreError
+from pearl_pipelines.ml.refs import checkpoint_alias, project_model_name
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
 from review_app import tasks
@@ -16,6 +19,7 @@ from review_app.services.aois import AoiService
 from review_app.services.classes import ClassSchemas
 from review_app.services.errors import Conflict
 from review_app.services.model_cache import ModelCache
+from review_app.services.version_store import VersionPublisher
 from review_app.workspace import ModelVersionInfo, StateStore
 
 log = logging.getLogger(__name__)
@@ -32,9 +36,11 @@ class ModelService:
         model_cache: ModelCache,
         aois: AoiService,
         runner: JobRunner,
+        publisher: VersionPublisher,
     ) -> None:
         self.settings, self.store, self.states = settings, store, states
         self.classes, self.model_cache, self.aois, self.runner = classes, model_cache, aois, runner
+        self.publisher = publisher
 
     def start_retrain(self, project_id: int, aoi_id: int | None) -> Job:
         self.model_cache.require(project_id)
@@ -46,7 +52,15 @@ class ModelService:
         return self.runner.submit(
             project_id,
             "retrain",
-            lambda ctx: tasks.run_retrain(ctx, ws, aoi_id, store=self.store, model=slot, schema_of=schema_of),
+            lambda ctx: tasks.run_retrain(
+                ctx,
+                ws,
+                aoi_id,
+                store=self.store,
+                model=slot,
+                schema_of=schema_of,
+                finished=functools.partial(self.publisher.request, project_id),
+            ),
             aoi_id=aoi_id,
         )
 
@@ -54,9 +68,37 @@ class ModelService:
         self.checkpoint_info(project_id, version)
         ws, slot = self.states.workspace(project_id), self.model_cache.slot(project_id)
         schema_of = functools.partial(self.classes.get, project_id)
+        head = self.load_version(project_id, version)
         return self.runner.submit(
-            project_id, "restore", lambda ctx: tasks.run_restore(ctx, ws, version, model=slot, schema_of=schema_of)
+            project_id,
+            "restore",
+            lambda ctx: tasks.run_restore(
+                ctx,
+                ws,
+                version,
+                head,
+                model=slot,
+                schema_of=schema_of,
+                finished=functools.partial(self.publisher.request, project_id),
+            ),
         )
+
+    def load_version(self, project_id: int, number: int) -> ModelVersion:
+        """A version's head from the local cache, else from MLflow (put back into the cache)."""
+        directory = self.states.paths(project_id).version_dir(number)
+        if directory.is_dir():
+            return ModelVersion.load(directory)
+        info = self.checkpoint_info(project_id, number)
+        from pearl_pipelines.ml.registry import download_version  # MLflow: imported when it is needed
+        from pearl_pipelines.ml.tracking import mlflow_reachable
+
+        uri = self.settings.resolved_mlflow_uri
+        if not info.mlflow_version or not mlflow_reachable(uri):
+            raise Conflict(f"model v{number} is kept in MLflow only, and MLflow does not answer at {uri}; try later")
+        with tempfile.TemporaryDirectory(prefix="pearl-version-") as tmp:
+            version = download_version(uri, project_model_name(project_id), info.mlflow_version, Path(tmp))
+        version.save(directory)
+        return version
 
     def checkpoint_info(self, project_id: int, version: int) -> ModelVersionInfo:
         self.store.get_project(project_id)
@@ -69,29 +111,9 @@ class ModelService:
         with self.states.update(project_id) as state:
             if state.current_model is None:
                 raise Conflict("there is no model to save yet")
-            if any(m.name == name for m in state.models.values()):
+            if any(m.name and checkpoint_alias(m.name) == checkpoint_alias(name) for m in state.models.values()):
                 raise LabelStoreError(f"a checkpoint named {name!r} exists already; pick another name")
             info = state.models[state.current_model]
             info.name = name
-        threading.Thread(
-            target=self._log_checkpoint, args=(project_id, info.id, name), daemon=True, name="pearl-mlflow"
-        ).start()
+        self.publisher.request(project_id)  # the checkpoint's alias in MLflow (once the version is there)
         return info
-
-    def _log_checkpoint(self, project_id: int, version: int, name: str) -> None:
-        from pearl_pipelines.ml.registry import log_checkpoint  # MLflow: imported when a checkpoint is logged
-
-        directory = self.states.paths(project_id).version_dir(version)
-        try:
-            mlflow_version = log_checkpoint(
-                self.settings.resolved_mlflow_uri,
-                self.store.get_project(project_id).name,
-                name,
-                ModelVersion.load(directory),
-                ModelVersion.load_labels(directory),
-            )
-        except Exception as exc:  # MLflow is optional locally: the checkpoint folder is the source of truth
-            log.info("checkpoint %s not logged to MLflow: %s", name, exc)
-            return
-        with self.states.update(project_id) as state:
-            state.models[version].mlflow_version = mlflow_version

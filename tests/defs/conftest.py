@@ -107,6 +107,14 @@ class FakeRegistry(MlflowRegistry):
     def model_version(self, name: str, version: str | int) -> FakeVersion:
         return _state(self.state_key)["versions"][(name, str(version))]
 
+    def find_version(self, name: str, **tags: str) -> FakeVersion | None:
+        found = [
+            v
+            for (n, _), v in _state(self.state_key)["versions"].items()
+            if n == name and all(v.tags.get(k) == t for k, t in tags.items())
+        ]
+        return max(found, key=lambda v: int(v.version)) if found else None
+
 
 @dataclass(frozen=True)
 class Project:

@@ -18,6 +18,7 @@ from pearl_pipelines.defs.imagery import imagery_index
 from pearl_pipelines.defs.jobs import label_run_config
 from pearl_pipelines.defs.partitions import TILE_KEYS, covering_range, range_tags
 from pearl_pipelines.defs.resources import RasterStore, StacResource
+from pearl_pipelines.ml.refs import TAG_LABEL_STORE, TAG_SOURCE, project_model_name
 from pearl_pipelines.settings import REPO_ROOT, get_settings
 from tests.defs.conftest import STARTER, FakeCompute, FakeInvocation, FakeRegistry, Project
 
@@ -98,7 +99,7 @@ def _predict_answer(task: str, extras: dict) -> FakeInvocation:
 def test_predictions_materialize_exactly_the_requested_tiles(
     project: Project, label_store_resource, rasters, registry: FakeRegistry, instance
 ) -> None:
-    registry.add_version(STARTER, 2, f"project-{project.project_id}")
+    registry.add_version(project_model_name(project.project_id), 2, "current")
     others = ["15-1-1", "15-1-2"]  # registered between the project's tiles: inside the run's range
     order = [project.tile_keys[0], *others, *project.tile_keys[1:]]
     instance.add_dynamic_partitions(TILE_KEYS, order)
@@ -129,17 +130,20 @@ def test_predictions_materialize_exactly_the_requested_tiles(
     assert task == "predict"
     assert [t["key"] for t in extras["tiles"]] == project.tile_keys
     assert all(t["cache_dir"] for t in extras["tiles"])  # head-only over the AOI's embedding cache
-    assert extras["model"] == {"name": STARTER, "version": "2"}  # the project's latest version
+    # the project's latest version
+    assert extras["model"] == {"name": project_model_name(project.project_id), "version": "2"}
     assert instance.get_materialized_partitions(dg.AssetKey("predictions")) == set(project.tile_keys)
     assert [e.passed for e in result.get_asset_check_evaluations()] == [True]
 
 
-def _retrain_answer(candidate: float | None, champion: float | None):
+def _retrain_answer(candidate: float | None, champion: float | None, name: str = "pearl-project-1"):
     def answer(task: str, extras: dict) -> FakeInvocation:
         assert task == "retrain"
+        # The project has no champion yet: its first version is compared with the starter it began from.
         assert extras["champion"] == {"name": STARTER, "version": "1"}
         assert extras["parent"] == {"name": STARTER, "version": "1"}
-        metadata = {"model_uri": f"models:/{STARTER}/2", "model_name": STARTER, "model_version": 2}
+        assert extras["aliases"] == ["current"]
+        metadata = {"model_uri": f"models:/{name}/1", "model_name": name, "model_version": 1}
         metadata["champion_model"] = f"models:/{STARTER}/1"
         if candidate is not None:
             metadata["holdout_macro_f1"] = candidate
@@ -161,7 +165,8 @@ def test_champion_moves_only_past_the_blocking_check(
     cache = rasters.embeddings_dir(f"{STARTER}-v1", project.aoi_id)
     cache.mkdir(parents=True)
     (cache / "embeddings.json").write_text("{}")
-    registry.add_version(STARTER, 2)
+    name = project_model_name(project.project_id)
+    registry.add_version(name, 1)
     config = {"project_id": project.project_id}
     result = dg.materialize(
         [labels.label_set, models.landcover_model, models.champion_model, checks.model_not_worse_than_champion],
@@ -170,7 +175,7 @@ def test_champion_moves_only_past_the_blocking_check(
             "label_store": label_store_resource,
             "rasters": rasters,
             "mlflow": registry,
-            "compute": FakeCompute().answer(_retrain_answer(candidate, champion)),
+            "compute": FakeCompute().answer(_retrain_answer(candidate, champion, name)),
         },
         run_config={"ops": {"label_set": {"config": config}, "landcover_model": {"config": config}}},
         raise_on_error=False,
@@ -183,7 +188,35 @@ def test_champion_moves_only_past_the_blocking_check(
         assert materialization.metadata["promoted"].value is promoted
     else:
         assert champion_runs == []  # blocked: downstream of a failed blocking check does not run
-    assert registry.alias(STARTER, "champion") == ("2" if promoted else "1")
+    # The project's own champion moves; the starter's (which regional maps use by default) never does.
+    assert registry.alias(name, "champion") == ("1" if promoted else None)
+    assert registry.alias(STARTER, "champion") == "1"
+
+
+@pytest.mark.parametrize("same_labels", [True, False], ids=["same-label-set-adopts", "other-label-set-refits"])
+def test_label_run_adopts_the_review_apps_version_of_the_same_label_set(
+    same_labels: bool, project: Project, label_store_resource, rasters, registry: FakeRegistry, instance
+) -> None:
+    """One burst, one fit: the review app registered a version for these labels; the Dagster run reuses it."""
+    cache = rasters.embeddings_dir(f"{STARTER}-v1", project.aoi_id)
+    cache.mkdir(parents=True)
+    (cache / "embeddings.json").write_text("{}")
+    name = project_model_name(project.project_id)
+    digest = project.store.label_set_digest(project.project_id)
+    registry.add_version(name, 1, **{TAG_LABEL_STORE: "older-labels", TAG_SOURCE: "review-app"})
+    registry.add_version(name, 2, **{TAG_LABEL_STORE: digest if same_labels else "x", TAG_SOURCE: "review-app"})
+    registry.add_version(name, 3, **{TAG_LABEL_STORE: digest, TAG_SOURCE: "dagster"})  # not the app's
+    compute = FakeCompute().answer(_retrain_answer(0.8, 0.7, name))
+    config = {"project_id": project.project_id}
+    result = dg.materialize(
+        [labels.label_set, models.landcover_model],
+        instance=instance,
+        resources={"label_store": label_store_resource, "rasters": rasters, "mlflow": registry, "compute": compute},
+        run_config={"ops": {"label_set": {"config": config}, "landcover_model": {"config": config}}},
+    )
+    assert result.success
+    ((_, extras),) = compute.calls
+    assert extras["adopt"] == ({"name": name, "version": "2"} if same_labels else None)
 
 
 def test_retrain_without_labels_fails_with_what_to_do(label_store, label_store_resource, rasters, registry) -> None:

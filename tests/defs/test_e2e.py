@@ -27,6 +27,7 @@ from pearl_pipelines.geo.cog import validate_cog
 from pearl_pipelines.geo.grid import aoi_to_tile_keys
 from pearl_pipelines.geo.regions import build_region, load_regions, reference_points
 from pearl_pipelines.labels.store import LabelStore
+from pearl_pipelines.ml.refs import project_model_name
 from pearl_pipelines.services import mlflow_server
 from pearl_pipelines.settings import get_settings
 from tests.conftest import SMALL_SCALE, free_port
@@ -162,15 +163,18 @@ def test_labels_to_model_version_and_predictions(pipeline: Pipeline) -> None:
     assert request.tags[PROJECT_TAG] == str(project.id)
     assert request.tags[LABEL_EVENT_TAG] == str(store.max_event_id(project.id))
 
-    # A new version of the starter's registered model, with lineage, the project alias and the champion.
+    # A new version of the project's registered model (a head on the starter), with lineage and `current`.
     model = result.asset_materializations_for_node("landcover_model")[0].metadata
     client = MlflowClient(pipeline.mlflow_uri)
-    version = client.get_model_version(STARTER, str(model["model_version"].value))
+    name = project_model_name(project.id)
+    version = client.get_model_version(name, str(model["model_version"].value))
     assert version.tags["pearl.parent_model"] == f"models:/{STARTER}/1"
+    assert version.tags["pearl.base_model"] == f"models:/{STARTER}/1"
+    assert version.tags["pearl.source"] == "dagster"
     assert version.tags["pearl.label_store_digest"] == store.label_set_digest(project.id)
     assert version.tags["pearl.label_set_digest"].startswith("ls-")
     assert version.tags["dagster_run_id"] == result.run_id
-    assert client.get_model_version_by_alias(STARTER, f"project-{project.id}").version == version.version
+    assert client.get_model_version_by_alias(name, "current").version == version.version
     checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {
         "label_set_geometry_valid": True,
@@ -188,7 +192,7 @@ def test_labels_to_model_version_and_predictions(pipeline: Pipeline) -> None:
     predicted = pipeline.instance.get_materialized_partitions(dg.AssetKey("predictions"))
     assert predicted == {k for k in keys if pipeline.resources["rasters"].tile_path(k).is_file()}
     for materialization in result.asset_materializations_for_node("predictions"):
-        assert materialization.metadata["model_uri"].value == f"models:/{STARTER}/{version.version}"
+        assert materialization.metadata["model_uri"].value == f"models:/{name}/{version.version}"
         assert validate_cog(Path(materialization.metadata["classes_uri"].value))[0]
 
 
@@ -238,7 +242,8 @@ def test_trigger_submits_the_label_run_through_dagster_dev(pipeline: Pipeline, t
     (project,) = [p for p in store.list_projects() if p.name == "e2e"]
     (aoi,) = store.list_aois(project.id)
     store.add_labels(project.id, reference_labels(DEMO_AOI, 5, seed=1), aoi_id=aoi.id)
-    versions_before = len(MlflowClient(pipeline.mlflow_uri).search_model_versions(f"name = '{STARTER}'"))
+    name = project_model_name(project.id)
+    versions_before = len(MlflowClient(pipeline.mlflow_uri).search_model_versions(f"name = '{name}'"))
     port = free_port()
     # As `make demo` runs it: with the warm worker server (tasks fork it instead of importing torch again).
     with WorkerServer(get_settings().home_abs), dagster_dev(get_settings(), port=port) as dagster:
@@ -257,6 +262,6 @@ def test_trigger_submits_the_label_run_through_dagster_dev(pipeline: Pipeline, t
         message, cursor = latest_log_message(client, run_id, None)
         assert isinstance(message, str) and message, message
         assert latest_log_message(client, run_id, cursor) == (None, cursor)
-    versions = MlflowClient(pipeline.mlflow_uri).search_model_versions(f"name = '{STARTER}'")
+    versions = MlflowClient(pipeline.mlflow_uri).search_model_versions(f"name = '{name}'")
     assert len(versions) == versions_before + 1
     assert dagster.process is None  # stopped with its process group

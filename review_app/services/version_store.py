@@ -1,0 +1,176 @@
+"""MLflow as the project's version store: every finished model version the review app makes becomes a version of
+the registered model `pearl-project-<id>` (the name the Dagster loop registers under too), with its lineage.
+
+- A version is logged once its retrain finished (metrics computed), head only: the `pearl.base_model` tag names the
+  starter version whose backbone it sits on, so any worker can rebuild the full model (`ml.registry.load_registered`).
+- Tags: parent (app and engine ids, and its MLflow version), the label set (engine digest and the label store's),
+  strategy, source `review-app`; the run holds params, metrics, the confusion matrix, the head and its labels.
+- Aliases: `current` follows the model the mapper maps with; a named checkpoint is `checkpoint-<name>`.
+- The app keeps a small local cache: the newest `KEEP_LOCAL` versions, the current one and the named checkpoints;
+  older published versions are read back from MLflow when restored.
+- MLflow down: versions wait (`mlflow_version` unset in the project state) and are logged when it answers again,
+  retried every `RETRY_S` and at start-up. The app never waits for MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections.abc import Callable
+
+from pearl_pipelines.labels.store import LabelStore
+from pearl_pipelines.ml.refs import (
+    CURRENT_ALIAS,
+    PREFIX,
+    TAG_LABEL_STORE,
+    TAG_SOURCE,
+    checkpoint_alias,
+    model_uri,
+    parse_model_uri,
+    project_model_name,
+)
+from pearl_pipelines.settings import Settings
+from review_app.workspace import ModelVersionInfo, StateStore
+
+log = logging.getLogger(__name__)
+RETRY_S = 15.0  # while versions wait for MLflow, try again this often
+KEEP_LOCAL = 5  # newest versions kept on disk besides the current one and the named checkpoints
+
+
+class MlflowDown(Exception):
+    pass
+
+
+class VersionPublisher:
+    """One background thread that logs projects' pending versions to MLflow, in order, and moves their aliases."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: LabelStore,
+        states: StateStore,
+        on_published: Callable[[int], None] = lambda project_id: None,
+    ) -> None:
+        self.settings, self.store, self.states, self.on_published = settings, store, states, on_published
+        self._wake = threading.Condition()
+        self._requested: set[int] = set()
+        self._waiting: set[int] = set()  # projects whose versions wait for MLflow
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, daemon=True, name="pearl-version-store")
+        self._thread.start()
+
+    def request(self, project_id: int) -> None:
+        """Log the project's pending versions and move its aliases, soon (never blocks)."""
+        with self._wake:
+            self._requested.add(project_id)
+            self._wake.notify()
+
+    def pending(self, project_id: int) -> list[int]:
+        """App version numbers of the project that are finished but not in MLflow yet."""
+        return [i for i, info in sorted(self.states.get(project_id).models.items()) if _pending(info)]
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                if not self._requested and not self._closed:
+                    self._wake.wait(timeout=RETRY_S if self._waiting else None)
+                if self._closed:
+                    return
+                todo = sorted(self._requested | self._waiting)
+                self._requested.clear()
+            for project_id in todo:
+                try:
+                    published = self.publish(project_id)
+                except MlflowDown as exc:
+                    log.info("project %s: versions wait for MLflow (%s)", project_id, exc)
+                    self._waiting.add(project_id)
+                    continue
+                except Exception:  # one project's trouble must not stop the others: logged, retried later
+                    log.exception("project %s: logging versions to MLflow failed", project_id)
+                    self._waiting.add(project_id)
+                    continue
+                self._waiting.discard(project_id)
+                if published:
+                    self.on_published(project_id)
+
+    def publish(self, project_id: int) -> int:
+        """Log the project's finished versions that MLflow lacks (parents first), set its aliases, trim the local
+        cache. Returns how many versions were logged; MlflowDown when the tracking server does not answer."""
+        from pearl_pipelines.ml.registry import ModelRegistry, register_head
+        from pearl_pipelines.ml.tracking import mlflow_reachable
+        from pearl_pipelines.ml.versions import ModelVersion
+
+        uri = self.settings.resolved_mlflow_uri
+        if not mlflow_reachable(uri):
+            raise MlflowDown(f"no answer from {uri}")
+        paths = self.states.paths(project_id)
+        name = project_model_name(project_id)
+        base_uri = self._base_uri(project_id)
+        published = 0
+        for number in self.pending(project_id):
+            info = self.states.get(project_id).models[number]
+            directory = paths.version_dir(number)
+            if not directory.is_dir():
+                continue
+            parent = self.states.get(project_id).models.get(info.parent) if info.parent is not None else None
+            parent_uri = model_uri(name, parent.mlflow_version) if parent and parent.mlflow_version else base_uri
+            registered = register_head(
+                uri,
+                project_id,
+                ModelVersion.load(directory),
+                base_uri=base_uri,
+                labels=ModelVersion.load_labels(directory),
+                tags={
+                    "pearl.parent_model": parent_uri,
+                    "pearl.app_version": str(number),
+                    TAG_LABEL_STORE: info.label_store_digest or "",
+                    TAG_SOURCE: "review-app",
+                },
+                description=f"project {project_id}: review-app model v{number} ({info.n_labels} labels)",
+            )
+            with self.states.update(project_id) as state:
+                state.models[number].mlflow_version = str(registered.version)
+            published += 1
+        state = self.states.get(project_id)
+        registry = ModelRegistry(uri)
+        current = state.models.get(state.current_model) if state.current_model is not None else None
+        if current is not None and current.mlflow_version:
+            registry.set_alias(name, CURRENT_ALIAS, current.mlflow_version)
+        for info in state.models.values():
+            if info.name and info.mlflow_version:
+                registry.set_alias(name, checkpoint_alias(info.name), info.mlflow_version)
+        self._trim_local(project_id)
+        return published
+
+    def _base_uri(self, project_id: int) -> str:
+        """The project's base model as a version number (`models:/name/N`): heads name the backbone they need."""
+        from pearl_pipelines.ml.registry import ModelRegistry
+
+        ref = self.store.get_project(project_id).base_model
+        if not ref.startswith(PREFIX):
+            return ref
+        name, alias = parse_model_uri(ref)
+        try:
+            return model_uri(name, ModelRegistry(self.settings.resolved_mlflow_uri).resolve(name, alias).version)
+        except KeyError:  # the starter is not registered here (the app runs on a local copy): keep the reference
+            return ref
+
+    def _trim_local(self, project_id: int) -> None:
+        """Delete the local files of published versions that are neither recent, current nor named."""
+        state = self.states.get(project_id)
+        keep = set(sorted(state.models)[-KEEP_LOCAL:]) | {state.current_model, 0}
+        for number, info in state.models.items():
+            if number not in keep and info.mlflow_version and not info.name:
+                shutil.rmtree(self.states.paths(project_id).version_dir(number), ignore_errors=True)
+
+
+def _pending(info: ModelVersionInfo) -> bool:
+    return info.final and info.mlflow_version is None
