@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # Sensors and schedules start RUNNING; benchmarks and tests that submit runs themselves turn them off
     # (PEARL_DAGSTER_AUTOMATION=off) so that no sensor run competes with theirs.
     dagster_automation: bool = True
+    # The label sensor submits a project's labels once they have been still this long: a burst gives one run, and
+    # the review app (which fits, registers and submits the same label set itself within seconds) goes first.
+    label_quiet_s: float = Field(default=20.0, ge=0, description="seconds without label events before the sensor runs")
 
     # Label store (review app + Dagster sensor): SQLAlchemy URL; default SQLite (WAL) under PEARL_HOME.
     label_store_url: str | None = Field(default=None, description="e.g. postgresql+psycopg://user@host/pearl")

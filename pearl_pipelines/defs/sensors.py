@@ -4,6 +4,10 @@ Both read the label store (SQLite WAL: reading never blocks the review app's wri
 the last label event id, the last AOI id.
 """
 
+import json
+import time
+from typing import Any
+
 import dagster as dg
 
 from pearl_pipelines.defs.jobs import (
@@ -15,6 +19,7 @@ from pearl_pipelines.defs.jobs import (
 )
 from pearl_pipelines.defs.partitions import TILE_KEYS, keys_to_add, tile_keys_partitions
 from pearl_pipelines.defs.resources import LabelStoreResource, automation_enabled
+from pearl_pipelines.settings import get_settings
 
 DEFAULT_STATUS = dg.DefaultSensorStatus.RUNNING if automation_enabled() else dg.DefaultSensorStatus.STOPPED
 
@@ -28,17 +33,22 @@ DEFAULT_STATUS = dg.DefaultSensorStatus.RUNNING if automation_enabled() else dg.
 def label_submission_sensor(
     context: dg.SensorEvaluationContext, label_store: LabelStoreResource
 ) -> dg.SensorResult | dg.SkipReason:
+    """Cursor (JSON): `events`, the label event id up to which every project was handled, and `quiet`, the projects
+    seen changing, as {project: [newest event id, first seen at]}. A project is submitted once its newest event has
+    stayed the same for `label_quiet_s`; until then `events` stays put, so the next tick sees it again."""
     store = label_store.store()
-    cursor = int(context.cursor or 0)
+    cursor = _label_cursor(context.cursor)
     latest = store.max_event_id()
-    if latest <= cursor:
-        return dg.SkipReason(f"no label events after {cursor}")
+    if latest <= cursor["events"]:
+        return dg.SkipReason(f"no label events after {cursor['events']}")
+    quiet_s, now = get_settings().label_quiet_s, time.time()
     order = list(context.instance.get_dynamic_partitions(TILE_KEYS))
     requests: list[dg.RunRequest] = []
     new_keys: list[str] = []
     skipped: list[int] = []
     submitted: list[int] = []
-    for project_id in store.projects_changed_since(cursor):
+    waiting: dict[str, list[float]] = {}
+    for project_id in store.projects_changed_since(cursor["events"]):
         keys = project_tile_keys(store, project_id)
         if not keys:
             skipped.append(project_id)
@@ -46,6 +56,12 @@ def label_submission_sensor(
         event_id = store.max_event_id(project_id)
         if label_run_exists(context.instance, project_id, event_id):
             submitted.append(project_id)  # the review app's direct trigger was faster
+            continue
+        seen_event, seen_at = cursor["quiet"].get(str(project_id), (event_id, now))
+        if seen_event != event_id:
+            seen_at = now  # still labelling: the quiet period starts again
+        if now - seen_at < quiet_s:
+            waiting[str(project_id)] = [event_id, seen_at]
             continue
         new_keys += keys_to_add([*order, *new_keys], keys)
         # run_key: one run per project and label event, so a re-evaluated tick never submits twice.
@@ -58,11 +74,22 @@ def label_submission_sensor(
         context.log.info(f"projects {skipped} have labels but no AOI: nothing to retrain on yet")
     if submitted:
         context.log.info(f"projects {submitted}: runs for their latest labels were already submitted")
+    if waiting:
+        context.log.info(f"projects {sorted(map(int, waiting))}: labels changed less than {quiet_s:g} s ago")
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[tile_keys_partitions.build_add_request(new_keys)] if new_keys else [],
-        cursor=str(latest),
+        cursor=json.dumps({"events": cursor["events"] if waiting else latest, "quiet": waiting}),
     )
+
+
+def _label_cursor(raw: str | None) -> dict[str, Any]:
+    """The label sensor's cursor; a bare event id is the form it had before the quiet period."""
+    if not raw:
+        return {"events": 0, "quiet": {}}
+    if raw.strip().isdigit():
+        return {"events": int(raw), "quiet": {}}
+    return json.loads(raw)
 
 
 @dg.sensor(

@@ -79,6 +79,7 @@ def pipeline(stac_server, small_catalog, tmp_path_factory: pytest.TempPathFactor
         env.setenv("PEARL_MLFLOW_TRACKING_URI", uri)  # for `dagster dev` in the last test
         env.setenv("PEARL_LABEL_STORE_URL", labels_url)
         env.setenv("PEARL_DAGSTER_AUTOMATION", "off")  # the trigger submits; no sensor run competes
+        env.setenv("PEARL_LABEL_QUIET_S", "0")  # the test evaluates the label sensor right after labelling
         get_settings.cache_clear()
         from pearl_pipelines.definitions import defs
 

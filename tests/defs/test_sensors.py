@@ -3,17 +3,20 @@ SQLite and PostgreSQL (the sensors' cursors are label-event ids, so both backend
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import dagster as dg
 import pytest
 from shapely.geometry import Point, box
 
+from pearl_pipelines.defs import sensors
 from pearl_pipelines.defs.jobs import LABEL_EVENT_TAG, PROJECT_TAG, label_run_tags
 from pearl_pipelines.defs.partitions import TILE_KEYS
 from pearl_pipelines.defs.resources import LabelStoreResource
 from pearl_pipelines.defs.sensors import aoi_registration_sensor, label_submission_sensor
 from pearl_pipelines.labels.store import LabelStore
+from pearl_pipelines.settings import get_settings
 from tests.defs.conftest import DEMO_AOI, Project, add_project
 
 RANGE_START = "dagster/asset_partition_range_start"
@@ -26,6 +29,19 @@ def label_store(store_url: str) -> Iterator[LabelStore]:
     store = LabelStore(store_url)
     yield store
     store.engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def no_quiet_period(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Submit at once (the quiet period has its own test)."""
+    monkeypatch.setenv("PEARL_LABEL_QUIET_S", "0")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def events(cursor: str) -> int:
+    return int(json.loads(cursor)["events"])
 
 
 def evaluate(sensor, instance: dg.DagsterInstance, store, cursor: str | None = None):
@@ -46,7 +62,7 @@ def test_one_run_request_per_changed_project_and_cursor_moves(label_store, insta
     result, _ = evaluate(label_submission_sensor, instance, label_store)
 
     assert isinstance(result, dg.SensorResult)
-    assert result.cursor == str(label_store.max_event_id())
+    assert events(result.cursor) == label_store.max_event_id()
     requests = {int(r.tags[PROJECT_TAG]): r for r in result.run_requests}
     assert set(requests) == {first.project_id, second.project_id}
     # New tile keys are registered as partitions in the same tick, in one request.
@@ -81,7 +97,7 @@ def test_next_tick_requests_only_projects_with_new_events(project: Project, labe
     assert sorted(int(r.tags[PROJECT_TAG]) for r in later.run_requests) == sorted(
         [project.project_id, other.project_id]
     )
-    assert int(later.cursor) == label_store.max_event_id() > int(cursor)
+    assert events(later.cursor) == label_store.max_event_id() > events(cursor)
     assert later.dynamic_partitions_requests == []  # keys are registered already
 
 
@@ -97,7 +113,35 @@ def test_labels_already_submitted_by_the_trigger_are_not_submitted_again(
     )
     result, _ = evaluate(label_submission_sensor, instance, label_store)
     assert result.run_requests == []
-    assert result.cursor == str(label_store.max_event_id())
+    assert events(result.cursor) == label_store.max_event_id()
+
+
+def test_a_burst_waits_for_the_quiet_period_then_gives_one_run(
+    project: Project, label_store, instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While labels keep coming the sensor waits (the review app submits its own run first); then one run."""
+    monkeypatch.setenv("PEARL_LABEL_QUIET_S", "30")
+    get_settings.cache_clear()
+    clock = [1000.0]
+    monkeypatch.setattr(sensors.time, "time", lambda: clock[0])
+    first, _ = evaluate(label_submission_sensor, instance, label_store, "0")
+    assert first.run_requests == [] and events(first.cursor) == 0  # seen now: not quiet yet
+    clock[0] += 20
+    label_store.add_labels(project.project_id, [("water", Point(*DEMO_AOI.centroid.coords[0]))], aoi_id=project.aoi_id)
+    second, _ = evaluate(label_submission_sensor, instance, label_store, first.cursor)
+    assert second.run_requests == []  # a new label: the quiet period starts again
+    clock[0] += 29
+    third, _ = evaluate(label_submission_sensor, instance, label_store, second.cursor)
+    assert third.run_requests == []
+    clock[0] += 2
+    fourth, _ = evaluate(label_submission_sensor, instance, label_store, third.cursor)
+    (request,) = fourth.run_requests
+    assert request.tags[LABEL_EVENT_TAG] == str(label_store.max_event_id(project.project_id))
+    assert events(fourth.cursor) == label_store.max_event_id()
+    assert isinstance(evaluate(label_submission_sensor, instance, label_store, fourth.cursor)[0], dg.SkipReason)
+    # The cursor of before the quiet period (a bare event id) still reads.
+    bare = str(label_store.max_event_id())
+    assert isinstance(evaluate(label_submission_sensor, instance, label_store, bare)[0], dg.SkipReason)
 
 
 def test_projects_without_aoi_are_skipped(label_store, instance) -> None:
@@ -107,7 +151,7 @@ def test_projects_without_aoi_are_skipped(label_store, instance) -> None:
     label_store.add_labels(bare.id, [("water", Point(-76.42, 38.97))])
     result, _ = evaluate(label_submission_sensor, instance, label_store)
     assert result.run_requests == []
-    assert result.cursor == str(label_store.max_event_id())
+    assert events(result.cursor) == label_store.max_event_id()
 
 
 def test_new_aoi_registers_tile_keys_and_requests_embeddings(label_store, instance) -> None:
