@@ -27,7 +27,13 @@ from tests.review_app.test_durability import ready_project, uvicorn
 
 EXAMPLES = {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 8}
 # No parameter or body to break: the negative pass has nothing to send (the positive pass covers them).
-NOTHING_TO_NEGATE = {"GET /api/projects", "GET /api/me", "GET /api/tokens", "GET /api/jobs/{job_id}"}
+NOTHING_TO_NEGATE = {
+    "GET /api/projects",
+    "GET /api/me",
+    "GET /api/tokens",
+    "GET /api/jobs/{job_id}",
+    "GET /api/auth/config",
+}
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance]
 LAST = {"DELETE /api/tokens/{token_id}", "DELETE /api/projects/{project_id}/members/{user_id}"}
 SECRET = secrets.token_urlsafe(48)
