@@ -65,7 +65,7 @@ def aoi_suggestions(
     Raises Conflict (AOI not predicted yet, no model), SuggestionError (bad n/method).
     """
     layer = ws.state().aois.get(aoi_id)
-    directory = ws.paths.embeddings_dir(aoi_id)
+    directory = ws.embeddings_dir(aoi_id)
     if layer is None or layer.version == 0 or not layer.embeddings or not cache_complete(directory):
         raise Conflict(
             f"AOI {aoi_id} has no prediction yet: run inference on it first "

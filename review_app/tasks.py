@@ -103,6 +103,14 @@ def run_inference(
     aoi_id, paths = aoi.id, ws.paths
     state = ws.state()
     version = state.aois.get(aoi_id, AoiLayer()).version + 1
+    cache_dir = ws.embeddings_dir(aoi_id)
+    if cache_complete(cache_dir) and loop.open_cache(cache_dir).meta.backbone_digest == current.version.base_model_id:
+        # This backbone embedded the AOI already (the Dagster loop's onboarding, or an earlier inference): the head
+        # over the cache is the whole prediction, no backbone pass.
+        ctx.step(f"predicting {aoi.name} from its embedding cache", 0.0)
+        loop.repredict(cache_dir, current.version, schema_of(), paths.prediction_dir(aoi_id, version))
+        _publish_layer(ctx, ws, aoi_id, version, model_version=state.current_model, embeddings=True)
+        return f"{aoi.name} predicted from its embedding cache (no backbone pass)"
     ctx.step(f"predicting {aoi.name}", 0.0)
     result = remote_inference.predict_aoi(
         settings,
@@ -110,24 +118,21 @@ def run_inference(
         aoi.geometry,
         current.version,
         out_dir=paths.prediction_dir(aoi_id, version),
-        embeddings_dir=paths.embeddings_dir(aoi_id),
+        embeddings_dir=cache_dir,
         progress=lambda done, total: ctx.progress(done, total, f"predicting {aoi.name}: window {done}/{total}"),
     )
     if current.version.needs_xy:  # the forward pass gave the embeddings; the spatial head applies to them
-        loop.repredict(
-            paths.embeddings_dir(aoi_id), current.version, schema_of(), paths.prediction_dir(aoi_id, version)
-        )
+        loop.repredict(cache_dir, current.version, schema_of(), paths.prediction_dir(aoi_id, version))
     _publish_layer(ctx, ws, aoi_id, version, model_version=state.current_model, embeddings=True)
     where = "a warm worker fork" if result.forked else "a worker process"
     return f"{aoi.name} predicted in {result.seconds:.1f} s by {where} (pid {result.pid})"
 
 
 def _cached_aois(ws: ProjectWorkspace) -> dict[int, Path]:
-    paths = ws.paths
     return {
-        aoi_id: paths.embeddings_dir(aoi_id)
+        aoi_id: ws.embeddings_dir(aoi_id)
         for aoi_id, layer in ws.state().aois.items()
-        if layer.embeddings and cache_complete(paths.embeddings_dir(aoi_id))
+        if layer.embeddings and cache_complete(ws.embeddings_dir(aoi_id))
     }
 
 
@@ -212,7 +217,7 @@ def _repredict(
 ) -> None:
     paths = ws.paths
     layer_version = ws.state().aois.get(aoi_id, AoiLayer()).version + 1
-    loop.repredict(paths.embeddings_dir(aoi_id), version, schema_of(), paths.prediction_dir(aoi_id, layer_version))
+    loop.repredict(ws.embeddings_dir(aoi_id), version, schema_of(), paths.prediction_dir(aoi_id, layer_version))
     _publish_layer(ctx, ws, aoi_id, layer_version, model_version=model_version, embeddings=True)
 
 

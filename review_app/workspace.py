@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from pearl_pipelines.layout import ProjectPaths
+from pearl_pipelines.layout import Layout, ProjectPaths
 from review_app.schemas import MetricsOut
 
 
@@ -64,6 +64,10 @@ class ProjectState(BaseModel):
     aois: dict[int, AoiLayer] = Field(default_factory=dict)
     imagery: ImageryInfo = Field(default_factory=ImageryInfo)
     strategy: str = "logistic_regression"  # ml.strategies name used by this project's retrains
+    # The registered base version (`model_slug`) whose backbone made the AOI caches: they then live where the
+    # Dagster loop keeps that backbone's caches (Layout.aoi_embeddings), one cache per AOI for both loops.
+    # None (a base model that is not a registered version, or a project of before): under the project's folder.
+    embeddings_slug: str | None = None
 
 
 class StateStore:
@@ -114,6 +118,13 @@ class ProjectWorkspace:
 
     def update(self) -> _StateUpdate:
         return self.states.update(self.project_id)
+
+    def embeddings_dir(self, aoi_id: int) -> Path:
+        """The AOI's embedding cache: shared with the Dagster loop when the base is a registered version."""
+        slug = self.state().embeddings_slug
+        if slug is None:
+            return self.paths.embeddings_dir(aoi_id)
+        return self.paths.layout.path(Layout.aoi_embeddings(slug, aoi_id))
 
     def checkpoint(self, version: int) -> ModelVersionInfo:
         """A model version of the project with its files on disk or in MLflow, or KeyError."""

@@ -39,7 +39,9 @@ PREDICTIONS_COG_CHECK = "predictions_cog_valid"
 
 def project_collections(project: Any) -> list[str] | None:
     """The STAC collections a review-app project draws its imagery from (None: the resource's default)."""
-    collections = (project.imagery or {}).get("collections") if project is not None else None
+    imagery = (project.imagery or {}) if project is not None else {}
+    # {"source": "stac", "collections": [...]} or the local catalog's {"source": "local", "collection": "demo"}
+    collections = imagery.get("collections") or ([imagery["collection"]] if imagery.get("collection") else None)
     return list(collections) if collections else None
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pearl_pipelines.ml.models import MODEL_FILE, LandcoverModel, load_model, save_model
-from pearl_pipelines.ml.refs import PREFIX, parse_model_uri
+from pearl_pipelines.ml.refs import PREFIX, model_uri, parse_model_uri
 from pearl_pipelines.ml.replay import REPLAY_FILE, ReplaySet
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
@@ -24,7 +24,7 @@ class BaseModel:
 
     model: LandcoverModel
     replay: ReplaySet | None
-    source: str
+    source: str  # `models:/name/N` when it came from the registry, else the file it was read from
 
     def save(self, directory: Path) -> None:
         save_model(self.model, directory / MODEL_FILE, extra={"source": self.source})
@@ -69,8 +69,13 @@ def load_base_model(ref: str, settings: Settings) -> tuple[BaseModel | None, str
     uri = settings.resolved_mlflow_uri
     if mlflow_reachable(uri):
         try:
-            folder = ModelRegistry(uri).download(name, alias, settings.models_dir / "mlflow" / name / alias)
-            return load_base_model(str(folder / MODEL_FILE), settings)[0], ""
+            registry = ModelRegistry(uri)
+            version = str(registry.resolve(name, alias).version)
+            folder = registry.download(name, version, settings.models_dir / "mlflow" / name / alias)
+            base = load_base_model(str(folder / MODEL_FILE), settings)[0]
+            if base is not None:  # the version it resolved to: what the Dagster loop names this backbone's files by
+                base.source = model_uri(name, version)
+            return base, ""
         except Exception as exc:  # missing alias, artifact store trouble: fall back to a local copy, say why
             log.warning("base model %s not loadable from MLflow at %s: %s", ref, uri, exc)
     for folder in local_model_dirs(ref, settings):

@@ -20,7 +20,10 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import threading
+import time
+import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -90,6 +93,7 @@ class EmbeddingCache:
     ) -> None:
         self.directory, self.meta, self.array, self.valid = Path(directory), meta, array, valid
         self.view = view  # a window of the cache in `directory`: never flushed over it
+        self.target: Path | None = None  # a new cache is written aside and moved here by `flush`
 
     @classmethod
     def create(
@@ -105,8 +109,11 @@ class EmbeddingCache:
         model_id: str | None = None,
         channel_groups: dict[str, tuple[int, int]] | None = None,
     ) -> EmbeddingCache:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        target = Path(directory)
+        # Written aside and moved into place when complete: two writers of one AOI (the review app and the Dagster
+        # loop share caches) never write into each other's files, and a reader never sees half a cache.
+        directory = target.with_name(f".{target.name}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        directory.mkdir(parents=True)
         meta = EmbeddingMeta(
             crs_wkt=CRS.from_user_input(crs).to_wkt(),
             transform=list(transform)[:6],
@@ -118,10 +125,11 @@ class EmbeddingCache:
             channel_groups=channel_groups,
             created=dt.datetime.now(dt.UTC),
         )
-        (directory / META_FILE).unlink(missing_ok=True)  # a half-written cache must not look complete
         array = np.lib.format.open_memmap(directory / ARRAY_FILE, "w+", np.float16, (height, width, channels))
         valid = np.lib.format.open_memmap(directory / VALID_FILE, "w+", np.uint8, (height, width))
-        return cls(directory, meta, array, valid)
+        cache = cls(directory, meta, array, valid)
+        cache.target = target
+        return cache
 
     @classmethod
     def open(cls, directory: Path) -> EmbeddingCache:
@@ -199,6 +207,26 @@ class EmbeddingCache:
             if isinstance(array, np.memmap):
                 array.flush()
         (self.directory / META_FILE).write_text(self.meta.model_dump_json(indent=2))
+        if self.target is not None:
+            self._move_into_place(self.target)
+
+    def _move_into_place(self, target: Path) -> None:
+        """Replace `target` with this complete cache: the old one is renamed away first, so `target` is never
+        half-written; readers holding the old arrays open keep reading them."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        for attempt in range(5):  # another writer may be moving its own copy in at the same moment
+            try:
+                if target.exists():
+                    target.rename(old)
+                self.directory.rename(target)
+                break
+            except OSError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        self.directory, self.target = target, None
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def cache_complete(directory: Path) -> bool:

@@ -13,8 +13,10 @@ import time
 from dataclasses import dataclass
 
 from pearl_pipelines.labels.store import LabelStore
+from pearl_pipelines.layout import model_slug
 from pearl_pipelines.ml.base_model import BaseModel, load_base_model
 from pearl_pipelines.ml.models import MODEL_FILE
+from pearl_pipelines.ml.refs import PREFIX, parse_model_uri
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
 from review_app.events import EventHub
@@ -66,6 +68,7 @@ class ModelCache:
             base, note = load_base_model(self.store.get_project(project_id).base_model, self.settings)
             if base is not None:
                 base.save(paths.base_model_dir)
+                self._share_caches(project_id, base)
         loaded = None
         if base is not None:
             loaded = ProjectModel(base, self._current_version(project_id, base))
@@ -110,6 +113,16 @@ class ModelCache:
         finally:
             with self._lock:
                 self._loading.discard(project_id)
+
+    def _share_caches(self, project_id: int, base: BaseModel) -> None:
+        """A base that is a registered version: the project's AOI caches go where the Dagster loop keeps that
+        backbone's (one cache per AOI for both loops). A project that cached AOIs before keeps its folder."""
+        if not base.source.startswith(PREFIX):
+            return
+        name, version = parse_model_uri(base.source)
+        with self.states.update(project_id) as state:
+            if version.isdigit() and state.embeddings_slug is None and not state.aois:
+                state.embeddings_slug = model_slug(name, version)
 
     def _current_version(self, project_id: int, base: BaseModel) -> ModelVersion:
         """The version the project's state names as current; the base model's own head (v0) the first time."""

@@ -197,6 +197,74 @@ def test_labels_to_model_version_and_predictions(pipeline: Pipeline) -> None:
         assert validate_cog(Path(materialization.metadata["classes_uri"].value))[0]
 
 
+def test_one_label_burst_in_the_review_app_is_one_fit_one_version_one_cache(pipeline: Pipeline) -> None:
+    """The review app embeds a new AOI (in the worker), fits a head on a label burst and registers it; the Dagster
+    label run for the same labels adopts that version: no second backbone pass, no second fit, one MLflow version."""
+    from fastapi.testclient import TestClient
+
+    from pearl_pipelines.layout import Layout, model_slug
+    from review_app.main import create_app
+    from tests.review_app.conftest import wait_job, wait_ready
+
+    settings = get_settings().model_copy(update={"dagster_port": free_port(), "write_rate_limit": "1000/second"})
+    mlflow = MlflowClient(pipeline.mlflow_uri)
+    with TestClient(create_app(settings)) as client:
+        body = {"name": "one-burst", "imagery": {"source": "local", "collection": "demo"}, "base_model": BASE_MODEL}
+        project = client.post("/api/projects", json=body).json()
+        pid = project["id"]
+        wait_ready(client, pid, timeout=120)
+        aoi = client.post(f"/api/projects/{pid}/aois", json={"geometry": DEMO_AOI.__geo_interface__}).json()
+        job = client.post(f"/api/projects/{pid}/aois/{aoi['id']}/inference").json()
+        assert wait_job(client, job["id"], timeout=300)["state"] == "done"
+        for class_name, point in reference_labels(DEMO_AOI, 30, seed=3):
+            body = {"class_name": class_name, "geometry": point.__geo_interface__}
+            assert client.post(f"/api/projects/{pid}/labels", json=body).status_code == 201
+        assert wait_job(client, client.post(f"/api/projects/{pid}/retrain", json={}).json()["id"])["state"] == "done"
+        name = project_model_name(pid)
+        deadline = time.monotonic() + 120
+        while not mlflow.search_model_versions(f"name = '{name}'"):
+            assert time.monotonic() < deadline, "the review app's version never reached MLflow"
+            time.sleep(0.5)
+    (app_version,) = mlflow.search_model_versions(f"name = '{name}'")
+    assert app_version.tags["pearl.source"] == "review-app"
+    assert app_version.tags["pearl.base_model"] == f"models:/{STARTER}/1"  # resolved from the alias
+    assert app_version.tags["pearl.label_store_digest"] == pipeline.store.label_set_digest(pid)
+
+    # The one cache: where Dagster keeps the starter's AOI caches, written by the app's worker.
+    layout = Layout.at(get_settings().home_abs)
+    cache = layout.path(Layout.aoi_embeddings(model_slug(STARTER, 1), aoi["id"]))
+    assert (cache / "embeddings.json").is_file()
+    assert not layout.project(pid).embeddings_dir(aoi["id"]).exists()
+
+    context = dg.build_sensor_context(
+        instance=pipeline.instance, resources={"label_store": pipeline.resources["label_store"]}
+    )
+    tick = label_submission_sensor(context)
+    (request,) = [r for r in tick.run_requests if r.tags[PROJECT_TAG] == str(pid)]
+    for add in tick.dynamic_partitions_requests:
+        pipeline.instance.add_dynamic_partitions(TILE_KEYS, list(add.partition_keys))
+    result = run_job(pipeline, "label_to_map_job", run_config=request.run_config, tags=request.tags)
+    assert result.success
+    embeddings = result.asset_materializations_for_node("embeddings")[0].metadata
+    assert "aois_embedded" not in embeddings  # the app's cache was complete: no backbone pass in Dagster
+    model = result.asset_materializations_for_node("landcover_model")[0].metadata
+    assert model["adopted_from_review_app"].value is True
+    assert model["model_version"].value == int(app_version.version)
+    assert model["holdout_macro_f1"].value is not None  # the gate still scored the recipe on held-out labels
+    assert len(mlflow.search_model_versions(f"name = '{name}'")) == 1  # one burst, one version
+    assert mlflow.get_model_version_by_alias(name, "current").version == app_version.version
+    tasks = {
+        r.data.tags.get("pearl.task")
+        for r in mlflow.search_runs(
+            [e.experiment_id for e in mlflow.search_experiments()],
+            filter_string=f"tags.dagster_run_id = '{result.run_id}'",
+        )
+    }
+    assert "embed" not in tasks
+    for materialization in result.asset_materializations_for_node("predictions"):  # head on the composed model
+        assert materialization.metadata["model_uri"].value == f"models:/{name}/{app_version.version}"
+
+
 def test_regional_refresh_makes_a_map(pipeline: Pipeline) -> None:
     started = time.perf_counter()
     result = run_job(pipeline, "regional_refresh_job", partition_key="demo")

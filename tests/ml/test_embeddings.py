@@ -88,3 +88,36 @@ def test_head_shape_is_checked(cached, tmp_path: Path) -> None:
     model = tiny_model("fcn", "chesapeake9")
     with pytest.raises(ValueError, match="does not fit"):
         apply_head(cache, np.zeros((9, 3), np.float32), np.zeros(9, np.float32), model.spec.schema, tmp_path)
+
+
+def test_a_cache_appears_complete_or_not_at_all_and_writers_do_not_mix(tmp_path: Path) -> None:
+    """The review app and the Dagster loop share AOI caches: two writers of one AOI, and a reader meanwhile."""
+    from affine import Affine
+
+    target = tmp_path / "embeddings" / "aoi-1"
+
+    def start(value: float) -> EmbeddingCache:
+        cache = EmbeddingCache.create(
+            target,
+            crs="EPSG:32618",
+            transform=Affine(1, 0, 0, 0, -1, 0),
+            height=4,
+            width=5,
+            channels=3,
+            backbone_digest="bb-test",
+        )
+        cache.write_block(0, 0, torch.full((4, 5, 3), value))
+        return cache
+
+    first, second = start(1.0), start(2.0)
+    assert not target.exists()  # nothing half-written where readers look
+    first.flush()
+    reader = EmbeddingCache.open(target)
+    second.flush()  # the second writer replaces the first copy whole; the reader's arrays stay valid
+
+    def value(cache: EmbeddingCache) -> float:
+        return float(cache.array[0, 0, 0]) + float(cache.offset[0])  # stored values are embedding - offset
+
+    assert value(reader) == 1.0
+    assert value(EmbeddingCache.open(target)) == 2.0
+    assert sorted(p.name for p in target.parent.iterdir()) == ["aoi-1"]  # no staging or old copies left
