@@ -32,9 +32,16 @@ def _default_colorinterp(count: int) -> tuple[ColorInterp, ...]:
 
 
 def cog_from_dataset(
-    src: DatasetReader, dst_path: Path, *, overview_resampling: str = "nearest", blocksize: int = 512
+    src: DatasetReader,
+    dst_path: Path,
+    *,
+    overview_resampling: str = "nearest",
+    blocksize: int = 512,
+    deflate_level: int | None = None,
 ) -> Path:
-    """Copy an open dataset (a file or a MemoryFile opened for reading) into a COG (atomic rename)."""
+    """Copy an open dataset (a file or a MemoryFile opened for reading) into a COG (atomic rename).
+
+    `deflate_level`: 1-9 (GDAL's default 6 when None); 1 compresses a class map ~3x faster for ~20% more bytes."""
     dst_path = Path(dst_path)
     dst_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst_path.with_name(dst_path.name + ".tmp.tif")
@@ -46,6 +53,8 @@ def cog_from_dataset(
     }
     if src.dtypes[0] != "uint8":
         options["PREDICTOR"] = "YES"
+    if deflate_level is not None:
+        options["LEVEL"] = deflate_level
     rasterio.shutil.copy(src, tmp, driver="COG", **options)
     tmp.replace(dst_path)
     return dst_path

@@ -31,6 +31,11 @@ CONFIDENCE_NODATA = 0
 _cog_pool: tuple[int, ThreadPoolExecutor] | None = None
 
 
+# Prediction layers are rewritten at every retrain (the live loop waits for them): the fastest DEFLATE level, which
+# writes a 1 km^2 class map in about a third of the time of GDAL's default level for ~20% more bytes.
+DEFLATE_LEVEL = 1
+
+
 def cog_pool() -> ThreadPoolExecutor:
     """Two long-lived threads that translate the class and confidence files at once. Long-lived because a
     fresh thread's first GDAL call sets up its own environment (slower than the copy itself); per process,
@@ -134,7 +139,7 @@ class ClassRasterWriter:
         def translate(dataset: Any) -> Path:
             dataset.close()
             with rasterio.Env(GDAL_NUM_THREADS=1), rasterio.open(dataset.name) as src:
-                return cog_from_dataset(src, self.out_dir / Path(dataset.name).name)
+                return cog_from_dataset(src, self.out_dir / Path(dataset.name).name, deflate_level=DEFLATE_LEVEL)
 
         try:
             jobs = [cog_pool().submit(translate, dataset) for dataset in (self._classes, self._confidence)]
