@@ -6,6 +6,7 @@ Pure ASGI middleware (no BaseHTTPMiddleware), so websocket and streaming respons
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -129,3 +130,20 @@ def add_security(app: FastAPI, *, max_body_bytes: int, cors_origins: list[str], 
     if oidc_issuer:
         headers[b"content-security-policy"] = content_security_policy([issuer_origin(oidc_issuer)]).encode()
     app.add_middleware(SecurityHeadersMiddleware, headers=headers)
+    access_log = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, TokenRedaction) for f in access_log.filters):
+        access_log.addFilter(TokenRedaction())
+
+
+class TokenRedaction(logging.Filter):
+    """Tiles and the websocket carry the bearer token as `access_token=` (a browser cannot set headers there):
+    the server's access log shows the path without it."""
+
+    PATTERN = re.compile(r"(access_token=)[^&\s]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.PATTERN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = self.PATTERN.sub(r"\1***", record.msg)
+        return True

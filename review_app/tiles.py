@@ -190,7 +190,8 @@ def mount_tiles(app: FastAPI) -> None:
 
 
 class TileCacheMiddleware:
-    """Cache-Control for tiles: prediction layers are versioned in the URL, so their tiles never change."""
+    """Cache-Control for tiles: prediction layers are versioned in the URL, so their tiles never change. `private`:
+    a tile is only for callers allowed to read its project, so a shared cache (a proxy, a CDN) must not keep it."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -200,7 +201,7 @@ class TileCacheMiddleware:
         if not path.startswith("/tiles/") or "/tiles/WebMercatorQuad/" not in path:
             await self.app(scope, receive, send)
             return
-        value = b"public, max-age=3600" if path.startswith("/tiles/imagery/") else b"public, max-age=86400, immutable"
+        value = b"private, max-age=3600" if path.startswith("/tiles/imagery/") else b"private, max-age=86400, immutable"
 
         async def send_with_cache(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] == 200:

@@ -27,7 +27,7 @@ def test_real_tiles_render(client: TestClient, tile: tuple[int, int, int]) -> No
     z, x, y = tile
     response = client.get(f"/tiles/imagery/1/tiles/WebMercatorQuad/{z}/{x}/{y}.png?bidx=4&bidx=1&bidx=2")
     assert response.status_code == 200 and response.content[:4] == b"\x89PNG"
-    assert response.headers["cache-control"].startswith("public")
+    assert response.headers["cache-control"].startswith("private")  # for callers allowed to read it: no shared cache
 
 
 @pytest.mark.parametrize(
@@ -136,3 +136,17 @@ def test_missing_file_and_unknown_id_look_the_same(client: TestClient, settings:
     never = client.get("/tiles/imagery/77/info")
     headers = [{k: v for k, v in r.headers.items() if k != "date"} for r in (gone, never)]
     assert (gone.status_code, gone.content, headers[0]) == (never.status_code, never.content, headers[1])
+
+
+def test_tokens_in_tile_and_websocket_urls_stay_out_of_the_access_log(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn logs each request's path; a browser sends its bearer token in the query of tiles and the websocket."""
+    import logging
+
+    access = logging.getLogger("uvicorn.access")
+    with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+        path = "/tiles/predictions/1/1/1/tiles/WebMercatorQuad/16/1/2.png?access_token=eyJ.secret-part.sig&x=1"
+        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", path, "1.1", 200)
+    assert "secret-part" not in caplog.text
+    assert "access_token=***&x=1" in caplog.text
