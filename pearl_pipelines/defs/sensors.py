@@ -33,14 +33,22 @@ DEFAULT_STATUS = dg.DefaultSensorStatus.RUNNING if automation_enabled() else dg.
 def label_submission_sensor(
     context: dg.SensorEvaluationContext, label_store: LabelStoreResource
 ) -> dg.SensorResult | dg.SkipReason:
-    """Cursor (JSON): `events`, the label event id up to which every project was handled, and `quiet`, the projects
-    seen changing, as {project: [newest event id, first seen at]}. A project is submitted once its newest event has
-    stayed the same for `label_quiet_s`; until then `events` stays put, so the next tick sees it again."""
+    """Cursor (JSON): `events`, the label event id up to which every project was handled; `seen`, the newest event id
+    the previous tick saw; `quiet`, the projects seen changing, as {project: [newest event id, first seen at]};
+    `done`, the newest event id submitted per project while `events` has not passed it.
+
+    A project is submitted once its newest event has stayed the same for `label_quiet_s`; until then `events`
+    stays put, so the next tick sees it again. `events` moves only to what the *previous* tick saw: event ids are
+    taken when a row is inserted, not when its transaction commits (PostgreSQL), so an event with a lower id can
+    become visible after a higher one; a tick (at least 5 s) later it has. `done` keeps that second look from
+    submitting a project again.
+    """
     store = label_store.store()
     cursor = _label_cursor(context.cursor)
     latest = store.max_event_id()
     if latest <= cursor["events"]:
         return dg.SkipReason(f"no label events after {cursor['events']}")
+    settled = min(cursor.get("seen", cursor["events"]), latest)
     quiet_s, now = get_settings().label_quiet_s, time.time()
     order = list(context.instance.get_dynamic_partitions(TILE_KEYS))
     requests: list[dg.RunRequest] = []
@@ -48,12 +56,15 @@ def label_submission_sensor(
     skipped: list[int] = []
     submitted: list[int] = []
     waiting: dict[str, list[float]] = {}
+    done: dict[str, int] = dict(cursor.get("done", {}))
     for project_id in store.projects_changed_since(cursor["events"]):
         keys = project_tile_keys(store, project_id)
         if not keys:
             skipped.append(project_id)
             continue
         event_id = store.max_event_id(project_id)
+        if done.get(str(project_id), 0) >= event_id:
+            continue  # submitted by an earlier tick
         if label_run_exists(context.instance, project_id, event_id):
             submitted.append(project_id)  # the review app's direct trigger was faster
             continue
@@ -64,6 +75,7 @@ def label_submission_sensor(
             waiting[str(project_id)] = [event_id, seen_at]
             continue
         new_keys += keys_to_add([*order, *new_keys], keys)
+        done[str(project_id)] = event_id
         # run_key: one run per project and label event, so a re-evaluated tick never submits twice.
         requests.append(
             label_run_request(
@@ -76,10 +88,12 @@ def label_submission_sensor(
         context.log.info(f"projects {submitted}: runs for their latest labels were already submitted")
     if waiting:
         context.log.info(f"projects {sorted(map(int, waiting))}: labels changed less than {quiet_s:g} s ago")
+    events = cursor["events"] if waiting else settled
+    done = {project: event for project, event in done.items() if event > events}
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[tile_keys_partitions.build_add_request(new_keys)] if new_keys else [],
-        cursor=json.dumps({"events": cursor["events"] if waiting else latest, "quiet": waiting}),
+        cursor=json.dumps({"events": events, "seen": latest, "quiet": waiting, "done": done}),
     )
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import dagster as dg
 import pytest
 from shapely.geometry import Point, box
+from sqlalchemy import text
 
 from pearl_pipelines.defs import sensors
 from pearl_pipelines.defs.jobs import LABEL_EVENT_TAG, PROJECT_TAG, label_run_tags
@@ -44,6 +45,10 @@ def events(cursor: str) -> int:
     return int(json.loads(cursor)["events"])
 
 
+def seen(cursor: str) -> int:
+    return int(json.loads(cursor)["seen"])
+
+
 def evaluate(sensor, instance: dg.DagsterInstance, store, cursor: str | None = None):
     context = dg.build_sensor_context(
         instance=instance, cursor=cursor, resources={"label_store": LabelStoreResource(url=store.url)}
@@ -62,7 +67,7 @@ def test_one_run_request_per_changed_project_and_cursor_moves(label_store, insta
     result, _ = evaluate(label_submission_sensor, instance, label_store)
 
     assert isinstance(result, dg.SensorResult)
-    assert events(result.cursor) == label_store.max_event_id()
+    assert seen(result.cursor) == label_store.max_event_id()
     requests = {int(r.tags[PROJECT_TAG]): r for r in result.run_requests}
     assert set(requests) == {first.project_id, second.project_id}
     # New tile keys are registered as partitions in the same tick, in one request.
@@ -86,10 +91,13 @@ def test_next_tick_requests_only_projects_with_new_events(project: Project, labe
     other = add_project(label_store, "other")
     result, _ = evaluate(label_submission_sensor, instance, label_store)
     instance.add_dynamic_partitions(TILE_KEYS, list(result.dynamic_partitions_requests[0].partition_keys))
-    cursor = result.cursor
 
-    again, _ = evaluate(label_submission_sensor, instance, label_store, cursor)
-    assert isinstance(again, dg.SkipReason)
+    # The next tick looks at the same events once more (one committed late would show now) and submits nothing;
+    # then the cursor has moved past them.
+    again, _ = evaluate(label_submission_sensor, instance, label_store, result.cursor)
+    assert again.run_requests == [] and events(again.cursor) == label_store.max_event_id()
+    assert isinstance(evaluate(label_submission_sensor, instance, label_store, again.cursor)[0], dg.SkipReason)
+    cursor = again.cursor
 
     label_store.add_labels(other.project_id, [("water", Point(*DEMO_AOI.centroid.coords[0]))], aoi_id=other.aoi_id)
     label_store.undo(project.project_id)  # an undo is an event too
@@ -97,8 +105,34 @@ def test_next_tick_requests_only_projects_with_new_events(project: Project, labe
     assert sorted(int(r.tags[PROJECT_TAG]) for r in later.run_requests) == sorted(
         [project.project_id, other.project_id]
     )
-    assert events(later.cursor) == label_store.max_event_id() > events(cursor)
+    assert seen(later.cursor) == label_store.max_event_id() > events(cursor)
     assert later.dynamic_partitions_requests == []  # keys are registered already
+
+
+def test_an_event_committed_after_a_newer_one_is_not_skipped(project: Project, label_store, instance) -> None:
+    """On PostgreSQL an event id is taken at insert: a transaction still open when the sensor ticks commits later
+    with a lower id than events the tick saw. The sensor must still submit its project."""
+    if label_store.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises writers: ids are in commit order")
+    other = add_project(label_store, "other")
+    first, _ = evaluate(label_submission_sensor, instance, label_store)
+    instance.add_dynamic_partitions(TILE_KEYS, list(first.dynamic_partitions_requests[0].partition_keys))
+    settled, _ = evaluate(label_submission_sensor, instance, label_store, first.cursor)
+    (label,) = label_store.list_labels(other.project_id)[:1]
+    with label_store.engine.connect() as slow:
+        transaction = slow.begin()  # another writer's transaction: its event id is taken now, committed later
+        slow.execute(
+            text("INSERT INTO label_events (project_id, label_id, action, undone) VALUES (:p, :l, 'add', false)"),
+            {"p": other.project_id, "l": label.id},
+        )
+        label_store.add_labels(
+            project.project_id, [("water", Point(*DEMO_AOI.centroid.coords[0]))], aoi_id=project.aoi_id
+        )
+        tick, _ = evaluate(label_submission_sensor, instance, label_store, settled.cursor)
+        assert [int(r.tags[PROJECT_TAG]) for r in tick.run_requests] == [project.project_id]
+        transaction.commit()
+    late, _ = evaluate(label_submission_sensor, instance, label_store, tick.cursor)
+    assert [int(r.tags[PROJECT_TAG]) for r in late.run_requests] == [other.project_id]
 
 
 def test_labels_already_submitted_by_the_trigger_are_not_submitted_again(
@@ -113,7 +147,7 @@ def test_labels_already_submitted_by_the_trigger_are_not_submitted_again(
     )
     result, _ = evaluate(label_submission_sensor, instance, label_store)
     assert result.run_requests == []
-    assert events(result.cursor) == label_store.max_event_id()
+    assert seen(result.cursor) == label_store.max_event_id()
 
 
 def test_a_burst_waits_for_the_quiet_period_then_gives_one_run(
@@ -151,7 +185,7 @@ def test_projects_without_aoi_are_skipped(label_store, instance) -> None:
     label_store.add_labels(bare.id, [("water", Point(-76.42, 38.97))])
     result, _ = evaluate(label_submission_sensor, instance, label_store)
     assert result.run_requests == []
-    assert events(result.cursor) == label_store.max_event_id()
+    assert seen(result.cursor) == label_store.max_event_id()
 
 
 def test_new_aoi_registers_tile_keys_and_requests_embeddings(label_store, instance) -> None:

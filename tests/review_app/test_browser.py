@@ -98,12 +98,11 @@ def server(review_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield url, settings
 
 
-@pytest.fixture(scope="module")
-def page(server: tuple[str, Settings]) -> Iterator[Any]:
+@contextlib.contextmanager
+def chromium_page() -> Iterator[Any]:
+    """A page of headless Chromium; `page.errors` collects page errors and Content-Security-Policy violations."""
     from playwright.sync_api import sync_playwright
 
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
@@ -116,6 +115,14 @@ def page(server: tuple[str, Settings]) -> Iterator[Any]:
         yield page
         context.close()
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(server: tuple[str, Settings]) -> Iterator[Any]:
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with chromium_page() as page:
+        yield page
 
 
 class Mapper:

@@ -26,7 +26,7 @@ from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.settings import Settings
 from tests.review_app.conftest import ARTIFACTS, new_home
 from tests.review_app.idp import AUDIENCE, Issuer, s256
-from tests.review_app.test_browser import CHROMIUM, CHROMIUM_ARGS, running_app
+from tests.review_app.test_browser import chromium_page, running_app
 
 pytestmark = pytest.mark.slow
 
@@ -77,20 +77,9 @@ def oidc_app(
 
 @pytest.fixture(scope="module")
 def browser_page() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
-        page.errors = errors
+    with chromium_page() as page:
         yield page
-        context.close()
-        browser.close()
 
 
 def _session_keys(page: Any) -> dict[str, list[str]]:
