@@ -103,7 +103,7 @@ def run_inference(
     aoi_id, paths = aoi.id, ws.paths
     state = ws.state()
     version = state.aois.get(aoi_id, AoiLayer()).version + 1
-    cache_dir = ws.embeddings_dir(aoi_id)
+    cache_dir = ws.embeddings_dir(aoi_id, state)
     if cache_complete(cache_dir) and loop.open_cache(cache_dir).meta.backbone_digest == current.version.base_model_id:
         # This backbone embedded the AOI already (the Dagster loop's onboarding, or an earlier inference): the head
         # over the cache is the whole prediction, no backbone pass.
@@ -129,11 +129,9 @@ def run_inference(
 
 
 def _cached_aois(ws: ProjectWorkspace) -> dict[int, Path]:
-    return {
-        aoi_id: ws.embeddings_dir(aoi_id)
-        for aoi_id, layer in ws.state().aois.items()
-        if layer.embeddings and cache_complete(ws.embeddings_dir(aoi_id))
-    }
+    state = ws.state()
+    caches = {aoi_id: ws.embeddings_dir(aoi_id, state) for aoi_id, layer in state.aois.items() if layer.embeddings}
+    return {aoi_id: cache for aoi_id, cache in caches.items() if cache_complete(cache)}
 
 
 def check_retrain(ws: ProjectWorkspace, *, store: LabelStore, model: ModelSlot) -> None:
@@ -215,9 +213,9 @@ def _repredict(
     model_version: int,
     schema_of: SchemaOf,
 ) -> None:
-    paths = ws.paths
-    layer_version = ws.state().aois.get(aoi_id, AoiLayer()).version + 1
-    loop.repredict(ws.embeddings_dir(aoi_id), version, schema_of(), paths.prediction_dir(aoi_id, layer_version))
+    paths, state = ws.paths, ws.state()
+    layer_version = state.aois.get(aoi_id, AoiLayer()).version + 1
+    loop.repredict(ws.embeddings_dir(aoi_id, state), version, schema_of(), paths.prediction_dir(aoi_id, layer_version))
     _publish_layer(ctx, ws, aoi_id, layer_version, model_version=model_version, embeddings=True)
 
 

@@ -119,9 +119,10 @@ class ProjectWorkspace:
     def update(self) -> _StateUpdate:
         return self.states.update(self.project_id)
 
-    def embeddings_dir(self, aoi_id: int) -> Path:
-        """The AOI's embedding cache: shared with the Dagster loop when the base is a registered version."""
-        slug = self.state().embeddings_slug
+    def embeddings_dir(self, aoi_id: int, state: ProjectState | None = None) -> Path:
+        """The AOI's embedding cache: shared with the Dagster loop when the base is a registered version.
+        `state`: the project state the caller read already (a read copies it)."""
+        slug = (state or self.state()).embeddings_slug
         if slug is None:
             return self.paths.embeddings_dir(aoi_id)
         return self.paths.layout.path(Layout.aoi_embeddings(slug, aoi_id))

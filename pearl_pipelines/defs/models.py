@@ -226,7 +226,6 @@ def landcover_model(
         "seed": config.seed,
         "aliases": [CURRENT_ALIAS],
         "report_dir": rasters.rel(rasters.reports_dir),
-        "tags": {"pearl.base_model": base.uri},
         # The project's tiles under review, re-predicted head-only by the worker right after registering.
         "predict_tiles": [
             {"key": k, "cache_dir": rasters.rel(cache), "tile_path": rasters.rel(rasters.tile_path(k))}

@@ -116,7 +116,6 @@ class ModelRegistry:
 # -- a project's versions: one registered model per project, head-only versions on a registered base ------------
 TAG_BASE_MODEL_URI = "pearl.base_model"  # models:/name/N of the version whose backbone a head-only version uses
 TAG_PROJECT = "pearl.project_id"
-TAG_CHECKPOINT = "pearl.checkpoint"
 
 
 def register_head(
@@ -170,7 +169,7 @@ def load_registered(tracking_uri: str, name: str, version: str | int, cache_root
         downloaded = registry.download(name, version, local)
         found = next(downloaded.rglob(MODEL_FILE), None)
         if found is None:
-            checkpoint = next((p.parent for p in downloaded.rglob(versions.VERSION_FILE)), None)
+            checkpoint = _checkpoint_in(downloaded)
             base_uri = (registry.client.get_model_version(name, str(version)).tags or {}).get(TAG_BASE_MODEL_URI)
             if checkpoint is None or not base_uri:
                 raise FileNotFoundError(f"{model_uri(name, version)} has neither {MODEL_FILE} nor a head and its base")
@@ -201,8 +200,12 @@ def version_of(model: LandcoverModel, tracking_uri: str, name: str, version: str
 
 def download_version(tracking_uri: str, name: str, version: str | int, dst: Path) -> versions.ModelVersion:
     """A registered project version's head (its checkpoint folder) as a ModelVersion."""
-    downloaded = ModelRegistry(tracking_uri).download(name, version, dst)
-    checkpoint = next((p.parent for p in downloaded.rglob(versions.VERSION_FILE)), None)
+    checkpoint = _checkpoint_in(ModelRegistry(tracking_uri).download(name, version, dst))
     if checkpoint is None:
         raise FileNotFoundError(f"{model_uri(name, version)} has no head checkpoint ({versions.VERSION_FILE})")
     return versions.ModelVersion.load(checkpoint)
+
+
+def _checkpoint_in(folder: Path) -> Path | None:
+    """The head checkpoint folder (ml.versions) inside a downloaded version, if it has one."""
+    return next((p.parent for p in folder.rglob(versions.VERSION_FILE)), None)

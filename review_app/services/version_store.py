@@ -116,11 +116,12 @@ class VersionPublisher:
         base_uri = self._base_uri(project_id)
         published = 0
         for number in self.pending(project_id):
-            info = self.states.get(project_id).models[number]
+            models = self.states.get(project_id).models  # again each time: the parent was just logged
+            info = models[number]
             directory = paths.version_dir(number)
             if not directory.is_dir():
                 continue
-            parent = self.states.get(project_id).models.get(info.parent) if info.parent is not None else None
+            parent = models.get(info.parent) if info.parent is not None else None
             parent_uri = model_uri(name, parent.mlflow_version) if parent and parent.mlflow_version else base_uri
             registered = register_head(
                 uri,
