@@ -9,10 +9,7 @@ test-artifacts/review_app/.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +23,7 @@ from pearl_pipelines.settings import Settings
 from tests.conftest import free_port
 from tests.review_app.conftest import ARTIFACTS, new_home
 from tests.review_app.data import class_places
+from tests.review_app.servers import log_path, ready_project, uvicorn
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +39,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 DIST = Path(__file__).resolve().parents[2] / "review_app" / "static" / "dist" / "index.html"
-REPO = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager
@@ -53,42 +50,10 @@ def running_app(settings: Settings, *, wait_ready: bool = True, env: dict[str, s
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (make test does it)")
     port = free_port()
-    environment = {
-        **os.environ,
-        **(env or {}),
-        "PEARL_HOME": str(settings.home_abs),
-        "PEARL_MLFLOW_PORT": str(settings.mlflow_port),
-        "PEARL_DAGSTER_PORT": str(settings.dagster_port),
-        "PYTHONPATH": str(REPO),
-    }
-    environment.pop("PEARL_LABEL_STORE_URL", None)
-    log = (settings.home_abs / "uvicorn.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "review_app.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO,
-        env=environment,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (settings.home_abs / "uvicorn.log").read_text()
-            try:
-                project = httpx.get(f"{url}/api/projects/1", timeout=2).json()
-                if not wait_ready or (project["imagery"]["state"] == "ready" and project["model"]["ready"]):
-                    break
-            except (httpx.HTTPError, KeyError, ValueError):
-                pass
-            time.sleep(0.2)
-        else:
-            raise TimeoutError("the review app did not become ready")
+    with uvicorn(settings, port, env=env) as process:
+        ready_project(url, 60, ready=wait_ready, process=process, log=log_path(settings, port))
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,12 @@ retrains and undos: test_http_storm.py.)"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -24,55 +19,9 @@ from pearl_pipelines.labels.store import LabelEventRow, LabelStore
 from pearl_pipelines.settings import Settings
 from tests.conftest import free_port
 from tests.review_app.conftest import center, new_home, square
+from tests.review_app.servers import ready_project, uvicorn
 
-REPO = Path(__file__).resolve().parents[2]
 WRITERS = 6
-
-
-@contextlib.contextmanager
-def uvicorn(
-    settings: Settings, store_url: str, port: int, extra_env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """The review app as `uvicorn review_app.main:app`, configured by environment variables only."""
-    env = {
-        **os.environ,
-        "PEARL_HOME": str(settings.home_abs),
-        "PEARL_MLFLOW_PORT": str(settings.mlflow_port),
-        "PEARL_DAGSTER_PORT": str(settings.dagster_port),
-        "PEARL_LABEL_STORE_URL": store_url,
-        "PEARL_WRITE_RATE_LIMIT": "100000/second",
-        "PYTHONPATH": str(REPO),
-        **(extra_env or {}),
-    }
-    with (settings.home_abs / f"uvicorn-{port}.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "review_app.main:app", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:  # stuck in a request: never leave a server behind
-                    process.kill()
-                    process.wait(timeout=15)
-
-
-def ready_project(url: str, timeout: float = 90.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
-            project = httpx.get(f"{url}/api/projects/1", timeout=2).json()
-            if project["imagery"]["state"] == "ready" and project["model"]["ready"]:
-                return project
-        time.sleep(0.2)
-    raise TimeoutError(f"the review app at {url} did not become ready")
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +32,7 @@ def home(review_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Setti
 def test_sigkill_during_a_label_burst_loses_no_acknowledged_label(home: Settings, store_url: str) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with uvicorn(home, store_url, port) as process:
+    with uvicorn(home, port, store_url=store_url) as process:
         project = ready_project(url)
         lon, lat = center(project)
         aoi = httpx.post(f"{url}/api/projects/1/aois", json={"name": "burst", "geometry": square(lon, lat, 0.002)})
@@ -123,7 +72,7 @@ def test_sigkill_during_a_label_burst_loses_no_acknowledged_label(home: Settings
     assert len(acknowledged) >= 60 and len(set(acknowledged)) == len(acknowledged)
 
     port = free_port()
-    with uvicorn(home, store_url, port):
+    with uvicorn(home, port, store_url=store_url):
         restarted = f"http://127.0.0.1:{port}"
         ready_project(restarted)
         served = [f["id"] for f in httpx.get(f"{restarted}/api/projects/1/labels").json()["features"]]

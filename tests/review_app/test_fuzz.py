@@ -23,7 +23,7 @@ from pearl_pipelines.labels.accounts import Accounts, Role
 from pearl_pipelines.labels.store import LabelStore
 from tests.conftest import free_port
 from tests.review_app.conftest import new_home
-from tests.review_app.test_durability import ready_project, uvicorn
+from tests.review_app.servers import ready_project, uvicorn
 
 EXAMPLES = {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 8}
 # No parameter or body to break: the negative pass has nothing to send (the positive pass covers them).
@@ -44,7 +44,7 @@ def app_url(review_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     home = new_home(tmp_path_factory, review_assets)
     store_url = f"sqlite:///{home.home_abs / 'labels.db'}"
     port = free_port()
-    with uvicorn(home, store_url, port, extra_env={"PEARL_AUTH_SECRET": SECRET}):
+    with uvicorn(home, port, store_url=store_url, env={"PEARL_AUTH_SECRET": SECRET}):
         url = f"http://127.0.0.1:{port}"
         ready_project(url)
         store = LabelStore(store_url)

@@ -20,7 +20,7 @@ from pearl_pipelines.labels.store import LabelEventRow, LabelStore
 from pearl_pipelines.settings import Settings
 from tests.conftest import free_port
 from tests.review_app.conftest import center, new_home, square
-from tests.review_app.test_durability import ready_project, uvicorn
+from tests.review_app.servers import ready_project, uvicorn
 
 CLASSES = ("water", "tree_canopy")
 
@@ -176,7 +176,7 @@ def test_writers_tile_readers_and_a_retrain_at_once(storm_home: Settings, store_
     """4 label writers, 4 readers of imagery and prediction tiles, and a retrain (waited for) at once."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with uvicorn(storm_home, store_url, port):
+    with uvicorn(storm_home, port, store_url=store_url):
         aoi, (lon, lat) = new_aoi(url, "storm", predicted=True)
         project = ready_project(url)
         urls = tile_urls(url, project["imagery"]["tilejson"]["true_color"], lon, lat)
@@ -211,7 +211,7 @@ def test_undo_log_replays_to_the_live_labels_after_undos_race_adds(storm_home: S
     """4 writers, 2 undoers and a deleter through HTTP; then the label_events replayed give the live label set."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with uvicorn(storm_home, store_url, port):
+    with uvicorn(storm_home, port, store_url=store_url):
         _, (lon, lat) = new_aoi(url, "undo storm", predicted=False)
         storm = Storm(url, lon, lat)
         for i in range(4):
