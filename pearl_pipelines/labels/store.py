@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,9 +114,28 @@ def _check_length(what: str, value: str, column: Any) -> None:
         raise LabelStoreError(f"{what} is {len(value)} characters long; at most {limit} are allowed")
 
 
+SQLITE_BUSY_S = 30.0
+
+
+def _use_wal(cursor: Any) -> None:
+    """Switch the file to WAL once (the mode is stored in the file), so readers (the Dagster sensor) never block
+    the review app's writes. Switching needs an exclusive lock, and SQLite answers 'database is locked' at once,
+    without its busy timeout, when another connection holds the file's lock: so retry for up to SQLITE_BUSY_S."""
+    deadline = time.monotonic() + SQLITE_BUSY_S
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers (Dagster sensor) never block the review app's writes
+    _use_wal(cursor)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
@@ -130,9 +151,9 @@ class LabelStore:
     def __init__(self, url: str) -> None:
         self.url = url
         sqlite = url.startswith("sqlite")
-        # SQLite's 5 s default busy timeout is too short when several processes start on one file under load
-        # (every connection also switches to WAL, which needs the lock): wait up to 30 s instead of failing.
-        self.engine: Engine = create_engine(url, future=True, connect_args={"timeout": 30} if sqlite else {})
+        # SQLite's 5 s default busy timeout is too short when several processes start on one file under load:
+        # wait up to 30 s instead of failing.
+        self.engine: Engine = create_engine(url, future=True, connect_args={"timeout": SQLITE_BUSY_S} if sqlite else {})
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         migrate.upgrade(self.engine)  # Alembic, not create_all: the schema can change under existing data
