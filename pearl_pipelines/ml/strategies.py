@@ -189,7 +189,11 @@ class LogisticRegressionHead(RetrainStrategy):
         reference: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The head centred on `prior` (see `centred_logistic`), over every class of the prior; features are
-        standardised with the statistics of `reference` embeddings (the imagery's pixels) when given."""
+        standardised with the statistics of `reference` embeddings (the imagery's pixels) when given.
+
+        The distance from the prior is penalised with the same C as a free fit penalises the weights: 10x more
+        strongly cost ~1 point of accuracy at 25-100 clicks on Rotterdam and `shifted` (20 draws, bench/
+        real_imagery.py), 3-10x more weakly changed nothing measurable."""
         return centred_logistic(
             np.asarray(x, np.float64),
             y,
@@ -198,15 +202,9 @@ class LogisticRegressionHead(RetrainStrategy):
             sample_weight=sample_weight,
             channel_groups=channel_groups or {"embedding": (0, x.shape[1])},
             group_weights=self.group_weights,
-            C=self.C * CENTRED_C_SCALE,
+            C=self.C,
             max_iter=self.max_iter,
         )
-
-
-# Centred fits penalise the distance from the prior with the sum over samples (sklearn scales the same way),
-# 10x more strongly than a free fit penalises the weights: measured on Rotterdam and `shifted`, C = 0.03-0.3
-# differ by < 0.01 at every click count (bench/real_imagery.py), so the strength is not a tuned knob.
-CENTRED_C_SCALE = 0.1
 
 
 def centred_logistic(
