@@ -406,19 +406,20 @@ def plot(tables: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 6.5), squeeze=False)
+    colours = plt.get_cmap("tab20").colors
     for ax, (scene, table) in zip(axes[0], tables.items(), strict=True):
-        for method, row in table.items():
-            style = "--" if "logistic" in method else "-"
+        for i, (method, row) in enumerate(table.items()):
+            style = "--" if "logistic" in method else ":" if "pool" in method else "-"
             ks = [k for k in CLICKS if f"k={k}" in row]
-            style = ":" if "pool" in method else style
-            ax.plot(ks, [row[f"k={k}"] for k in ks], style, marker="o", label=method)
+            ax.plot(ks, [row[f"k={k}"] for k in ks], style, marker="o", color=colours[i % 20], label=method)
         ax.set(title=f"{scene}: accuracy vs clicks", xlabel="clicks (random labelled points)", ylabel="accuracy")
         ax.set_xscale("log")
         ax.set_xticks(CLICKS, [str(k) for k in CLICKS])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.3, 1, 1))  # the shared legend below the plots, not over the lines
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

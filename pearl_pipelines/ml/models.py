@@ -6,6 +6,7 @@ Input normalisation lives inside the model, and a saved model carries its own de
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -158,27 +159,33 @@ class LandcoverModel(nn.Module):
         return math.lcm(*(int(getattr(m, "multiple", 1)) for m in (self.backbone, *self.extras)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        unused = self._unused_extras()
+        unused = self._unused_groups()
         if not unused:
             return self.head(self.embed(x))
-        # A linear head with no weight on some feature groups (a starter's, zero-padded): skip computing them.
-        # Same logits; a starter's map or a regional refresh costs what it did before the groups existed.
-        learned = self.backbone(self.normalise(x))
+        # A linear head with no weight on some groups skips computing them: a starter's zero-padded head never
+        # reads the extra groups, and its zero-shot head never reads the learned backbone (the U-Net is ~half a
+        # wide embedding's cost). The logits are the sum of each used group's share, so the full embedding is
+        # never concatenated either (on CPU that copy cost as much as the ImageNet features).
+        logits = self.head.bias.view(1, -1, 1, 1)
         scaled = x.float() / 255.0
-        keep = [(0, learned.shape[1])]
-        parts = [learned]
-        for name, extra in zip(self.spec.features, self.extras, strict=True):
+        parts = [("backbone", lambda: self.backbone(self.normalise(x)))]
+        parts += [
+            (name, functools.partial(extra, scaled))
+            for name, extra in zip(self.spec.features, self.extras, strict=True)
+        ]
+        for name, compute in parts:
             if name not in unused:
-                parts.append(extra(scaled))
-                keep.append(self.channel_groups[name])
-        weight = torch.cat([self.head.weight[:, lo:hi] for lo, hi in keep], dim=1)
-        return nn.functional.conv2d(torch.cat(parts, dim=1), weight, self.head.bias)
+                lo, hi = self.channel_groups[name]
+                logits = logits + nn.functional.conv2d(compute(), self.head.weight[:, lo:hi])
+        return logits
 
-    def _unused_extras(self) -> set[str]:
-        if not len(self.extras) or not isinstance(self.head, nn.Conv2d):
-            return set()
+    def _unused_groups(self) -> set[str]:
+        """Groups a linear head gives no weight (never all of them: an all-zero head still reads the backbone)."""
+        if self.training or not isinstance(self.head, nn.Conv2d):
+            return set()  # training computes every group, so a zero-initialised group still gets its gradient
         weight = self.head.weight
-        return {name for name in self.spec.features if not weight[:, slice(*self.channel_groups[name])].any()}
+        unused = {name for name, (lo, hi) in self.channel_groups.items() if not weight[:, lo:hi].any()}
+        return unused - {"backbone"} if unused == set(self.channel_groups) else unused
 
     def digest_parts(self) -> list[bytes]:
         """What shapes the embeddings beyond the spec and state dict (frozen weights kept outside it)."""

@@ -117,3 +117,22 @@ def test_feature_groups_without_head_weight_are_not_computed(fcn: LandcoverModel
         calls.clear()
         model(x)
         assert calls == ["imagenet_lite0"]
+
+
+def test_zero_shot_head_skips_the_learned_backbone(wide: LandcoverModel, monkeypatch) -> None:
+    """A zero-shot head reads only the transferable groups: its map never runs the backbone, and the group-wise
+    logits are the full head's; training still runs every group, so each gets its gradient."""
+    lo, hi = wide.channel_groups["backbone"]
+    with torch.no_grad():
+        wide.head.weight[:, lo:hi] = 0
+    x = torch.randint(0, 256, (2, 4, 64, 64), dtype=torch.uint8)
+    with torch.inference_mode():
+        full = wide.head(wide.embed(x))
+    calls: list[int] = []
+    forward = wide.backbone.forward
+    monkeypatch.setattr(wide.backbone, "forward", lambda h: calls.append(1) or forward(h))
+    with torch.inference_mode():
+        torch.testing.assert_close(wide.eval()(x), full, rtol=1e-4, atol=1e-4)
+    assert calls == []
+    wide.train()(x)
+    assert calls == [1]
