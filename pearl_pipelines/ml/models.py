@@ -6,7 +6,6 @@ Input normalisation lives inside the model, and a saved model carries its own de
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -162,21 +161,22 @@ class LandcoverModel(nn.Module):
         unused = self._unused_groups()
         if not unused:
             return self.head(self.embed(x))
+
         # A linear head with no weight on some groups skips computing them: a starter's zero-padded head never
         # reads the extra groups, and its zero-shot head never reads the learned backbone (the U-Net is ~half a
         # wide embedding's cost). The logits are the sum of each used group's share, so the full embedding is
         # never concatenated either (on CPU that copy cost as much as the ImageNet features).
+        def share(name: str, features: torch.Tensor) -> torch.Tensor:
+            lo, hi = self.channel_groups[name]
+            return nn.functional.conv2d(features, self.head.weight[:, lo:hi])
+
         logits = self.head.bias.view(1, -1, 1, 1)
+        if "backbone" not in unused:
+            logits = logits + share("backbone", self.backbone(self.normalise(x)))
         scaled = x.float() / 255.0
-        parts = [("backbone", lambda: self.backbone(self.normalise(x)))]
-        parts += [
-            (name, functools.partial(extra, scaled))
-            for name, extra in zip(self.spec.features, self.extras, strict=True)
-        ]
-        for name, compute in parts:
+        for name, extra in zip(self.spec.features, self.extras, strict=True):
             if name not in unused:
-                lo, hi = self.channel_groups[name]
-                logits = logits + nn.functional.conv2d(compute(), self.head.weight[:, lo:hi])
+                logits = logits + share(name, extra(scaled))
         return logits
 
     def _unused_groups(self) -> set[str]:
