@@ -203,6 +203,7 @@ def retrain(
     reference = _reference_pixels(caches, options.seed) if prior is not None else None
 
     xy_replay = np.full((len(y_replay), 2), np.nan)  # replay samples come from elsewhere: no position here
+    fitted_prior_scale = [1.0]
 
     def fit(train: np.ndarray | slice, choice: Choice) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         scale, centred = choice
@@ -212,10 +213,11 @@ def retrain(
         w_train = np.concatenate([w_user[train], scale * w_replay[keep]])
         if centred:
             assert prior is not None and isinstance(strategy, LogisticRegressionHead)
-            head = strategy.fit_centred(
+            weight, bias, prior_scale = strategy.fit_centred(
                 x_train, y_train, prior, sample_weight=w_train, channel_groups=channel_groups, reference=reference
             )
-            return *head, {}
+            fitted_prior_scale[0] = prior_scale  # the last fit is the version's (folds come first)
+            return weight, bias, {}
         if len(np.unique(y_train)) < 2:  # a fold with one class and no replay can only predict that class
             weight = np.zeros((len(schema), x_user.shape[1]), np.float32)
             bias = np.full(len(schema), UNLEARNED_BIAS, np.float32)
@@ -254,6 +256,8 @@ def retrain(
         "replay_scale": scale,
         "replay_cv_accuracy": replay_cv,
         "prior_centred": centred,
+        # How far the labels trust the prior's logits (centred fits; 1 = as registered).
+        "prior_scale": round(fitted_prior_scale[0], 4) if centred else None,
         "labels_outside_area": outside,
         "new_classes": [n for n in schema.names if n not in parent.schema.names],
         # A centred fit keeps what the prior knows of classes nobody labelled.

@@ -66,8 +66,10 @@ def version_params(version: ModelVersion) -> dict[str, str]:
         "embed_dim": version.weight.shape[1],
     }
     params.update({f"strategy.{k}": v for k, v in version.strategy_params.items()})
-    for key in ("seed", "n_labels", "n_user_samples", "n_replay_samples", "new_classes", "unlearned_classes"):
-        if key in version.info:
+    # What the fit chose is logged beside what it was given: replay share, centring on the prior, the prior's scale.
+    chosen = ("replay_scale", "prior_centred", "prior_scale")
+    for key in ("seed", "n_labels", "n_user_samples", "n_replay_samples", "new_classes", "unlearned_classes", *chosen):
+        if version.info.get(key) is not None:
             value = version.info[key]
             params[key] = ",".join(value) if isinstance(value, list) else value
     return {k: str(v)[:6000] for k, v in params.items()}

@@ -14,7 +14,7 @@ from shapely.geometry import Point
 from pearl_pipelines.ml.embeddings import apply_head, sample_embeddings
 from pearl_pipelines.ml.models import LandcoverModel, load_model, save_model
 from pearl_pipelines.ml.retrain import RetrainError, RetrainOptions, make_strategy, retrain
-from pearl_pipelines.ml.strategies import STRATEGIES
+from pearl_pipelines.ml.strategies import STRATEGIES, centred_logistic
 from pearl_pipelines.ml.versions import ModelVersion
 from tests.ml.conftest import labels_frame, pixel_xy
 from tests.ml.test_retrain import Area, area, model_points  # noqa: F401 - the module-scoped fixture
@@ -129,3 +129,31 @@ def test_new_class_pads_every_head(area: Area) -> None:  # noqa: F811
         ).shape == (1, k)
         if "local_weight" in version.head_extra:
             assert version.head_extra["local_weight"].shape[1] == k
+
+
+def test_centred_fit_learns_how_far_to_trust_its_prior() -> None:
+    """The same 60 labels, a prior that maps them well and one that swaps two classes: the labels keep the good
+    prior's scale near 1 and shrink the wrong one's, and both heads then classify the labels."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0]])
+    y = np.repeat(np.arange(3), 20)
+    x = centres[y] + rng.normal(0, 0.7, (len(y), 3))
+    good = (centres.copy(), -0.5 * (centres**2).sum(axis=1))  # nearest centre: the labels' own classes
+    swapped = (good[0][[1, 0, 2]], good[1][[1, 0, 2]])
+    fits = {
+        name: centred_logistic(
+            x,
+            y,
+            prior,
+            reference=x,
+            sample_weight=np.ones(len(y)),
+            channel_groups={"embedding": (0, 3)},
+            group_weights={},
+            C=1.0,
+        )
+        for name, prior in (("good", good), ("swapped", swapped))
+    }
+    assert fits["good"][2] > 0.8, fits["good"][2]
+    assert fits["swapped"][2] < 0.3, fits["swapped"][2]
+    for weight, bias, _ in fits.values():
+        assert (np.argmax(x @ weight.T + bias, axis=1) == y).mean() > 0.9
