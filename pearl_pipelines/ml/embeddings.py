@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -112,7 +113,8 @@ class EmbeddingCache:
         target = Path(directory)
         # Written aside and moved into place when complete: two writers of one AOI (the review app and the Dagster
         # loop share caches) never write into each other's files, and a reader never sees half a cache.
-        directory = target.with_name(f".{target.name}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        _sweep_abandoned(target)
+        directory = target.with_name(f".{target.name}.part-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         directory.mkdir(parents=True)
         meta = EmbeddingMeta(
             crs_wkt=CRS.from_user_input(crs).to_wkt(),
@@ -227,6 +229,29 @@ class EmbeddingCache:
                 time.sleep(0.05 * (attempt + 1))
         self.directory, self.target = target, None
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _sweep_abandoned(target: Path) -> None:
+    """Remove what crashed writers of `target` left beside it: copies being written by a process of this host
+    that is gone, and replaced caches a move did not get to delete. A copy from another host (pods sharing a
+    volume) is left alone: its writer may be alive."""
+    host = socket.gethostname()
+    for leftover in target.parent.glob(f".{target.name}.*") if target.parent.is_dir() else ():
+        kind, _, owner = leftover.name[len(target.name) + 2 :].partition("-")
+        writer_host, _, pid = owner.rpartition("-")[0].rpartition("-")
+        mine = kind == "part" and writer_host == host and pid.isdigit()
+        if kind == "old" or (mine and not _process_alive(int(pid))):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def cache_complete(directory: Path) -> bool:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,41 @@ def test_a_cache_appears_complete_or_not_at_all_and_writers_do_not_mix(tmp_path:
     assert value(reader) == 1.0
     assert value(EmbeddingCache.open(target)) == 2.0
     assert sorted(p.name for p in target.parent.iterdir()) == ["aoi-1"]  # no staging or old copies left
+
+
+def test_a_new_writer_sweeps_what_crashed_writers_left(tmp_path: Path) -> None:
+    """Copies of a writer process that is gone (on this host) and replaced caches a move did not delete are
+    removed when the AOI's cache is next written; a live writer's copy and another host's are kept."""
+    import socket
+    import subprocess
+    import sys
+
+    from affine import Affine
+
+    target = tmp_path / "embeddings" / "aoi-1"
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True
+    )
+    dead, host = int(finished.stdout), socket.gethostname()
+    left = {
+        f".aoi-1.part-{host}-{dead}-0badc0de": False,
+        ".aoi-1.old-0badc0de": False,
+        f".aoi-1.part-{host}-{os.getpid()}-0badc0de": True,  # this test's process: alive
+        f".aoi-1.part-other-host-{dead}-0badc0de": True,  # a pod sharing the volume: its writer may be alive
+        ".aoi-10.old-0badc0de": True,  # another AOI's
+    }
+    for name in left:
+        (target.parent / name).mkdir(parents=True)
+        (target.parent / name / "array.npy").write_bytes(b"partial")
+    cache = EmbeddingCache.create(
+        target,
+        crs="EPSG:32618",
+        transform=Affine(1, 0, 0, 0, -1, 0),
+        height=2,
+        width=2,
+        channels=1,
+        backbone_digest="x",
+    )
+    assert {name: (target.parent / name).exists() for name in left} == left
+    cache.flush()
+    assert target.exists()
