@@ -7,7 +7,7 @@ Input normalisation lives inside the model, and a saved model carries its own de
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,11 +140,26 @@ class LandcoverModel(nn.Module):
         return (x.float() / 255.0 - self.mean) / self.std
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        learned = self.backbone(self.normalise(x))
-        if not len(self.extras):
-            return learned
+        groups = self.embed_groups(x)
+        return next(iter(groups.values())) if len(groups) == 1 else torch.cat(list(groups.values()), dim=1)
+
+    def embed_groups(self, x: torch.Tensor, skip: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
+        """Each feature group's channels, in embedding order, without the groups in `skip`."""
+        groups = {} if "backbone" in skip else {"backbone": self.backbone(self.normalise(x))}
         scaled = x.float() / 255.0
-        return torch.cat([learned, *(extra(scaled) for extra in self.extras)], dim=1)
+        for name, extra in zip(self.spec.features, self.extras, strict=True):
+            if name not in skip:
+                groups[name] = extra(scaled)
+        return groups
+
+    def group_logits(self, groups: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """A linear head's logits as the sum of each group's share: no concatenated embedding is needed, and a
+        group the head does not read (absent from `groups`) costs nothing."""
+        logits = self.head.bias.view(1, -1, 1, 1)
+        for name, features in groups.items():
+            lo, hi = self.channel_groups[name]
+            logits = logits + nn.functional.conv2d(features, self.head.weight[:, lo:hi])
+        return logits
 
     @property
     def receptive_field(self) -> int | None:
@@ -158,26 +173,13 @@ class LandcoverModel(nn.Module):
         return math.lcm(*(int(getattr(m, "multiple", 1)) for m in (self.backbone, *self.extras)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        unused = self._unused_groups()
-        if not unused:
+        if self.training or not isinstance(self.head, nn.Conv2d):
             return self.head(self.embed(x))
-
         # A linear head with no weight on some groups skips computing them: a starter's zero-padded head never
         # reads the extra groups, and its zero-shot head never reads the learned backbone (the U-Net is ~half a
-        # wide embedding's cost). The logits are the sum of each used group's share, so the full embedding is
-        # never concatenated either (on CPU that copy cost as much as the ImageNet features).
-        def share(name: str, features: torch.Tensor) -> torch.Tensor:
-            lo, hi = self.channel_groups[name]
-            return nn.functional.conv2d(features, self.head.weight[:, lo:hi])
-
-        logits = self.head.bias.view(1, -1, 1, 1)
-        if "backbone" not in unused:
-            logits = logits + share("backbone", self.backbone(self.normalise(x)))
-        scaled = x.float() / 255.0
-        for name, extra in zip(self.spec.features, self.extras, strict=True):
-            if name not in unused:
-                logits = logits + share(name, extra(scaled))
-        return logits
+        # wide embedding's cost). The logits are the sum of each group's share, so the full embedding is never
+        # concatenated either (on CPU that copy cost as much as the ImageNet features).
+        return self.group_logits(self.embed_groups(x, skip=frozenset(self._unused_groups())))
 
     def _unused_groups(self) -> set[str]:
         """Groups a linear head gives no weight (never all of them: an all-zero head still reads the backbone)."""
