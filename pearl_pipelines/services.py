@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,14 @@ def venv_bin(name: str) -> str:
 def _reset_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.setpgrp()
+
+
+def _unwind_on_sigterm() -> None:
+    """SIGTERM to a process that started services unwinds it like Ctrl-C, so its `with` blocks and exit stacks
+    stop them: each service has its own process group, which the signal would not reach (a killed bench used to
+    leave MLflow, Dagster and the STAC API running). A handler the program installed itself is kept."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
 
 class Service:
@@ -60,6 +69,7 @@ class Service:
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        _unwind_on_sigterm()
         self.process = subprocess.Popen(
             self.cmd,
             cwd=self.cwd,
