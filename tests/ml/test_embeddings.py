@@ -93,20 +93,11 @@ def test_head_shape_is_checked(cached, tmp_path: Path) -> None:
 
 def test_a_cache_appears_complete_or_not_at_all_and_writers_do_not_mix(tmp_path: Path) -> None:
     """The review app and the Dagster loop share AOI caches: two writers of one AOI, and a reader meanwhile."""
-    from affine import Affine
 
     target = tmp_path / "embeddings" / "aoi-1"
 
     def start(value: float) -> EmbeddingCache:
-        cache = EmbeddingCache.create(
-            target,
-            crs="EPSG:32618",
-            transform=Affine(1, 0, 0, 0, -1, 0),
-            height=4,
-            width=5,
-            channels=3,
-            backbone_digest="bb-test",
-        )
+        cache = _new_cache(target, (4, 5, 3))
         cache.write_block(0, 0, torch.full((4, 5, 3), value))
         return cache
 
@@ -131,8 +122,6 @@ def test_a_new_writer_sweeps_what_crashed_writers_left(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from affine import Affine
-
     target = tmp_path / "embeddings" / "aoi-1"
     finished = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True
@@ -148,15 +137,22 @@ def test_a_new_writer_sweeps_what_crashed_writers_left(tmp_path: Path) -> None:
     for name in left:
         (target.parent / name).mkdir(parents=True)
         (target.parent / name / "array.npy").write_bytes(b"partial")
-    cache = EmbeddingCache.create(
-        target,
-        crs="EPSG:32618",
-        transform=Affine(1, 0, 0, 0, -1, 0),
-        height=2,
-        width=2,
-        channels=1,
-        backbone_digest="x",
-    )
+    cache = _new_cache(target, (2, 2, 1))
     assert {name: (target.parent / name).exists() for name in left} == left
     cache.flush()
     assert target.exists()
+
+
+def _new_cache(target: Path, shape: tuple[int, int, int]) -> EmbeddingCache:
+    from affine import Affine
+
+    height, width, channels = shape
+    return EmbeddingCache.create(
+        target,
+        crs="EPSG:32618",
+        transform=Affine(1, 0, 0, 0, -1, 0),
+        height=height,
+        width=width,
+        channels=channels,
+        backbone_digest="bb-test",
+    )
