@@ -49,8 +49,11 @@ def test_sigterm_to_a_process_that_started_a_service_stops_the_service(tmp_path:
     script.write_text(
         textwrap.dedent(
             """
-            import sys, time
+            import signal, sys, time
             from pearl_pipelines.services import Service
+            # SIGTERM at its default, as a shell starts a program (pytest's process may ignore it by now, and an
+            # ignored signal stays ignored across exec: then the services leave it ignored too, as they should).
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             port = int(sys.argv[1])
             cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
             with Service("http", cmd, f"http://127.0.0.1:{port}/") as service:
