@@ -51,9 +51,11 @@ def test_sigterm_to_a_process_that_started_a_service_stops_the_service(tmp_path:
             """
             import signal, sys, time
             from pearl_pipelines.services import Service
-            # SIGTERM at its default, as a shell starts a program (pytest's process may ignore it by now, and an
-            # ignored signal stays ignored across exec: then the services leave it ignored too, as they should).
+            # SIGTERM at its default and deliverable, as a shell starts a program: an ignored or blocked signal
+            # stays so across fork and exec, and after a few hundred tests pytest's process may have either (the
+            # services rightly leave an ignored SIGTERM alone).
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             port = int(sys.argv[1])
             cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
             with Service("http", cmd, f"http://127.0.0.1:{port}/") as service:
