@@ -29,7 +29,6 @@ from rasterio.warp import transform_geom
 from rasterio.windows import Window
 from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
-from torch import nn
 from tqdm.auto import tqdm
 
 from pearl_pipelines.ml.embeddings import EmbeddingCache, backbone_digest
@@ -218,13 +217,10 @@ def _check_imagery(dataset: Any, model: LandcoverModel, tiling: Tiling) -> None:
 
 
 def _embed_and_classify(net: LandcoverModel) -> Forward:
-    """Embeddings and logits in one (B, C + K, H, W) output, so the map is the fused path's, bit for bit (a linear
-    head's logits are summed per group as in `LandcoverModel.forward`; the groups are concatenated once)."""
+    """Embeddings and logits in one (B, C + K, H, W) output, so the map is the fused path's, bit for bit (the logits
+    come from the groups as in `LandcoverModel.forward`; the groups are concatenated once)."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(net.head, nn.Conv2d):
-            embedding = net.embed(x)
-            return torch.cat([embedding, net.head(embedding)], dim=1)
         groups = net.embed_groups(x)
         return torch.cat([*groups.values(), net.group_logits(groups)], dim=1)
 

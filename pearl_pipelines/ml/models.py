@@ -153,9 +153,13 @@ class LandcoverModel(nn.Module):
         return groups
 
     def group_logits(self, groups: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """A linear head's logits as the sum of each group's share: no concatenated embedding is needed, and a
-        group the head does not read (absent from `groups`) costs nothing."""
-        logits = self.head.bias.view(1, -1, 1, 1)
+        """The head's logits from each group's features. A linear head's are the sum of each group's share: no
+        concatenated embedding is needed, and a group it does not read (absent from `groups`) costs nothing; any
+        other head reads the whole embedding."""
+        if not isinstance(self.head, nn.Conv2d):
+            return self.head(torch.cat(list(groups.values()), dim=1))
+        bias = self.head.bias
+        logits = torch.zeros(()) if bias is None else bias.view(1, -1, 1, 1)
         for name, features in groups.items():
             lo, hi = self.channel_groups[name]
             logits = logits + nn.functional.conv2d(features, self.head.weight[:, lo:hi])
@@ -173,7 +177,7 @@ class LandcoverModel(nn.Module):
         return math.lcm(*(int(getattr(m, "multiple", 1)) for m in (self.backbone, *self.extras)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or not isinstance(self.head, nn.Conv2d):
+        if self.training:  # every group is computed, so a zero-initialised group still gets its gradient
             return self.head(self.embed(x))
         # A linear head with no weight on some groups skips computing them: a starter's zero-padded head never
         # reads the extra groups, and its zero-shot head never reads the learned backbone (the U-Net is ~half a
@@ -183,8 +187,8 @@ class LandcoverModel(nn.Module):
 
     def _unused_groups(self) -> set[str]:
         """Groups a linear head gives no weight (never all of them: an all-zero head still reads the backbone)."""
-        if self.training or not isinstance(self.head, nn.Conv2d):
-            return set()  # training computes every group, so a zero-initialised group still gets its gradient
+        if not isinstance(self.head, nn.Conv2d):
+            return set()
         weight = self.head.weight
         unused = {name for name, (lo, hi) in self.channel_groups.items() if not weight[:, lo:hi].any()}
         return unused - {"backbone"} if unused == set(self.channel_groups) else unused
