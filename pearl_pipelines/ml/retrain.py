@@ -203,9 +203,9 @@ def retrain(
     reference = _reference_pixels(caches, options.seed) if prior is not None else None
 
     xy_replay = np.full((len(y_replay), 2), np.nan)  # replay samples come from elsewhere: no position here
-    fitted_prior_scale = [1.0]
 
-    def fit(train: np.ndarray | slice, choice: Choice) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    def fit(train: np.ndarray | slice, choice: Choice) -> Fitted:
+        """The head on `train`'s labels, and the scale a centred fit gave the prior (None when not centred)."""
         scale, centred = choice
         keep = slice(None) if scale > 0 else slice(0)  # scale 0: no replay at all
         x_train = np.concatenate([x_user[train], x_replay[keep]])
@@ -216,14 +216,13 @@ def retrain(
             weight, bias, prior_scale = strategy.fit_centred(
                 x_train, y_train, prior, sample_weight=w_train, channel_groups=channel_groups, reference=reference
             )
-            fitted_prior_scale[0] = prior_scale  # the last fit is the version's (folds come first)
-            return weight, bias, {}
+            return weight, bias, {}, prior_scale
         if len(np.unique(y_train)) < 2:  # a fold with one class and no replay can only predict that class
             weight = np.zeros((len(schema), x_user.shape[1]), np.float32)
             bias = np.full(len(schema), UNLEARNED_BIAS, np.float32)
             bias[y_train[0]] = 0.0
-            return weight, bias, {}
-        return strategy.fit(
+            return weight, bias, {}, None
+        head = strategy.fit(
             x_train,
             y_train,
             len(schema),
@@ -232,10 +231,12 @@ def retrain(
             channel_groups=channel_groups,
             xy=np.concatenate([xy_user[train], xy_replay[keep]]),
         )
+        return *head, None
 
     def cross_validate(choice: Choice) -> tuple[np.ndarray, list[str]]:
         def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
-            return np.argmax(head_logits(*fit(train, choice), x_user[test], xy_user[test]), axis=1)
+            weight, bias, extra, _ = fit(train, choice)
+            return np.argmax(head_logits(weight, bias, extra, x_user[test], xy_user[test]), axis=1)
 
         return grouped_cross_val_predict(y_user, groups, fit_predict, n_splits=options.cv_folds, seed=options.seed)
 
@@ -244,7 +245,7 @@ def retrain(
     choices = [(s, c) for c in centring for s in scales]
     folds = {c: cross_validate(c) for c in choices} if options.evaluate or len(choices) > 1 else {}
     (scale, centred), replay_cv = _choose(y_user, folds, choices)
-    weight, bias, head_extra = fit(slice(None), (scale, centred))
+    weight, bias, head_extra, prior_scale = fit(slice(None), (scale, centred))
     y_all = np.concatenate([y_user, y_replay if scale > 0 else y_replay[:0]])
     learned = set(y_all.tolist()) | (set(range(len(replay.class_names))) if centred and replay else set())
 
@@ -257,7 +258,7 @@ def retrain(
         "replay_cv_accuracy": replay_cv,
         "prior_centred": centred,
         # How far the labels trust the prior's logits (centred fits; 1 = as registered).
-        "prior_scale": round(fitted_prior_scale[0], 4) if centred else None,
+        "prior_scale": None if prior_scale is None else round(prior_scale, 4),
         "labels_outside_area": outside,
         "new_classes": [n for n in schema.names if n not in parent.schema.names],
         # A centred fit keeps what the prior knows of classes nobody labelled.
@@ -290,6 +291,7 @@ def retrain(
 
 Prior = tuple[np.ndarray, np.ndarray]  # (K, C) weight, (K,) bias of the starter's zero-shot head
 Choice = tuple[float, bool]  # replay scale, centred on the prior
+Fitted = tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], float | None]  # head (ml/heads.py), prior's scale
 
 
 def _prior(
