@@ -78,6 +78,17 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call the API from a browser; none by default"
     )
+    # Host names the app answers to (DNS rebinding: a foreign page's name resolved to 127.0.0.1 must get nothing).
+    # Empty: loopback names only in local mode; any host in oidc mode (set it to the public name behind an ingress).
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host header values served, e.g. pearl.example.org; see security.py"
+    )
+    # Per-user quotas: what one signed-in user can make the server store and hold in memory.
+    quota_projects: int = Field(default=20, ge=1, description="projects a user may own")
+    quota_aois: int = Field(default=50, ge=1, description="AOIs per project")
+    quota_bytes: int = Field(
+        default=20 << 30, ge=1 << 20, description="disk bytes of the projects a user owns (layers, caches, versions)"
+    )
 
     # Compute precision of training: auto = bfloat16 only where a timed probe finds it natively faster.
     precision: Literal["auto", "fp32", "bf16"] = "auto"

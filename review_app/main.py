@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, WebSocketException
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -23,7 +23,7 @@ from review_app.container import ReviewServices
 from review_app.errors import add_exception_handlers
 from review_app.routers import accounts, aois, labels, models, projects, ws
 from review_app.schemas import COMMON_ERRORS
-from review_app.security import add_security
+from review_app.security import add_security, allowed_hosts
 from review_app.tiles import TileCacheMiddleware, mount_tiles
 
 log = logging.getLogger(__name__)
@@ -58,14 +58,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "are pushed on the websocket `/api/projects/{id}/ws`."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served by _mount_frontend from this origin: FastAPI's page loads Swagger UI from a CDN
+        redoc_url=None,
     )
     add_exception_handlers(app)
+    app.add_exception_handler(WebSocketException, ws.close_with_code)
     limits = settings or get_settings()
     app.add_middleware(AuditMiddleware)
     add_security(
         app,
         max_body_bytes=limits.max_body_bytes,
         cors_origins=limits.cors_origins,
+        hosts=allowed_hosts(limits.allowed_hosts, local=limits.auth_mode == "local"),
         oidc_issuer=limits.oidc_issuer if limits.auth_mode == "oidc" else None,
     )
     app.add_middleware(TileCacheMiddleware)
@@ -84,6 +88,12 @@ def _mount_frontend(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False, response_model=None)
     def index() -> FileResponse | HTMLResponse:
         page = DIST / "index.html"
+        return FileResponse(page, headers={"Cache-Control": "no-cache"}) if page.is_file() else HTMLResponse(NOT_BUILT)
+
+    @app.get("/docs", include_in_schema=False, response_model=None)
+    def docs() -> FileResponse | HTMLResponse:
+        """Swagger UI over /openapi.json, its files bundled by `make install` (the CSP allows no CDN)."""
+        page = DIST / "swagger" / "docs.html"
         return FileResponse(page, headers={"Cache-Control": "no-cache"}) if page.is_file() else HTMLResponse(NOT_BUILT)
 
     @app.get("/healthz", include_in_schema=False)

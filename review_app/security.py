@@ -6,7 +6,6 @@ Pure ASGI middleware (no BaseHTTPMiddleware), so websocket and streaming respons
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -14,6 +13,8 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, HTTPException
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from review_app import log_redaction
 
 
 # The front-end is one bundle served from here; MapLibre draws from blob: workers and data:/blob: images,
@@ -115,7 +116,96 @@ class BodySizeLimitMiddleware:
         await self.app(scope, counted, send)
 
 
-def add_security(app: FastAPI, *, max_body_bytes: int, cors_origins: list[str], oidc_issuer: str | None = None) -> None:
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "testserver")  # testserver: Starlette's TestClient
+
+
+def _host_name(host_header: str) -> str:
+    """The name part of a Host header or an origin's netloc: `[::1]:8000` -> `::1`, `a.example:80` -> `a.example`."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class RequestPolicyMiddleware:
+    """What a browser on another site must not be able to do to the app (CSRF, DNS rebinding):
+
+    - Host: only the names the app is served under (403 otherwise): a rebinding page's own name, resolved to
+      127.0.0.1, is refused before any route runs;
+    - Origin: a write (POST/PUT/PATCH/DELETE) or a websocket handshake whose Origin is neither the app's own nor
+      one of PEARL_CORS_ORIGINS is refused (403); so is `Sec-Fetch-Site: cross-site`. Clients that are not
+      browsers send no Origin and are not affected;
+    - Content-Type: a write that carries a content type must say application/json (415): a cross-site HTML form
+      (urlencoded, multipart, text/plain), which browsers send without asking, never reaches a route.
+    """
+
+    def __init__(self, app: ASGIApp, *, allowed_hosts: Sequence[str], cors_origins: Sequence[str]) -> None:
+        self.app = app
+        self.any_host = "*" in allowed_hosts
+        self.hosts = {_host_name(h) for h in allowed_hosts}
+        self.origins = {o.rstrip("/").lower() for o in cors_origins}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        problem = self.refusal(scope)
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        status, message = problem
+        if scope["type"] == "websocket":  # before accept: the server answers the handshake with HTTP 403
+            await send({"type": "websocket.close", "code": 4403, "reason": message[:120]})
+            return
+        body = json.dumps({"detail": message}).encode()
+        await send(
+            {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def refusal(self, scope: Scope) -> tuple[int, str] | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        host = headers.get("host", "")
+        probe = scope.get("path") == "/healthz"  # Kubernetes probes call the pod by its IP
+        if not (self.any_host or probe) and _host_name(host) not in self.hosts:
+            return 403, "this server does not answer to that host name; see PEARL_ALLOWED_HOSTS"
+        write = scope["type"] == "websocket" or scope.get("method", "GET") in WRITE_METHODS
+        if not write:
+            return None
+        origin = headers.get("origin")
+        if origin is not None and not self._same_site(origin, host):
+            return 403, "cross-origin request refused: call the API from the app's own page or PEARL_CORS_ORIGINS"
+        if headers.get("sec-fetch-site") == "cross-site" and origin is None:
+            return 403, "cross-site request refused"
+        kind = headers.get("content-type")
+        if scope["type"] == "http" and kind is not None and kind.split(";")[0].strip().lower() != "application/json":
+            return 415, f"writes take Content-Type: application/json, not {kind.split(';')[0].strip()[:60]!r}"
+        return None
+
+    def _same_site(self, origin: str, host: str) -> bool:
+        origin = origin.rstrip("/").lower()
+        if origin in self.origins:
+            return True
+        netloc = urlsplit(origin).netloc if "://" in origin else ""
+        return bool(netloc) and netloc == host.strip().lower()
+
+
+def allowed_hosts(configured: Sequence[str], *, local: bool) -> list[str]:
+    """The Host names served: the configured ones, else loopback only in local mode and any in oidc mode."""
+    if configured:
+        return [*configured, *(LOOPBACK_HOSTS if local else ())]
+    return list(LOOPBACK_HOSTS) if local else ["*"]
+
+
+def add_security(
+    app: FastAPI,
+    *,
+    max_body_bytes: int,
+    cors_origins: list[str],
+    hosts: Sequence[str] = ("*",),
+    oidc_issuer: str | None = None,
+) -> None:
     """CORS stays closed (no Access-Control-* headers: browsers refuse cross-origin calls) unless origins are set.
     With an OIDC issuer (oidc mode), the page may also fetch from the issuer's origin (its sign-in)."""
     if cors_origins:
@@ -126,24 +216,9 @@ def add_security(app: FastAPI, *, max_body_bytes: int, cors_origins: list[str], 
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(RequestPolicyMiddleware, allowed_hosts=hosts, cors_origins=cors_origins)
     headers = dict(SECURITY_HEADERS)
     if oidc_issuer:
         headers[b"content-security-policy"] = content_security_policy([issuer_origin(oidc_issuer)]).encode()
     app.add_middleware(SecurityHeadersMiddleware, headers=headers)
-    access_log = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, TokenRedaction) for f in access_log.filters):
-        access_log.addFilter(TokenRedaction())
-
-
-class TokenRedaction(logging.Filter):
-    """Tiles and the websocket carry the bearer token as `access_token=` (a browser cannot set headers there):
-    the server's access log shows the path without it."""
-
-    PATTERN = re.compile(r"(access_token=)[^&\s]+")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(self.PATTERN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
-        elif isinstance(record.msg, str):
-            record.msg = self.PATTERN.sub(r"\1***", record.msg)
-        return True
+    log_redaction.install()  # tokens in tile and websocket URLs never reach a log line

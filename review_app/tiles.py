@@ -39,6 +39,7 @@ MAX_PADDING = 64
 # level (z8 7 s, z6 31 s, z0 hours on the 1.2 km test mosaic): one request would pin a worker thread. The map
 # asks for z11+ (imagery) and z12+ (predictions); lower tiles answer the uniform 404.
 MIN_ZOOM = 10
+MAX_ZOOM = 24  # WebMercatorQuad's deepest level (~1 cm per pixel)
 TMS = morecantile.TileMatrixSets({"WebMercatorQuad": morecantile.tms.get("WebMercatorQuad")})
 
 
@@ -66,8 +67,8 @@ IdParam = Annotated[str, PathParam(description="numeric id")]
 
 
 def imagery_path(request: Request, project_id: IdParam) -> str:
-    """Project id -> the project's imagery mosaic COG."""
-    return _file(_services(request).states.paths(_id(project_id)).imagery)
+    """Project id -> the project's imagery mosaic COG (shared by the projects of one imagery source)."""
+    return _file(_services(request).states.imagery_path(_id(project_id)))
 
 
 def classes_path(request: Request, project_id: IdParam, aoi_id: IdParam, version: IdParam) -> str:
@@ -109,6 +110,14 @@ def limit_tilesize(tilesize: Annotated[int | None, Query(gt=0, le=MAX_TILESIZE)]
     """A 100000-pixel tile is a denial of service, not a map tile."""
 
 
+def limit_zoom(request: Request) -> None:
+    """Zooms past the grid's deepest level are the uniform 404: morecantile would extrapolate levels up to an
+    overflow (z=69019540 raised in the route and logged a traceback), and no raster here is that fine."""
+    z = str(request.path_params.get("z", "0"))
+    if not z.isdigit() or int(z) > MAX_ZOOM:
+        raise _not_found()
+
+
 @dataclass
 class BoundedTileParams(DefaultDependency):
     """titiler's TileParams with limits: the rendered tile is at most MAX_TILESIZE + 2 * MAX_BUFFER pixels a side."""
@@ -121,6 +130,16 @@ class BoundedTileParams(DefaultDependency):
         int | None,
         Query(gt=0, le=MAX_PADDING, description="Pixels read around the tile edge to reduce resampling artefacts."),
     ] = None
+
+
+@dataclass
+class TrueColorBidx(BidxParams):
+    """The imagery layer's bands: true colour (1, 2, 3) unless `bidx` says otherwise. All four RGBN bands plus the
+    mask make five, which no PNG or JPEG can hold (a plain `.png` of the imagery was a 404)."""
+
+    def __post_init__(self) -> None:
+        if not self.indexes:
+            self.indexes = [1, 2, 3]
 
 
 @attr.s
@@ -149,16 +168,18 @@ class IdTilerFactory(TilerFactory):
         self.tilejson()
 
 
-def _factory(prefix: str, path_dependency: Any, colormap_dependency: Any | None = None) -> IdTilerFactory:
+def _factory(
+    prefix: str, path_dependency: Any, colormap_dependency: Any | None = None, layer_dependency: Any = BidxParams
+) -> IdTilerFactory:
     kwargs: dict[str, Any] = {}
     if colormap_dependency is not None:
         kwargs["colormap_dependency"] = colormap_dependency
     return IdTilerFactory(
-        router=APIRouter(dependencies=[Depends(limit_tilesize)]),
+        router=APIRouter(dependencies=[Depends(limit_tilesize), Depends(limit_zoom)]),
         router_prefix=prefix,
         reader=GTiffReader,
         path_dependency=path_dependency,
-        layer_dependency=BidxParams,
+        layer_dependency=layer_dependency,
         tile_dependency=BoundedTileParams,
         process_dependency=lambda: None,
         supported_tms=TMS,
@@ -181,11 +202,12 @@ def mount_tiles(app: FastAPI) -> None:
         ),
     ]
     for prefix, path_dependency, colormap, tag in layers:
+        bands = TrueColorBidx if prefix.startswith("/tiles/imagery/") else BidxParams
         errors: dict[int | str, dict[str, Any]] = {
             code: COMMON_ERRORS[code] for code in (401, 404, 422, 429)
         }  # tiles: a uniform 404 for the rest
         app.include_router(
-            _factory(prefix, path_dependency, colormap).router, prefix=prefix, tags=[tag], responses=errors
+            _factory(prefix, path_dependency, colormap, bands).router, prefix=prefix, tags=[tag], responses=errors
         )
 
 

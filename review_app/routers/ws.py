@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect, WebSocketException
+from starlette.websockets import WebSocketState
 
 from review_app.container import ReviewServices
 from review_app.deps import ProjectId
@@ -23,8 +24,7 @@ async def project_events(websocket: WebSocket, project_id: ProjectId) -> None:
     try:
         services.projects.get(project_id)
     except KeyError:
-        await websocket.close(code=4404, reason=f"no project {project_id}")
-        return
+        raise WebSocketException(code=4404, reason=f"no project {project_id}") from None
     await websocket.accept()
     queue = services.hub.subscribe(project_id)
     jobs = [j.out().model_dump(mode="json") for j in services.runner.active(project_id)]
@@ -50,6 +50,16 @@ async def project_events(websocket: WebSocket, project_id: ProjectId) -> None:
         receiver.cancel()
         with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
             await receiver
+
+
+async def close_with_code(websocket: WebSocket, exc: Exception) -> None:
+    """A refused websocket is accepted, then closed with its 4xxx code and reason (4401 not signed in, 4403 no
+    role, 4404 unknown project): a close before accept would reach the browser as a bare HTTP 403 handshake, and
+    the page could not tell an expired token (renew, retry) from a refusal (stop)."""
+    assert isinstance(exc, WebSocketException)
+    if websocket.client_state == WebSocketState.CONNECTING:
+        await websocket.accept()
+    await websocket.close(code=exc.code, reason=exc.reason or "")
 
 
 async def _drain(websocket: WebSocket) -> None:

@@ -31,6 +31,11 @@ export function connect(): void {
   socket.onclose = (event) => {
     state.wsConnected = false;
     emit("ws");
+    if (event.code === 4403 || event.code === 4404) {
+      // Refused for good (no role, or no such project for this user): retrying cannot help.
+      toast(`Live updates refused: ${event.reason || "no access to this project"}`, "error", 10000);
+      return;
+    }
     if (event.code === 4401) void renew(); // not signed in (an expired token): the next try takes a new one
     setTimeout(connect, retryMs);
     retryMs = Math.min(retryMs * 2, 8000);
