@@ -158,11 +158,11 @@ class ReviewPaths:
     """The files behind the review app's ids (the plain titiler gets them as `url=`)."""
 
     def __init__(self, home: Path, aoi_id: int, version: int) -> None:
-        from review_app.workspace import ProjectPaths
+        from review_app.workspace import StateStore
 
-        paths = ProjectPaths.of(home, 1)
-        self.imagery = paths.imagery
-        self.classes = paths.classes_path(aoi_id, version)
+        states = StateStore(home)
+        self.imagery = states.imagery_path(1)
+        self.classes = states.paths(1).classes_path(aoi_id, version)
 
 
 if __name__ == "__main__":

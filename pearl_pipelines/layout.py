@@ -11,6 +11,7 @@ Free of heavy imports on purpose: the worker, the Dagster resources and the revi
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -18,6 +19,8 @@ TILE_IMAGE = "image.tif"
 CLASSES_FILE = "classes.tif"
 CONFIDENCE_FILE = "confidence.tif"
 PREDICTION_META = "prediction.json"
+IMAGERY_MOSAIC = "mosaic.tif"
+IMAGERY_DIGEST = re.compile(r"[0-9a-f]{64}")  # sha256 (hex) of an imagery source's canonical JSON
 
 
 def tile_key_parts(key: str) -> tuple[str, str, str]:
@@ -119,6 +122,16 @@ class Layout:
     def project(self, project_id: int) -> ProjectPaths:
         return ProjectPaths(self, f"review/projects/{int(project_id)}")
 
+    shared_imagery_dir = "review/imagery"  # mosaics shared by every project with the same imagery source
+
+    @classmethod
+    def shared_imagery(cls, digest: str) -> str:
+        """The imagery mosaic of every review project whose imagery source has this digest (review_app.imagery's
+        `source_digest`: sha256 of the source's canonical JSON), built once for all of them."""
+        if not IMAGERY_DIGEST.fullmatch(digest):
+            raise ValueError(f"imagery digest {digest!r} is not a sha256 hex digest")
+        return f"{cls.shared_imagery_dir}/{digest}/{IMAGERY_MOSAIC}"
+
 
 @dataclass(frozen=True)
 class ProjectPaths:
@@ -141,7 +154,13 @@ class ProjectPaths:
 
     @property
     def imagery(self) -> Path:
-        return self._path("imagery", "mosaic.tif")
+        """The project's own imagery mosaic: where projects made before shared mosaics keep theirs."""
+        return self._path("imagery", IMAGERY_MOSAIC)
+
+    def imagery_mosaic(self, digest: str | None) -> Path:
+        """The mosaic the project reads: the shared one of its source's digest, or (None) its own `imagery`.
+        The one place a project's imagery path is decided (review_app.workspace.ProjectWorkspace.imagery_path)."""
+        return self.imagery if digest is None else self.layout.path(Layout.shared_imagery(digest))
 
     def aoi_dir(self, aoi_id: int) -> Path:
         return self._path("aois", int(aoi_id))

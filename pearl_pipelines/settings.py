@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pearl_pipelines.layout import Layout
@@ -15,6 +17,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 DEFAULT_AUTH_SECRET = "local-only-not-a-secret"
+DEFAULT_STAC_API = "default"  # the id of the configured default STAC API (resolved_stac_url)
+STAC_API_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # what a STAC API id may look like
 
 
 class Settings(BaseSettings):
@@ -32,6 +36,17 @@ class Settings(BaseSettings):
     stac_collection: str | None = Field(default=None, description="Collection to search; default per source")
     stac_port: int = 7822
     planetary_computer_url: str = "https://planetarycomputer.microsoft.com/api/stac/v1"
+    # The STAC APIs review projects may search, by id: a project names an id (`api`), never a URL, and the server
+    # sends requests to these APIs' hosts only (pearl_pipelines.geo.stac). `resolved_stac_apis` is the whole list.
+    stac_apis: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "More STAC APIs for review projects, id -> API root URL (http or https), e.g. "
+            'PEARL_STAC_APIS=\'{"naip-pc": "https://planetarycomputer.microsoft.com/api/stac/v1"}\'. '
+            "The id `default` is always the configured default API (PEARL_STAC_URL, else the one of "
+            "PEARL_STAC_SOURCE) and cannot be set here; ids are 1-64 letters, digits, `_`, `.` or `-`"
+        ),
+    )
 
     # Tile grid: morecantile TMS id and zoom of the tile keys (z15 of WebMercatorQuad ~ 0.9 km at 39N).
     tms: str = "WebMercatorQuad"
@@ -54,6 +69,9 @@ class Settings(BaseSettings):
     review_host: str = "127.0.0.1"
     review_port: int = 8000
     live_aoi_max_km2: float = Field(default=25.0, gt=0, description="Largest AOI for live inference/retraining")
+    # Base models the review app keeps in memory (least recently used first out, reloaded on demand); projects on
+    # the same registered base version share one.
+    model_cache_size: int = Field(default=4, ge=1, description="Base models kept loaded by the review app (LRU)")
     # Who may call the review app. local: one local user, signed in automatically, loopback only (`make demo`).
     # oidc: OpenID Connect bearer tokens of `oidc_issuer` for `oidc_audience`, or personal API tokens.
     auth_mode: Literal["local", "oidc"] = "local"
@@ -131,6 +149,24 @@ class Settings(BaseSettings):
         if self.stac_source == "planetary-computer":
             return self.planetary_computer_url
         return f"http://127.0.0.1:{self.stac_port}"
+
+    @property
+    def resolved_stac_apis(self) -> dict[str, str]:
+        """Every STAC API a project may search, by id: `default` (resolved_stac_url) and those of `stac_apis`."""
+        return {DEFAULT_STAC_API: self.resolved_stac_url, **self.stac_apis}
+
+    @field_validator("stac_apis")
+    @classmethod
+    def _check_stac_apis(cls, apis: dict[str, str]) -> dict[str, str]:
+        for api_id, url in apis.items():
+            if api_id == DEFAULT_STAC_API:
+                raise ValueError("the id 'default' is the default STAC API: set PEARL_STAC_URL for it")
+            if not STAC_API_ID.fullmatch(api_id):
+                raise ValueError(f"STAC API id {api_id!r}: use 1-64 letters, digits, '_', '.' or '-'")
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"STAC API {api_id!r}: the URL must be http(s)://host/...")
+        return apis
 
     @property
     def resolved_mlflow_uri(self) -> str:

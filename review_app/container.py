@@ -21,6 +21,7 @@ from review_app.services.model_cache import ModelCache
 from review_app.services.models import ModelService
 from review_app.services.project_imagery import ProjectImagery
 from review_app.services.projects import ProjectService
+from review_app.services.quotas import Quotas
 from review_app.services.version_store import VersionPublisher
 from review_app.workspace import StateStore
 
@@ -50,6 +51,7 @@ class ReviewServices:
         self.classes = ClassSchemas(store=store, hub=hub)
         self.model_cache = ModelCache(settings=settings, store=store, states=states, hub=hub)
         self.imagery = ProjectImagery(settings=settings, store=store, states=states, runner=runner)
+        self.quotas = Quotas(settings=settings, store=store, accounts=self.accounts, states=states)
         self.aois = AoiService(
             settings=settings,
             store=store,
@@ -57,6 +59,7 @@ class ReviewServices:
             classes=self.classes,
             model_cache=self.model_cache,
             runner=runner,
+            quotas=self.quotas,
         )
         self.labels = LabelService(store=store, classes=self.classes, aois=self.aois, hub=hub)
         self.models = ModelService(

@@ -10,6 +10,7 @@ from pearl_pipelines.labels.accounts import Accounts, User
 from pearl_pipelines.labels.store import ProjectRow
 from review_app.container import ReviewServices
 from review_app.jobs import JobRunner
+from review_app.schemas import MAX_ID  # one bound for every id, in paths, queries and bodies
 from review_app.services.aois import AoiService
 from review_app.services.classes import ClassSchemas
 from review_app.services.labels import LabelService
@@ -62,7 +63,6 @@ StatesDep = Annotated[StateStore, Depends(get_states)]  # the projects' session 
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]
 
 
-MAX_ID = 2**63 - 1  # the label store's integer ids (SQLite and PostgreSQL): a larger id can name nothing
 ProjectId = Annotated[int, Path(ge=1, le=MAX_ID, description="project id")]
 AoiId = Annotated[int, Path(ge=1, le=MAX_ID, description="AOI id")]
 LabelId = Annotated[int, Path(ge=1, le=MAX_ID, description="label id")]

@@ -31,7 +31,7 @@ from pearl_pipelines.ml.errors import RetrainError, SuggestionError
 from review_app.auth.guard import Forbidden
 from review_app.geometry import GeometryError
 from review_app.rate_limits import TooManyRequests
-from review_app.services.errors import Conflict
+from review_app.services.errors import Conflict, QuotaExceeded
 
 log = logging.getLogger(__name__)
 TILE_PREFIX = "/tiles/"
@@ -127,6 +127,7 @@ def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(KeyError, _not_found)
     app.add_exception_handler(Conflict, _conflict)
     app.add_exception_handler(Forbidden, _forbidden)
+    app.add_exception_handler(QuotaExceeded, _forbidden)  # names the quota and its setting
     app.add_exception_handler(TooManyRequests, _too_many)
     app.add_exception_handler(StacError, _unavailable)
     app.add_exception_handler(RasterioError, _raster)

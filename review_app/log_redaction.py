@@ -25,9 +25,12 @@ from urllib.parse import unquote
 REDACTED = "***"
 SECRET_PARAMS = frozenset({"access_token", "refresh_token", "id_token", "token", "client_secret"})
 # name=value inside a query string or a log line; the name may itself be percent-encoded.
-_PARAM = re.compile(r"(?P<name>[A-Za-z0-9%_.\-]+)(?P<eq>=|%3[Dd])(?P<value>[^\s&#\"'<>?=]+)")
-_JWT = r"eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"
-_SHAPES = re.compile(rf"{_JWT}|pearl_[A-Za-z0-9_\-]{{16,}}|(?i:bearer)\s+[A-Za-z0-9_\-.~+/=]{{8,}}")
+# Bounded repeats keep every pattern linear in the line's length: a log line is attacker-shaped (a 10 kB URL of
+# name characters cost ~1 s with unbounded ones). The name may not start inside a longer run of name characters.
+_PARAM = re.compile(r"(?<![A-Za-z0-9%_.\-])(?P<name>[A-Za-z0-9%_.\-]{1,64})(?P<eq>=|%3[Dd])(?P<value>[^\s&#\"'<>?=]+)")
+_B64 = r"(?<![A-Za-z0-9_\-])"  # a token starts where a run of base64url characters starts
+_JWT = rf"{_B64}eyJ[A-Za-z0-9_\-]++\.[A-Za-z0-9_\-]++\.[A-Za-z0-9_\-]*+"
+_SHAPES = re.compile(rf"{_JWT}|{_B64}pearl_[A-Za-z0-9_\-]{{16,}}+|(?i:bearer)\s++[A-Za-z0-9_\-.~+/=]{{8,}}+")
 _WORD = re.compile(r"\S+")
 
 

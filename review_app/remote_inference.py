@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pearl_pipelines.ml.models import MODEL_FILE
+from pearl_pipelines.ml.base_model import project_base_file
 from pearl_pipelines.ml.versions import VERSION_FILE, ModelVersion
 from pearl_pipelines.settings import Settings
 from review_app.workspace import ProjectWorkspace
@@ -76,9 +76,9 @@ def predict_aoi(
 
     key = settings.layout.key  # worker paths are keys under PEARL_HOME (a pod mounts it elsewhere)
     extras = {
-        "base_model": key(ws.paths.base_model_dir / MODEL_FILE),
+        "base_model": key(project_base_file(settings, ws.paths.base_model_dir)),  # the copy it maps with
         "version_dir": key(version_folder(ws, version)),
-        "imagery": key(ws.paths.imagery),
+        "imagery": key(ws.imagery_path()),
         "aoi": dict(geometry),
         "out_dir": key(out_dir),
         "embeddings_dir": key(embeddings_dir),

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
+import sys
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from pearl_pipelines.classes import ClassSchema
+from pearl_pipelines.labels.accounts import MAX_TOKEN_DAYS
+from pearl_pipelines.labels.store import MAX_ID, text_problem
+from pearl_pipelines.ml.refs import ACCEPTED_FORMS, REGISTERED_REF, parse_registered_ref
 
 DEFAULT_BASE_MODEL = "models:/pearl-starter-chesapeake9@starter"
 
@@ -19,16 +24,62 @@ def _as_utc(value: dt.datetime) -> dt.datetime:
 
 UtcDatetime = Annotated[dt.datetime, AfterValidator(_as_utc)]
 
+# -- the rules every request body follows (the stores check the same again before they write) --------------------
+# MAX_ID: the label store's ids are INTEGER columns, 32-bit on PostgreSQL: a larger id names nothing on either store.
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]  # every id in a request body: out of range is a 422, never an overflow
+
+# One line of plain text: no control characters (C0, DEL, C1) and no lone surrogates, the rule of the label store's
+# `text_problem`. The pattern documents it in the OpenAPI schema (surrogates are left out of it: a JavaScript
+# regex without the u flag would refuse every emoji); the validator enforces it with a message that names the
+# character and its position.
+PLAIN_TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+
+
+def _plain_text(value: str) -> str:
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+PlainText = Annotated[
+    str,
+    AfterValidator(_plain_text),
+    Field(json_schema_extra={"pattern": PLAIN_TEXT_PATTERN}),
+]
+
+
+def _finite_coordinates(value: dict[str, Any]) -> dict[str, Any]:
+    """Every number in `coordinates` must be a finite float: JSON integers have no bound (10**400 overflows the
+    float conversion of shapely), and Python's JSON reader accepts NaN and Infinity."""
+    stack: list[Any] = [value.get("coordinates")]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, bool):
+            continue
+        elif (isinstance(item, int) and abs(item) > sys.float_info.max) or (
+            isinstance(item, float) and not math.isfinite(item)
+        ):
+            raise ValueError("coordinates must be finite numbers within the range of a 64-bit float")
+    return value
+
+
 GeoJSONGeometry = Annotated[
     dict[str, Any],
+    AfterValidator(_finite_coordinates),
     Field(
         description="A GeoJSON geometry object (RFC 7946), lon/lat unless `crs` says otherwise",
         examples=[{"type": "Point", "coordinates": [-76.41, 38.96]}],
     ),
 ]
 CrsName = Annotated[
-    str,
-    Field(description="CRS of the coordinates: EPSG:4326 (default) or any EPSG code, e.g. EPSG:26918"),
+    PlainText,
+    Field(
+        max_length=1000,
+        description="CRS of the coordinates: EPSG:4326 (default) or any EPSG code, e.g. EPSG:26918",
+    ),
 ]
 
 
@@ -41,13 +92,30 @@ class LocalImagery(BaseModel):
 
 
 class StacImagery(BaseModel):
-    """Imagery found by a STAC API search (e.g. NAIP on Planetary Computer) over a bounding box."""
+    """Imagery found by a STAC API search (e.g. NAIP on Planetary Computer) over a bounding box.
+
+    The API is one the operator configured (PEARL_STAC_APIS), named by its id: the server sends requests to no URL
+    a request names (an unknown id is a 422 that lists the configured ones; a `url` is refused)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     source: Literal["stac"] = "stac"
-    url: str | None = Field(default=None, description="STAC API root; default: the configured one")
+    api: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="id of a STAC API the operator configured; `default`: the configured default API",
+        examples=["default"],
+    )
     collections: list[str] = Field(min_length=1, examples=[["naip"]])
     bbox: tuple[float, float, float, float] = Field(description="lon/lat west, south, east, north")
     datetime: str | None = Field(default=None, examples=["2021-01-01/2021-12-31"])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_url(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "url" in value:
+            raise ValueError("`url` is not accepted: name one of the configured STAC APIs by its id in `api`")
+        return value
 
 
 def _imagery_source(value: Any) -> str:
@@ -60,13 +128,38 @@ ImagerySource = Annotated[
 ]
 
 
+SchemaId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]  # a file name in assets/schemas
+
+
+BASE_MODEL_REFUSED = (
+    f"must be a registered model you may use ({ACCEPTED_FORMS}): a starter, e.g. {DEFAULT_BASE_MODEL}, "
+    "or the model of a project you have a role in, e.g. models:/pearl-project-<id>@current"
+)
+
+
+def _registered_model_ref(value: str) -> str:
+    """The form only (who may use which model is the project service's check); the same words as that check's."""
+    try:
+        parse_registered_ref(value)
+    except ValueError:
+        raise ValueError(BASE_MODEL_REFUSED) from None
+    return value
+
+
 class ProjectCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=120)
+    name: PlainText = Field(min_length=1, max_length=120)
     imagery: ImagerySource
-    class_schema: str | ClassSchema = Field(
+    class_schema: SchemaId | ClassSchema = Field(
         default="chesapeake9", description="A schema id from assets/schemas (chesapeake9, chesapeake4) or a schema"
     )
-    base_model: str = Field(default=DEFAULT_BASE_MODEL, max_length=300)
+    base_model: Annotated[str, AfterValidator(_registered_model_ref)] = Field(
+        default=DEFAULT_BASE_MODEL,
+        max_length=300,
+        description="A registered model: a starter (models:/pearl-starter-<schema>@<alias> or /<version>), or the "
+        "model of a project you have a role in (models:/pearl-project-<id>@<alias> or /<version>). Never a path",
+        examples=[DEFAULT_BASE_MODEL],
+        json_schema_extra={"pattern": f"^{REGISTERED_REF.pattern}$"},
+    )
 
 
 class ClassOut(BaseModel):
@@ -132,28 +225,30 @@ class ProjectOut(ProjectSummary):
 
 # -- classes --------------------------------------------------------------------------------------------------
 class ClassCreate(BaseModel):
-    name: str = Field(description="snake_case identifier, e.g. solar_panels", examples=["solar_panels"])
-    title: str | None = Field(default=None, max_length=80)
-    color: str = Field(description="#rrggbb", examples=["#ff7f0e"])
+    name: PlainText = Field(
+        max_length=48, description="snake_case identifier, e.g. solar_panels", examples=["solar_panels"]
+    )
+    title: PlainText | None = Field(default=None, max_length=80)
+    color: str = Field(max_length=7, description="#rrggbb", examples=["#ff7f0e"])
 
 
 class ClassUpdate(BaseModel):
-    name: str | None = Field(default=None, description="new snake_case name")
-    title: str | None = Field(default=None, max_length=80)
-    color: str | None = Field(default=None, description="#rrggbb")
+    name: PlainText | None = Field(default=None, max_length=48, description="new snake_case name")
+    title: PlainText | None = Field(default=None, max_length=80)
+    color: str | None = Field(default=None, max_length=7, description="#rrggbb")
 
 
 # -- AOIs and labels ------------------------------------------------------------------------------------------
 class AoiCreate(BaseModel):
-    name: str = Field(default="", max_length=120)
+    name: PlainText = Field(default="", max_length=120)
     geometry: GeoJSONGeometry
     crs: CrsName = "EPSG:4326"
 
 
 class LabelCreate(BaseModel):
-    class_name: str = Field(examples=["tree_canopy"])
+    class_name: PlainText = Field(max_length=48, examples=["tree_canopy"])
     geometry: GeoJSONGeometry
-    aoi_id: int | None = Field(default=None, description="AOI the label belongs to; default: the AOI containing it")
+    aoi_id: Id | None = Field(default=None, description="AOI the label belongs to; default: the AOI containing it")
     crs: CrsName = "EPSG:4326"
 
 
@@ -193,7 +288,7 @@ class JobOut(BaseModel):
 
 
 class RetrainRequest(BaseModel):
-    aoi_id: int | None = Field(default=None, description="AOI to re-predict first; default: every AOI with labels")
+    aoi_id: Id | None = Field(default=None, description="AOI to re-predict first; default: every AOI with labels")
 
 
 StrategyName = Literal["logistic_regression", "mlp", "spatial_ensemble"]  # = ml.strategies.STRATEGIES
@@ -236,7 +331,7 @@ class MetricsOut(BaseModel):
 
 
 class CheckpointCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=80, examples=["after water fix"])
+    name: PlainText = Field(min_length=1, max_length=80, examples=["after water fix"])
 
 
 class CheckpointOut(BaseModel):
@@ -320,14 +415,18 @@ class MemberOut(UserOut):
 
 
 class MemberIn(BaseModel):
-    subject: str = Field(min_length=1, max_length=300, description="the user's subject: 'oidc:<issuer>#<sub>'")
+    subject: PlainText = Field(min_length=1, max_length=300, description="the user's subject: 'oidc:<issuer>#<sub>'")
     role: RoleName
-    name: str | None = Field(default=None, max_length=200, description="display name until the user signs in")
+    name: PlainText | None = Field(
+        default=None,
+        max_length=200,
+        description="display name of a user not seen yet, until their own sign-in; an existing user keeps theirs",
+    )
 
 
 class TokenCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=80, examples=["nightly export script"])
-    days: int = Field(default=90, ge=1, le=366, description="lifetime in days")
+    name: PlainText = Field(min_length=1, max_length=80, examples=["nightly export script"])
+    days: int = Field(default=90, ge=1, le=MAX_TOKEN_DAYS, description="lifetime in days")
 
 
 class TokenOut(BaseModel):
@@ -360,4 +459,5 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     413: _error("request body larger than the server accepts"),
     422: _error("the request does not validate; the message says what is accepted"),
     429: _error("too many writes, or a retrain/inference already waiting; see Retry-After"),
+    431: _error("a request header (e.g. Authorization) longer than the server accepts"),
 }

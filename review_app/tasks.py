@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -33,29 +34,46 @@ from pearl_pipelines.ml.metrics import MetricsReport
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
 from review_app import remote_inference
-from review_app.imagery import ImageryError, build_mosaic, imagery_sources, lonlat_bounds
+from review_app.imagery import (
+    ImageryError,
+    build_mosaic,
+    imagery_sources,
+    lonlat_bounds,
+    resolve_source,
+    shared_mosaic,
+    source_digest,
+)
 from review_app.jobs import JobContext, JobFailed
 from review_app.links import prediction_links
 from review_app.schemas import ClassMetric, MetricsOut
 from review_app.services.model_cache import ModelSlot
 from review_app.workspace import AoiLayer, ImageryInfo, ModelVersionInfo, ProjectWorkspace
 
+log = logging.getLogger(__name__)
 SchemaOf = Callable[[], ClassSchema]  # the project's class schema as it is now
 KEEP_LAYER_VERSIONS = 3  # the browser may still fetch the previous version's tiles while it swaps layers
 
 
 def build_imagery(ctx: JobContext, ws: ProjectWorkspace, *, source: dict[str, Any], settings: Settings) -> str:
-    """Mosaic the project's imagery `source` (the project's `imagery` field) into its imagery COG."""
+    """Point the project at the mosaic of its imagery `source` (the project's `imagery` field), building that mosaic
+    first unless a project of the same source did (one shared file per source: imagery.shared_mosaic)."""
     with ws.update() as state:
         state.imagery = ImageryInfo(state="building", message="mosaicking the project's imagery")
     ctx.step("finding the project's imagery")
     try:
-        sources = imagery_sources(source, settings)
-        clip = source.get("bbox") if source.get("source") == "stac" else None
-        build_mosaic(
-            sources, ws.paths.imagery, clip_lonlat=clip, progress=lambda d, t: ctx.progress(d, t + 1, "mosaic")
-        )
-        bounds = lonlat_bounds(ws.paths.imagery)
+        spec = resolve_source(source, settings)  # an unconfigured STAC API is an error here, never a request
+        digest = source_digest(spec)
+        dst = ws.paths.imagery_mosaic(digest)
+        clip = spec["bbox"] if spec["source"] == "stac" else None
+        counted: list[int] = []
+
+        def build(tmp: Path) -> None:
+            sources = imagery_sources(spec, settings)
+            counted.append(len(sources))
+            build_mosaic(sources, tmp, clip_lonlat=clip, progress=lambda d, t: ctx.progress(d, t + 1, "mosaic"))
+
+        built = shared_mosaic(dst, build)
+        bounds = lonlat_bounds(dst)
     except (ImageryError, StacError) as exc:  # no items, or the STAC API is down: the project page says which
         missing = "generate" in str(exc)
         with ws.update() as state:
@@ -63,14 +81,18 @@ def build_imagery(ctx: JobContext, ws: ProjectWorkspace, *, source: dict[str, An
         if missing:  # not an error of this job: the project page says what to run
             return "imagery not generated yet"
         raise JobFailed(str(exc)) from None
-    except Exception:
+    except Exception:  # e.g. GDAL could not read a source: its message names files and URLs, so only the log has it
+        log.exception("project %s: the imagery mosaic failed", ws.project_id)
+        message = "the imagery could not be mosaicked (see server log)"
         with ws.update() as state:
-            state.imagery = ImageryInfo(state="error", message="the imagery could not be mosaicked (see server log)")
-        raise
+            state.imagery = ImageryInfo(state="error", message=message)
+        raise JobFailed(message) from None
     with ws.update() as state:
-        state.imagery = ImageryInfo(state="ready", bounds=bounds)
+        state.imagery = ImageryInfo(state="ready", bounds=bounds, digest=digest)
     ctx.publish({"type": "imagery_ready", "bounds": bounds})
-    return f"imagery ready ({len(sources)} items)"
+    if built:
+        return f"imagery ready ({counted[0]} items)"
+    return "imagery ready (the mosaic of this source was built already)"
 
 
 def _publish_layer(

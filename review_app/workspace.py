@@ -55,6 +55,8 @@ class ImageryInfo(BaseModel):
     state: Literal["missing", "building", "ready", "error"] = "missing"
     message: str = ""
     bounds: tuple[float, float, float, float] | None = None
+    # The shared mosaic the project reads (Layout.shared_imagery); None: the project's own (projects of before).
+    digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 class ProjectState(BaseModel):
@@ -104,6 +106,17 @@ class StateStore:
     def update(self, project_id: int) -> _StateUpdate:
         return _StateUpdate(self, project_id)
 
+    def imagery_path(self, project_id: int) -> Path:
+        """The imagery mosaic the project reads (shared by its source, or its own): what every reader of a project's
+        imagery asks for (tile routes, inference). Cheap enough for every tile request: no copy of the state, and
+        nothing cached for a project without a state."""
+        paths = self.paths(project_id)
+        with self._lock:
+            state = self._cache.get(project_id)
+            if state is None and paths.state.is_file():
+                state = self._cache[project_id] = ProjectState.model_validate_json(paths.state.read_text())
+            return paths.imagery_mosaic(state.imagery.digest if state is not None else None)
+
 
 @dataclass(frozen=True)
 class ProjectWorkspace:
@@ -118,6 +131,10 @@ class ProjectWorkspace:
 
     def update(self) -> _StateUpdate:
         return self.states.update(self.project_id)
+
+    def imagery_path(self) -> Path:
+        """The project's imagery mosaic (StateStore.imagery_path)."""
+        return self.states.imagery_path(self.project_id)
 
     def embeddings_dir(self, aoi_id: int, state: ProjectState | None = None) -> Path:
         """The AOI's embedding cache: shared with the Dagster loop when the base is a registered version.

@@ -96,6 +96,8 @@ class StacResource(dg.ConfigurableResource):
             url=self.url,
             collections=collections or default,
             sign_planetary_computer=self.source == "planetary-computer",
+            # The local source's API serves the local catalog: asset hrefs may be files in it (stac.checked_href).
+            local_root=get_settings().catalog_dir if self.source == "local" else None,
         )
 
 

@@ -18,7 +18,7 @@ from pystac.extensions.projection import ProjectionExtension
 from rasterio.warp import transform_bounds, transform_geom
 from shapely.geometry import box, mapping, shape
 
-from pearl_pipelines.geo.stac import IMAGE_ASSET
+from pearl_pipelines.geo.stac import IMAGE_ASSET, StacError, UnsafeHref, checked_href
 
 COG_MEDIA_TYPE = pystac.MediaType.COG
 RGBN_BANDS = [
@@ -111,6 +111,28 @@ def load_collection_items(catalog_dir: Path, collection_id: str) -> list[pystac.
         known = ", ".join(p.parent.name for p in collection_files(catalog_dir)) or "none"
         raise KeyError(f"no local collection {collection_id!r} under {catalog_dir}; known: {known}")
     return list(pystac.Collection.from_file(str(path)).get_items())
+
+
+def image_sources(catalog_dir: Path, collection_id: str) -> list[tuple[str, str]]:
+    """(item id, image href) of a local collection's items, newest first, each href checked to be a file inside the
+    catalog (`checked_href`) before anything opens it. KeyError: no such collection; StacError: an item without an
+    image, or with an href elsewhere."""
+    items = load_collection_items(catalog_dir, collection_id)
+    items.sort(key=lambda it: it.datetime.isoformat() if it.datetime else "", reverse=True)
+    sources = []
+    for item in items:
+        asset = item.assets.get(IMAGE_ASSET)
+        if asset is None:
+            raise StacError(f"item {item.id} of local collection {collection_id!r} has no {IMAGE_ASSET!r} asset")
+        try:
+            href = checked_href(asset.get_absolute_href() or asset.href, local_root=catalog_dir)
+        except UnsafeHref as exc:
+            raise UnsafeHref(
+                f"item {item.id} of local collection {collection_id!r} has an image href that is {exc}; "
+                "it was not opened"
+            ) from None
+        sources.append((item.id, href))
+    return sources
 
 
 def _union_bbox(items: list[pystac.Item]) -> list[float]:

@@ -36,6 +36,17 @@ GTI_SUFFIX = ".gti.gpkg"  # GDAL recognises a tile index by this suffix: no driv
 PRIORITY_FIELD = "priority"  # GTI draws higher values on top
 STRIP_ROWS = 1024  # rows read per step when a mosaic is read into memory (progress granularity)
 Progress = Callable[[int, int], None]
+# GDAL's HTTP reads of remote sources (/vsicurl/, e.g. signed NAIP blobs). The hrefs were checked before
+# (pearl_pipelines.geo.stac.checked_href); these keep GDAL itself to the files it was given: no directory listings
+# beside a URL, GeoTIFFs only (extension checked without the query string), no ~/.netrc credentials, bounded waits.
+# GDAL (libcurl) still follows HTTP redirects wherever they point: it has no option to stop that.
+REMOTE_READ_OPTIONS = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff",
+    "GDAL_HTTP_NETRC": "NO",
+    "GDAL_HTTP_CONNECTTIMEOUT": "10",
+    "GDAL_HTTP_TIMEOUT": "120",
+}
 
 
 class MosaicError(ValueError):
@@ -98,7 +109,7 @@ def open_sources(sources: Sequence[tuple[str, str | Path]]) -> list[Source]:
     """Describe (id, href) sources, in the order given (newest first), opening each once."""
     described = []
     for source_id, href in sources:
-        with rasterio.open(href) as src:
+        with rasterio.Env(**REMOTE_READ_OPTIONS), rasterio.open(href) as src:
             location = src.files[0] if src.files else src.name
             if not location.startswith("/vsi") and "://" not in location:
                 location = str(Path(location).resolve())  # GTI would resolve a relative name against the index
@@ -207,7 +218,7 @@ def read_mosaic(
     if under:
         with tempfile.TemporaryDirectory(prefix="pearl-mosaic-") as tmp:
             index = write_index(under, grid, Path(tmp) / f"mosaic{GTI_SUFFIX}", bands=bands, resampling=resampling)
-            with rasterio.open(index) as mosaic:
+            with rasterio.Env(**REMOTE_READ_OPTIONS), rasterio.open(index) as mosaic:
                 for done, window in enumerate(strips, start=1):
                     rows, cols = window.toslices()
                     data[:, rows, cols] = mosaic.read(window=window)

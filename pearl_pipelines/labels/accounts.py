@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Integer, String, UniqueConstraint, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from pearl_pipelines.labels.store import Base, LabelStore, LabelStoreError, ProjectRow, UtcDateTime
+from pearl_pipelines.labels.store import Base, LabelStore, LabelStoreError, UtcDateTime, check_text, known_id
 
 TOKEN_PREFIX = "pearl_"
 MAX_TOKEN_DAYS = 366
@@ -102,15 +102,31 @@ class Accounts:
 
     # -- users and roles --------------------------------------------------------------------------------
     def user(self, subject: str, name: str) -> User:
-        """The user with this subject, created on first sight (an identity provider vouched for it)."""
+        """The signed-in user with this subject, created on first sight; `name` (from the identity provider, or an
+        operator) replaces the stored one. Only the authenticated path calls this: a grant uses `ensure_user`."""
+        check_text("user subject", subject, UserRow.__table__.c.subject)
+        check_text("user name", name, UserRow.__table__.c.name)
         with self.store.session() as s:
             row = s.scalar(select(UserRow).where(UserRow.subject == subject))
             if row is None:
-                row = UserRow(subject=subject, name=name[:200])
+                row = UserRow(subject=subject, name=name)
                 s.add(row)
                 s.flush()
-            elif row.name != name[:200]:
-                row.name = name[:200]
+            elif row.name != name:
+                row.name = name
+            return User(row.id, row.subject, row.name)
+
+    def ensure_user(self, subject: str, placeholder: str) -> User:
+        """The user with this subject; one not seen yet is created with `placeholder` as its name until their own
+        sign-in replaces it. Never renames an existing user: a user's name is their own (owners grant roles)."""
+        check_text("user subject", subject, UserRow.__table__.c.subject)
+        check_text("user name", placeholder, UserRow.__table__.c.name)
+        with self.store.session() as s:
+            row = s.scalar(select(UserRow).where(UserRow.subject == subject))
+            if row is None:
+                row = UserRow(subject=subject, name=placeholder)
+                s.add(row)
+                s.flush()
             return User(row.id, row.subject, row.name)
 
     def find_user(self, subject: str) -> User | None:
@@ -119,6 +135,8 @@ class Accounts:
             return User(row.id, row.subject, row.name) if row else None
 
     def role(self, user: User, project_id: int) -> Role | None:
+        if not known_id(project_id):
+            return None
         with self.store.session() as s:
             role = s.scalar(
                 select(MembershipRow.role).where(
@@ -131,30 +149,42 @@ class Accounts:
         with self.store.session() as s:
             return set(s.scalars(select(MembershipRow.project_id).where(MembershipRow.user_id == user.id)))
 
+    @staticmethod
+    def _last_owner_check(members: list[MembershipRow], mine: MembershipRow) -> None:
+        owners = [m for m in members if m.role == Role.owner.name]
+        if mine.role == Role.owner.name and len(owners) == 1:
+            raise LabelStoreError("a project keeps at least one owner; make someone else owner first")
+
+    def _locked_members(self, s: Session, project_id: int) -> list[MembershipRow]:
+        """The project's memberships, read after taking the project's write lock (store.locked_project): role
+        changes of one project run one at a time, so two owners demoting each other cannot both succeed."""
+        self.store.locked_project(s, project_id)  # KeyError for an unknown project
+        return list(s.scalars(select(MembershipRow).where(MembershipRow.project_id == project_id)))
+
     def set_role(self, project_id: int, user: User, role: Role) -> None:
+        """Grant `role` (replacing the user's current one); demoting the project's last owner is refused."""
         with self.store.session() as s:
-            if s.get(ProjectRow, project_id) is None:
-                raise KeyError(f"no project with id {project_id}")
-            row = s.scalar(
-                select(MembershipRow).where(MembershipRow.project_id == project_id, MembershipRow.user_id == user.id)
-            )
+            members = self._locked_members(s, project_id)
+            row = next((m for m in members if m.user_id == user.id), None)
             if row is None:
                 s.add(MembershipRow(project_id=project_id, user_id=user.id, role=role.name))
-            else:
+            elif row.role != role.name:
+                if role is not Role.owner:
+                    self._last_owner_check(members, row)
                 row.role = role.name
 
     def remove_member(self, project_id: int, user: User) -> None:
         with self.store.session() as s:
-            members = list(s.scalars(select(MembershipRow).where(MembershipRow.project_id == project_id)))
+            members = self._locked_members(s, project_id)
             mine = next((m for m in members if m.user_id == user.id), None)
             if mine is None:
                 raise KeyError(f"{user.subject} is not a member of project {project_id}")
-            owners = [m for m in members if m.role == Role.owner.name]
-            if mine.role == Role.owner.name and len(owners) == 1:
-                raise LabelStoreError("a project keeps at least one owner; make someone else owner first")
+            self._last_owner_check(members, mine)
             s.delete(mine)
 
     def members(self, project_id: int) -> list[tuple[User, Role]]:
+        if not known_id(project_id):
+            return []
         with self.store.session() as s:
             rows = s.execute(
                 select(UserRow, MembershipRow.role)
@@ -169,12 +199,13 @@ class Accounts:
         return hmac.new(self._key, secret.encode(), hashlib.sha256).hexdigest()
 
     def issue_token(self, user: User, name: str, days: int) -> IssuedToken:
+        check_text("token name", name, ApiTokenRow.__table__.c.name)
         if not 1 <= days <= MAX_TOKEN_DAYS:
             raise LabelStoreError(f"a token lives 1 to {MAX_TOKEN_DAYS} days, not {days}")
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         expires = _now() + dt.timedelta(days=days)
         with self.store.session() as s:
-            row = ApiTokenRow(user_id=user.id, name=name[:80], digest=self._digest(secret), expires_at=expires)
+            row = ApiTokenRow(user_id=user.id, name=name, digest=self._digest(secret), expires_at=expires)
             s.add(row)
             s.flush()
             return IssuedToken(row.id, row.name, secret, expires)
@@ -196,6 +227,8 @@ class Accounts:
             return list(s.scalars(select(ApiTokenRow).where(ApiTokenRow.user_id == user.id).order_by(ApiTokenRow.id)))
 
     def revoke_token(self, user: User, token_id: int) -> ApiTokenRow:
+        if not known_id(token_id):
+            raise KeyError(f"no token {token_id}")
         with self.store.session() as s:
             row = s.get(ApiTokenRow, token_id)
             if row is None or row.user_id != user.id:
@@ -209,6 +242,8 @@ class Accounts:
             s.add(AuditRow(user_id=user.id, action=action, project_id=project_id, target=target, status=status))
 
     def audit_trail(self, project_id: int, limit: int = 200) -> list[tuple[AuditRow, str]]:
+        if not known_id(project_id):
+            return []
         with self.store.session() as s:
             rows = s.execute(
                 select(AuditRow, UserRow.subject)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -114,6 +115,85 @@ def _check_length(what: str, value: str, column: Any) -> None:
         raise LabelStoreError(f"{what} is {len(value)} characters long; at most {limit} are allowed")
 
 
+# Control characters (C0, DEL, C1) and lone surrogates. PostgreSQL refuses NUL in text, neither backend can encode
+# a lone surrogate as UTF-8, and none of them belongs in a name (a newline or an escape sequence in a name forges
+# lines in logs and exports). Free text (a schema's description) may keep tab and line breaks.
+_NOT_IN_NAMES = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_NOT_IN_FREE_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def text_problem(value: str, *, multiline: bool = False) -> str | None:
+    """What is wrong with `value` as a name (`multiline`: as free text), or None when it is fine. The one rule for
+    text from users: the API schemas (review_app/schemas.py) and the stores' writes both apply it."""
+    found = (_NOT_IN_FREE_TEXT if multiline else _NOT_IN_NAMES).search(value)
+    if found is None:
+        return None
+    char = found.group()
+    kind = "a lone surrogate" if "\ud800" <= char <= "\udfff" else "a control character"
+    allowed = (
+        "free text may hold tabs and line breaks, no other control character"
+        if multiline
+        else "names are one line of plain text"
+    )
+    return f"contains {kind} (U+{ord(char):04X}) at position {found.start()}; {allowed}"
+
+
+def plain_text(value: str) -> str:
+    """`value` without the characters `text_problem` refuses in a name (for names that arrive from elsewhere, e.g.
+    an identity provider's display name, and are cleaned rather than refused)."""
+    return _NOT_IN_NAMES.sub("", value)
+
+
+def check_text(what: str, value: str, column: Any = None, *, multiline: bool = False) -> None:
+    """Refuse text that breaks the rule of `text_problem`, or that is longer than `column` holds (LabelStoreError:
+    HTTP 422), the same way on SQLite and PostgreSQL, before anything is written."""
+    problem = text_problem(value, multiline=multiline)
+    if problem is not None:
+        raise LabelStoreError(f"{what} {problem}")
+    if column is not None:
+        _check_length(what, value, column)
+
+
+def _check_json_texts(what: str, value: Any) -> None:
+    """Every string (keys too) in a JSON document from a user, as a name."""
+    if isinstance(value, str):
+        check_text(what, value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(what, str(key))
+            _check_json_texts(what, item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_json_texts(what, item)
+
+
+def _check_schema(schema: ClassSchema) -> None:
+    check_text("class schema id", schema.id)
+    check_text("class schema title", schema.title)
+    check_text("class schema description", schema.description, multiline=True)
+    for c in schema.classes:
+        _check_class(c.name, c.title, c.color)
+        for source in c.from_ or ():
+            check_text("class source", source)
+
+
+def _check_class(name: str | None, title: str | None, color: str | None) -> None:
+    for what, value in (("class name", name), ("class title", title), ("class colour", color)):
+        if value is not None:
+            check_text(what, value)
+
+
+# Ids are INTEGER columns: 32-bit on PostgreSQL (64-bit on SQLite), and ids start at 1 and grow by one. A larger
+# (or non-positive) id names nothing on either backend, but PostgreSQL refuses to even compare a column with one
+# (DataError: a 500 on SQLite's 'no such row'): lookups answer it as an unknown id before asking the database.
+MAX_ID = 2**31 - 1
+
+
+def known_id(*ids: int | None) -> bool:
+    """Whether every id given (None: not given) can name a row on both backends."""
+    return all(i is None or 1 <= i <= MAX_ID for i in ids)
+
+
 SQLITE_BUSY_S = 30.0
 
 
@@ -166,8 +246,10 @@ class LabelStore:
 
     # -- projects and classes -------------------------------------------------------------------------
     def create_project(self, name: str, imagery: dict[str, Any], schema: ClassSchema, base_model: str) -> ProjectRow:
-        _check_length("project name", name, ProjectRow.__table__.c.name)
-        _check_length("base model", base_model, ProjectRow.__table__.c.base_model)
+        check_text("project name", name, ProjectRow.__table__.c.name)
+        check_text("base model", base_model, ProjectRow.__table__.c.base_model)
+        _check_json_texts("imagery source", imagery)
+        _check_schema(schema)
         taken = LabelStoreError(f"a project named {name!r} already exists; pick another name")
         try:
             with self.session() as s:
@@ -182,6 +264,8 @@ class LabelStore:
         return row
 
     def get_project(self, project_id: int) -> ProjectRow:
+        if not known_id(project_id):
+            raise KeyError(f"no project with id {project_id}")
         with self.session() as s:
             row = s.get(ProjectRow, project_id)
             if row is None:
@@ -196,10 +280,13 @@ class LabelStore:
         return ClassSchema.model_validate(self.get_project(project_id).class_schema)
 
     @staticmethod
-    def _locked_project(s: Session, project_id: int) -> ProjectRow:
+    def locked_project(s: Session, project_id: int) -> ProjectRow:
         """The project row, write-locked for the rest of the transaction: read-modify-write methods (undo, class
-        edits) of one project run one at a time, so racing callers see each other's changes instead of losing them.
+        edits, member roles) of one project run one at a time, so racing callers see each other's changes instead
+        of losing them. KeyError for an unknown project.
         """
+        if not known_id(project_id):
+            raise KeyError(f"no project with id {project_id}")
         connection = s.connection()
         if connection.dialect.name == "sqlite":
             connection.exec_driver_sql("BEGIN IMMEDIATE")  # the database write lock, taken before reading
@@ -211,9 +298,10 @@ class LabelStore:
         return row
 
     def add_class(self, project_id: int, name: str, title: str, color: str) -> ClassSchema:
+        _check_class(name, title, color)
         new = ClassDef(name=name, title=title, color=color)
         with self.session() as s:
-            row = self._locked_project(s, project_id)
+            row = self.locked_project(s, project_id)
             schema = ClassSchema.model_validate(row.class_schema)
             if name in schema.names:
                 raise LabelStoreError(f"class {name!r} already exists in this project")
@@ -232,8 +320,9 @@ class LabelStore:
     ) -> ClassSchema:
         """Recolour or rename a class (its index stays, so models and rasters remain valid); labels follow a rename
         in the same transaction."""
+        _check_class(new_name, title, color)
         with self.session() as s:
-            row = self._locked_project(s, project_id)
+            row = self.locked_project(s, project_id)
             schema = ClassSchema.model_validate(row.class_schema)
             index = schema.index(name)
             if new_name and new_name != name and new_name in schema.names:
@@ -255,7 +344,7 @@ class LabelStore:
 
     # -- AOIs -------------------------------------------------------------------------------------------
     def add_aoi(self, project_id: int, name: str, geometry: BaseGeometry, tile_keys: Sequence[str]) -> AoiRow:
-        _check_length("AOI name", name, AoiRow.__table__.c.name)
+        check_text("AOI name", name, AoiRow.__table__.c.name)
         self.get_project(project_id)
         with self.session() as s:
             row = AoiRow(project_id=project_id, name=name, geometry=mapping(geometry), tile_keys=list(tile_keys))
@@ -263,10 +352,14 @@ class LabelStore:
         return row
 
     def list_aois(self, project_id: int) -> list[AoiRow]:
+        if not known_id(project_id):
+            return []
         with self.session() as s:
             return list(s.scalars(select(AoiRow).where(AoiRow.project_id == project_id).order_by(AoiRow.id)))
 
     def get_aoi(self, aoi_id: int) -> AoiRow:
+        if not known_id(aoi_id):
+            raise KeyError(f"no AOI with id {aoi_id}")
         with self.session() as s:
             row = s.get(AoiRow, aoi_id)
             if row is None:
@@ -281,6 +374,7 @@ class LabelStore:
         schema = self.schema(project_id)
         rows = []
         for class_name, geom in labels:
+            check_text("class name", class_name)
             if class_name not in schema.names:
                 raise LabelStoreError(f"unknown class {class_name!r}; this project has: {', '.join(schema.names)}")
             if geom.geom_type not in ("Point", "Polygon"):
@@ -302,6 +396,10 @@ class LabelStore:
                 )
             )
         with self.session() as s:
+            if aoi_id is not None:  # the foreign key would refuse it less clearly (SQLite), or not at all (others')
+                aoi = s.get(AoiRow, aoi_id) if known_id(aoi_id) else None
+                if aoi is None or aoi.project_id != project_id:
+                    raise LabelStoreError(f"no AOI {aoi_id} in project {project_id}")
             s.add_all(rows)
             s.flush()
             s.add_all(LabelEventRow(project_id=project_id, label_id=r.id, action="add") for r in rows)
@@ -309,8 +407,8 @@ class LabelStore:
 
     def delete_label(self, project_id: int, label_id: int) -> LabelRow:
         with self.session() as s:
-            self._locked_project(s, project_id)
-            row = s.get(LabelRow, label_id)
+            self.locked_project(s, project_id)
+            row = s.get(LabelRow, label_id) if known_id(label_id) else None
             if row is None or row.project_id != project_id or row.deleted_at is not None:
                 raise KeyError(f"no label {label_id} in project {project_id}")
             row.deleted_at = _now()
@@ -320,7 +418,7 @@ class LabelStore:
     def undo(self, project_id: int) -> LabelRow | None:
         """Revert the newest not-yet-undone add or delete of this project; None when there is nothing to undo."""
         with self.session() as s:
-            self._locked_project(s, project_id)
+            self.locked_project(s, project_id)
             event_row = s.scalar(
                 select(LabelEventRow)
                 .where(
@@ -343,6 +441,8 @@ class LabelStore:
     def list_labels(
         self, project_id: int, *, aoi_id: int | None = None, include_deleted: bool = False
     ) -> list[LabelRow]:
+        if not known_id(project_id, aoi_id):
+            return []
         query = select(LabelRow).where(LabelRow.project_id == project_id).order_by(LabelRow.id)
         if aoi_id is not None:
             query = query.where(LabelRow.aoi_id == aoi_id)
@@ -353,6 +453,8 @@ class LabelStore:
 
     def max_label_id(self, project_id: int | None = None) -> int:
         """Highest label id ever written (0 if none)."""
+        if not known_id(project_id):
+            return 0
         query = select(func.max(LabelRow.id))
         if project_id is not None:
             query = query.where(LabelRow.project_id == project_id)
@@ -361,6 +463,8 @@ class LabelStore:
 
     def max_event_id(self, project_id: int | None = None) -> int:
         """Highest label-event id (adds, deletes, undos all move it): the label-submission sensor's cursor."""
+        if not known_id(project_id):
+            return 0
         query = select(func.max(LabelEventRow.id))
         if project_id is not None:
             query = query.where(LabelEventRow.project_id == project_id)
@@ -369,6 +473,9 @@ class LabelStore:
 
     def projects_changed_since(self, event_id: int) -> list[int]:
         """Projects with label events after `event_id` (what a sensor tick must re-materialize)."""
+        if event_id >= MAX_ID:
+            return []
+        event_id = max(event_id, 0)
         query = select(LabelEventRow.project_id).where(LabelEventRow.id > event_id).distinct()
         with self.session() as s:
             return sorted(s.scalars(query))

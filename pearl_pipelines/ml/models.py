@@ -6,6 +6,7 @@ Input normalisation lives inside the model, and a saved model carries its own de
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -234,12 +235,19 @@ def with_features(model: LandcoverModel, features: Sequence[str]) -> LandcoverMo
 
 
 def save_model(model: LandcoverModel, path: Path, extra: dict[str, Any] | None = None) -> Path:
-    """One self-describing file: spec JSON + state dict (+ optional extra metadata)."""
+    """One self-describing file: spec JSON + state dict (+ optional extra metadata).
+
+    Only tensors and plain JSON-like values (str, numbers, bools, None, lists, dicts) go into the file, so that
+    `load_model` reads it with `weights_only=True`; `extra` holding anything else is a TypeError."""
+    try:
+        plain_extra = json.loads(json.dumps(extra or {}))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"a model file's extra must hold plain JSON-like values only: {exc}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "spec": model.spec.model_dump(mode="json", by_alias=True),
         "state_dict": model.state_dict(),
-        "extra": extra or {},
+        "extra": plain_extra,
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
@@ -247,10 +255,46 @@ def save_model(model: LandcoverModel, path: Path, extra: dict[str, Any] | None =
     return path
 
 
+def _unpickling_reason(exc: BaseException) -> str:
+    """The line of torch's weights-only refusal that says what was refused (not its advice to unpickle anyway)."""
+    advice = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch")
+    lines = [line.strip() for line in str(exc).splitlines()]
+    reasons = [line for line in lines if line and not line.startswith(advice)]
+    return (reasons[0] if reasons else lines[0] if lines else type(exc).__name__)[:300]
+
+
+def read_model_file(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A model file's payload, read as data: `torch.load(weights_only=True)` unpickles tensors and plain values
+    only, never an object that runs code. ValueError (saying what is wrong) for anything that is not such a dict;
+    OSError (a missing or unreadable file) passes through."""
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:
+        raise
+    except Exception as exc:  # UnpicklingError (a refused global, not a torch file), RuntimeError (a broken zip)
+        raise ValueError(
+            f"{path} is not a valid model file (tensors and plain values only): {_unpickling_reason(exc)}"
+        ) from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path} is not a valid model file: it holds a {type(payload).__name__}, not a dict")
+    return payload
+
+
 def load_model(path: Path, map_location: str | torch.device = "cpu") -> LandcoverModel:
-    payload = torch.load(path, map_location=map_location, weights_only=False)
-    model = LandcoverModel(ModelSpec.model_validate(payload["spec"]))
-    model.load_state_dict(payload["state_dict"])
+    """The model saved by `save_model` at `path`, in eval mode, read without unpickling code (`read_model_file`).
+    ValueError, saying what is wrong, for a file that is not such a model."""
+    payload = read_model_file(path, map_location)
+    try:
+        model = LandcoverModel(ModelSpec.model_validate(payload.get("spec")))
+    except (ValueError, KeyError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+        raise ValueError(f"{path} is not a valid model file: its spec is missing or invalid: {exc}") from None
+    state = payload.get("state_dict")
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a valid model file: its state_dict is not a mapping of tensors")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a valid model file: its state_dict does not fit its spec: {exc}") from None
     model.eval()
     return model
 

@@ -42,14 +42,46 @@ def parse_model_uri(ref: str) -> tuple[str, str]:
     return name, version
 
 
+# A registered-model reference as a caller may give one (a project's base model): one of the two explicit forms, with
+# names and aliases of letters, digits, `_` and `-` (MLflow's alias characters), so no reference names a path.
+ACCEPTED_FORMS = "models:/<name>@<alias> or models:/<name>/<version>"
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}"
+REGISTERED_REF = re.compile(rf"models:/({_NAME})(?:@({_NAME})|/([1-9][0-9]{{0,8}}))")
+STARTER_PREFIX = "pearl-starter-"
+PROJECT_PREFIX = "pearl-project-"
+
+
+def parse_registered_ref(ref: str) -> tuple[str, str]:
+    """(name, alias or version) of `models:/name@alias` or `models:/name/3`, strictly: ValueError for anything else
+    (a path, a URL, a bare `models:/name`, `..`). The message never repeats the value, which may be a path."""
+    match = REGISTERED_REF.fullmatch(ref) if isinstance(ref, str) else None
+    if match is None:
+        raise ValueError(f"not a registered model reference: expected {ACCEPTED_FORMS}")
+    return match[1], match[2] or match[3]
+
+
 def starter_model_name(schema_id: str) -> str:
     """Registered-model name of a schema's starter family (the review app's default base model)."""
-    return f"pearl-starter-{schema_id}"
+    return f"{STARTER_PREFIX}{schema_id}"
 
 
 def project_model_name(project_id: int) -> str:
     """The one registered-model name of a project's versions, for the review app and the Dagster loop alike."""
-    return f"pearl-project-{int(project_id)}"
+    return f"{PROJECT_PREFIX}{int(project_id)}"
+
+
+def starter_schema_of(name: str) -> str | None:
+    """The schema id of a starter family's registered name (`pearl-starter-<schema>`), else None."""
+    schema_id = name.removeprefix(STARTER_PREFIX)
+    return schema_id if schema_id != name and schema_id else None
+
+
+def project_id_of(name: str) -> int | None:
+    """The project id of a project's registered name, exactly as `project_model_name` writes it, else None."""
+    digits = name.removeprefix(PROJECT_PREFIX)
+    if digits == name or not digits.isascii() or not digits.isdigit():
+        return None
+    return int(digits) if project_model_name(int(digits)) == name else None
 
 
 def checkpoint_alias(checkpoint_name: str) -> str:

@@ -8,6 +8,7 @@ A registered version's source is the run's `model/` artifact folder, which holds
 from __future__ import annotations
 
 import tempfile
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +107,7 @@ class ModelRegistry:
     def load_model(
         self, name: str, alias_or_version: str | int = "champion", cache_dir: Path | None = None
     ) -> LandcoverModel:
-        """`models:/name@alias` (or a version number) as a LandcoverModel in eval mode."""
+        """`models:/name@alias` (or a version number) as a LandcoverModel in eval mode, read without unpickling code."""
         if cache_dir is not None:
             return load_model(self.download(name, alias_or_version, cache_dir) / MODEL_FILE)
         with tempfile.TemporaryDirectory(prefix="pearl-model-") as tmp:
@@ -158,32 +159,60 @@ def model_dir(cache_root: Path, name: str, version: str | int) -> Path:
     return Path(cache_root) / name / f"v{version}"
 
 
-def load_registered(tracking_uri: str, name: str, version: str | int, cache_root: Path) -> LandcoverModel:
-    """A registered version as a model, downloaded once into `cache_root` and reused after.
+_download_locks: dict[Path, threading.Lock] = {}
+_download_locks_guard = threading.Lock()
+
+
+def _download_lock(local: Path) -> threading.Lock:
+    """One lock per version folder: threads of one process (the review app's projects) download a version once."""
+    with _download_locks_guard:
+        return _download_locks.setdefault(local, threading.Lock())
+
+
+def registered_folder(tracking_uri: str, name: str, version: str | int, cache_root: Path) -> Path:
+    """The local folder holding a registered version's `model.pt` (and `replay.npz` when it logged one), downloaded
+    once into `cache_root` and reused after: one copy per version for every project and worker on this machine.
 
     A starter version holds a whole `model.pt`; a project's version holds only its head (a checkpoint) and names
-    its base in the `pearl.base_model` tag: the base is loaded the same way and the head set on it."""
+    its base in the `pearl.base_model` tag: the base is fetched the same way and the head set on it. Nothing here
+    unpickles code: models are read with `load_model` (weights_only)."""
     local = model_dir(cache_root, name, version)
-    if not (local / READY_FILE).is_file():
-        registry = ModelRegistry(tracking_uri)
-        downloaded = registry.download(name, version, local)
-        found = next(downloaded.rglob(MODEL_FILE), None)
-        if found is None:
-            checkpoint = _checkpoint_in(downloaded)
-            base_uri = (registry.client.get_model_version(name, str(version)).tags or {}).get(TAG_BASE_MODEL_URI)
-            if checkpoint is None or not base_uri:
-                raise FileNotFoundError(f"{model_uri(name, version)} has neither {MODEL_FILE} nor a head and its base")
-            base_name, base_version = parse_model_uri(base_uri)
-            base = load_registered(tracking_uri, base_name, base_version, cache_root)
-            found = local / MODEL_FILE
-            save_model(versions.ModelVersion.load(checkpoint).to_model(base), found)
-        (local / READY_FILE).write_text(str(found.relative_to(local)))
-    return load_model(local / (local / READY_FILE).read_text())
+    with _download_lock(local):
+        if not (local / READY_FILE).is_file():
+            registry = ModelRegistry(tracking_uri)
+            downloaded = registry.download(name, version, local)
+            found = next(downloaded.rglob(MODEL_FILE), None)
+            if found is None:
+                checkpoint = _checkpoint_in(downloaded)
+                base_uri = (registry.client.get_model_version(name, str(version)).tags or {}).get(TAG_BASE_MODEL_URI)
+                if checkpoint is None or not base_uri:
+                    raise FileNotFoundError(
+                        f"{model_uri(name, version)} has neither {MODEL_FILE} nor a head and its base"
+                    )
+                base_name, base_version = parse_model_uri(base_uri)
+                base = load_registered(tracking_uri, base_name, base_version, cache_root)
+                found = local / MODEL_FILE
+                save_model(versions.ModelVersion.load(checkpoint).to_model(base), found)
+            (local / READY_FILE).write_text(str(found.relative_to(local)))
+    return _ready_model_file(local).parent
+
+
+def _ready_model_file(local: Path) -> Path:
+    """The model file a downloaded version folder's READY_FILE names; ValueError unless it is a model.pt inside it."""
+    found = local / (local / READY_FILE).read_text().strip()
+    if found.name != MODEL_FILE or not found.resolve().is_relative_to(local.resolve()):
+        raise ValueError(f"{local / READY_FILE} does not name a {MODEL_FILE} inside its folder")
+    return found
+
+
+def load_registered(tracking_uri: str, name: str, version: str | int, cache_root: Path) -> LandcoverModel:
+    """A registered version as a model (see `registered_folder`), read without unpickling code."""
+    return load_model(registered_folder(tracking_uri, name, version, cache_root) / MODEL_FILE)
 
 
 def find_replay(tracking_uri: str, name: str, version: str | int, cache_root: Path) -> ReplaySet | None:
     """The replay set a starter version logged next to its model.pt (None for versions without one)."""
-    load_registered(tracking_uri, name, version, cache_root)  # downloads the version folder once
+    registered_folder(tracking_uri, name, version, cache_root)  # downloads the version folder once
     found = next(model_dir(cache_root, name, version).rglob(REPLAY_FILE), None)
     return ReplaySet.load(found) if found is not None else None
 

@@ -12,13 +12,12 @@ F1 a user sees is measured on their machine, never copied from the file.
 from __future__ import annotations
 
 import hashlib
-import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pearl_pipelines.ml.models import LandcoverModel, ModelSpec
+from pearl_pipelines.ml.models import LandcoverModel, ModelSpec, read_model_file
 
 SHIPPED_DIR = "starters"  # under the assets directory
 
@@ -53,10 +52,10 @@ def export_shipped(model: LandcoverModel, path: Path, provenance: dict[str, Any]
 def load_shipped(path: Path) -> tuple[LandcoverModel, dict[str, Any]]:
     """The float32 model of a shipped file and its provenance; a clear error for a file that is not one."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = read_model_file(path)  # weights_only: tensors and plain values, never code
         model = LandcoverModel(ModelSpec.model_validate(payload["spec"]))
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
-    except (OSError, KeyError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path} is not a shipped starter model (spec + float16 state dict): {exc}") from exc
     model.eval()
     return model, dict(payload.get("provenance", {}))

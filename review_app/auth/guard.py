@@ -1,5 +1,5 @@
 """Enforcement: one app-wide dependency checks every REST, tile and websocket call against its rule, and a
-middleware writes the audit trail once the response status is known.
+middleware writes the audit trail once the response status is known (and first refuses oversized headers, 431).
 
 Another project's ids answer exactly as unknown ids do (the same 404 and message), so nobody can enumerate
 projects; a member without the role gets a 403 that names the role needed.
@@ -7,6 +7,7 @@ projects; a member without the role gets a 403 that names the role needed.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, WebSocketException, status
@@ -19,9 +20,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pearl_pipelines.labels.accounts import Accounts, Role, User
 from review_app.auth.identity import LOCAL_SUBJECT, Authenticator, NotSignedIn
 from review_app.auth.rules import Rule, rule_for
+from review_app.schemas import MAX_ID
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 AUDIT_KEY = "pearl.audit"  # scope entry the guard fills and the audit middleware reads
+# Largest single request header (name and value) the app reads: a bearer token is a few KiB at most; nginx's
+# default header buffer is 8 KiB too. A larger one is refused (431) before anything parses it (a JWT parser given
+# a 1 MB token, a token digest, the audit trail).
+MAX_HEADER_BYTES = 8192
+WS_HEADER_TOO_LARGE = 4431  # the websocket's close code: HTTP status as 4xxx, as the guard's 4401/4403/4404
 
 
 class Forbidden(Exception):
@@ -47,7 +54,7 @@ def route_rule(conn: HTTPConnection) -> Rule:
 
 def _project_id(conn: HTTPConnection) -> int:
     raw = str(conn.path_params.get("project_id", ""))
-    if not raw.isdigit() or int(raw) > 2**63 - 1:
+    if not raw.isdigit() or int(raw) > MAX_ID:
         raise KeyError(f"no project with id {raw}")
     return int(raw)
 
@@ -109,13 +116,41 @@ def _authorize(conn: HTTPConnection) -> None:
         conn.scope[AUDIT_KEY] = {"user": user, "action": rule.audit, "project_id": project_id}
 
 
+def oversized_header(scope: Scope) -> str | None:
+    """Why the request's headers are refused (one over MAX_HEADER_BYTES), or None."""
+    for name, value in scope.get("headers", ()):
+        if len(name) + len(value) > MAX_HEADER_BYTES:
+            header = name.decode("latin-1")[:40]
+            return (
+                f"the {header} header is {len(name) + len(value)} bytes long; "
+                f"at most {MAX_HEADER_BYTES} bytes per header are accepted"
+            )
+    return None
+
+
+async def _refuse_oversized(scope: Scope, send: Send, why: str) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": WS_HEADER_TOO_LARGE, "reason": why[:120]})
+        return
+    body = json.dumps({"detail": why}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send(
+        {"type": "http.response.start", "status": status.HTTP_431_REQUEST_HEADER_FIELDS_TOO_LARGE, "headers": headers}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 class AuditMiddleware:
-    """Records audited actions with their response status (refusals too), after the response started."""
+    """Refuses a request with an oversized header (431; a websocket closes with 4431) before anything reads it,
+    then records audited actions with their response status (refusals too), after the response started."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and (why := oversized_header(scope)) is not None:
+            await _refuse_oversized(scope, send, why)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -7,12 +7,18 @@ import ipaddress
 
 from starlette.requests import HTTPConnection
 
-from pearl_pipelines.labels.accounts import Accounts, User
+from pearl_pipelines.labels.accounts import TOKEN_PREFIX, Accounts, User, UserRow
 from pearl_pipelines.settings import DEFAULT_AUTH_SECRET, Settings
 from review_app.auth.oidc import InvalidToken, OidcVerifier
 
 LOCAL_SUBJECT = "local"
 SIGN_IN = "sign in: send 'Authorization: Bearer <token>' with an OpenID Connect token or a personal API token"
+INVALID_API_TOKEN = "invalid or revoked API token"  # unknown, revoked or expired: the caller learns no more
+# The users table's bounds: an identity provider's subject longer than this is refused (401), a longer display
+# name is cut to it; the database never sees either (PostgreSQL would refuse them with an error, a 500).
+MAX_SUBJECT: int = UserRow.__table__.c.subject.type.length  # type: ignore[attr-defined]
+MAX_NAME: int = UserRow.__table__.c.name.type.length  # type: ignore[attr-defined]
+MAX_ISSUER = 200  # leaves room for the subjects of `oidc:<issuer>#<sub>`
 
 
 class NotSignedIn(Exception):
@@ -49,6 +55,11 @@ def check_settings(settings: Settings) -> None:
         )
     if not (settings.oidc_issuer and settings.oidc_audience):
         raise AuthConfigError("refusing to start: PEARL_AUTH_MODE=oidc needs PEARL_OIDC_ISSUER and PEARL_OIDC_AUDIENCE")
+    if len(settings.oidc_issuer) > MAX_ISSUER:
+        raise AuthConfigError(
+            f"refusing to start: PEARL_OIDC_ISSUER is {len(settings.oidc_issuer)} characters long; at most "
+            f"{MAX_ISSUER} leave room for the users' subjects (oidc:<issuer>#<sub>, {MAX_SUBJECT} characters)"
+        )
 
 
 def _bearer(conn: HTTPConnection) -> str | None:
@@ -90,13 +101,13 @@ class Authenticator:
             user = self.accounts.token_user(token)
             if user is not None:
                 return user
-            if self.oidc is None:
-                raise NotSignedIn("unknown, revoked or expired API token")
+            if self.oidc is None or token.startswith(TOKEN_PREFIX):  # a personal token is no JWT: say so
+                raise NotSignedIn(INVALID_API_TOKEN)
             try:
                 claims = self.oidc.verify(token)
             except InvalidToken as exc:
                 raise NotSignedIn(str(exc)) from None
-            return self.accounts.user(f"oidc:{self.oidc.issuer}#{claims.subject}", claims.name)
+            return self._signed_in(self.oidc.issuer, claims.subject, claims.name)
         if self.local:
             server = conn.scope.get("server") or (None, None)
             client = conn.client.host if conn.client else None
@@ -104,3 +115,13 @@ class Authenticator:
                 raise NotSignedIn("local mode serves loopback callers only; " + SIGN_IN)
             return self.local_user()
         raise NotSignedIn(SIGN_IN)
+
+    def _signed_in(self, issuer: str, sub: str, name: str) -> User:
+        """The user an identity provider vouched for; their display name follows the provider's."""
+        subject = f"oidc:{issuer}#{sub}"
+        if len(subject) > MAX_SUBJECT:
+            raise NotSignedIn(
+                f"the token's subject (sub) is {len(sub)} characters long; this server accepts at most "
+                f"{MAX_SUBJECT - len(subject) + len(sub)} from this identity provider"
+            )
+        return self.accounts.user(subject, name[:MAX_NAME])

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import httpx
 import jwt
 
+from pearl_pipelines.labels.store import plain_text, text_problem
+
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 LEEWAY_S = 30  # clock skew between the identity provider and this server
 
@@ -66,5 +68,16 @@ class OidcVerifier:
             raise InvalidToken("the identity provider's keys could not be fetched") from exc
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"invalid bearer token: {exc}") from exc
-        name = claims.get("preferred_username") or claims.get("name") or claims.get("email") or claims["sub"]
-        return OidcClaims(subject=str(claims["sub"]), name=str(name), email=claims.get("email"))
+        subject = str(claims["sub"])
+        problem = text_problem(subject)
+        if problem is not None:  # a subject names the user in the database and the audit trail: never cleaned up
+            raise InvalidToken(f"invalid bearer token: its subject (sub) {problem}")
+        name = claims.get("preferred_username") or claims.get("name") or claims.get("email") or subject
+        # The display name is only shown: cleaned of control characters rather than refused (identity.py bounds
+        # its length); nothing left of it: the subject.
+        email = claims.get("email")
+        return OidcClaims(
+            subject=subject,
+            name=plain_text(str(name)).strip() or subject,
+            email=email if isinstance(email, str) else None,
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, Path, Request, status
 
 from pearl_pipelines.labels.accounts import Role
 from review_app.deps import MAX_ID, AccountsDep, ProjectId, ServicesDep, UserDep
@@ -52,9 +52,10 @@ def list_tokens(accounts: AccountsDep, user: UserDep) -> list[TokenOut]:
 
 
 @router.post("/api/tokens", response_model=TokenIssued, status_code=status.HTTP_201_CREATED, responses=ERRORS)
-def create_token(accounts: AccountsDep, user: UserDep, body: TokenCreate) -> TokenIssued:
+def create_token(accounts: AccountsDep, user: UserDep, body: TokenCreate, request: Request) -> TokenIssued:
     """A personal API token for scripts and the CLI, acting as the caller; the secret is shown only here."""
     issued = accounts.issue_token(user, body.name, body.days)
+    request.state.audit_target = {"token_id": str(issued.id)}  # the id names it; the secret is never recorded
     row = next(t for t in accounts.tokens(user) if t.id == issued.id)
     return TokenIssued(**TokenOut.model_validate(row, from_attributes=True).model_dump(), token=issued.token)
 
@@ -73,20 +74,24 @@ def list_members(accounts: AccountsDep, project_id: ProjectId) -> list[MemberOut
 
 
 @router.put("/api/projects/{project_id}/members", response_model=list[MemberOut], responses=ERRORS)
-def set_member(accounts: AccountsDep, project_id: ProjectId, body: MemberIn) -> list[MemberOut]:
-    """Give a user a role in the project (owners only); the user may not have signed in yet."""
-    member = accounts.user(body.subject, body.name or body.subject)
+def set_member(accounts: AccountsDep, project_id: ProjectId, body: MemberIn, request: Request) -> list[MemberOut]:
+    """Give a user a role in the project (owners only); the user may not have signed in yet. `name` names only a
+    user not seen yet, until their own sign-in: a user's name is their own, never changed here. Demoting the
+    project's last owner is refused (422)."""
+    request.state.audit_target = {"subject": body.subject, "role": body.role}  # refusals are audited with it too
+    member = accounts.ensure_user(body.subject, body.name or body.subject)
     accounts.set_role(project_id, member, Role[body.role])
     return list_members(accounts, project_id)
 
 
 @router.delete("/api/projects/{project_id}/members/{user_id}", response_model=list[MemberOut], responses=ERRORS)
 def remove_member(
-    accounts: AccountsDep, project_id: ProjectId, user_id: Annotated[int, Path(ge=1, le=MAX_ID)]
+    accounts: AccountsDep, project_id: ProjectId, user_id: Annotated[int, Path(ge=1, le=MAX_ID)], request: Request
 ) -> list[MemberOut]:
     member = next((u for u, _ in accounts.members(project_id) if u.id == user_id), None)
     if member is None:
         raise KeyError(f"user {user_id} is not a member of project {project_id}")
+    request.state.audit_target = {"subject": member.subject}  # with the path's user_id
     accounts.remove_member(project_id, member)
     return list_members(accounts, project_id)
 

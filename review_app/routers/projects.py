@@ -20,10 +20,13 @@ def list_projects(projects: ProjectsDep, services: ServicesDep, user: UserDep) -
 
 
 @router.post("", response_model=ProjectOut, status_code=status.HTTP_201_CREATED, responses=ERRORS)
-def create_project(projects: ProjectsDep, accounts: AccountsDep, user: UserDep, body: ProjectCreate) -> ProjectOut:
+def create_project(
+    projects: ProjectsDep, accounts: AccountsDep, services: ServicesDep, user: UserDep, body: ProjectCreate
+) -> ProjectOut:
     """Create a project, owned by the caller; its imagery mosaic is built in the background (a `job` event says
-    when it is ready)."""
-    row = projects.create(body)
+    when it is ready). `base_model` is a starter, or the registered model of a project the caller has a role in."""
+    services.quotas.check_new_project(user)  # 403 naming PEARL_QUOTA_PROJECTS or PEARL_QUOTA_BYTES
+    row = projects.create(body, readable=services.readable_projects(user))
     accounts.set_role(row.id, user, Role.owner)
     return projects.out(row.id, retry_missing=False)
 

@@ -17,6 +17,7 @@ from review_app.schemas import AoiCreate, AoiOut, PredictionLayer
 from review_app.services.classes import ClassSchemas
 from review_app.services.errors import Conflict
 from review_app.services.model_cache import ModelCache
+from review_app.services.quotas import Quotas
 from review_app.suggestions import SuggestionCollection, SuggestionMethod, aoi_suggestions
 from review_app.workspace import StateStore
 
@@ -31,9 +32,10 @@ class AoiService:
         classes: ClassSchemas,
         model_cache: ModelCache,
         runner: JobRunner,
+        quotas: Quotas,
     ) -> None:
         self.settings, self.store, self.states = settings, store, states
-        self.classes, self.model_cache, self.runner = classes, model_cache, runner
+        self.classes, self.model_cache, self.runner, self.quotas = classes, model_cache, runner, quotas
 
     def get(self, project_id: int, aoi_id: int) -> AoiRow:
         row = self.store.get_aoi(aoi_id)
@@ -66,6 +68,7 @@ class AoiService:
 
     def add(self, project_id: int, req: AoiCreate) -> AoiRow:
         self.store.get_project(project_id)
+        self.quotas.check_new_aoi(project_id)
         geom = geometry.parse_aoi(req.geometry, req.crs, self.settings.live_aoi_max_km2)
         imagery = self.states.get(project_id).imagery
         if imagery.state != "ready" or imagery.bounds is None:
@@ -84,6 +87,7 @@ class AoiService:
         self.model_cache.require(project_id)
         if self.states.get(project_id).imagery.state != "ready":
             raise Conflict("the project's imagery is not ready yet")
+        self.quotas.check_growth(project_id)  # a prediction layer and an embedding cache go to disk
         ws, slot = self.states.workspace(project_id), self.model_cache.slot(project_id)
         schema_of = functools.partial(self.classes.get, project_id)
         return self.runner.submit(

@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class Conflict(RuntimeError):
     """The request is valid but the project is not in a state to do it (no model yet, imagery not ready)."""
+
+
+class QuotaExceeded(RuntimeError):
+    """A per-user quota (PEARL_QUOTA_*) would be exceeded (403); the message names the quota and its setting."""

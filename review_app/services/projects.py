@@ -4,12 +4,17 @@ imagery mosaic and base model load in the background, so a new or restarted proj
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Set as AbstractSet
 
 from pearl_pipelines.classes import load_schema
+from pearl_pipelines.geo.regions import LABEL_SCHEMAS
 from pearl_pipelines.labels.store import LabelStore, LabelStoreError, ProjectRow
+from pearl_pipelines.ml.refs import parse_registered_ref, project_id_of, starter_schema_of
 from pearl_pipelines.settings import Settings
+from review_app.imagery import ImageryError, resolve_source
 from review_app.links import imagery_links
 from review_app.schemas import (
+    BASE_MODEL_REFUSED,
     DEFAULT_BASE_MODEL,
     ClassOut,
     ImageryStatus,
@@ -27,6 +32,19 @@ from review_app.workspace import StateStore
 
 DEMO_PROJECT = "Demo: Chesapeake shoreline"
 DEMO_COLLECTION = "demo"
+
+
+def may_use_base_model(ref: str, readable: AbstractSet[int]) -> bool:
+    """Whether a caller who has a role in the projects `readable` may name `ref` as a new project's base model: a
+    registered model reference (never a path) to a starter (`pearl-starter-<schema>`, any caller) or to the
+    registered model of a project in `readable` (`pearl-project-<id>`). A refusal never says which check failed,
+    so it tells nothing about what exists."""
+    try:
+        name, _ = parse_registered_ref(ref)
+    except ValueError:
+        return False
+    schema_id, project_id = starter_schema_of(name), project_id_of(name)
+    return schema_id in LABEL_SCHEMAS or (project_id is not None and project_id in readable)
 
 
 class ProjectService:
@@ -60,10 +78,15 @@ class ProjectService:
                 imagery=LocalImagery(collection=DEMO_COLLECTION),
                 class_schema="chesapeake9",
                 base_model=DEFAULT_BASE_MODEL,
-            )
+            ),
+            readable=frozenset(),
         )
 
-    def create(self, req: ProjectCreate) -> ProjectRow:
+    def create(self, req: ProjectCreate, *, readable: AbstractSet[int]) -> ProjectRow:
+        """A new project. `readable`: the ids of the projects the caller has a role in, whose registered models it
+        may name as its base model (any caller may name a starter)."""
+        if not may_use_base_model(req.base_model, readable):
+            raise LabelStoreError(f"invalid request: base_model: {BASE_MODEL_REFUSED}")
         if isinstance(req.class_schema, str):
             try:
                 schema = load_schema(req.class_schema, self.settings.assets_dir)
@@ -71,6 +94,10 @@ class ProjectService:
                 raise LabelStoreError(exc.args[0]) from None
         else:
             schema = req.class_schema
+        try:  # a STAC API the operator configured, by id (SSRF: no request goes to a URL a user names)
+            resolve_source(req.imagery.model_dump(), self.settings)
+        except ImageryError as exc:
+            raise LabelStoreError(str(exc)) from None
         row = self.store.create_project(req.name, req.imagery.model_dump(), schema, req.base_model)
         self.warm_up(row.id)
         return row
@@ -97,7 +124,7 @@ class ProjectService:
             bounds=state.imagery.bounds,
             tilejson=imagery_links(project_id) if state.imagery.state == "ready" else TileJsonLinks(),
         )
-        model = self.model_cache.loaded(project_id)
+        ready = self.model_cache.available(project_id)  # an evicted base model reloads when needed
         return ProjectOut(
             id=row.id,
             name=row.name,
@@ -107,8 +134,8 @@ class ProjectService:
             classes=classes,
             imagery=imagery,
             model=ModelStatus(
-                ready=model is not None,
-                message="" if model is not None else self.model_cache.why_missing(project_id),
+                ready=ready,
+                message="" if ready else self.model_cache.why_missing(project_id),
                 base_model=row.base_model,
                 current_version=state.current_model,
             ),

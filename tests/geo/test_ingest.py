@@ -116,7 +116,7 @@ def test_red_band_is_source_band_3_with_a_2_98_percentile_stretch(rotterdam: Rot
 
 def test_search_tile_and_natural_colours(rotterdam: Rotterdam, tmp_path: Path) -> None:
     ms1 = rotterdam.items[0]
-    catalog = StacCatalog(url=rotterdam.server.url, collections=["rotterdam"])
+    catalog = StacCatalog(url=rotterdam.server.url, collections=["rotterdam"], local_root=rotterdam.catalog_dir)
     found = catalog.search(bbox=ms1.bbox)
     assert [item.id for item in found] == ["ms1"]
     assert catalog.search(bbox=[4.0, 40.0, 4.1, 40.1]) == []

@@ -87,3 +87,33 @@ def test_operators_grant_roles_and_issue_tokens_from_the_cli(
     finally:
         get_settings.cache_clear()
         store.engine.dispose()
+
+
+def test_demoting_the_last_owner_is_refused(store: LabelStore, project: ProjectRow) -> None:
+    """set_role kept no owner check: PUT members could leave a project without an owner."""
+    accounts = Accounts(store, KEY)
+    ada, bob = accounts.user("oidc:x#ada", "Ada"), accounts.user("oidc:x#bob", "Bob")
+    accounts.set_role(project.id, ada, Role.owner)
+    for role in (Role.mapper, Role.viewer):
+        with pytest.raises(LabelStoreError, match="at least one owner"):
+            accounts.set_role(project.id, ada, role)
+    assert accounts.members(project.id) == [(ada, Role.owner)]
+    accounts.set_role(project.id, ada, Role.owner)  # granting what it has: fine
+    accounts.set_role(project.id, bob, Role.owner)
+    accounts.set_role(project.id, ada, Role.viewer)  # another owner stays
+    with pytest.raises(LabelStoreError, match="at least one owner"):
+        accounts.set_role(project.id, bob, Role.mapper)
+    assert accounts.members(project.id) == [(ada, Role.viewer), (bob, Role.owner)]
+
+
+def test_a_grant_never_renames_a_user_and_sign_in_does(store: LabelStore, project: ProjectRow) -> None:
+    """An owner granting a role names the user only until their own sign-in; it never renames an existing user."""
+    accounts = Accounts(store, KEY)
+    ada = accounts.user("oidc:x#ada", "Ada")
+    assert accounts.ensure_user("oidc:x#ada", "Mallory's label for Ada") == ada
+    assert accounts.find_user("oidc:x#ada") == ada
+    newcomer = accounts.ensure_user("oidc:x#new", "placeholder")
+    assert newcomer.name == "placeholder"
+    assert accounts.ensure_user("oidc:x#new", "another placeholder") == newcomer
+    signed_in = accounts.user("oidc:x#new", "Newcomer")  # the identity provider's name replaces the placeholder
+    assert (signed_in.id, signed_in.name) == (newcomer.id, "Newcomer")

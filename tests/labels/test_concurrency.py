@@ -184,3 +184,40 @@ def test_classes_added_at_once_are_all_kept(store_url: str) -> None:
     assert names[:9] == load_schema("chesapeake9").names
     assert sorted(names[9:]) == [f"extra_{w}" for w in range(WRITERS)]
     store.engine.dispose()
+
+
+@pytest.mark.parametrize("action", ["demote", "remove"])
+def test_owners_demoting_each_other_at_once_leave_one_owner(store_url: str, action: str) -> None:
+    """Two owners each demote (or remove) the other at the same moment: one wins, the project keeps an owner.
+    The owner check and the write share a transaction that holds the project's lock."""
+    from pearl_pipelines.labels.accounts import Accounts, Role
+
+    key = "k" * 40
+    store = LabelStore(store_url)
+    project_id = store.create_project("owners", {}, load_schema("chesapeake9"), "m:/x").id
+    accounts = Accounts(store, key)
+    owners = [accounts.user(f"oidc:x#owner{i}", f"Owner {i}") for i in range(2)]
+    barrier = threading.Barrier(2)  # cyclic: one wait per round
+    for rounds in range(5):  # a few rounds: the race window is small
+        for user in owners:
+            accounts.set_role(project_id, user, Role.owner)
+
+        def demote(i: int) -> str:
+            own = Accounts(LabelStore(store_url), key)
+            barrier.wait(60)
+            try:
+                if action == "demote":
+                    own.set_role(project_id, owners[1 - i], Role.viewer)
+                else:
+                    own.remove_member(project_id, owners[1 - i])
+                return "done"
+            except LabelStoreError:
+                return "refused"
+            finally:
+                own.store.engine.dispose()
+
+        with ThreadPoolExecutor(2) as pool:
+            outcomes = sorted(pool.map(demote, range(2)))
+        assert outcomes == ["done", "refused"], (rounds, outcomes)
+        assert [r for _, r in accounts.members(project_id)].count(Role.owner) == 1, rounds
+    store.engine.dispose()

@@ -6,6 +6,7 @@ import datetime as dt
 import math
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,14 @@ from fastapi.testclient import TestClient
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.settings import Settings
 from tests.conftest import free_port
-from tests.review_app.conftest import center, square
+from tests.review_app.conftest import center, new_home, square
+
+DEAD_STAC_API = f"http://127.0.0.1:{free_port()}"  # a configured STAC API nothing answers at
+
+
+@pytest.fixture(scope="module")
+def settings(review_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return new_home(tmp_path_factory, review_assets).model_copy(update={"stac_apis": {"down": DEAD_STAC_API}})
 
 
 @pytest.fixture(scope="module")
@@ -256,8 +264,7 @@ def test_timestamps_carry_their_timezone(client: TestClient) -> None:
 
 
 def test_unreachable_stac_api_is_named_and_nothing_else_breaks(client: TestClient, store: LabelStore) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
-    body = {"name": "stac down", "imagery": {"source": "stac", "url": dead, "collections": ["naip"], "bbox": BBOX}}
+    body = {"name": "stac down", "imagery": {"source": "stac", "api": "down", "collections": ["naip"], "bbox": BBOX}}
     response = client.post("/api/projects", json=body)
     assert response.status_code == 201, response.text  # the project is kept; its imagery says what is wrong
     project_id = response.json()["id"]
@@ -265,7 +272,8 @@ def test_unreachable_stac_api_is_named_and_nothing_else_breaks(client: TestClien
     while (imagery := client.get(f"/api/projects/{project_id}").json()["imagery"])["state"] in ("missing", "building"):
         assert time.monotonic() < deadline, imagery
         time.sleep(0.1)
-    assert imagery["state"] == "error" and dead in imagery["message"] and "STAC API" in imagery["message"]
+    assert imagery["state"] == "error" and "STAC API 'down'" in imagery["message"]
+    assert DEAD_STAC_API not in imagery["message"]  # the API's id, not its URL
     assert client.get("/api/projects/1").status_code == 200
 
 

@@ -18,6 +18,7 @@ import rasterio
 from fastapi.testclient import TestClient
 from shapely.geometry import shape
 
+from pearl_pipelines.ml.base_model import project_base_file
 from pearl_pipelines.ml.inference import predict
 from pearl_pipelines.ml.models import LandcoverModel, load_model
 from pearl_pipelines.settings import Settings
@@ -58,8 +59,8 @@ def test_new_aoi_is_predicted_by_the_worker(
     # The same model in this process (backbone restored) gives the same map.
     monkeypatch.undo()
     local = predict(
-        load_model(paths.base_model_dir / "model.pt"),
-        paths.imagery,
+        load_model(project_base_file(settings, paths.base_model_dir)),  # the shared copy the project maps with
+        client.app.state.services.states.imagery_path(1),  # type: ignore[attr-defined]
         tmp_path / "local",
         aoi=shape(geometry),
         aoi_crs="EPSG:4326",
@@ -73,15 +74,15 @@ def test_new_aoi_is_predicted_by_the_worker(
 def test_a_failed_worker_task_fails_the_job_with_its_message(
     client: TestClient, settings: Settings, project: dict[str, Any]
 ) -> None:
-    paths = ProjectPaths.of(settings.home_abs, 1)
     lon, lat = center(project)
     created = client.post("/api/projects/1/aois", json={"name": "no imagery", "geometry": square(lon, lat, 0.001)})
     aoi_id = created.json()["id"]
-    moved = paths.imagery.with_name("moved.tif")
-    paths.imagery.rename(moved)
+    imagery = client.app.state.services.states.imagery_path(1)  # type: ignore[attr-defined]
+    moved = imagery.with_name("moved.tif")
+    imagery.rename(moved)
     try:
         job = wait_job(client, client.post(f"/api/projects/1/aois/{aoi_id}/inference").json()["id"])
     finally:
-        moved.rename(paths.imagery)
+        moved.rename(imagery)
     assert job["state"] == "failed"
     assert "predict-aoi" in job["error"] and "mosaic.tif" in job["error"]

@@ -105,7 +105,7 @@ def test_a_vrt_in_place_of_a_raster_is_never_read(
 ) -> None:
     """Even a VRT sitting exactly where a raster is expected (named .tif) is refused: the reader opens GTiff only."""
     z, x, y = tile
-    mosaic = settings.home_abs / "review" / "projects" / "1" / "imagery" / "mosaic.tif"
+    mosaic = client.app.state.services.states.imagery_path(1)  # type: ignore[attr-defined]
     target = tmp_path / "secret.tif"
     shutil.copy(mosaic, target)
     backup = tmp_path / "mosaic.backup.tif"
@@ -126,7 +126,7 @@ def test_a_vrt_in_place_of_a_raster_is_never_read(
 
 def test_missing_file_and_unknown_id_look_the_same(client: TestClient, settings: Settings) -> None:
     """A known id whose file vanished answers exactly like an id that never existed (no oracle for file names)."""
-    mosaic = settings.home_abs / "review" / "projects" / "1" / "imagery" / "mosaic.tif"
+    mosaic = client.app.state.services.states.imagery_path(1)  # type: ignore[attr-defined]
     moved = mosaic.with_name("moved.tif")
     mosaic.rename(moved)
     try:
