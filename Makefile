@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 export PEARL_HOME ?= $(CURDIR)/.pearl
 
-.PHONY: install demo test lint typecheck pytest bench clean frontend chromium postgres redis
+.PHONY: install demo test lint typecheck pytest bench clean frontend types chromium postgres redis
 
 # torch first, pinned: pip takes the CPU build from this machine's disk instead of a multi-GB CUDA build.
 # solaris is only a carrier of real Rotterdam test images: installed without its dependencies, never imported;
@@ -27,6 +27,15 @@ $(FRONTEND_STAMP): $(FRONTEND)/package.json $(FRONTEND)/package-lock.json $(FRON
 	touch $(FRONTEND_STAMP)
 
 frontend: $(FRONTEND_STAMP)
+
+# The front-end's API types are generated: the app's OpenAPI schema (websocket events included) into
+# $(FRONTEND)/openapi.json, then openapi-typescript (pinned in package.json) into $(FRONTEND)/src/api-types.ts.
+# Both files are committed; run this after changing review_app/schemas.py or a route (tests/review_app/
+# test_generated_types.py fails until then).
+types: $(STAMP)
+	test -x $(FRONTEND)/node_modules/.bin/openapi-typescript || (cd $(FRONTEND) && npm ci --no-audit --no-fund)
+	$(PY) -m review_app.openapi
+	cd $(FRONTEND) && npm run gen:types
 
 install: $(STAMP) $(FRONTEND_STAMP)
 

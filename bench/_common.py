@@ -69,7 +69,7 @@ def schema_lut() -> np.ndarray:
 
 def scene_cog(name: str, size: int, seed: int, shifted: bool = False) -> tuple[Path, np.ndarray]:
     """A generated size x size scene at 1 m as a COG (cached) and its chesapeake4 reference labels."""
-    from pearl_pipelines.geo.scene import SHIFTED, generate_scene
+    from pearl_pipelines.synthetic.scene import SHIFTED, generate_scene
 
     path, labels_path = bench_dir() / f"{name}.tif", bench_dir() / f"{name}.labels.npy"
     if not (path.is_file() and labels_path.is_file()):
@@ -95,10 +95,10 @@ def _registered_starter(arch: str) -> tuple[LandcoverModel, Path] | None:
 
 
 def _train_fcn(path: Path) -> LandcoverModel:
-    from pearl_pipelines.geo.scene import generate_scene
     from pearl_pipelines.ml.data import LabelledRaster, band_stats
     from pearl_pipelines.ml.replay import build_replay_set
     from pearl_pipelines.ml.train import TrainConfig, train_model
+    from pearl_pipelines.synthetic.scene import generate_scene
 
     log("no starter FCN found: training a PEARL-sized FCN on a generated 512x512 scene (about a minute) ...")
     scene = generate_scene(512, 512, seed=21)

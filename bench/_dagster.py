@@ -92,7 +92,8 @@ class Bench:
 
 
 def ensure_regions(catalog_dir: Path) -> None:
-    from pearl_pipelines.geo.regions import build_region, load_regions
+    from pearl_pipelines.geo.regions import load_regions
+    from pearl_pipelines.synthetic.regions import build_region
 
     regions = load_regions(get_settings().assets_dir)
     for name in NEEDED_REGIONS:
@@ -185,6 +186,6 @@ def utm_box_lonlat(region_name: str, offset_m: tuple[float, float], size_m: floa
 
 def reference_labels(region_name: str, aoi: Any, n: int, seed: int) -> list[tuple[str, Any]]:
     """n points inside the AOI, labelled from the region's reference rasters (a careful mapper's clicks)."""
-    from pearl_pipelines.geo.regions import reference_points
+    from pearl_pipelines.synthetic.regions import reference_points
 
     return reference_points(get_settings().catalog_dir, region_name, aoi, n, seed=seed)

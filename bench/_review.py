@@ -50,7 +50,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def bench_settings(name: str = "review") -> Settings:
     """The bench home PEARL_HOME/bench/<name>, with the demo region and a model in place."""
-    from pearl_pipelines.geo.regions import build_region, load_regions
+    from pearl_pipelines.geo.regions import load_regions
+    from pearl_pipelines.synthetic.regions import build_region
 
     main = get_settings()
     if not (main.catalog_dir / DEMO / "collection.json").is_file():

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as `pyt
 
 from pearl_pipelines.classes import load_schema
 from pearl_pipelines.geo.catalog import load_collection_items
-from pearl_pipelines.geo.regions import build_region, label_asset_key, load_regions
+from pearl_pipelines.geo.regions import label_asset_key, load_regions
 from pearl_pipelines.ml.embeddings import EmbeddingCache, apply_head, backbone_digest, sample_embeddings
 from pearl_pipelines.ml.inference import predict
 from pearl_pipelines.ml.models import LandcoverModel, load_model, save_model, with_features
@@ -60,6 +60,7 @@ from pearl_pipelines.ml.suggest import uncertainty
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.ml.zero_shot import fit_zero_shot_head
 from pearl_pipelines.settings import REPO_ROOT, get_settings
+from pearl_pipelines.synthetic.regions import build_region
 
 ROTTERDAM_LABELS = "shared/data/rotterdam/labels.geojson"  # beside the checkout, as in CI
 CLICKS = (10, 25, 50, 100)

@@ -49,6 +49,7 @@ def direct_refresh(home: Path, stac_url: str, mlflow_uri: str, version: str) -> 
     from pearl_pipelines.geo.tiles import cut_tiles
     from pearl_pipelines.layout import CLASSES_FILE, CONFIDENCE_FILE
     from pearl_pipelines.ml.registry import load_registered
+    from pearl_pipelines.worker.contracts import Tile
     from pearl_pipelines.worker.tasks import predict_tile_list
 
     started = time.perf_counter()
@@ -62,7 +63,7 @@ def direct_refresh(home: Path, stac_url: str, mlflow_uri: str, version: str) -> 
     model_ref = ModelRef(STARTER, version)
     model = load_registered(mlflow_uri, STARTER, version, home / "models" / "registry-cache")
     tiles = [
-        {"key": k, "tile_path": str(rasters.tile_path(k)), "out_dir": str(rasters.predictions_dir(model_ref.slug, k))}
+        Tile(key=k, tile_path=str(rasters.tile_path(k)), out_dir=str(rasters.predictions_dir(model_ref.slug, k)))
         for k in keys
     ]
     predict_tile_list(LocalPipes(), model, model_ref.uri, tiles)  # type: ignore[arg-type]

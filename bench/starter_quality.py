@@ -33,13 +33,13 @@ from pearl_pipelines.ml.registry import ModelRegistry
 from pearl_pipelines.ml.starter import (
     HOLDOUT_REGION,
     STARTER_ALIAS,
-    ensure_mlflow,
     ensure_regions,
     format_report,
     train_starter,
     training_regions,
 )
 from pearl_pipelines.ml.train import evaluate_rasters
+from pearl_pipelines.services import ensure_mlflow
 from pearl_pipelines.settings import get_settings
 
 SCHEMAS = {"9": "chesapeake9", "4": "chesapeake4"}

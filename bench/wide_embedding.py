@@ -25,7 +25,7 @@ from shapely.geometry import Point
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as `python bench/NAME.py`
 
 from pearl_pipelines.geo.catalog import load_collection_items
-from pearl_pipelines.geo.regions import build_region, load_regions
+from pearl_pipelines.geo.regions import load_regions
 from pearl_pipelines.ml.data import read_item
 from pearl_pipelines.ml.embeddings import EmbeddingCache, apply_head
 from pearl_pipelines.ml.features import DEFAULT_FEATURES
@@ -36,6 +36,7 @@ from pearl_pipelines.ml.retrain import RetrainOptions, retrain
 from pearl_pipelines.ml.shipped import load_shipped, shipped_path
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import get_settings
+from pearl_pipelines.synthetic.regions import build_region
 
 REGION = "demo"
 

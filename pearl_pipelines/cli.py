@@ -34,7 +34,7 @@ def _regions(names: str | None) -> list:
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
-    from pearl_pipelines.geo.regions import build_region
+    from pearl_pipelines.synthetic.regions import build_region
 
     for region in _regions(args.regions):
         if (settings.catalog_dir / region.name / "collection.json").exists() and not args.force:
@@ -87,7 +87,7 @@ def cmd_tiles(args: argparse.Namespace, settings: Settings) -> list[Path]:
 def cmd_render(args: argparse.Namespace, settings: Settings) -> None:
     from pearl_pipelines.classes import load_schema
     from pearl_pipelines.geo.render import false_color_png, labels_png, true_color_png
-    from pearl_pipelines.geo.scene import generate_scene
+    from pearl_pipelines.synthetic.scene import generate_scene
 
     out = Path(args.out)
     scene = generate_scene(args.size, args.size, seed=args.seed)
@@ -107,12 +107,12 @@ def cmd_starter(args: argparse.Namespace, settings: Settings) -> None:
     from pearl_pipelines.ml.shipped import require_shipped
     from pearl_pipelines.ml.starter import (
         STARTER_SCHEMAS,
-        ensure_mlflow,
         format_report,
         recipe_for,
         ship_starter,
         train_starter,
     )
+    from pearl_pipelines.services import ensure_mlflow
 
     schemas = list(STARTER_SCHEMAS) if args.schema == "all" else [args.schema]
     try:

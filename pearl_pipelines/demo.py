@@ -20,13 +20,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pearl_pipelines.geo.regions import build_region, load_regions
+from pearl_pipelines.geo.regions import load_regions
 from pearl_pipelines.geo.stac_server import StacServer
 from pearl_pipelines.ml.refs import starter_model_name
 from pearl_pipelines.ml.shipped import shipped_path
 from pearl_pipelines.ml.starter import DEFAULT_ARCH
 from pearl_pipelines.services import dagster_dev, mlflow_server, review_app
 from pearl_pipelines.settings import Settings
+from pearl_pipelines.synthetic.regions import build_region
 from pearl_pipelines.worker.forkserver import WorkerServer
 
 DEMO_REGION = "demo"

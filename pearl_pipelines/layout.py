@@ -19,6 +19,7 @@ TILE_IMAGE = "image.tif"
 CLASSES_FILE = "classes.tif"
 CONFIDENCE_FILE = "confidence.tif"
 PREDICTION_META = "prediction.json"
+EMBEDDINGS_META = "embeddings.json"  # an embedding cache's metadata, written last (ml/embeddings.py)
 IMAGERY_MOSAIC = "mosaic.tif"
 IMAGERY_DIGEST = re.compile(r"[0-9a-f]{64}")  # sha256 (hex) of an imagery source's canonical JSON
 
@@ -211,3 +212,12 @@ def prediction_is_fresh(out_dir: Path, image_path: Path, *, whole_tile: bool = F
     if whole_tile and json.loads(meta.read_text()).get("mode") != "full":
         return False
     return not Path(image_path).is_file() or meta.stat().st_mtime >= Path(image_path).stat().st_mtime
+
+
+# -- embedding caches' completion marker ----------------------------------------------------------------------------
+def cache_complete(directory: Path) -> bool:
+    """Whether `directory` holds a complete embedding cache (the metadata file is written last, by `flush`).
+
+    Here rather than in ml/embeddings.py (which writes the caches) so that Dagster's definitions can ask without
+    importing torch."""
+    return (Path(directory) / EMBEDDINGS_META).is_file()

@@ -6,17 +6,21 @@ Each service runs in its own process group so that stopping it stops its childre
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
+
+if TYPE_CHECKING:
+    from pearl_pipelines.settings import Settings
 
 
 def venv_bin(name: str) -> str:
@@ -129,6 +133,24 @@ def mlflow_server(home: Path, port: int, host: str = "127.0.0.1") -> Service:
         "1",
     ]
     return Service("MLflow", cmd, f"http://{host}:{port}/health", log_path=mlflow_dir / "server.log")
+
+
+@contextlib.contextmanager
+def ensure_mlflow(settings: Settings) -> Iterator[str]:
+    """Yield a tracking URI that answers: the configured one, or a local server started here (stopped after)."""
+    from pearl_pipelines.ml.tracking import mlflow_reachable  # imports mlflow: only where MLflow is wanted
+
+    uri = settings.resolved_mlflow_uri
+    if mlflow_reachable(uri, timeout=2.0):
+        yield uri
+        return
+    if settings.mlflow_tracking_uri and settings.mlflow_tracking_uri != f"http://127.0.0.1:{settings.mlflow_port}":
+        raise ConnectionError(
+            f"MLflow tracking server {uri} does not answer; start it or unset PEARL_MLFLOW_TRACKING_URI"
+        )
+    print(f"starting a local MLflow server on {uri} (store under {settings.home_abs / 'mlflow'})")
+    with mlflow_server(settings.home_abs, settings.mlflow_port).start(timeout=120):
+        yield uri
 
 
 def dagster_home(home: Path) -> Path:

@@ -1,5 +1,6 @@
 """Websocket fan-out: worker threads publish project events, every open socket of that project receives them.
 
+Events are the models of review_app/schemas.py (`WsEvent`, one per `type`), turned into JSON once, by `publish`.
 Jobs run in a thread pool, so `publish` is thread-safe: it hands the event to the event loop with
 `call_soon_threadsafe`. A slow browser gets a bounded queue; when it is full the oldest progress
 event is the one dropped (progress is superseded by the next one anyway).
@@ -12,6 +13,8 @@ import contextlib
 import logging
 from collections import defaultdict
 from typing import Any
+
+from review_app.schemas import WsEventModel
 
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 256
@@ -36,19 +39,20 @@ class EventHub:
     def subscriber_count(self, project_id: int) -> int:
         return len(self._subscribers[project_id])
 
-    def publish(self, project_id: int, event: dict[str, Any]) -> None:
+    def publish(self, project_id: int, event: WsEventModel) -> None:
         """Send `event` to every socket of the project; callable from any thread."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
+        message = event.model_dump(mode="json")
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is loop:
-            self._deliver(project_id, event)
+            self._deliver(project_id, message)
         else:
-            loop.call_soon_threadsafe(self._deliver, project_id, event)
+            loop.call_soon_threadsafe(self._deliver, project_id, message)
 
     def _deliver(self, project_id: int, event: dict[str, Any]) -> None:
         for queue in list(self._subscribers[project_id]):

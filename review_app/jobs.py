@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from review_app.events import EventHub
 from review_app.rate_limits import TooManyRequests
-from review_app.schemas import JobKind, JobOut, JobState
+from review_app.schemas import ErrorEvent, JobEvent, JobKind, JobOut, JobState, WsEventModel
 
 log = logging.getLogger(__name__)
 MAX_JOBS_KEPT = 200
@@ -80,7 +80,7 @@ class JobContext:
             self.job.progress = fraction
         self.runner.announce(self.job)
 
-    def publish(self, event: dict) -> None:
+    def publish(self, event: WsEventModel) -> None:
         self.runner.hub.publish(self.job.project_id, event)
 
 
@@ -138,10 +138,10 @@ class JobRunner:
             job.finished_at = dt.datetime.now(dt.UTC)
             self.announce(job)
             if job.state == "failed":
-                self.hub.publish(job.project_id, {"type": "error", "job_id": job.id, "message": job.error})
+                self.hub.publish(job.project_id, ErrorEvent(job_id=job.id, message=job.error or ""))
 
     def announce(self, job: Job) -> None:
-        self.hub.publish(job.project_id, {"type": "job", **job.out().model_dump(mode="json")})
+        self.hub.publish(job.project_id, JobEvent(**job.out().model_dump()))
 
     def get(self, job_id: str) -> Job:
         try:

@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(accounts.public_router)
     for router in (models.jobs_router, ws.router):
         app.include_router(router, responses=COMMON_ERRORS)
+    ws.add_event_schemas(app)  # the websocket's events, for the front-end's generated types
     mount_tiles(app)
     _mount_frontend(app)
     check_every_route_has_a_rule(app)

@@ -17,6 +17,7 @@ from typing import Any
 from pearl_pipelines.ml.base_model import project_base_file
 from pearl_pipelines.ml.versions import VERSION_FILE, ModelVersion
 from pearl_pipelines.settings import Settings
+from pearl_pipelines.worker.contracts import AoiSummary, PredictAoiInput
 from review_app.workspace import ProjectWorkspace
 
 TASK = "predict-aoi"
@@ -36,13 +37,14 @@ class AoiPrediction:
 
     @classmethod
     def of(cls, summary: Mapping[str, Any]) -> AoiPrediction:
+        parsed = AoiSummary.model_validate(summary)
         return cls(
-            seconds=float(summary["seconds"]),
-            pid=int(summary["pid"]),
-            forked=bool(summary.get("forked_from_warm_server")),
-            windows=int(summary.get("windows", 0)),
-            height=int(summary["height"]),
-            width=int(summary["width"]),
+            seconds=parsed.seconds,
+            pid=parsed.pid,
+            forked=parsed.forked_from_warm_server,
+            windows=parsed.windows,
+            height=parsed.height,
+            width=parsed.width,
         )
 
 
@@ -75,21 +77,21 @@ def predict_aoi(
     from pearl_pipelines.worker.session import WorkerTaskError, run_task  # Dagster Pipes: loaded on first use
 
     key = settings.layout.key  # worker paths are keys under PEARL_HOME (a pod mounts it elsewhere)
-    extras = {
-        "base_model": key(project_base_file(settings, ws.paths.base_model_dir)),  # the copy it maps with
-        "version_dir": key(version_folder(ws, version)),
-        "imagery": key(ws.imagery_path()),
-        "aoi": dict(geometry),
-        "out_dir": key(out_dir),
-        "embeddings_dir": key(embeddings_dir),
-        "model_id": version.id,
-    }
+    task = PredictAoiInput(
+        base_model=key(project_base_file(settings, ws.paths.base_model_dir)),  # the copy it maps with
+        version_dir=key(version_folder(ws, version)),
+        imagery=key(ws.imagery_path()),
+        aoi=dict(geometry),
+        out_dir=key(out_dir),
+        embeddings_dir=key(embeddings_dir),
+        model_id=version.id,
+    )
 
     def on_message(message: Any) -> None:
         if progress is not None and isinstance(message, dict) and message.get("kind") == "progress":
             progress(int(message["done"]), int(message["total"]))
 
-    messages = run_task(TASK, extras, on_message=on_message, settings=settings)
+    messages = run_task(TASK, task.extras(), on_message=on_message, settings=settings)
     summaries = [m for m in messages if isinstance(m, dict) and m.get("kind") == "summary"]
     if not summaries:
         raise WorkerTaskError(f"worker task {TASK!r} finished without a summary")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import sys
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
@@ -13,6 +13,7 @@ from pearl_pipelines.classes import ClassSchema
 from pearl_pipelines.labels.accounts import MAX_TOKEN_DAYS
 from pearl_pipelines.labels.store import MAX_ID, text_problem
 from pearl_pipelines.ml.refs import ACCEPTED_FORMS, REGISTERED_REF, parse_registered_ref
+from pearl_pipelines.ml.strategies import STRATEGIES
 
 DEFAULT_BASE_MODEL = "models:/pearl-starter-chesapeake9@starter"
 
@@ -291,7 +292,12 @@ class RetrainRequest(BaseModel):
     aoi_id: Id | None = Field(default=None, description="AOI to re-predict first; default: every AOI with labels")
 
 
-StrategyName = Literal["logistic_regression", "mlp", "spatial_ensemble"]  # = ml.strategies.STRATEGIES
+# The names of ml.strategies.STRATEGIES, the registry: an enum in the OpenAPI schema (and so a union of string
+# literals in the front-end's generated types) that a new strategy joins by its registry entry alone.
+if TYPE_CHECKING:
+    StrategyName = str
+else:
+    StrategyName = Literal[tuple(STRATEGIES)]
 
 
 class StrategyIn(BaseModel):
@@ -300,7 +306,8 @@ class StrategyIn(BaseModel):
 
 class StrategyOption(BaseModel):
     name: StrategyName
-    description: str
+    title: str = Field(description="what a selector shows")
+    description: str = Field(description="when to choose it")
 
 
 class StrategyOut(BaseModel):
@@ -328,6 +335,22 @@ class MetricsOut(BaseModel):
     n_labels: int
     n_samples: int
     message: str = ""
+
+    @classmethod
+    def empty(cls, model_version: int | None, *, n_labels: int = 0, message: str) -> MetricsOut:
+        """No figures (no model, or too few labels to measure it): `message` says why."""
+        return cls(
+            model_version=model_version,
+            method="none",
+            per_class=[],
+            confusion=[],
+            classes=[],
+            mean_f1=None,
+            accuracy=None,
+            n_labels=n_labels,
+            n_samples=0,
+            message=message,
+        )
 
 
 class CheckpointCreate(BaseModel):
@@ -363,22 +386,102 @@ class CompareOut(BaseModel):
 
 
 # -- websocket events -------------------------------------------------------------------------------------------
-class Event(BaseModel):
-    """A server -> browser message on /api/projects/{id}/ws; `type` says which."""
+# Server -> browser messages on /api/projects/{id}/ws, one model per `type`; publishers build them
+# (EventHub.publish takes a model) and `WsEvent` is their union. An OpenAPI document has no place for a
+# websocket's messages: routers/ws.py adds `WsEvent` and its members to the components of the app's schema, where
+# the front-end's generated types (review_app/frontend/src/api-types.ts) pick them up.
+class _WsEventBase(BaseModel):
+    # `type` has a default (publishers need not repeat it) but is always sent: required in the schema.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
 
-    model_config = ConfigDict(extra="allow")
-    type: Literal[
-        "hello",
-        "job",
-        "imagery_ready",
-        "model_status",
-        "prediction_updated",
-        "metrics_updated",
-        "labels_changed",
-        "classes_changed",
-        "error",
-        "ping",
-    ]
+
+class HelloEvent(_WsEventBase):
+    """The first message of every socket: the project and its jobs under way."""
+
+    type: Literal["hello"] = "hello"
+    project_id: int
+    active_jobs: list[JobOut]
+
+
+class JobEvent(JobOut):
+    """A job's progress or state changed (the job as GET /api/jobs/{id} gives it)."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+    type: Literal["job"] = "job"
+
+
+class ImageryReadyEvent(_WsEventBase):
+    """The project's imagery mosaic is ready."""
+
+    type: Literal["imagery_ready"] = "imagery_ready"
+    bounds: tuple[float, float, float, float] = Field(description="lon/lat bounds")
+
+
+class ModelStatusEvent(_WsEventBase):
+    """The project's model loaded, or says why not."""
+
+    type: Literal["model_status"] = "model_status"
+    ready: bool
+    message: str
+
+
+class PredictionUpdatedEvent(_WsEventBase):
+    """A new prediction layer of an AOI: fetch its tiles (the TileJSON links of `version`)."""
+
+    type: Literal["prediction_updated"] = "prediction_updated"
+    aoi_id: int
+    version: int = Field(description="layer version: bump -> refetch tiles")
+    model_version: int | None
+    job_id: str
+    tilejson: TileJsonLinks
+
+
+class MetricsUpdatedEvent(_WsEventBase):
+    """New metrics of the current model (GET /metrics)."""
+
+    type: Literal["metrics_updated"] = "metrics_updated"
+    model_version: int
+
+
+class LabelsChangedEvent(_WsEventBase):
+    """The project's labels changed (GET /labels)."""
+
+    type: Literal["labels_changed"] = "labels_changed"
+
+
+class ClassesChangedEvent(_WsEventBase):
+    """The project's classes changed (GET the project)."""
+
+    type: Literal["classes_changed"] = "classes_changed"
+
+
+class ErrorEvent(_WsEventBase):
+    """Something failed; `job_id` names the job when a job did (its `job` event carries the same error)."""
+
+    type: Literal["error"] = "error"
+    message: str
+    job_id: str | None = None
+
+
+class PingEvent(_WsEventBase):
+    """Sent on an idle socket, so proxies keep it open."""
+
+    type: Literal["ping"] = "ping"
+
+
+WsEventModel = (
+    HelloEvent
+    | JobEvent
+    | ImageryReadyEvent
+    | ModelStatusEvent
+    | PredictionUpdatedEvent
+    | MetricsUpdatedEvent
+    | LabelsChangedEvent
+    | ClassesChangedEvent
+    | ErrorEvent
+    | PingEvent
+)
+WsEvent = Annotated[WsEventModel, Field(discriminator="type")]
 
 
 def _error(description: str) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from pydantic import BaseModel, Field
 
 from pearl_pipelines.classes import ClassSchema
 from pearl_pipelines.labels.store import LabelStore
-from pearl_pipelines.ml.embeddings import EmbeddingCache, cache_complete
+from pearl_pipelines.layout import cache_complete
+from pearl_pipelines.ml.embeddings import EmbeddingCache
 from pearl_pipelines.ml.loop import conform
 from pearl_pipelines.ml.samples import sample_on_grid, validate_labels
 from pearl_pipelines.ml.suggest import MAX_SUGGESTIONS, suggest_clicks

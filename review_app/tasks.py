@@ -26,9 +26,9 @@ import geopandas as gpd
 from pearl_pipelines.classes import ClassSchema
 from pearl_pipelines.geo.stac import StacError
 from pearl_pipelines.labels.store import AoiRow, LabelStore
+from pearl_pipelines.layout import cache_complete
 from pearl_pipelines.ml import loop
 from pearl_pipelines.ml.base_model import BaseModel
-from pearl_pipelines.ml.embeddings import cache_complete
 from pearl_pipelines.ml.errors import RetrainError
 from pearl_pipelines.ml.metrics import MetricsReport
 from pearl_pipelines.ml.versions import ModelVersion
@@ -45,7 +45,13 @@ from review_app.imagery import (
 )
 from review_app.jobs import JobContext, JobFailed
 from review_app.links import prediction_links
-from review_app.schemas import ClassMetric, MetricsOut
+from review_app.schemas import (
+    ClassMetric,
+    ImageryReadyEvent,
+    MetricsOut,
+    MetricsUpdatedEvent,
+    PredictionUpdatedEvent,
+)
 from review_app.services.model_cache import ModelSlot
 from review_app.workspace import AoiLayer, ImageryInfo, ModelVersionInfo, ProjectWorkspace
 
@@ -89,7 +95,7 @@ def build_imagery(ctx: JobContext, ws: ProjectWorkspace, *, source: dict[str, An
         raise JobFailed(message) from None
     with ws.update() as state:
         state.imagery = ImageryInfo(state="ready", bounds=bounds, digest=digest)
-    ctx.publish({"type": "imagery_ready", "bounds": bounds})
+    ctx.publish(ImageryReadyEvent(bounds=bounds))
     if built:
         return f"imagery ready ({counted[0]} items)"
     return "imagery ready (the mosaic of this source was built already)"
@@ -103,14 +109,13 @@ def _publish_layer(
     for old in range(1, version - KEEP_LAYER_VERSIONS + 1):
         shutil.rmtree(ws.paths.prediction_dir(aoi_id, old), ignore_errors=True)
     ctx.publish(
-        {
-            "type": "prediction_updated",
-            "aoi_id": aoi_id,
-            "version": version,
-            "model_version": model_version,
-            "job_id": ctx.job.id,
-            "tilejson": prediction_links(ws.project_id, aoi_id, version).model_dump(),
-        }
+        PredictionUpdatedEvent(
+            aoi_id=aoi_id,
+            version=version,
+            model_version=model_version,
+            job_id=ctx.job.id,
+            tilejson=prediction_links(ws.project_id, aoi_id, version),
+        )
     )
 
 
@@ -186,16 +191,8 @@ def _labels(store: LabelStore, project_id: int, aoi_ids: list[int]) -> tuple[gpd
 def metrics_out(report: MetricsReport | None, model_version: int, notes: list[str] | None = None) -> MetricsOut:
     """The engine's report on the classes that have labels (the rest would be rows of zeros)."""
     if report is None:
-        return MetricsOut(
-            model_version=model_version,
-            method="none",
-            per_class=[],
-            confusion=[],
-            classes=[],
-            mean_f1=None,
-            accuracy=None,
-            n_labels=0,
-            n_samples=0,
+        return MetricsOut.empty(
+            model_version,
             message="; ".join(notes or []) or "metrics need labels of two classes or more in separate places",
         )
     present = [i for i, n in enumerate(report.support) if n > 0]
@@ -263,7 +260,7 @@ def run_retrain(
     cache_dirs = list(caches.values())
     strategy = ws.state().strategy
     # The live fit reuses the replay share the last cross-validation chose; the metrics pass below chooses again.
-    live_scale = float(current.version.info.get("replay_scale", 1.0))
+    live_scale = 1.0 if current.version.replay_scale is None else current.version.replay_scale
     fit = functools.partial(
         loop.retrain_version, current.version, schema, cache_dirs, labels, current.base.replay, strategy=strategy
     )
@@ -302,7 +299,7 @@ def run_retrain(
     evaluated = fit(evaluate=True)
     notes = evaluated.info.get("metric_notes", [])
     # CV chose another replay share than the live fit used: its head replaces the live one.
-    if evaluated.info["replay_scale"] != child.info["replay_scale"]:
+    if evaluated.replay_scale != child.replay_scale:
         child = dataclasses.replace(evaluated, id=child.id)
         for aid in order:
             _repredict(ctx, ws, aid, child, model_version=number, schema_of=schema_of)
@@ -315,7 +312,7 @@ def run_retrain(
     with ws.update() as state:
         state.models[number].metrics = metrics
     _score_base(ws, base=current.base, schema=schema, caches=cache_dirs, labels=labels)
-    ctx.publish({"type": "metrics_updated", "model_version": number})
+    ctx.publish(MetricsUpdatedEvent(model_version=number))
     finished()
     f1 = f"mean F1 {metrics.mean_f1:.2f}" if metrics.mean_f1 is not None else "metrics need more labels"
     return f"model v{number}: map updated in {first_layer_s:.2f} s; {f1}"
@@ -360,6 +357,6 @@ def run_restore(
     for n, aid in enumerate(sorted(caches)):
         ctx.step(f"re-predicting AOI {aid} with {info.name or f'v{number}'}", n / max(1, len(caches)))
         _repredict(ctx, ws, aid, version, model_version=number, schema_of=schema_of)
-    ctx.publish({"type": "metrics_updated", "model_version": number})
+    ctx.publish(MetricsUpdatedEvent(model_version=number))
     finished()  # `current` moves in MLflow
     return f"restored {info.name or f'model v{number}'}"

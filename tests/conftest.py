@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from pearl_pipelines.geo.regions import Region, build_region, load_regions
+from pearl_pipelines.geo.regions import Region, load_regions
 from pearl_pipelines.geo.stac_server import StacServer
 from pearl_pipelines.labels.pg_local import PostgresServer, find_bin_dir
 from pearl_pipelines.settings import get_settings
+from pearl_pipelines.synthetic.regions import build_region
 
 SMALL_SCALE = 0.3
 SMALL_REGIONS = ("demo", "train-a")

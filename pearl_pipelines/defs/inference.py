@@ -26,13 +26,13 @@ from pearl_pipelines.defs.resources import (
     MlflowRegistry,
     RasterStore,
     StacResource,
-    cache_complete,
 )
 from pearl_pipelines.geo.cog import validate_cog
 from pearl_pipelines.geo.maps import class_counts
 from pearl_pipelines.geo.tiles import search_tile_sources
-from pearl_pipelines.layout import CLASSES_FILE, CONFIDENCE_FILE, prediction_is_fresh
+from pearl_pipelines.layout import CLASSES_FILE, CONFIDENCE_FILE, cache_complete, prediction_is_fresh
 from pearl_pipelines.ml.refs import starter_model_name
+from pearl_pipelines.worker.contracts import EmbedAoi, EmbedInput, PredictInput, Tile
 
 PREDICTIONS_COG_CHECK = "predictions_cog_valid"
 
@@ -118,25 +118,25 @@ def embeddings(
         )
     worker: dict[str, Any] = {}
     if todo:
-        extras = {
-            "asset": "embeddings",
-            "dagster_run_id": context.run.run_id,
-            "mlflow_uri": mlflow.tracking_uri,
-            "model": base.extras(),
-            "aois": [
-                {
-                    "aoi_id": a.id,
-                    "geometry": a.geometry,
-                    "tile_paths": [
+        task = EmbedInput(
+            asset="embeddings",
+            dagster_run_id=context.run.run_id,
+            mlflow_uri=mlflow.tracking_uri,
+            model=base.ref(),
+            aois=[
+                EmbedAoi(
+                    aoi_id=a.id,
+                    geometry=a.geometry,
+                    tile_paths=[
                         rasters.rel(rasters.tile_path(k)) for k in a.tile_keys if rasters.tile_path(k).is_file()
                     ],
-                    "cache_dir": rasters.rel(rasters.embeddings_dir(base.slug, a.id)),
-                    "predictions_dir": rasters.rel(rasters.aoi_predictions_dir(base.slug, a.id)),
-                }
+                    cache_dir=rasters.rel(rasters.embeddings_dir(base.slug, a.id)),
+                    predictions_dir=rasters.rel(rasters.aoi_predictions_dir(base.slug, a.id)),
+                )
                 for a in todo
             ],
-        }
-        worker = dict(compute.run(context, "embed", extras).get_materialize_result().metadata or {})
+        )
+        worker = dict(compute.run(context, "embed", task.extras()).get_materialize_result().metadata or {})
     rows = ["| AOI | tiles | cache |", "|---|---|---|"] + [
         f"| {a.id} {a.name} | {len(a.tile_keys)} | `{rasters.embeddings_dir(base.slug, a.id)}` |" for a in aois
     ]
@@ -171,23 +171,23 @@ def predict_tiles(
     report_check: bool,
 ) -> tuple[list[dict[str, Any]], list[Any]]:
     """Run the worker's `predict` task; returns (per-tile results, Pipes results such as check results)."""
-    extras = {
-        "asset": "predictions",
-        "dagster_run_id": context.run.run_id,
-        "mlflow_uri": mlflow.tracking_uri,
-        "model": model.extras(),
-        "report_check": report_check,
-        "tiles": [
-            {
-                "key": t.key,
-                "tile_path": rasters.rel(rasters.tile_path(t.key)),
-                "out_dir": rasters.rel(rasters.predictions_dir(model.slug, t.key)),
-                "cache_dir": t.cache_dir,
-            }
+    task = PredictInput(
+        asset="predictions",
+        dagster_run_id=context.run.run_id,
+        mlflow_uri=mlflow.tracking_uri,
+        model=model.ref(),
+        report_check=report_check,
+        tiles=[
+            Tile(
+                key=t.key,
+                tile_path=rasters.rel(rasters.tile_path(t.key)),
+                out_dir=rasters.rel(rasters.predictions_dir(model.slug, t.key)),
+                cache_dir=t.cache_dir,
+            )
             for t in tiles
         ],
-    }
-    invocation = compute.run(context, "predict", extras)
+    )
+    invocation = compute.run(context, "predict", task.extras())
     messages = invocation.get_custom_messages()
     for message in messages:
         if message.get("kind") == "summary":

@@ -19,17 +19,11 @@ from pearl_pipelines.defs.resources import (
     LabelStoreResource,
     MlflowRegistry,
     RasterStore,
-    cache_complete,
 )
-from pearl_pipelines.layout import model_slug
-from pearl_pipelines.ml.refs import (
-    CHAMPION_ALIAS,
-    CURRENT_ALIAS,
-    TAG_LABEL_STORE,
-    TAG_SOURCE,
-    project_model_name,
-    starter_model_name,
-)
+from pearl_pipelines.layout import cache_complete, model_slug
+from pearl_pipelines.ml.lineage import Lineage
+from pearl_pipelines.ml.refs import CHAMPION_ALIAS, CURRENT_ALIAS, project_model_name, starter_model_name
+from pearl_pipelines.worker.contracts import RegisteredRef, RetrainInput, Tile, TrainStarterInput
 
 STARTER = "starter"
 
@@ -49,8 +43,9 @@ class ModelRef:
     def slug(self) -> str:
         return model_slug(self.name, self.version)
 
-    def extras(self) -> dict[str, str]:
-        return {"name": self.name, "version": self.version}
+    def ref(self) -> RegisteredRef:
+        """As a worker task's input names it."""
+        return RegisteredRef(name=self.name, version=self.version)
 
 
 def resolve_or_fail(mlflow: MlflowRegistry, model_ref: str, what: str) -> ModelRef:
@@ -74,7 +69,7 @@ def project_model_ref(mlflow: MlflowRegistry, project: Any) -> tuple[ModelRef, M
     """(latest model of the project, its base model): the project's `current` version if it has one, else the base.
 
     A project's versions are one registered model, `pearl-project-<id>`, whichever loop made them (review app or
-    Dagster); each is a head on the base version named in its `pearl.base_model` tag."""
+    Dagster); each is a head on the base version named in its lineage (`Lineage.base_model`)."""
     base = resolve_or_fail(mlflow, project.base_model, f"project {project.id}'s base model")
     name = project_model_name(project.id)
     latest = mlflow.version_by_alias(name, CURRENT_ALIAS)
@@ -147,21 +142,21 @@ def starter_model(
             allow_retries=False,
         )
     name = config.model_name or starter_model_name(config.schema_id)
-    extras = {
-        "asset": "starter_model",
-        "dagster_run_id": context.run.run_id,
-        "mlflow_uri": mlflow.tracking_uri,
-        "model_name": name,
-        "schema_id": config.schema_id,
-        "source": config.source,
-        "train_regions": config.train_regions,
-        "holdout_regions": config.holdout_regions,
-        "catalog_dir": rasters.rel(rasters.catalog_dir),
-        "report_dir": rasters.rel(rasters.reports_dir),
-        "arch": config.arch,
-        "recipe": config.recipe_overrides(),
-    }
-    return compute.run(context, "train-starter", extras).get_materialize_result()
+    task = TrainStarterInput(
+        asset="starter_model",
+        dagster_run_id=context.run.run_id,
+        mlflow_uri=mlflow.tracking_uri,
+        model_name=name,
+        schema_id=config.schema_id,
+        source=config.source,
+        train_regions=config.train_regions,
+        holdout_regions=config.holdout_regions,
+        catalog_dir=rasters.rel(rasters.catalog_dir),
+        report_dir=rasters.rel(rasters.reports_dir),
+        arch=config.arch,
+        recipe=config.recipe_overrides(),
+    )
+    return compute.run(context, "train-starter", task.extras()).get_materialize_result()
 
 
 class LandcoverModelConfig(dg.Config):
@@ -199,7 +194,9 @@ def landcover_model(
     # The version to beat: the project's champion, or the starter version it began from.
     champion = champion_ref(mlflow, name) or base
     # A mapper's burst: the review app fitted and registered this very label set already; adopt it, do not refit.
-    made = mlflow.find_version(name, **{TAG_LABEL_STORE: labels["label_set_digest"], TAG_SOURCE: "review-app"})
+    made = mlflow.find_version(
+        name, **Lineage(label_store_digest=labels["label_set_digest"], source="review-app").to_tags()
+    )
     aois = label_store.store().list_aois(config.project_id)
     all_caches = [rasters.embeddings_dir(base.slug, a.id) for a in aois]
     caches = [c for c in all_caches if cache_complete(c)]
@@ -209,33 +206,33 @@ def landcover_model(
             "materialize `embeddings` for the project (label_to_map_job does) first",
             allow_retries=False,
         )
-    extras = {
-        "asset": "landcover_model",
-        "dagster_run_id": context.run.run_id,
-        "mlflow_uri": mlflow.tracking_uri,
-        "project_id": config.project_id,
-        "label_set": rasters.rel(labels["uri"]),
-        "label_set_digest": labels["label_set_digest"],
-        "schema": label_store.store().schema(config.project_id).model_dump(mode="json", by_alias=True),
-        "parent": {"name": parent.name, "version": parent.version},
-        "base": {"name": base.name, "version": base.version},
-        "champion": champion.extras(),
-        "adopt": {"name": made.name, "version": str(made.version)} if made is not None else None,
-        "caches": [rasters.rel(c) for c in caches],
-        "holdout_fraction": config.holdout_fraction,
-        "seed": config.seed,
-        "aliases": [CURRENT_ALIAS],
-        "report_dir": rasters.rel(rasters.reports_dir),
+    task = RetrainInput(
+        asset="landcover_model",
+        dagster_run_id=context.run.run_id,
+        mlflow_uri=mlflow.tracking_uri,
+        project_id=config.project_id,
+        label_set=rasters.rel(labels["uri"]),
+        label_set_digest=labels["label_set_digest"],
+        schema=label_store.store().schema(config.project_id),
+        parent=parent.ref(),
+        base=base.ref(),
+        champion=champion.ref(),
+        adopt=RegisteredRef(name=made.name, version=str(made.version)) if made is not None else None,
+        caches=[rasters.rel(c) for c in caches],
+        holdout_fraction=config.holdout_fraction,
+        seed=config.seed,
+        aliases=[CURRENT_ALIAS],
+        report_dir=rasters.rel(rasters.reports_dir),
         # The project's tiles under review, re-predicted head-only by the worker right after registering.
-        "predict_tiles": [
-            {"key": k, "cache_dir": rasters.rel(cache), "tile_path": rasters.rel(rasters.tile_path(k))}
+        predict_tiles=[
+            Tile(key=k, cache_dir=rasters.rel(cache), tile_path=rasters.rel(rasters.tile_path(k)))
             for aoi, cache in zip(aois, all_caches, strict=True)
             if cache_complete(cache)
             for k in aoi.tile_keys
             if rasters.tile_path(k).is_file()
         ],
-    }
-    result = compute.run(context, "retrain", extras).get_materialize_result()
+    )
+    result = compute.run(context, "retrain", task.extras()).get_materialize_result()
     return dg.MaterializeResult(
         metadata={
             **(result.metadata or {}),

@@ -18,11 +18,11 @@ from pydantic import Field, PrivateAttr
 from pearl_pipelines.geo.stac import StacCatalog
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.layout import Layout
+from pearl_pipelines.ml.lineage import ModelRegistry
 from pearl_pipelines.ml.refs import parse_model_uri
 from pearl_pipelines.settings import Settings, get_settings
 
 WORKER_MODULE = "pearl_pipelines.worker"
-RUN_ID_TAG = "dagster_run_id"  # MLflow tag on every training, retraining and inference run
 
 
 class RasterStore(dg.ConfigurableResource):
@@ -114,7 +114,7 @@ class LabelStoreResource(dg.ConfigurableResource):
 
 
 class MlflowRegistry(dg.ConfigurableResource):
-    """A small resource around `mlflow.MlflowClient` (not dagster-mlflow): resolve, alias, tag.
+    """Dagster's handle on `ml.lineage.ModelRegistry` (not dagster-mlflow): resolve, alias, find by lineage.
 
     Model references are `models:/name@alias` or `models:/name/version` (`ml.refs.parse_model_uri`); runs pin
     aliases to version numbers before they hand a model to the worker, so a run's lineage never depends on a moving
@@ -124,28 +124,25 @@ class MlflowRegistry(dg.ConfigurableResource):
     tracking_uri: str
     experiment: str = "pearl"
 
-    _client: Any = PrivateAttr(default=None)
+    _registry: ModelRegistry | None = PrivateAttr(default=None)
+
+    @property
+    def registry(self) -> ModelRegistry:
+        if self._registry is None:
+            self._registry = ModelRegistry(self.tracking_uri)
+        return self._registry
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            from mlflow import MlflowClient
-
-            self._client = MlflowClient(self.tracking_uri)
-        return self._client
+        return self.registry.client
 
     def version_by_alias(self, name: str, alias: str) -> Any | None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return self.client.get_model_version_by_alias(name, alias)
-        except MlflowException:
-            return None
+        return self.registry.get_version(name, alias)
 
     def resolve(self, model_ref: str) -> tuple[str, str]:
         """`models:/name@alias` or `models:/name/3` -> (name, version number); KeyError when it does not exist."""
         name, version = parse_model_uri(model_ref)
-        if not version.isdigit():
+        if not version.isdigit():  # through `version_by_alias`, which a test registry replaces
             found = self.version_by_alias(name, version)
             if found is None:
                 raise KeyError(f"{model_ref} does not exist on {self.tracking_uri} (no model {name!r} or alias)")
@@ -153,21 +150,14 @@ class MlflowRegistry(dg.ConfigurableResource):
         return name, version
 
     def set_alias(self, name: str, alias: str, version: str | int) -> None:
-        self.client.set_registered_model_alias(name, alias, str(version))
+        self.registry.set_alias(name, alias, version)
 
     def model_version(self, name: str, version: str | int) -> Any:
-        return self.client.get_model_version(name, str(version))
+        return self.registry.model_version(name, version)
 
     def find_version(self, name: str, **tags: str) -> Any | None:
-        """The newest version of `name` carrying all of `tags` (None when there is none, or no such model)."""
-        query = " and ".join([f"name = '{name}'", *(f"tags.`{k}` = '{v}'" for k, v in tags.items())])
-        found = self.client.search_model_versions(query, max_results=1, order_by=["version_number DESC"])
-        return found[0] if found else None
-
-
-def cache_complete(directory: Path) -> bool:
-    """An embedding cache is complete once its metadata file is written (the engine writes it last)."""
-    return (Path(directory) / "embeddings.json").is_file()
+        """The newest version of `name` carrying all of `tags` (`Lineage(...).to_tags()`), else None."""
+        return self.registry.find_version(name, **tags)
 
 
 DEFAULT_GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]

@@ -82,12 +82,30 @@ def region_mosaic(paths: Sequence[Path], region: Region, nodata: int) -> tuple[n
     return band, grid.transform, crs
 
 
-def area_hectares(classes: np.ndarray, transform: Affine, crs: CRS, names: Sequence[str]) -> dict[str, float]:
+@dataclass(frozen=True)
+class ClassAreas:
+    """Pixels per class index (all 256 uint8 values) of a class raster and the ground area of one pixel."""
+
+    pixels: np.ndarray
+    pixel_m2: float
+
+    def m2(self, index: int) -> float:
+        return int(self.pixels[index]) * self.pixel_m2
+
+    def hectares(self, index: int) -> float:
+        return self.m2(index) / 10_000
+
+
+def class_areas(classes: np.ndarray, transform: Affine, crs: CRS) -> ClassAreas:
+    """The area of each class of a uint8 class raster; a projected CRS only (a pixel in degrees has no area)."""
     if crs.is_geographic:
         raise MapError(f"map CRS {crs} is geographic; per-class areas need a projected CRS (e.g. UTM)")
-    pixel_m2 = abs(transform.a * transform.e)
-    counts = np.bincount(classes.ravel(), minlength=256)
-    return {name: round(float(counts[i]) * pixel_m2 / 10_000, 4) for i, name in enumerate(names)}
+    return ClassAreas(np.bincount(classes.ravel(), minlength=256), abs(transform.a * transform.e))
+
+
+def area_hectares(classes: np.ndarray, transform: Affine, crs: CRS, names: Sequence[str]) -> dict[str, float]:
+    areas = class_areas(classes, transform, crs)
+    return {name: round(areas.hectares(i), 4) for i, name in enumerate(names)}
 
 
 def map_item(

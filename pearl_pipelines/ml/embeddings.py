@@ -43,6 +43,7 @@ from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
 from pearl_pipelines.classes import ClassSchema
+from pearl_pipelines.layout import EMBEDDINGS_META as META_FILE
 from pearl_pipelines.ml.heads import head_kind, head_logits, input_channels
 from pearl_pipelines.ml.models import LandcoverModel
 from pearl_pipelines.ml.outputs import ClassRasterWriter, PredictionResult, classify_block
@@ -50,7 +51,6 @@ from pearl_pipelines.ml.threads import single_threaded
 
 ARRAY_FILE = "embeddings.npy"
 VALID_FILE = "valid.npy"
-META_FILE = "embeddings.json"
 
 
 class EmbeddingMeta(BaseModel):
@@ -252,11 +252,6 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:  # alive, another user's
         return True
     return True
-
-
-def cache_complete(directory: Path) -> bool:
-    """Whether `directory` holds a complete cache (the metadata file is written last, by `flush`)."""
-    return (Path(directory) / META_FILE).is_file()
 
 
 def pixel_centres(transform: Affine, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

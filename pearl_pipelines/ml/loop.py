@@ -120,7 +120,7 @@ def retrain_version(
     child = retrain(
         conform(parent, schema), opened, labels, replay=replay, strategy=make_strategy(strategy), options=options
     )
-    child.info["new_classes"] = schema.names[len(parent.schema) :]  # new to the parent (conform added them)
+    child.new_classes = schema.names[len(parent.schema) :]  # new to the parent (conform added them)
     return child
 
 

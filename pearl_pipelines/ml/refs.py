@@ -15,9 +15,7 @@ CHAMPION_ALIAS = "champion"
 DEFAULT_ALIAS = CHAMPION_ALIAS
 CURRENT_ALIAS = "current"  # a project's newest version: the review app's current model, Dagster's latest retrain
 CHECKPOINT_ALIAS_PREFIX = "checkpoint-"
-# Tags of a project's registered versions that its two loops look each other up by.
-TAG_LABEL_STORE = "pearl.label_store_digest"  # LabelStore.label_set_digest of the labels it was trained on
-TAG_SOURCE = "pearl.source"  # review-app | dagster
+# The tags of a registered version (its lineage) are `ml.lineage.Lineage`'s.
 
 
 def model_uri(name: str, alias_or_version: str | int) -> str:

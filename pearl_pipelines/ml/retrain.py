@@ -76,8 +76,8 @@ class RetrainOptions:
     replay_per_class: int | None = 100
     replay_scale: float | None = None
     # Whether the fit is centred on the replay set's prior head (the starter's zero-shot map), so a few clicks
-    # correct that map instead of replacing it (logistic strategy only). None chooses by grouped CV with the
-    # replay share: with 10-25 labels that CV is too noisy to beat always centring (bench/real_imagery.py).
+    # correct that map instead of replacing it (strategies with `centres_on_prior`). None chooses by grouped CV
+    # with the replay share: with 10-25 labels that CV is too noisy to beat always centring (bench/real_imagery.py).
     prior: bool | None = True
     cv_folds: int = 5
     seed: int = 0
@@ -212,7 +212,7 @@ def retrain(
         y_train = np.concatenate([y_user[train], y_replay[keep]])
         w_train = np.concatenate([w_user[train], scale * w_replay[keep]])
         if centred:
-            assert prior is not None and isinstance(strategy, LogisticRegressionHead)
+            assert prior is not None and strategy.centres_on_prior
             weight, bias, prior_scale = strategy.fit_centred(
                 x_train, y_train, prior, sample_weight=w_train, channel_groups=channel_groups, reference=reference
             )
@@ -300,7 +300,7 @@ def _prior(
     """The replay set's prior head over `schema` (zero rows for classes added since), if a retrain can use it."""
     if replay is None or replay.prior_weight is None or replay.prior_bias is None or options.prior is False:
         return None
-    if not isinstance(strategy, LogisticRegressionHead):
+    if not strategy.centres_on_prior:  # the strategy says whether it can fit around a prior head
         return None
     known = len(replay.class_names)
     weight = np.zeros((len(schema), replay.prior_weight.shape[1]), np.float32)

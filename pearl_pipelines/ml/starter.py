@@ -31,7 +31,7 @@ from mlflow.entities import Metric, Param
 from pydantic import BaseModel, Field
 
 from pearl_pipelines.classes import load_schema
-from pearl_pipelines.geo.regions import LABEL_SCHEMAS, Region, build_region, load_regions
+from pearl_pipelines.geo.regions import LABEL_SCHEMAS, Region, load_regions
 from pearl_pipelines.layout import Layout
 from pearl_pipelines.ml.data import LabelledRaster, band_stats, load_labelled_rasters
 from pearl_pipelines.ml.embeddings import backbone_digest
@@ -49,7 +49,6 @@ from pearl_pipelines.ml.tracking import (
     TAG_BASE_MODEL,
     TAG_SCHEMA,
     TAG_VERSION,
-    mlflow_reachable,
 )
 from pearl_pipelines.ml.train import (
     EpochStats,
@@ -60,8 +59,9 @@ from pearl_pipelines.ml.train import (
     training_precision,
 )
 from pearl_pipelines.ml.versions import ModelVersion
-from pearl_pipelines.ml.zero_shot import ZeroShotRecipe, fit_zero_shot_head
+from pearl_pipelines.ml.zero_shot import ZeroShotFit, ZeroShotRecipe, fit_zero_shot_head
 from pearl_pipelines.settings import Settings, get_settings
+from pearl_pipelines.synthetic.regions import build_region
 
 STARTER_SCHEMAS = LABEL_SCHEMAS  # every schema the regions carry reference labels for
 EXPERIMENT = "pearl-starter-models"
@@ -161,24 +161,6 @@ def training_regions(settings: Settings) -> list[str]:
     return [r.name for r in load_regions(settings.assets_dir).values() if r.properties.role == TRAIN_ROLE]
 
 
-@contextlib.contextmanager
-def ensure_mlflow(settings: Settings) -> Iterator[str]:
-    """Yield a tracking URI that answers: the configured one, or a local server started here (stopped after)."""
-    from pearl_pipelines.services import mlflow_server
-
-    uri = settings.resolved_mlflow_uri
-    if mlflow_reachable(uri, timeout=2.0):
-        yield uri
-        return
-    if settings.mlflow_tracking_uri and settings.mlflow_tracking_uri != f"http://127.0.0.1:{settings.mlflow_port}":
-        raise ConnectionError(
-            f"MLflow tracking server {uri} does not answer; start it or unset PEARL_MLFLOW_TRACKING_URI"
-        )
-    print(f"starting a local MLflow server on {uri} (store under {settings.home_abs / 'mlflow'})")
-    with mlflow_server(settings.home_abs, settings.mlflow_port).start(timeout=120):
-        yield uri
-
-
 def _experiment_id(client: MlflowClient, name: str) -> str:
     found = client.get_experiment_by_name(name)
     return found.experiment_id if found else client.create_experiment(name)
@@ -240,111 +222,271 @@ def train_starter(
     recipe = (recipe or recipe_for(schema_id, arch)).model_copy(deep=True)
     if epochs is not None:
         recipe.train.epochs = epochs
+    data = _load_data(settings, schema_id, train_regions, holdout_regions, show_progress=show_progress)
+    name = model_name or starter_model_name(schema_id)
+    uri = tracking_uri or settings.resolved_mlflow_uri
+    client = MlflowClient(uri)
+
+    # 1. The model: a shipped file's (with the recipe it was trained with) or a new one to train.
+    shipped: dict[str, Any] | None = None
+    if weights is not None:
+        model, recipe, shipped = _shipped_model(weights, schema_id, recipe, settings)
+    else:
+        model = _new_model(schema_id, recipe, data.train, settings)
+    run_name = f"starter-{schema_id}-{recipe.arch}" + ("-shipped" if weights is not None else "")
+    experiment_id = _experiment_id(client, EXPERIMENT)
+    run_tags = {TAG_SCHEMA: schema_id, "mlflow.runName": run_name, **(tags or {})}
+    with _mlflow_run(client, experiment_id, run_tags) as run_id:
+        # 2. Train it (logging params and per-epoch metrics), or log where the shipped weights come from.
+        params = _params(schema_id, recipe, data.train_names, data.holdout_names)
+        if weights is not None and shipped is not None:
+            fit = _log_shipped(client, run_id, params, weights, shipped, schema_id=schema_id, log=log)
+        else:
+            fit = _train_logged(
+                client,
+                run_id,
+                params,
+                model=model,
+                train=data.train,
+                recipe=recipe,
+                schema_id=schema_id,
+                show_progress=show_progress,
+                on_epoch=on_epoch,
+                log=log,
+            )
+        # 3. Score the trained head on holdout, widen the model with the feature groups, fit the zero-shot head.
+        heads = _score_and_fit_heads(model, data, recipe, schema_id=schema_id, log=log)
+        # 4. Model file + replay set under PEARL_HOME, metrics and artifacts into the run.
+        model_path, replay_path = _save_and_log(
+            client,
+            run_id=run_id,
+            model=heads.model,
+            train=data.train,
+            report=heads.report,
+            settings=settings,
+            schema_id=schema_id,
+            recipe=recipe,
+            timings=fit.timings() | heads.timings(),
+            holdout_names=data.holdout_names,
+            with_prior=heads.zero_shot is not None,
+        )
+    # 5. Register the run's model (alias `starter`, and `champion` when the name has none yet).
+    version, became_champion = _register(
+        uri, name, run_id, heads, schema_id=schema_id, recipe=recipe, train_names=data.train_names, tags=tags
+    )
+    return StarterResult(
+        schema_id=schema_id,
+        arch=recipe.arch,
+        model_name=name,
+        model_version=version,
+        experiment_id=experiment_id,
+        run_id=run_id,
+        model_path=model_path,
+        replay_path=replay_path,
+        holdout=heads.report,
+        train_seconds=fit.seconds,
+        train_cpu_seconds=fit.cpu_seconds,
+        history=fit.history,
+        became_champion=became_champion,
+        precision=fit.precision,
+        recipe=recipe,
+    )
+
+
+# -- the steps of train_starter -------------------------------------------------------------------------------------
+@dataclass
+class _StarterData:
+    """The labelled rasters a starter is trained on and scored on, and their regions."""
+
+    train_names: list[str]
+    holdout_names: list[str]
+    train: list[LabelledRaster]
+    holdout: list[LabelledRaster]
+
+
+def _load_data(
+    settings: Settings,
+    schema_id: str,
+    train_regions: Sequence[str] | None,
+    holdout_regions: Sequence[str],
+    *,
+    show_progress: bool,
+) -> _StarterData:
+    """The training regions (default: those whose role is `train`) and holdout ones, generated when missing."""
     train_names = list(train_regions or training_regions(settings))
     holdout_names = list(holdout_regions)
     ensure_regions(settings, [*train_names, *holdout_names])
     train = load_labelled_rasters(settings.catalog_dir, train_names, schema_id, show_progress=show_progress)
     holdout = load_labelled_rasters(settings.catalog_dir, holdout_names, schema_id, show_progress=show_progress)
-    name = model_name or starter_model_name(schema_id)
-    uri = tracking_uri or settings.resolved_mlflow_uri
-    client = MlflowClient(uri)
+    return _StarterData(train_names, holdout_names, train, holdout)
 
-    if weights is not None:
-        zero_shot_recipe = recipe.zero_shot  # a registration step: the caller's recipe says how, not the file's
-        model, shipped = load_shipped(weights)
-        if model.spec.schema.names != load_schema(schema_id, settings.assets_dir).names:
-            raise ValueError(f"{weights} holds a model of classes {model.spec.schema.names}, not schema {schema_id}")
-        recipe = (
-            StarterRecipe.model_validate(shipped["recipe"])
-            if "recipe" in shipped
-            else recipe_for(schema_id, model.spec.arch).model_copy(
-                update={"embed_dim": model.embed_dim, "arch_kwargs": model.spec.arch_kwargs}
-            )
-        ).model_copy(update={"zero_shot": zero_shot_recipe})
-    else:
-        mean, std = band_stats(train)
-        seed_everything(recipe.train.seed)  # the initial weights are part of what the seed reproduces
-        spec = ModelSpec(
-            arch=recipe.arch,
-            schema=load_schema(schema_id, settings.assets_dir),
-            embed_dim=recipe.embed_dim,
-            mean=mean,
-            std=std,
-            arch_kwargs=recipe.arch_kwargs,
+
+def _shipped_model(
+    weights: Path, schema_id: str, recipe: StarterRecipe, settings: Settings
+) -> tuple[LandcoverModel, StarterRecipe, dict[str, Any]]:
+    """A shipped file's model, the recipe it was trained with and its provenance. The zero-shot recipe stays the
+    caller's: fitting that head is a registration step, the file does not say how."""
+    zero_shot_recipe = recipe.zero_shot
+    model, shipped = load_shipped(weights)
+    if model.spec.schema.names != load_schema(schema_id, settings.assets_dir).names:
+        raise ValueError(f"{weights} holds a model of classes {model.spec.schema.names}, not schema {schema_id}")
+    recipe = (
+        StarterRecipe.model_validate(shipped["recipe"])
+        if "recipe" in shipped
+        else recipe_for(schema_id, model.spec.arch).model_copy(
+            update={"embed_dim": model.embed_dim, "arch_kwargs": model.spec.arch_kwargs}
         )
-        model = LandcoverModel(spec)
-    run_name = f"starter-{schema_id}-{recipe.arch}" + ("-shipped" if weights is not None else "")
-    experiment_id = _experiment_id(client, EXPERIMENT)
-    run = client.create_run(experiment_id, tags={TAG_SCHEMA: schema_id, "mlflow.runName": run_name, **(tags or {})})
-    run_id = run.info.run_id
+    ).model_copy(update={"zero_shot": zero_shot_recipe})
+    return model, recipe, shipped
+
+
+def _new_model(
+    schema_id: str, recipe: StarterRecipe, train: Sequence[LabelledRaster], settings: Settings
+) -> LandcoverModel:
+    """An untrained model of the recipe, normalised with the training rasters' band statistics."""
+    mean, std = band_stats(train)
+    seed_everything(recipe.train.seed)  # the initial weights are part of what the seed reproduces
+    spec = ModelSpec(
+        arch=recipe.arch,
+        schema=load_schema(schema_id, settings.assets_dir),
+        embed_dim=recipe.embed_dim,
+        mean=mean,
+        std=std,
+        arch_kwargs=recipe.arch_kwargs,
+    )
+    return LandcoverModel(spec)
+
+
+@contextlib.contextmanager
+def _mlflow_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> Iterator[str]:
+    """A new run of the experiment (its id), marked FINISHED after the block, FAILED if the block raises."""
+    run_id = client.create_run(experiment_id, tags=tags).info.run_id
     try:
-        params = _params(schema_id, recipe, train_names, holdout_names)
-        if weights is not None:
-            precision = PrecisionChoice(shipped.get("precision", "fp32"), "shipped", "cpu")
-            log(f"{schema_id}: shipped weights {weights.name} (trained in {precision.precision}), no training")
-            client.log_batch(run_id, params=[*params, *_shipped_params(weights, shipped)])
-            history: list[EpochStats] = []
-            train_seconds = train_cpu_seconds = 0.0
-        else:
-            precision = training_precision(recipe.train)
-            log(f"{schema_id}: training in {precision.describe()}")
-            client.log_batch(run_id, params=[*params, *_precision_params(precision)])
-
-            def log_epoch(stats: EpochStats, _: LandcoverModel) -> None:
-                now = int(time.time() * 1000)
-                values = {
-                    "loss": stats.loss,
-                    "train_accuracy": stats.accuracy,
-                    "lr": stats.lr,
-                    "epoch_seconds": stats.seconds,
-                }
-                client.log_batch(run_id, metrics=[Metric(k, v, now, stats.epoch) for k, v in values.items()])
-                if on_epoch is not None:
-                    on_epoch(stats, recipe.train.epochs)
-
-            started, cpu_started = time.perf_counter(), time.process_time()
-            history = train_model(
-                model, train, recipe.train, on_epoch=log_epoch, show_progress=show_progress, precision=precision
-            )
-            train_seconds = time.perf_counter() - started
-            # CPU time of this process: on a shared machine wall time says more about the neighbours than the model.
-            train_cpu_seconds = time.process_time() - cpu_started
-        log(f"{schema_id}: scoring on {', '.join(holdout_names)}, then the replay set from {', '.join(train_names)}")
-        trained_report = evaluate_rasters(model, holdout)  # before widening: the zero-padded head predicts the same
-        log(f"{schema_id}: trained head: holdout macro F1 {trained_report.macro_f1:.3f}")
-        model = with_features(model, recipe.features)
-        report = trained_report
-        zero_shot = fit_zero_shot_head(model, train, recipe.zero_shot, seed=recipe.train.seed)
-        if zero_shot is not None:
-            log(
-                f"{schema_id}: zero-shot head on {' + '.join(zero_shot.groups)} fitted on {zero_shot.samples} "
-                f"domain-randomised pixels in {zero_shot.seconds:.0f} s"
-            )
-            report = evaluate_rasters(model, holdout)
-        log(f"{schema_id}: holdout macro F1 {report.macro_f1:.3f}, overall accuracy {report.accuracy:.3f}")
-        model_path, replay_path = _save_and_log(
-            client,
-            run_id=run_id,
-            model=model,
-            train=train,
-            report=report,
-            settings=settings,
-            schema_id=schema_id,
-            recipe=recipe,
-            timings={
-                "train_seconds": train_seconds,
-                "train_cpu_seconds": train_cpu_seconds,
-                "trained_head_holdout_macro_f1": trained_report.macro_f1,
-                **({"zero_shot_fit_seconds": zero_shot.seconds} if zero_shot else {}),
-            },
-            holdout_names=holdout_names,
-            with_prior=zero_shot is not None,
-        )
+        yield run_id
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
 
+
+@dataclass
+class _Training:
+    """How the backbone was trained: the precision, per-epoch stats and times (none for shipped weights)."""
+
+    precision: PrecisionChoice
+    history: list[EpochStats]
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+
+    def timings(self) -> dict[str, float]:
+        return {"train_seconds": self.seconds, "train_cpu_seconds": self.cpu_seconds}
+
+
+def _log_shipped(
+    client: MlflowClient,
+    run_id: str,
+    params: list[Param],
+    weights: Path,
+    shipped: dict[str, Any],
+    *,
+    schema_id: str,
+    log: Callable[[str], None],
+) -> _Training:
+    """No training: the run's params say which shipped file the model is and how it was trained."""
+    precision = PrecisionChoice(shipped.get("precision", "fp32"), "shipped", "cpu")
+    log(f"{schema_id}: shipped weights {weights.name} (trained in {precision.precision}), no training")
+    client.log_batch(run_id, params=[*params, *_shipped_params(weights, shipped)])
+    return _Training(precision, [])
+
+
+def _train_logged(
+    client: MlflowClient,
+    run_id: str,
+    params: list[Param],
+    *,
+    model: LandcoverModel,
+    train: Sequence[LabelledRaster],
+    recipe: StarterRecipe,
+    schema_id: str,
+    show_progress: bool,
+    on_epoch: Callable[[EpochStats, int], None] | None,
+    log: Callable[[str], None],
+) -> _Training:
+    """Train `model` in place by the recipe (precision chosen for this machine), each epoch logged to the run."""
+    precision = training_precision(recipe.train)
+    log(f"{schema_id}: training in {precision.describe()}")
+    client.log_batch(run_id, params=[*params, *_precision_params(precision)])
+
+    def log_epoch(stats: EpochStats, _: LandcoverModel) -> None:
+        now = int(time.time() * 1000)
+        values = {
+            "loss": stats.loss,
+            "train_accuracy": stats.accuracy,
+            "lr": stats.lr,
+            "epoch_seconds": stats.seconds,
+        }
+        client.log_batch(run_id, metrics=[Metric(k, v, now, stats.epoch) for k, v in values.items()])
+        if on_epoch is not None:
+            on_epoch(stats, recipe.train.epochs)
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    history = train_model(
+        model, train, recipe.train, on_epoch=log_epoch, show_progress=show_progress, precision=precision
+    )
+    train_seconds = time.perf_counter() - started
+    # CPU time of this process: on a shared machine wall time says more about the neighbours than the model.
+    train_cpu_seconds = time.process_time() - cpu_started
+    return _Training(precision, history, train_seconds, train_cpu_seconds)
+
+
+@dataclass
+class _Heads:
+    """The model to register (widened with the feature groups) and the holdout scores of its heads."""
+
+    model: LandcoverModel
+    trained: MetricsReport  # the head trained with the backbone
+    report: MetricsReport  # the head registered: the zero-shot one when fitted, else the trained one
+    zero_shot: ZeroShotFit | None
+
+    def timings(self) -> dict[str, float]:
+        zero_shot = {"zero_shot_fit_seconds": self.zero_shot.seconds} if self.zero_shot else {}
+        return {"trained_head_holdout_macro_f1": self.trained.macro_f1, **zero_shot}
+
+
+def _score_and_fit_heads(
+    model: LandcoverModel, data: _StarterData, recipe: StarterRecipe, *, schema_id: str, log: Callable[[str], None]
+) -> _Heads:
+    """Score the trained head on holdout, add the recipe's feature groups, fit the zero-shot head (and score it)."""
+    holdout, train = ", ".join(data.holdout_names), ", ".join(data.train_names)
+    log(f"{schema_id}: scoring on {holdout}, then the replay set from {train}")
+    trained_report = evaluate_rasters(model, data.holdout)  # before widening: the zero-padded head predicts the same
+    log(f"{schema_id}: trained head: holdout macro F1 {trained_report.macro_f1:.3f}")
+    model = with_features(model, recipe.features)
+    report = trained_report
+    zero_shot = fit_zero_shot_head(model, data.train, recipe.zero_shot, seed=recipe.train.seed)
+    if zero_shot is not None:
+        log(
+            f"{schema_id}: zero-shot head on {' + '.join(zero_shot.groups)} fitted on {zero_shot.samples} "
+            f"domain-randomised pixels in {zero_shot.seconds:.0f} s"
+        )
+        report = evaluate_rasters(model, data.holdout)
+    log(f"{schema_id}: holdout macro F1 {report.macro_f1:.3f}, overall accuracy {report.accuracy:.3f}")
+    return _Heads(model, trained_report, report, zero_shot)
+
+
+def _register(
+    uri: str,
+    name: str,
+    run_id: str,
+    heads: _Heads,
+    *,
+    schema_id: str,
+    recipe: StarterRecipe,
+    train_names: Sequence[str],
+    tags: dict[str, str] | None,
+) -> tuple[str, bool]:
+    """Register the run's model as a version of `name` with alias `starter`, and `champion` when `name` has no
+    champion yet; returns (version, whether it became champion)."""
     registry = ModelRegistry(uri)
     version = registry.register(
         name,
@@ -352,31 +494,15 @@ def train_starter(
         aliases=[STARTER_ALIAS],
         tags={
             TAG_SCHEMA: schema_id,
-            TAG_BASE_MODEL: backbone_digest(model),
+            TAG_BASE_MODEL: backbone_digest(heads.model),
             TAG_VERSION: f"{name}-starter-{run_id[:8]}",
             **(tags or {}),
         },
         description=f"starter model ({recipe.arch}, {schema_id}) trained on {', '.join(train_names)}; "
-        f"holdout macro F1 {report.macro_f1:.3f}",
+        f"holdout macro F1 {heads.report.macro_f1:.3f}",
     )
     became_champion = registry.set_alias_if_missing(name, CHAMPION_ALIAS, version.version)
-    return StarterResult(
-        schema_id=schema_id,
-        arch=recipe.arch,
-        model_name=name,
-        model_version=str(version.version),
-        experiment_id=experiment_id,
-        run_id=run_id,
-        model_path=model_path,
-        replay_path=replay_path,
-        holdout=report,
-        train_seconds=train_seconds,
-        train_cpu_seconds=train_cpu_seconds,
-        history=history,
-        became_champion=became_champion,
-        precision=precision,
-        recipe=recipe,
-    )
+    return str(version.version), became_champion
 
 
 def starter_replay_set(

@@ -1,5 +1,11 @@
 """Retraining strategies: how a head is fitted on cached embeddings. Pluggable by name (`make_strategy`).
 
+A strategy is one class in one place: a `RetrainStrategy` subclass with its `name`, `title` and `description`,
+listed once in `STRATEGIES`. The registry feeds everything else: the review app's API (the strategy enum of its
+OpenAPI schema and the options GET /strategy lists with their titles and descriptions), the front-end (its types
+are generated from that schema; the page renders the listed options) and the retrain (`make_strategy`; whether a
+fit is centred on the starter's prior is the strategy's own `centres_on_prior` / `fit_centred`).
+
 The seed's three trade-offs, one strategy each (figures in the README, from bench/real_imagery.py):
 - `logistic_regression`: linear, refit from scratch in tens of milliseconds; the default.
 - `mlp`: one hidden layer; more capacity, seconds per fit, needs more labels before it pays.
@@ -58,9 +64,14 @@ class RetrainStrategy(ABC):
     unlearned row, so every strategy handles schemas with classes nobody labelled.
     """
 
-    name: ClassVar[str]
+    name: ClassVar[str]  # the API's and the model version's name of the strategy
+    title: ClassVar[str]  # what the page shows in the strategy selector
+    description: ClassVar[str]  # one line on when to choose it (the selector's help)
     # Whether `_fit` uses the samples' map coordinates (`xy`; NaN for replay samples, which have none).
     uses_xy: ClassVar[bool] = False
+    # Whether the strategy can fit a head centred on a prior head (`fit_centred`): a retrain with a prior (the
+    # starter's zero-shot head) then lets a few clicks correct that map instead of replacing it.
+    centres_on_prior: ClassVar[bool] = False
 
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
@@ -100,6 +111,20 @@ class RetrainStrategy(ABC):
     @abstractmethod
     def _fit(self, data: FitData) -> HeadFit:
         """(P, ...) output layer and extra arrays for labels `data.y` in 0..P-1, applying to raw embeddings."""
+
+    def fit_centred(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        prior: tuple[np.ndarray, np.ndarray],
+        *,
+        sample_weight: np.ndarray,
+        channel_groups: ChannelGroups | None = None,
+        reference: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """The (K, C) weight and (K,) bias of a head centred on `prior` over every class of the prior, and the scale
+        the fit gave the prior's logits; only strategies with `centres_on_prior` implement it."""
+        raise RetrainError(f"strategy {self.name!r} does not fit around a prior head")
 
 
 def group_scales(groups: ChannelGroups, channels: int, weights: Mapping[str, float]) -> np.ndarray:
@@ -159,6 +184,9 @@ class LogisticRegressionHead(RetrainStrategy):
     """
 
     name: ClassVar[str] = "logistic_regression"
+    title: ClassVar[str] = "Logistic regression"
+    description: ClassVar[str] = "linear head, refit in well under a second: the default"
+    centres_on_prior: ClassVar[bool] = True
     C: float = 1.0
     max_iter: int = 500
     # lbfgs gradient tolerance: 1e-3 on standardised features halves the iterations of sklearn's 1e-4
@@ -267,6 +295,8 @@ class MLPHead(RetrainStrategy):
     embedding; the standardisation is folded into the hidden layer."""
 
     name: ClassVar[str] = "mlp"
+    title: ClassVar[str] = "MLP (one hidden layer)"
+    description: ClassVar[str] = "one hidden layer: more capacity, pays off with many labels"
     hidden: int = 64
     alpha: float = 1.0
     max_iter: int = 300
@@ -296,6 +326,10 @@ class SpatialEnsembleHead(RetrainStrategy):
     every centre (ml/heads.py). Replay samples have no position: they weigh `floor` in every local head."""
 
     name: ClassVar[str] = "spatial_ensemble"
+    title: ClassVar[str] = "Spatial ensemble"
+    description: ClassVar[str] = (
+        "local heads per neighbourhood of labels: for maps whose look changes from place to place"
+    )
     uses_xy: ClassVar[bool] = True
     max_heads: int = 4
     min_samples_per_head: int = 15
@@ -340,6 +374,7 @@ class SpatialEnsembleHead(RetrainStrategy):
         return weight, bias, extra
 
 
+# The registry: a new strategy is its class above plus its entry here (the API, the page and the retrain follow).
 STRATEGIES: dict[str, type[RetrainStrategy]] = {
     cls.name: cls for cls in (LogisticRegressionHead, MLPHead, SpatialEnsembleHead)
 }

@@ -74,6 +74,44 @@ class ModelVersion:
         if self.weight.shape[0] != len(self.schema) or self.bias.shape != (len(self.schema),):
             raise ValueError(f"head {self.weight.shape} + {self.bias.shape} does not match {len(self.schema)} classes")
 
+    # What the fit chose, which both loops read back (the live refit reuses the replay share, Dagster's adoption
+    # too): typed views of `info`, where they are saved, so checkpoints written before these properties load as
+    # they are.
+    @property
+    def replay_scale(self) -> float | None:
+        """The replay share the fit used (None: a root version, or a strategy without replay)."""
+        value = self.info.get("replay_scale")
+        return None if value is None else float(value)
+
+    @replay_scale.setter
+    def replay_scale(self, value: float | None) -> None:
+        self._set_info("replay_scale", None if value is None else float(value))
+
+    @property
+    def prior_scale(self) -> float | None:
+        """The scale of the parent prior a centred fit chose (None when it did not centre on the parent)."""
+        value = self.info.get("prior_scale")
+        return None if value is None else float(value)
+
+    @prior_scale.setter
+    def prior_scale(self, value: float | None) -> None:
+        self._set_info("prior_scale", None if value is None else float(value))
+
+    @property
+    def new_classes(self) -> list[str]:
+        """Classes this version added to its parent's schema."""
+        return [str(name) for name in self.info.get("new_classes") or []]
+
+    @new_classes.setter
+    def new_classes(self, value: list[str]) -> None:
+        self.info["new_classes"] = [str(name) for name in value]
+
+    def _set_info(self, key: str, value: Any) -> None:
+        if value is None:
+            self.info.pop(key, None)
+        else:
+            self.info[key] = value
+
     @property
     def head_kind(self) -> str:
         return head_kind(self.head_extra)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from pearl_pipelines.settings import get_settings
+from pearl_pipelines.worker.contracts import TrainStarterInput
 
 
 def _f1_table(report: Any) -> str:
@@ -19,36 +20,34 @@ def _f1_table(report: Any) -> str:
     return "\n".join(rows)
 
 
-def train_and_register(
-    extras: Mapping[str, Any], *, tags: dict[str, str], log: Callable[[str], None]
-) -> dict[str, Any]:
-    """Train the starter model the extras describe; returns the materialization metadata."""
+def train_and_register(inp: TrainStarterInput, *, tags: dict[str, str], log: Callable[[str], None]) -> dict[str, Any]:
+    """Train the starter model the task's input describes; returns the materialization metadata."""
     from pearl_pipelines.ml.metrics import confusion_figure
     from pearl_pipelines.ml.shipped import require_shipped
     from pearl_pipelines.ml.starter import StarterRecipe, recipe_for, train_starter
     from pearl_pipelines.ml.train import TrainConfig
 
     settings = get_settings()
-    schema_id = extras["schema_id"]
-    recipe = recipe_for(schema_id, extras.get("arch"))
-    overrides = extras.get("recipe") or {}
+    schema_id = inp.schema_id
+    recipe = recipe_for(schema_id, inp.arch)
+    overrides = inp.recipe
     if overrides:
         train = recipe.train.model_copy(update=overrides.get("train", {}))
         recipe = StarterRecipe(
             **{**recipe.model_dump(exclude={"train"}), **{k: v for k, v in overrides.items() if k != "train"}},
             train=TrainConfig.model_validate(train.model_dump()),
         )
-    shipped = extras.get("source") == "shipped"
+    shipped = inp.source == "shipped"
     weights = require_shipped(settings.assets_dir, schema_id, recipe.arch) if shipped else None
     result = train_starter(
         schema_id,
         recipe.arch,
         settings,
         recipe=recipe,
-        tracking_uri=extras["mlflow_uri"],
-        train_regions=extras["train_regions"],
-        holdout_regions=extras["holdout_regions"],
-        model_name=extras["model_name"],
+        tracking_uri=inp.mlflow_uri,
+        train_regions=inp.train_regions,
+        holdout_regions=inp.holdout_regions,
+        model_name=inp.model_name,
         tags=tags,
         show_progress=False,
         log=log,
@@ -59,7 +58,7 @@ def train_and_register(
         ),
     )
     log(f"{result.model_name} v{result.model_version}: holdout macro F1 {result.holdout.macro_f1:.3f}")
-    report_dir = settings.home_abs / extras.get("report_dir", "reports")
+    report_dir = settings.home_abs / inp.report_dir
     report_dir.mkdir(parents=True, exist_ok=True)
     confusion_path = report_dir / f"{result.model_name}-v{result.model_version}-confusion.png"
     confusion_figure(result.holdout, confusion_path)

@@ -23,7 +23,7 @@ from review_app.auth.rules import Rule, rule_for
 from review_app.schemas import MAX_ID
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-AUDIT_KEY = "pearl.audit"  # scope entry the guard fills and the audit middleware reads
+AUDIT_KEY = "pearl_audit"  # scope entry the guard fills and the audit middleware reads
 # Largest single request header (name and value) the app reads: a bearer token is a few KiB at most; nginx's
 # default header buffer is 8 KiB too. A larger one is refused (431) before anything parses it (a JWT parser given
 # a 1 MB token, a token digest, the audit trail).

@@ -6,22 +6,18 @@ import csv
 import io
 from typing import Annotated
 
-import numpy as np
-import rasterio
 from fastapi import APIRouter, Query, status
 from fastapi.responses import FileResponse, Response
 
-from review_app.deps import AoiId, AoisDep, ClassesDep, ProjectId, StatesDep
+from review_app.deps import AoiId, AoisDep, ProjectId
 from review_app.schemas import AoiCreate, AoiOut, ErrorOut, JobOut
-from review_app.services.aois import AoiService
-from review_app.services.errors import Conflict
+from review_app.services.aois import AREA_COLUMNS
 from review_app.suggestions import (
     DEFAULT_SUGGESTIONS,
     MAX_SUGGESTIONS,
     SuggestionCollection,
     SuggestionMethod,
 )
-from review_app.workspace import StateStore
 
 router = APIRouter(prefix="/api/projects/{project_id}/aois", tags=["aois"])
 ERRORS: dict[int | str, dict] = {404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 422: {"model": ErrorOut}}
@@ -63,19 +59,10 @@ def get_suggestions(
     return aois.suggestions(project_id, aoi_id, n=n, method=method)
 
 
-def _current_classes(aois: AoiService, states: StateStore, project_id: int, aoi_id: int) -> tuple[str, int]:
-    aois.get(project_id, aoi_id)
-    layer = states.get(project_id).aois.get(aoi_id)
-    if layer is None or layer.version == 0:
-        raise Conflict(f"AOI {aoi_id} has no prediction yet: run inference first")
-    path = states.paths(project_id).classes_path(aoi_id, layer.version)
-    return str(path), layer.version
-
-
 @router.get("/{aoi_id}/export/classes.tif", response_class=FileResponse, responses=ERRORS)
-def export_classes(aois: AoisDep, states: StatesDep, project_id: ProjectId, aoi_id: AoiId) -> FileResponse:
+def export_classes(aois: AoisDep, project_id: ProjectId, aoi_id: AoiId) -> FileResponse:
     """The AOI's current classified map: a COG (uint8 class index, colour table, nodata 255)."""
-    path, version = _current_classes(aois, states, project_id, aoi_id)
+    path, version = aois.current_classes(project_id, aoi_id)
     return FileResponse(
         path,
         media_type="image/tiff; application=geotiff; profile=cloud-optimized",
@@ -84,27 +71,13 @@ def export_classes(aois: AoisDep, states: StatesDep, project_id: ProjectId, aoi_
 
 
 @router.get("/{aoi_id}/export/areas.csv", response_class=Response, responses=ERRORS)
-def export_areas(
-    aois: AoisDep, states: StatesDep, classes: ClassesDep, project_id: ProjectId, aoi_id: AoiId
-) -> Response:
+def export_areas(aois: AoisDep, project_id: ProjectId, aoi_id: AoiId) -> Response:
     """Area per class of the AOI's current map (pixels, m^2, ha, percent of the mapped area)."""
-    path, version = _current_classes(aois, states, project_id, aoi_id)
-    schema = classes.get(project_id)
-    with rasterio.open(path) as src:
-        data = src.read(1)
-        pixel_m2 = abs(src.transform.a * src.transform.e)
-        if src.crs.is_geographic:
-            raise Conflict("areas need a projected CRS; this map is in degrees")
-    counts = np.bincount(data.ravel(), minlength=256)
-    mapped = int(counts[: len(schema)].sum()) or 1
+    rows, version = aois.areas(project_id, aoi_id)
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["class_index", "class_name", "title", "pixels", "area_m2", "area_ha", "percent"])
-    for i, c in enumerate(schema.classes):
-        n = int(counts[i])
-        writer.writerow(
-            [i, c.name, c.title, n, round(n * pixel_m2, 2), round(n * pixel_m2 / 1e4, 4), round(100 * n / mapped, 3)]
-        )
+    writer.writerow(AREA_COLUMNS)
+    writer.writerows(rows)
     filename = f"project{project_id}-aoi{aoi_id}-v{version}-areas.csv"
     return Response(
         out.getvalue(), media_type="text/csv", headers={"Content-Disposition": f'attachment; filename="{filename}"'}

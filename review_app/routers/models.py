@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, status
 
+from pearl_pipelines.ml.strategies import STRATEGIES
 from review_app.deps import (
     MAX_ID,
     CheckpointId,
     ClassesDep,
     JobsDep,
-    LabelsDep,
     ModelsDep,
     ProjectDep,
     ProjectId,
-    StatesDep,
 )
 from review_app.schemas import (
     CheckpointCreate,
@@ -42,29 +41,22 @@ def retrain(models: ModelsDep, project_id: ProjectId, body: RetrainRequest | Non
     return models.start_retrain(project_id, (body or RetrainRequest()).aoi_id).out()
 
 
-STRATEGY_HELP = {
-    "logistic_regression": "linear head, refit in well under a second: the default",
-    "mlp": "one hidden layer: more capacity, pays off with many labels",
-    "spatial_ensemble": "local heads per neighbourhood of labels: for maps whose look changes from place to place",
-}
-
-
 def _strategy_out(name: str) -> StrategyOut:
-    options = [StrategyOption(name=n, description=d) for n, d in STRATEGY_HELP.items()]  # type: ignore[arg-type]
-    return StrategyOut(strategy=name, available=options)  # type: ignore[arg-type]
+    """The project's strategy and every one of the registry (ml/strategies.py), with its title and description."""
+    options = [StrategyOption(name=n, title=c.title, description=c.description) for n, c in STRATEGIES.items()]
+    return StrategyOut(strategy=name, available=options)
 
 
 @router.get("/strategy", response_model=StrategyOut, responses=ERRORS)
-def get_strategy(states: StatesDep, project: ProjectDep) -> StrategyOut:
+def get_strategy(models: ModelsDep, project: ProjectDep) -> StrategyOut:
     """The retraining strategy of this project and the ones it can switch to."""
-    return _strategy_out(states.get(project.id).strategy)
+    return _strategy_out(models.strategy(project.id))
 
 
 @router.put("/strategy", response_model=StrategyOut, responses=ERRORS)
-def set_strategy(states: StatesDep, project: ProjectDep, body: StrategyIn) -> StrategyOut:
+def set_strategy(models: ModelsDep, project: ProjectDep, body: StrategyIn) -> StrategyOut:
     """Choose how the next retrains fit their head (the current map stays until the next retrain)."""
-    with states.update(project.id) as state:
-        state.strategy = body.strategy
+    models.set_strategy(project.id, body.strategy)
     return _strategy_out(body.strategy)
 
 
@@ -87,28 +79,21 @@ def _checkpoint(info: ModelVersionInfo, current: int | None) -> CheckpointOut:
 
 @router.get("/checkpoints", response_model=list[CheckpointOut], responses=ERRORS)
 def list_checkpoints(
-    states: StatesDep,
+    models: ModelsDep,
     project: ProjectDep,
     all_versions: bool = Query(default=False, description="include unnamed retrain versions"),
 ) -> list[CheckpointOut]:
     """Saved checkpoints (and the base model), newest first; the current model is always listed."""
-    state = states.get(project.id)
-    infos = sorted(state.models.values(), key=lambda m: m.id, reverse=True)
-    return [
-        _checkpoint(m, state.current_model)
-        for m in infos
-        if all_versions or m.name is not None or m.id == state.current_model
-    ]
+    current = models.current_version(project.id)
+    return [_checkpoint(m, current) for m in models.checkpoints(project.id, all_versions=all_versions)]
 
 
 @router.post("/checkpoints", response_model=CheckpointOut, status_code=status.HTTP_201_CREATED, responses=ERRORS)
-def save_checkpoint(
-    models: ModelsDep, states: StatesDep, project_id: ProjectId, body: CheckpointCreate
-) -> CheckpointOut:
+def save_checkpoint(models: ModelsDep, project_id: ProjectId, body: CheckpointCreate) -> CheckpointOut:
     """Name the current model as a checkpoint: the alias `checkpoint-<name>` of its version of MLflow's
     `pearl-project-<id>` (set as soon as MLflow has the version)."""
     info = models.save_checkpoint(project_id, body.name)
-    return _checkpoint(info, states.get(project_id).current_model)
+    return _checkpoint(info, models.current_version(project_id))
 
 
 @router.post(
@@ -126,14 +111,13 @@ def restore_checkpoint(models: ModelsDep, project_id: ProjectId, checkpoint_id: 
 def compare_checkpoints(
     *,
     models: ModelsDep,
-    states: StatesDep,
     classes: ClassesDep,
     project_id: ProjectId,
     a: int = Query(ge=0, le=MAX_ID, description="checkpoint id"),
     b: int = Query(ge=0, le=MAX_ID, description="checkpoint id"),
 ) -> CompareOut:
     """Per-class F1 of two checkpoints side by side (each measured on the labels it was evaluated with)."""
-    current = states.get(project_id).current_model
+    current = models.current_version(project_id)
     info_a, info_b = models.checkpoint_info(project_id, a), models.checkpoint_info(project_id, b)
     f1_a = {c.name: c.f1 for c in info_a.metrics.per_class} if info_a.metrics else {}
     f1_b = {c.name: c.f1 for c in info_b.metrics.per_class} if info_b.metrics else {}
@@ -146,24 +130,9 @@ def compare_checkpoints(
 
 
 @router.get("/metrics", response_model=MetricsOut, responses=ERRORS)
-def current_metrics(states: StatesDep, labels: LabelsDep, project: ProjectDep) -> MetricsOut:
+def current_metrics(models: ModelsDep, project: ProjectDep) -> MetricsOut:
     """Per-class F1 and confusion matrix of the current model (grouped cross-validation over the labels)."""
-    state = states.get(project.id)
-    info = state.models.get(state.current_model) if state.current_model is not None else None
-    if info is not None and info.metrics is not None:
-        return info.metrics
-    return MetricsOut(
-        model_version=state.current_model,
-        method="none",
-        per_class=[],
-        confusion=[],
-        classes=[],
-        mean_f1=None,
-        accuracy=None,
-        n_labels=len(labels.of_project(project.id)),
-        n_samples=0,
-        message="no metrics yet: add labels of two classes or more and retrain",
-    )
+    return models.metrics(project.id)
 
 
 @jobs_router.get("/{job_id}", response_model=JobOut, responses={404: {"model": ErrorOut}})

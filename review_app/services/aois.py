@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
+import rasterio
 from shapely.geometry import box, shape
 
 from pearl_pipelines.geo.grid import aoi_to_tile_keys
+from pearl_pipelines.geo.maps import MapError, class_areas
 from pearl_pipelines.labels.store import AoiRow, LabelStore
 from pearl_pipelines.settings import Settings
 from review_app import geometry, tasks
@@ -20,6 +23,8 @@ from review_app.services.model_cache import ModelCache
 from review_app.services.quotas import Quotas
 from review_app.suggestions import SuggestionCollection, SuggestionMethod, aoi_suggestions
 from review_app.workspace import StateStore
+
+AREA_COLUMNS = ("class_index", "class_name", "title", "pixels", "area_m2", "area_ha", "percent")
 
 
 class AoiService:
@@ -108,3 +113,30 @@ class AoiService:
             n=n,
             method=method,
         )
+
+    def current_classes(self, project_id: int, aoi_id: int) -> tuple[Path, int]:
+        """The AOI's current classified map (COG) and its layer version; 409 until the AOI is predicted."""
+        self.get(project_id, aoi_id)
+        layer = self.states.get(project_id).aois.get(aoi_id)
+        if layer is None or layer.version == 0:
+            raise Conflict(f"AOI {aoi_id} has no prediction yet: run inference first")
+        return self.states.paths(project_id).classes_path(aoi_id, layer.version), layer.version
+
+    def areas(self, project_id: int, aoi_id: int) -> tuple[list[list[object]], int]:
+        """Area per class of the AOI's current map, one row per class of the project's schema (`AREA_COLUMNS`),
+        percent of the pixels mapped to one of them; and the layer version."""
+        path, version = self.current_classes(project_id, aoi_id)
+        schema = self.classes.get(project_id)
+        with rasterio.open(path) as src:
+            try:
+                areas = class_areas(src.read(1), src.transform, src.crs)
+            except MapError:
+                raise Conflict("areas need a projected CRS; this map is in degrees") from None
+        mapped = int(areas.pixels[: len(schema)].sum()) or 1
+        rows: list[list[object]] = []
+        for i, c in enumerate(schema.classes):
+            n = int(areas.pixels[i])
+            rows.append(
+                [i, c.name, c.title, n, round(areas.m2(i), 2), round(areas.hectares(i), 4), round(100 * n / mapped, 3)]
+            )
+        return rows, version

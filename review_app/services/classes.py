@@ -7,7 +7,7 @@ import threading
 from pearl_pipelines.classes import ClassSchema
 from pearl_pipelines.labels.store import LabelStore, LabelStoreError
 from review_app.events import EventHub
-from review_app.schemas import ClassCreate, ClassUpdate
+from review_app.schemas import ClassCreate, ClassesChangedEvent, ClassUpdate
 
 
 class ClassSchemas:
@@ -41,4 +41,4 @@ class ClassSchemas:
     def _changed(self, project_id: int) -> None:
         with self._lock:
             self._schemas.pop(project_id, None)
-        self.hub.publish(project_id, {"type": "classes_changed"})
+        self.hub.publish(project_id, ClassesChangedEvent())

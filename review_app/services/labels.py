@@ -13,7 +13,7 @@ from shapely.geometry import shape
 from pearl_pipelines.labels.store import AoiRow, LabelRow, LabelStore, LabelStoreError
 from review_app import geometry
 from review_app.events import EventHub
-from review_app.schemas import LabelCreate, LabelFeature
+from review_app.schemas import LabelCreate, LabelFeature, LabelsChangedEvent
 from review_app.services.aois import AoiService
 from review_app.services.classes import ClassSchemas
 
@@ -89,4 +89,4 @@ class LabelService:
     def _changed(self, project_id: int) -> None:
         # Dagster hears of a label burst once the retrain it starts is in MLflow (container.py: the label run then
         # adopts that version), or from its label sensor after a quiet period when no retrain follows.
-        self.hub.publish(project_id, {"type": "labels_changed"})
+        self.hub.publish(project_id, LabelsChangedEvent())

@@ -27,6 +27,7 @@ from pearl_pipelines.ml.refs import ACCEPTED_FORMS, PREFIX, parse_model_uri, par
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
 from review_app.events import EventHub
+from review_app.schemas import ModelStatusEvent
 from review_app.services.errors import Conflict
 from review_app.workspace import ModelVersionInfo, StateStore
 
@@ -95,7 +96,7 @@ class ModelCache:
         if found_now and base is not None:
             self._share_caches(project_id, base)
         if changed:  # the page shows the model's status: tell it (no polling)
-            self.hub.publish(project_id, {"type": "model_status", "ready": loaded is not None, "message": note})
+            self.hub.publish(project_id, ModelStatusEvent(ready=loaded is not None, message=note))
         return loaded
 
     def require(self, project_id: int) -> ProjectModel:

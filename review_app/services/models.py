@@ -15,6 +15,7 @@ from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
 from review_app import tasks
 from review_app.jobs import Job, JobRunner
+from review_app.schemas import MetricsOut
 from review_app.services.aois import AoiService
 from review_app.services.classes import ClassSchemas
 from review_app.services.errors import Conflict
@@ -99,6 +100,37 @@ class ModelService:
             version = download_version(uri, project_model_name(project_id), info.mlflow_version, Path(tmp))
         version.save(directory)
         return version
+
+    def strategy(self, project_id: int) -> str:
+        """The retraining strategy of the project (ml/strategies.py name)."""
+        return self.states.get(project_id).strategy
+
+    def set_strategy(self, project_id: int, strategy: str) -> None:
+        """How the next retrains fit their head (the current map stays until the next retrain)."""
+        with self.states.update(project_id) as state:
+            state.strategy = strategy
+
+    def current_version(self, project_id: int) -> int | None:
+        return self.states.get(project_id).current_model
+
+    def checkpoints(self, project_id: int, *, all_versions: bool = False) -> list[ModelVersionInfo]:
+        """Saved checkpoints (and the base model), newest first, with the current model always among them;
+        `all_versions` adds the unnamed retrain versions."""
+        state = self.states.get(project_id)
+        infos = sorted(state.models.values(), key=lambda m: m.id, reverse=True)
+        return [m for m in infos if all_versions or m.name is not None or m.id == state.current_model]
+
+    def metrics(self, project_id: int) -> MetricsOut:
+        """The current model's metrics, or empty ones saying what is missing."""
+        state = self.states.get(project_id)
+        info = state.models.get(state.current_model) if state.current_model is not None else None
+        if info is not None and info.metrics is not None:
+            return info.metrics
+        return MetricsOut.empty(
+            state.current_model,
+            n_labels=len(self.store.list_labels(project_id)),
+            message="no metrics yet: add labels of two classes or more and retrain",
+        )
 
     def checkpoint_info(self, project_id: int, version: int) -> ModelVersionInfo:
         self.store.get_project(project_id)

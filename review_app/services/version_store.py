@@ -1,10 +1,11 @@
 """MLflow as the project's version store: every finished model version the review app makes becomes a version of
 the registered model `pearl-project-<id>` (the name the Dagster loop registers under too), with its lineage.
 
-- A version is logged once its retrain finished (metrics computed), head only: the `pearl.base_model` tag names the
+- A version is logged once its retrain finished (metrics computed), head only: its lineage's `base_model` names the
   starter version whose backbone it sits on, so any worker can rebuild the full model (`ml.registry.load_registered`).
-- Tags: parent (app and engine ids, and its MLflow version), the label set (engine digest and the label store's),
-  strategy, source `review-app`; the run holds params, metrics, the confusion matrix, the head and its labels.
+- Tags (`ml.lineage.Lineage`; `ml.lineage.register_version` registers it, as in the Dagster worker): parent (app
+  and engine ids, and its MLflow version), the label set (engine digest and the label store's), strategy, source
+  `review-app`; the run holds params, metrics, the confusion matrix, the head and its labels.
 - Aliases: `current` follows the model the mapper maps with; a named checkpoint is `checkpoint-<name>`.
 - The app keeps a small local cache: the newest `KEEP_LOCAL` versions, the current one and the named checkpoints;
   older published versions are read back from MLflow when restored.
@@ -20,11 +21,10 @@ import threading
 from collections.abc import Callable
 
 from pearl_pipelines.labels.store import LabelStore
+from pearl_pipelines.ml.lineage import Lineage, ModelRegistry
 from pearl_pipelines.ml.refs import (
     CURRENT_ALIAS,
     PREFIX,
-    TAG_LABEL_STORE,
-    TAG_SOURCE,
     checkpoint_alias,
     model_uri,
     parse_model_uri,
@@ -104,7 +104,7 @@ class VersionPublisher:
     def publish(self, project_id: int) -> int:
         """Log the project's finished versions that MLflow lacks (parents first), set its aliases, trim the local
         cache. Returns how many versions were logged; MlflowDown when the tracking server does not answer."""
-        from pearl_pipelines.ml.registry import ModelRegistry, register_head
+        from pearl_pipelines.ml.lineage import register_version
         from pearl_pipelines.ml.tracking import mlflow_reachable
         from pearl_pipelines.ml.versions import ModelVersion
 
@@ -123,18 +123,18 @@ class VersionPublisher:
                 continue
             parent = models.get(info.parent) if info.parent is not None else None
             parent_uri = model_uri(name, parent.mlflow_version) if parent and parent.mlflow_version else base_uri
-            registered = register_head(
+            registered = register_version(
                 uri,
-                project_id,
                 ModelVersion.load(directory),
-                base_uri=base_uri,
+                Lineage(
+                    project_id=project_id,
+                    base_model=base_uri,
+                    parent_model=parent_uri,
+                    app_version=number,
+                    label_store_digest=info.label_store_digest or "",
+                    source="review-app",
+                ),
                 labels=ModelVersion.load_labels(directory),
-                tags={
-                    "pearl.parent_model": parent_uri,
-                    "pearl.app_version": str(number),
-                    TAG_LABEL_STORE: info.label_store_digest or "",
-                    TAG_SOURCE: "review-app",
-                },
                 description=f"project {project_id}: review-app model v{number} ({info.n_labels} labels)",
             )
             with self.states.update(project_id) as state:
@@ -153,8 +153,6 @@ class VersionPublisher:
 
     def _base_uri(self, project_id: int) -> str:
         """The project's base model as a version number (`models:/name/N`): heads name the backbone they need."""
-        from pearl_pipelines.ml.registry import ModelRegistry
-
         ref = self.store.get_project(project_id).base_model
         if not ref.startswith(PREFIX):
             return ref

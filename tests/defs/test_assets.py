@@ -18,7 +18,8 @@ from pearl_pipelines.defs.imagery import imagery_index
 from pearl_pipelines.defs.jobs import label_run_config
 from pearl_pipelines.defs.partitions import TILE_KEYS, covering_range, range_tags
 from pearl_pipelines.defs.resources import RasterStore, StacResource
-from pearl_pipelines.ml.refs import TAG_LABEL_STORE, TAG_SOURCE, project_model_name
+from pearl_pipelines.ml.lineage import TAG_LABEL_STORE, TAG_SOURCE
+from pearl_pipelines.ml.refs import project_model_name
 from pearl_pipelines.settings import REPO_ROOT, get_settings
 from tests.defs.conftest import STARTER, FakeCompute, FakeInvocation, FakeRegistry, Project
 

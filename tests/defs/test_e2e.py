@@ -25,11 +25,12 @@ from pearl_pipelines.defs.resources import LabelStoreResource, MlflowRegistry, b
 from pearl_pipelines.defs.sensors import label_submission_sensor
 from pearl_pipelines.geo.cog import validate_cog
 from pearl_pipelines.geo.grid import aoi_to_tile_keys
-from pearl_pipelines.geo.regions import build_region, load_regions, reference_points
+from pearl_pipelines.geo.regions import load_regions
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.ml.refs import project_model_name
 from pearl_pipelines.services import mlflow_server
 from pearl_pipelines.settings import get_settings
+from pearl_pipelines.synthetic.regions import build_region, reference_points
 from tests.conftest import SMALL_SCALE, free_port
 from tests.defs.conftest import BASE_MODEL, DEMO_AOI, STARTER
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 from pearl_pipelines.classes import load_schema
 from pearl_pipelines.geo import render
-from pearl_pipelines.geo.scene import SHIFTED, Scene, Shift, generate_scene
-from pearl_pipelines.geo.spectra import CHESAPEAKE9, endmembers
+from pearl_pipelines.synthetic.scene import SHIFTED, Scene, Shift, generate_scene
+from pearl_pipelines.synthetic.spectra import CHESAPEAKE9, endmembers
 
 SEED = 11
 C = {name: i for i, name in enumerate(CHESAPEAKE9)}

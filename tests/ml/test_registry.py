@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from pearl_pipelines.geo.regions import build_region, load_regions
+from pearl_pipelines.geo.regions import load_regions
 from pearl_pipelines.ml.data import load_labelled_rasters
 from pearl_pipelines.ml.models import load_model
 from pearl_pipelines.ml.registry import MODEL_FILE, ModelRegistry
@@ -33,6 +33,7 @@ from pearl_pipelines.ml.tracking import CONFUSION_ARTIFACT, TAG_SCHEMA
 from pearl_pipelines.ml.train import TrainConfig, predict_array, training_precision
 from pearl_pipelines.ml.zero_shot import ZeroShotRecipe
 from pearl_pipelines.settings import Settings
+from pearl_pipelines.synthetic.regions import build_region
 
 TINY = StarterRecipe(
     arch="fcn",

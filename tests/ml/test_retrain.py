@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import geopandas as gpd
 import numpy as np
@@ -343,3 +344,23 @@ def test_the_prior_is_chosen_by_grouped_cv_and_never_makes_it_worse(area: Area) 
     # Only the logistic strategy fits around a prior: the others ignore it.
     mlp = retrain(area.parent, area.cache, labels, replay=replay, strategy=make_strategy("mlp"))
     assert mlp.info["prior_centred"] is False
+
+
+@dataclass
+class _FreeLogistic(LogisticRegressionHead):
+    """The logistic head, but a strategy that says it does not fit around a prior."""
+
+    centres_on_prior: ClassVar[bool] = False
+
+
+def test_whether_a_fit_is_centred_on_the_prior_is_the_strategys_own_business(area: Area) -> None:
+    labels = model_points(area, 30, seed=8)
+    replay = _with_starter_prior(area)
+    assert retrain(area.parent, area.cache, labels, replay=replay).info["prior_centred"] is True
+    # The same fit, asked through the strategy's `centres_on_prior` and not its class: not centred.
+    free = retrain(area.parent, area.cache, labels, replay=replay, strategy=_FreeLogistic())
+    assert free.info["prior_centred"] is False and free.info["prior_scale"] is None
+    with pytest.raises(RetrainError, match="does not fit around a prior"):
+        make_strategy("mlp").fit_centred(
+            np.zeros((2, 4)), np.zeros(2, np.int64), (np.zeros((2, 4)), np.zeros(2)), sample_weight=np.ones(2)
+        )

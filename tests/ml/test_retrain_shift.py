@@ -11,7 +11,6 @@ import torch
 from shapely.geometry import Point
 
 from pearl_pipelines.classes import load_schema
-from pearl_pipelines.geo.scene import SHIFTED, generate_scene
 from pearl_pipelines.ml.data import LabelledRaster, band_stats
 from pearl_pipelines.ml.embeddings import EmbeddingCache, apply_head
 from pearl_pipelines.ml.inference import predict
@@ -21,6 +20,7 @@ from pearl_pipelines.ml.replay import build_replay_set
 from pearl_pipelines.ml.retrain import retrain
 from pearl_pipelines.ml.train import TrainConfig, train_model
 from pearl_pipelines.ml.versions import ModelVersion
+from pearl_pipelines.synthetic.scene import SHIFTED, generate_scene
 from tests.ml.conftest import labels_frame, pixel_xy, write_image
 
 SIZE = 512

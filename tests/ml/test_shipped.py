@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from pearl_pipelines.classes import load_schema
-from pearl_pipelines.geo.regions import build_region, load_regions
+from pearl_pipelines.geo.regions import load_regions
 from pearl_pipelines.ml.data import LabelledRaster, load_labelled_rasters
 from pearl_pipelines.ml.shipped import export_shipped, load_shipped, shipped_path
 from pearl_pipelines.ml.starter import DEFAULT_ARCH, HOLDOUT_REGION, STARTER_SCHEMAS, recipe_for
 from pearl_pipelines.ml.train import evaluate_rasters, predict_array
 from pearl_pipelines.settings import REPO_ROOT, Settings
+from pearl_pipelines.synthetic.regions import build_region
 from tests.ml.conftest import tiny_model
 
 ASSETS = REPO_ROOT / "assets"

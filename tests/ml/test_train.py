@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pearl_pipelines.classes import load_schema
-from pearl_pipelines.geo.regions import build_region, load_regions
+from pearl_pipelines.geo.regions import load_regions
 from pearl_pipelines.ml.data import (
     LabelledRaster,
     PatchSampler,
@@ -20,6 +20,7 @@ from pearl_pipelines.ml.data import (
 )
 from pearl_pipelines.ml.models import LandcoverModel, ModelSpec
 from pearl_pipelines.ml.train import TrainConfig, class_weights, evaluate_rasters, seed_everything, train_model
+from pearl_pipelines.synthetic.regions import build_region
 
 TINY_SCALE = 0.25
 

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from pearl_pipelines.geo.regions import build_region, load_regions
+from pearl_pipelines.geo.regions import load_regions
 from pearl_pipelines.ml.data import LabelledRaster, load_labelled_rasters
 from pearl_pipelines.ml.metrics import compute_metrics
 from pearl_pipelines.ml.models import LandcoverModel, with_features
 from pearl_pipelines.ml.train import predict_array
 from pearl_pipelines.ml.zero_shot import ZeroShotRecipe, fit_zero_shot_head
 from pearl_pipelines.settings import Settings
+from pearl_pipelines.synthetic.regions import build_region
 from tests.ml.conftest import tiny_model
 
 RECIPE = ZeroShotRecipe(patches=40, patch_size=64)

@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 
 from pearl_pipelines.classes import load_schema
-from pearl_pipelines.geo.regions import build_region, load_regions
+from pearl_pipelines.geo.regions import load_regions
 from pearl_pipelines.settings import Settings
+from pearl_pipelines.synthetic.regions import build_region
 
 REGION_SCALE = 0.3  # 1.2 x 1.2 km instead of 4 x 4 km, same layout and seed
 

@@ -188,14 +188,9 @@ export const actions = {
   },
 };
 
-const STRATEGY_TITLES: Record<string, string> = {
-  logistic_regression: "Logistic regression",
-  mlp: "MLP (one hidden layer)",
-  spatial_ensemble: "Spatial ensemble",
-};
-
+/** A strategy's title as GET /strategy lists it (from the registry, pearl_pipelines/ml/strategies.py). */
 export function strategyTitle(name: string): string {
-  return STRATEGY_TITLES[name] ?? name.replaceAll("_", " ");
+  return state.strategy?.available.find((o) => o.name === name)?.title ?? name.replaceAll("_", " ");
 }
 
 export function trackJob(job: Job): void {

@@ -1,144 +1,56 @@
-// REST client: typed wrappers around /api (schemas mirror review_app/schemas.py); every call carries the
-// signed-in user's access token in OIDC mode (auth.ts).
+// REST client: typed wrappers around /api; every call carries the signed-in user's access token in OIDC mode
+// (auth.ts). The types are generated, never copied by hand: review_app/schemas.py -> the app's OpenAPI schema
+// (python -m review_app.openapi -> ../openapi.json) -> openapi-typescript (npm run gen:types -> api-types.ts);
+// `make types` runs both, and tests/review_app/test_generated_types.py fails when either file is stale. Only
+// where the schema says "any object" (GeoJSON geometries, label properties) does a type below say more.
+import type { components } from "./api-types";
 import { authEnabled, authHeaders, onUnauthorized } from "./auth";
 
+type Schemas = components["schemas"];
+
+/** A GeoJSON geometry (the schema's `geometry` is a free-form object). */
 export type Geometry = { type: string; coordinates: unknown };
 
-export interface ClassOut {
-  index: number;
-  name: string;
-  title: string;
-  color: string;
-  label_count: number;
-}
+export type ClassOut = Schemas["ClassOut"];
+export type TileJsonLinks = Schemas["TileJsonLinks"];
+export type PredictionLayer = Schemas["PredictionLayer"];
+export type Aoi = Omit<Schemas["AoiOut"], "geometry"> & { geometry: Geometry };
+export type Project = Omit<Schemas["ProjectOut"], "aois"> & { aois: Aoi[] };
+export type ProjectSummary = Schemas["ProjectSummary"];
+export type Job = Schemas["JobOut"];
+export type ClassMetric = Schemas["ClassMetric"];
+export type Metrics = Schemas["MetricsOut"];
+export type Checkpoint = Schemas["CheckpointOut"];
+export type Compare = Schemas["CompareOut"];
+export type Me = Schemas["UserOut"];
 
-export interface TileJsonLinks {
-  classes?: string | null;
-  confidence?: string | null;
-  true_color?: string | null;
-  false_color?: string | null;
-}
-
-export interface PredictionLayer {
-  version: number;
-  model_version: number | null;
-  tilejson: TileJsonLinks;
-  embeddings: boolean;
-}
-
-export interface Aoi {
-  id: number;
-  name: string;
-  geometry: Geometry;
-  area_km2: number;
-  tile_keys: number;
-  prediction: PredictionLayer | null;
-}
-
-export interface Project {
-  id: number;
-  name: string;
-  class_schema_id: string;
-  classes: ClassOut[];
-  imagery: {
-    state: "missing" | "building" | "ready" | "error";
-    message: string;
-    bounds: [number, number, number, number] | null;
-    tilejson: TileJsonLinks;
-  };
-  model: { ready: boolean; message: string; base_model: string; current_version: number | null };
-  aois: Aoi[];
-  live_aoi_max_km2: number;
-}
-
-export interface Job {
-  id: string;
-  project_id: number;
-  kind: "imagery" | "inference" | "retrain" | "restore";
-  state: "queued" | "running" | "done" | "failed";
-  progress: number;
-  message: string;
-  error: string | null;
+/** The properties the label store gives every label (the schema's `properties` is a free-form object). */
+export interface LabelProperties {
+  class_name: string;
   aoi_id: number | null;
+  geom_type: string;
+  created_at: string | null;
+  color?: string;
 }
-
-export interface LabelFeature {
-  type: "Feature";
-  id: number;
+export type LabelFeature = Omit<Schemas["LabelFeature"], "geometry" | "properties"> & {
   geometry: Geometry;
-  properties: { class_name: string; aoi_id: number | null; geom_type: string; created_at: string | null; color?: string };
-}
+  properties: LabelProperties;
+};
+export type LabelCollection = Omit<Schemas["LabelCollection"], "features"> & { features: LabelFeature[] };
+export type Undo = Omit<Schemas["UndoOut"], "undone"> & { undone: LabelFeature | null };
 
-export interface LabelCollection {
-  type: "FeatureCollection";
-  features: LabelFeature[];
-}
+/** The registry's strategies (pearl_pipelines/ml/strategies.py): the enum of the schema, titles from GET /strategy. */
+export type StrategyName = Schemas["StrategyIn"]["strategy"];
+export type Strategy = Schemas["StrategyOut"];
 
-export interface ClassMetric {
-  name: string;
-  f1: number | null;
-  precision: number | null;
-  recall: number | null;
-  support: number;
-}
-
-export interface Metrics {
-  model_version: number | null;
-  method: string;
-  per_class: ClassMetric[];
-  confusion: number[][];
-  classes: string[];
-  columns: string[];
-  mean_f1: number | null;
-  accuracy: number | null;
-  n_labels: number;
-  n_samples: number;
-  message: string;
-}
-
-export interface Checkpoint {
-  id: number;
-  name: string | null;
-  kind: "base" | "retrain";
-  parent: number | null;
-  created_at: string;
-  n_labels: number;
-  classes: string[];
-  mean_f1: number | null;
-  current: boolean;
-  saved: boolean;
-  mlflow_version: string | null;
-}
-
-export interface Compare {
-  a: Checkpoint;
-  b: Checkpoint;
-  rows: { class_name: string; f1_a: number | null; f1_b: number | null; delta: number | null }[];
-}
-
-export type StrategyName = "logistic_regression" | "mlp" | "spatial_ensemble";
-
-export interface Strategy {
-  strategy: StrategyName;
-  available: { name: StrategyName; description: string }[];
-}
-
-export type SuggestionMethod = "margin" | "entropy";
-
-export interface SuggestionFeature {
-  type: "Feature";
+export type SuggestionMethod = Schemas["SuggestionCollection"]["method"];
+export type SuggestionFeature = Omit<Schemas["SuggestionFeature"], "geometry"> & {
   geometry: { type: "Point"; coordinates: [number, number] };
-  properties: { rank: number; score: number; predicted_class: string; row: number; col: number };
-}
+};
+export type SuggestionCollection = Omit<Schemas["SuggestionCollection"], "features"> & { features: SuggestionFeature[] };
 
-export interface SuggestionCollection {
-  type: "FeatureCollection";
-  features: SuggestionFeature[];
-  aoi_id: number;
-  model_version: number | null;
-  method: SuggestionMethod;
-  spacing_px: number;
-}
+/** A message of the project websocket (review_app/schemas.py `WsEvent`), discriminated by `type`. */
+export type WsEvent = Schemas["WsEvent"];
 
 export class ApiError extends Error {
   constructor(
@@ -175,21 +87,15 @@ async function request<T>(method: string, path: string, body?: unknown): Promise
 
 const p = (id: number) => `/api/projects/${id}`;
 
-export interface Me {
-  id: number;
-  subject: string;
-  name: string;
-}
-
 export const api = {
   me: () => request<Me>("GET", "/api/me"),
-  projects: () => request<{ id: number; name: string }[]>("GET", "/api/projects"),
+  projects: () => request<ProjectSummary[]>("GET", "/api/projects"),
   project: (id: number) => request<Project>("GET", p(id)),
   labels: (id: number) => request<LabelCollection>("GET", `${p(id)}/labels`),
   addLabel: (id: number, class_name: string, geometry: Geometry, aoi_id: number | null) =>
     request<LabelFeature>("POST", `${p(id)}/labels`, { class_name, geometry, aoi_id }),
   deleteLabel: (id: number, labelId: number) => request<LabelFeature>("DELETE", `${p(id)}/labels/${labelId}`),
-  undo: (id: number) => request<{ undone: LabelFeature | null; restored: boolean }>("POST", `${p(id)}/labels/undo`),
+  undo: (id: number) => request<Undo>("POST", `${p(id)}/labels/undo`),
   addClass: (id: number, name: string, color: string, title?: string) =>
     request<ClassOut[]>("POST", `${p(id)}/classes`, { name, color, title }),
   updateClass: (id: number, name: string, change: { name?: string; title?: string; color?: string }) =>

@@ -164,7 +164,7 @@ function syncAll(): void {
 function syncImagery(): void {
   const project = state.project;
   const style = state.layers.imagery;
-  const url = project?.imagery.state === "ready" && style !== "off" ? project.imagery.tilejson[style] : null;
+  const url = project?.imagery.state === "ready" && style !== "off" ? project.imagery.tilejson?.[style] : null;
   const key = url ?? "";
   if (key === imageryKey) return;
   if (map.getLayer("imagery")) map.removeLayer("imagery");

@@ -1,22 +1,11 @@
-// The project websocket: every progress figure and map update arrives here (the page never polls).
-import type { Job, TileJsonLinks } from "./api";
+// The project websocket: every progress figure and map update arrives here (the page never polls). Its messages
+// are the `WsEvent` union of review_app/schemas.py, typed by the generated api-types.ts.
+import type { Job, WsEvent } from "./api";
 import { actions } from "./actions";
 import { renew, withAccessToken } from "./auth";
 import { fitToImagery } from "./map";
 import { emit, state } from "./state";
 import { toast } from "./ui";
-
-type Event =
-  | { type: "hello"; active_jobs: Job[] }
-  | ({ type: "job" } & Job)
-  | { type: "prediction_updated"; aoi_id: number; version: number; model_version: number | null; tilejson: TileJsonLinks }
-  | { type: "imagery_ready"; bounds: [number, number, number, number] }
-  | { type: "model_status"; ready: boolean; message: string }
-  | { type: "metrics_updated"; model_version: number }
-  | { type: "labels_changed" }
-  | { type: "classes_changed" }
-  | { type: "error"; message: string; job_id?: string }
-  | { type: "ping" };
 
 let retryMs = 500;
 
@@ -40,10 +29,10 @@ export function connect(): void {
     setTimeout(connect, retryMs);
     retryMs = Math.min(retryMs * 2, 8000);
   };
-  socket.onmessage = (message) => void handle(JSON.parse(message.data) as Event);
+  socket.onmessage = (message) => void handle(JSON.parse(message.data) as WsEvent);
 }
 
-async function handle(event: Event): Promise<void> {
+async function handle(event: WsEvent): Promise<void> {
   switch (event.type) {
     case "hello":
       for (const job of event.active_jobs) state.jobs.set(job.id, job);

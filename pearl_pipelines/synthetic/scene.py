@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from pearl_pipelines.geo.spectra import (
+from pearl_pipelines.synthetic.spectra import (
     CROP_GREEN,
     CROP_STATE_WEIGHTS,
     LUT_MAX_REFLECTANCE,
