@@ -125,6 +125,9 @@ def test_a_project_loop_on_a_real_server_stays_bounded(
         assert len(mosaics) == 1, mosaics  # one imagery mosaic for nine projects of the same source
         grown_disk = tree_bytes(review) - first_disk
         grown_rss = _rss_mb(process.pid) - first_rss
+        print(
+            f"quota loop: {len(ids)} projects, disk +{grown_disk / 1e3:.0f} kB, RSS +{grown_rss:.0f} MB"
+        )  # -s: figures
         # Each project adds its state and the base head as version 0 (kilobytes), not a mosaic or a model copy.
         assert grown_disk < quota * 200_000, grown_disk
         assert grown_rss < 150, grown_rss
