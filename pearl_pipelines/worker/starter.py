@@ -9,7 +9,8 @@ from pearl_pipelines.settings import get_settings
 from pearl_pipelines.worker.contracts import TrainStarterInput
 
 
-def _f1_table(report: Any) -> str:
+def f1_table(report: Any) -> str:
+    """Per-class F1, precision, recall and support as a Markdown table (Dagster metadata)."""
     rows = ["| class | F1 | precision | recall | support |", "|---|---|---|---|---|"]
     for i, name in enumerate(report.class_names):
         if report.support[i]:
@@ -71,7 +72,7 @@ def train_and_register(inp: TrainStarterInput, *, tags: dict[str, str], log: Cal
         "schema": result.schema_id,
         "holdout_macro_f1": result.holdout.macro_f1,
         "holdout_accuracy": result.holdout.accuracy,
-        "holdout_f1_per_class": {"raw_value": _f1_table(result.holdout), "type": "md"},
+        "holdout_f1_per_class": {"raw_value": f1_table(result.holdout), "type": "md"},
         "confusion_matrix": {"raw_value": f"![confusion matrix]({confusion_path})", "type": "md"},
         "confusion_matrix_path": {"raw_value": str(confusion_path), "type": "path"},
         "model_path": {"raw_value": str(result.model_path), "type": "path"},

@@ -41,6 +41,7 @@ from pearl_pipelines.worker.contracts import (
     TileResult,
     TrainStarterInput,
 )
+from pearl_pipelines.worker.starter import f1_table
 
 if TYPE_CHECKING:  # for annotations only: each task imports the engine modules it uses when it runs
     import geopandas as gpd
@@ -85,17 +86,6 @@ def _md(text: str) -> dict[str, str]:
 
 def _path_meta(path: Path) -> dict[str, str]:
     return {"raw_value": str(path), "type": "path"}
-
-
-def _f1_table(report: Any) -> str:
-    rows = ["| class | F1 | precision | recall | support |", "|---|---|---|---|---|"]
-    for i, name in enumerate(report.class_names):
-        if report.support[i]:
-            rows.append(
-                f"| {name} | {report.f1[i]:.3f} | {report.precision[i]:.3f} | {report.recall[i]:.3f} | "
-                f"{report.support[i]} |"
-            )
-    return "\n".join(rows)
 
 
 # -- train-starter ---------------------------------------------------------------------------------------
@@ -330,7 +320,7 @@ def _retrain_metadata(
         confusion_path = _path(inp.report_dir) / f"confusion-v{registered.version}.png"
         confusion_path.parent.mkdir(parents=True, exist_ok=True)
         confusion_figure(version.metrics, confusion_path)
-        metadata["cv_f1_per_class"] = _md(_f1_table(version.metrics))
+        metadata["cv_f1_per_class"] = _md(f1_table(version.metrics))
         metadata["confusion_matrix"] = _md(f"![confusion matrix]({confusion_path})")
         metadata["confusion_matrix_path"] = _path_meta(confusion_path)
     return metadata
