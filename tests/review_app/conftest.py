@@ -5,6 +5,7 @@ app takes the local-model fallback exactly as it does on a laptop without MLflow
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from fastapi.testclient import TestClient
 from pearl_pipelines.settings import Settings
 from tests.conftest import SmallCatalog, free_port
 from tests.review_app.data import build_tiny_model
+from tests.review_app.idp import AUDIENCE, Issuer
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "review_app"
 
@@ -37,6 +39,20 @@ def new_home(tmp_path_factory: pytest.TempPathFactory, assets: Path, *, with_mod
     # Nothing listens on these ports: no MLflow (local model fallback), no Dagster (label runs logged, not sent).
     # Tests write faster than any mapper clicks: the per-user write limit is tested on its own (test_limits.py).
     return Settings(home=home, mlflow_port=free_port(), dagster_port=free_port(), write_rate_limit="1000/second")
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[Issuer]:
+    """A real OpenID Connect issuer on loopback (tests/review_app/idp.py), one per test module."""
+    issuer = Issuer()
+    yield issuer
+    issuer.close()
+
+
+def oidc(settings: Settings, issuer: Issuer, **more: Any) -> Settings:
+    """`settings` in oidc mode, trusting `issuer`'s tokens for the test audience (with a fresh secret)."""
+    update = {"auth_mode": "oidc", "oidc_issuer": issuer.url, "oidc_audience": AUDIENCE}
+    return settings.model_copy(update={**update, "auth_secret": secrets.token_urlsafe(48), **more})
 
 
 def wait_ready(

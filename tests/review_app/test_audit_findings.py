@@ -16,21 +16,14 @@ from fastapi.testclient import TestClient
 
 from pearl_pipelines.labels.accounts import Accounts, Role
 from pearl_pipelines.labels.store import LabelStore
-from tests.review_app.conftest import center, new_home, square, wait_ready
-from tests.review_app.idp import AUDIENCE, Issuer
+from tests.review_app.conftest import center, new_home, oidc, square, wait_ready
+from tests.review_app.idp import Issuer
 
 TOO_BIG = 2**63  # the audit's reproduction: beyond 64 bits (OverflowError on SQLite)
 
 
 def _bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
-
-
-@pytest.fixture(scope="module")
-def issuer() -> Iterator[Issuer]:
-    issuer = Issuer()
-    yield issuer
-    issuer.close()
 
 
 class App:
@@ -68,15 +61,7 @@ def app(
     from review_app.main import create_app
 
     store_url = request.getfixturevalue("postgres_server").new_database() if request.param == "postgresql" else None
-    settings = new_home(tmp_path_factory, review_assets).model_copy(
-        update={
-            "auth_mode": "oidc",
-            "oidc_issuer": issuer.url,
-            "oidc_audience": AUDIENCE,
-            "auth_secret": secrets.token_urlsafe(48),
-            "label_store_url": store_url,
-        }
-    )
+    settings = oidc(new_home(tmp_path_factory, review_assets), issuer, label_store_url=store_url)
     with TestClient(create_app(settings)) as client:
         app = App(client, issuer)
         for name, role in (("owner", Role.owner), ("mapper", Role.mapper), ("viewer", Role.viewer)):

@@ -4,7 +4,6 @@ served on loopback (RSA keys made here, tokens signed with PyJWT), personal API 
 from __future__ import annotations
 
 import re
-import secrets
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +19,7 @@ from pearl_pipelines.settings import Settings
 from review_app.auth.guard import app_routes
 from review_app.auth.identity import AuthConfigError, check_settings
 from review_app.auth.rules import rule_for
-from tests.review_app.conftest import new_home, wait_ready
+from tests.review_app.conftest import new_home, oidc, wait_ready
 from tests.review_app.idp import AUDIENCE, Issuer
 
 UNKNOWN = {"{aoi_id}": "987654", "{label_id}": "987654", "{checkpoint_id}": "987654", "{version}": "1"}
@@ -29,23 +28,9 @@ UNKNOWN |= {"{tileMatrixSetId}": "WebMercatorQuad", "{z}": "15", "{x}": "9000", 
 
 
 @pytest.fixture(scope="module")
-def issuer() -> Iterator[Issuer]:
-    issuer = Issuer()
-    yield issuer
-    issuer.close()
-
-
-@pytest.fixture(scope="module")
 def oidc_settings(review_assets: Any, tmp_path_factory: pytest.TempPathFactory, issuer: Issuer) -> Settings:
     base = new_home(tmp_path_factory, review_assets)
-    return base.model_copy(
-        update={
-            "auth_mode": "oidc",
-            "oidc_issuer": issuer.url,
-            "oidc_audience": AUDIENCE,
-            "auth_secret": secrets.token_urlsafe(48),
-        }
-    )
+    return oidc(base, issuer)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ a caller may use (a starter; the registered model of a project they have a role 
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -24,8 +23,8 @@ from pearl_pipelines.labels.accounts import Accounts, Role
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.ml.models import MODEL_FILE
 from pearl_pipelines.settings import Settings
-from tests.review_app.conftest import new_home, wait_ready
-from tests.review_app.idp import AUDIENCE, Issuer
+from tests.review_app.conftest import new_home, oidc, wait_ready
+from tests.review_app.idp import Issuer
 
 STARTER = "models:/pearl-starter-chesapeake9@starter"
 REFUSED_FOR_SURE = "models:/no-such-model@champion"
@@ -50,17 +49,9 @@ def copy_of_home(tmp_path_factory: pytest.TempPathFactory, review_assets: Path) 
 
 
 @pytest.fixture(scope="module")
-def issuer() -> Iterator[Issuer]:
-    issuer = Issuer()
-    yield issuer
-    issuer.close()
-
-
-@pytest.fixture(scope="module")
 def home(review_assets: Path, tmp_path_factory: pytest.TempPathFactory, issuer: Issuer) -> Settings:
     base = copy_of_home(tmp_path_factory, review_assets)
-    update = {"auth_mode": "oidc", "oidc_issuer": issuer.url, "oidc_audience": AUDIENCE}
-    return base.model_copy(update={**update, "auth_secret": secrets.token_urlsafe(48)})
+    return oidc(base, issuer)
 
 
 @pytest.fixture(scope="module")

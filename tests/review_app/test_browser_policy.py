@@ -118,13 +118,6 @@ def test_configured_hosts_and_cors_origins_are_served(settings: Settings) -> Non
 
 # -- websocket close codes and logs, on a real server ----------------------------------------------------------
 @pytest.fixture(scope="module")
-def issuer() -> Iterator[Issuer]:
-    issuer = Issuer()
-    yield issuer
-    issuer.close()
-
-
-@pytest.fixture(scope="module")
 def oidc_server(review_assets: Path, tmp_path_factory: pytest.TempPathFactory, issuer: Issuer) -> Iterator[str]:
     """The app in oidc mode under uvicorn; its log (every logger, as uvicorn writes it) is `SERVER_LOGS[url]`."""
     settings = new_home(tmp_path_factory, review_assets)
