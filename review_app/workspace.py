@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from pearl_pipelines.layout import Layout, ProjectPaths
+from pearl_pipelines.ml.strategies import DEFAULT_STRATEGY
 from review_app.schemas import MetricsOut
 
 
@@ -65,7 +66,7 @@ class ProjectState(BaseModel):
     models: dict[int, ModelVersionInfo] = Field(default_factory=dict)
     aois: dict[int, AoiLayer] = Field(default_factory=dict)
     imagery: ImageryInfo = Field(default_factory=ImageryInfo)
-    strategy: str = "logistic_regression"  # ml.strategies name used by this project's retrains
+    strategy: str = DEFAULT_STRATEGY  # ml.strategies name used by this project's retrains
     # The registered base version (`model_slug`) whose backbone made the AOI caches: they then live where the
     # Dagster loop keeps that backbone's caches (Layout.aoi_embeddings), one cache per AOI for both loops.
     # None (a base model that is not a registered version, or a project of before): under the project's folder.

@@ -284,10 +284,11 @@ def version_params(version: ModelVersion) -> dict[str, str]:
     }
     params.update({f"strategy.{k}": v for k, v in version.strategy_params.items()})
     # What the fit chose is logged beside what it was given: replay share, centring on the prior, the prior's scale.
-    chosen = ("replay_scale", "prior_centred", "prior_scale")
-    for key in ("seed", "n_labels", "n_user_samples", "n_replay_samples", "new_classes", "unlearned_classes", *chosen):
-        if version.info.get(key) is not None:
-            value = version.info[key]
+    keys = ("seed", "n_labels", "n_user_samples", "n_replay_samples", "unlearned_classes", "prior_centred")
+    values = {key: version.info.get(key) for key in keys}
+    values.update(replay_scale=version.replay_scale, prior_scale=version.prior_scale, new_classes=version.new_classes)
+    for key, value in values.items():
+        if value is not None:
             params[key] = ",".join(value) if isinstance(value, list) else value
     return {k: str(v)[:6000] for k, v in params.items()}
 

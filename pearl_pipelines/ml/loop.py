@@ -32,6 +32,7 @@ from pearl_pipelines.ml.outputs import PredictionResult
 from pearl_pipelines.ml.replay import ReplaySet
 from pearl_pipelines.ml.retrain import UNLEARNED_BIAS, RetrainOptions, make_strategy, retrain
 from pearl_pipelines.ml.samples import sample_on_grid, validate_labels
+from pearl_pipelines.ml.strategies import DEFAULT_STRATEGY
 from pearl_pipelines.ml.versions import ModelVersion
 
 Progress = Callable[[int, int], None]
@@ -106,7 +107,7 @@ def retrain_version(
     replay: ReplaySet | None,
     *,
     evaluate: bool,
-    strategy: str = "logistic_regression",
+    strategy: str = DEFAULT_STRATEGY,
     replay_scale: float | None = None,
     seed: int = 0,
 ) -> ModelVersion:

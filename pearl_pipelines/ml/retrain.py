@@ -254,13 +254,9 @@ def retrain(
         "n_labels": int(labels["label_id"].nunique()),
         "n_user_samples": len(y_user),
         "n_replay_samples": len(y_replay) if scale > 0 else 0,
-        "replay_scale": scale,
         "replay_cv_accuracy": replay_cv,
         "prior_centred": centred,
-        # How far the labels trust the prior's logits (centred fits; 1 = as registered).
-        "prior_scale": None if prior_scale is None else round(prior_scale, 4),
         "labels_outside_area": outside,
-        "new_classes": [n for n in schema.names if n not in parent.schema.names],
         # A centred fit keeps what the prior knows of classes nobody labelled.
         "unlearned_classes": [n for i, n in enumerate(schema.names) if i not in learned],
         "options": dataclasses.asdict(options),
@@ -286,6 +282,10 @@ def retrain(
         label_set_digest=label_set_digest(labels),
         metrics=metrics,
         info=info,
+        replay_scale=scale,
+        # How far the labels trust the prior's logits (centred fits; 1 = as registered).
+        prior_scale=None if prior_scale is None else round(prior_scale, 4),
+        new_classes=[n for n in schema.names if n not in parent.schema.names],
     )
 
 

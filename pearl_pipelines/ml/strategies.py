@@ -378,6 +378,7 @@ class SpatialEnsembleHead(RetrainStrategy):
 STRATEGIES: dict[str, type[RetrainStrategy]] = {
     cls.name: cls for cls in (LogisticRegressionHead, MLPHead, SpatialEnsembleHead)
 }
+DEFAULT_STRATEGY = LogisticRegressionHead.name  # a new project's, and a retrain's when none is named
 
 
 def make_strategy(name: str, **params: Any) -> RetrainStrategy:

@@ -63,6 +63,12 @@ class ModelVersion:
     label_set_digest: str | None = None
     metrics: MetricsReport | None = None
     info: dict[str, Any] = field(default_factory=dict)  # sample counts, seed, notes
+    # What the fit chose, which both loops read back (the live refit reuses the replay share, Dagster's adoption
+    # too): the replay share (None: a root version or no replay), the scale of the parent's prior a centred fit
+    # chose (None: not centred), and the classes this version added to its parent's schema.
+    replay_scale: float | None = None
+    prior_scale: float | None = None
+    new_classes: list[str] = field(default_factory=list)
     created: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     # Arrays of a non-linear head (ml/heads.py: MLP hidden layer, spatial ensemble); empty for a linear head.
     head_extra: dict[str, np.ndarray] = field(default_factory=dict)
@@ -71,46 +77,11 @@ class ModelVersion:
         self.weight = np.asarray(self.weight, dtype=np.float32)
         self.bias = np.asarray(self.bias, dtype=np.float32)
         self.head_extra = {k: np.asarray(v, dtype=np.float32) for k, v in self.head_extra.items()}
+        self.replay_scale = None if self.replay_scale is None else float(self.replay_scale)
+        self.prior_scale = None if self.prior_scale is None else float(self.prior_scale)
+        self.new_classes = [str(name) for name in self.new_classes]
         if self.weight.shape[0] != len(self.schema) or self.bias.shape != (len(self.schema),):
             raise ValueError(f"head {self.weight.shape} + {self.bias.shape} does not match {len(self.schema)} classes")
-
-    # What the fit chose, which both loops read back (the live refit reuses the replay share, Dagster's adoption
-    # too): typed views of `info`, where they are saved, so checkpoints written before these properties load as
-    # they are.
-    @property
-    def replay_scale(self) -> float | None:
-        """The replay share the fit used (None: a root version, or a strategy without replay)."""
-        value = self.info.get("replay_scale")
-        return None if value is None else float(value)
-
-    @replay_scale.setter
-    def replay_scale(self, value: float | None) -> None:
-        self._set_info("replay_scale", None if value is None else float(value))
-
-    @property
-    def prior_scale(self) -> float | None:
-        """The scale of the parent prior a centred fit chose (None when it did not centre on the parent)."""
-        value = self.info.get("prior_scale")
-        return None if value is None else float(value)
-
-    @prior_scale.setter
-    def prior_scale(self, value: float | None) -> None:
-        self._set_info("prior_scale", None if value is None else float(value))
-
-    @property
-    def new_classes(self) -> list[str]:
-        """Classes this version added to its parent's schema."""
-        return [str(name) for name in self.info.get("new_classes") or []]
-
-    @new_classes.setter
-    def new_classes(self, value: list[str]) -> None:
-        self.info["new_classes"] = [str(name) for name in value]
-
-    def _set_info(self, key: str, value: Any) -> None:
-        if value is None:
-            self.info.pop(key, None)
-        else:
-            self.info[key] = value
 
     @property
     def head_kind(self) -> str:
@@ -163,6 +134,9 @@ class ModelVersion:
             "label_set_digest": self.label_set_digest,
             "metrics": self.metrics.model_dump(mode="json") if self.metrics else None,
             "info": self.info,
+            "replay_scale": self.replay_scale,
+            "prior_scale": self.prior_scale,
+            "new_classes": self.new_classes,
             "created": self.created.isoformat(),
         }
 
@@ -193,6 +167,10 @@ class ModelVersion:
         metrics = manifest.pop("metrics")
         schema = ClassSchema.model_validate(manifest.pop("schema"))
         created = dt.datetime.fromisoformat(manifest.pop("created"))
+        # Checkpoints written before these were fields kept them in `info`.
+        for key in ("replay_scale", "prior_scale", "new_classes"):
+            if key not in manifest and key in manifest["info"]:
+                manifest[key] = manifest["info"].pop(key)
         return cls(
             **manifest,
             schema=schema,

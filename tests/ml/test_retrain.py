@@ -83,7 +83,7 @@ def test_new_class_grows_the_head_and_is_predicted_where_it_looks_alike(area: Ar
     version = retrain(area.parent, area.cache, labels, replay=area.replay, new_classes={"solar_panel": "#ffaa00"})
     assert version.schema.names == [*area.parent.schema.names, "solar_panel"]
     assert version.weight.shape == (5, area.cache.meta.channels) and version.parent_id == area.parent.id
-    assert version.info["new_classes"] == ["solar_panel"] and version.schema.classes[4].color == "#ffaa00"
+    assert version.new_classes == ["solar_panel"] and version.schema.classes[4].color == "#ffaa00"
     result = apply_head(area.cache, version.weight, version.bias, version.schema, tmp_path)
     with rasterio.open(result.classes_path) as src:
         classes = src.read(1)
@@ -277,16 +277,16 @@ def test_replay_never_makes_grouped_cv_accuracy_worse(area: Area) -> None:
         chosen = retrain(area.parent, area.cache, labels, replay=replay)
         assert _cv_accuracy(chosen) >= _cv_accuracy(fixed[0.0])
         assert _cv_accuracy(chosen) == max(map(_cv_accuracy, fixed.values()))
-        assert chosen.info["replay_scale"] in fixed
+        assert chosen.replay_scale in fixed
         assert chosen.info["replay_cv_accuracy"] == {f"{s:g}": round(_cv_accuracy(v), 4) for s, v in fixed.items()}
     assert _cv_accuracy(fixed[1.0]) < _cv_accuracy(fixed[0.0])  # the permuted replay does hurt at full weight
-    assert chosen.info["replay_scale"] < 1.0 and chosen.info["n_replay_samples"] in (0, len(permuted))
+    assert chosen.replay_scale < 1.0 and chosen.info["n_replay_samples"] in (0, len(permuted))
 
 
 def test_one_class_labels_keep_the_replay_set(area: Area) -> None:
     labels = model_points(area, 20, seed=2, classes=(int(np.bincount(area.classes.ravel()).argmax()),))
     version = retrain(area.parent, area.cache, labels, replay=area.replay)
-    assert version.info["replay_scale"] > 0 and version.info["n_replay_samples"] == len(area.replay)
+    assert version.replay_scale > 0 and version.info["n_replay_samples"] == len(area.replay)
 
 
 def _with_starter_prior(area: Area) -> ReplaySet:
@@ -359,7 +359,7 @@ def test_whether_a_fit_is_centred_on_the_prior_is_the_strategys_own_business(are
     assert retrain(area.parent, area.cache, labels, replay=replay).info["prior_centred"] is True
     # The same fit, asked through the strategy's `centres_on_prior` and not its class: not centred.
     free = retrain(area.parent, area.cache, labels, replay=replay, strategy=_FreeLogistic())
-    assert free.info["prior_centred"] is False and free.info["prior_scale"] is None
+    assert free.info["prior_centred"] is False and free.prior_scale is None
     with pytest.raises(RetrainError, match="does not fit around a prior"):
         make_strategy("mlp").fit_centred(
             np.zeros((2, 4)), np.zeros(2, np.int64), (np.zeros((2, 4)), np.zeros(2)), sample_weight=np.ones(2)

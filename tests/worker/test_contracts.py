@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 from typing import Any
 
@@ -66,15 +67,19 @@ def test_retrain_extras_round_trip() -> None:
 def test_fit_choices_are_typed_fields_of_a_version(tmp_path) -> None:
     schema = load_schema("chesapeake4")
     k = len(schema)
-    # A version saved before the typed fields: the choices are keys of its info.
-    old = ModelVersion(
+    version = ModelVersion(
         "v1", None, "bb", schema, np.zeros((k, 3)), np.zeros(k), "logistic_regression",
-        info={"replay_scale": 0.3, "prior_scale": 1.5, "new_classes": ["solar"]},
+        replay_scale=0.3, prior_scale=1.5, new_classes=["solar"],
     )  # fmt: skip
-    loaded = ModelVersion.load(old.save(tmp_path / "v1"))
+    manifest = json.loads((version.save(tmp_path / "v1") / "version.json").read_text())
+    assert (manifest["replay_scale"], manifest["prior_scale"], manifest["new_classes"]) == (0.3, 1.5, ["solar"])
+    assert not {"replay_scale", "prior_scale", "new_classes"} & set(manifest["info"])
+    # A checkpoint saved before the typed fields kept the choices as keys of its info: they load as fields.
+    for key in ("replay_scale", "prior_scale", "new_classes"):
+        manifest["info"][key] = manifest.pop(key)
+    (tmp_path / "v1" / "version.json").write_text(json.dumps(manifest))
+    loaded = ModelVersion.load(tmp_path / "v1")
     assert (loaded.replay_scale, loaded.prior_scale, loaded.new_classes) == (0.3, 1.5, ["solar"])
-    loaded.replay_scale = 1.0
-    loaded.prior_scale = None
-    assert loaded.info["replay_scale"] == 1.0 and "prior_scale" not in loaded.info
+    assert loaded.info == {}
     root = ModelVersion("v0", None, "bb", schema, np.zeros((k, 3)), np.zeros(k), "starter")
     assert (root.replay_scale, root.prior_scale, root.new_classes) == (None, None, [])
