@@ -197,6 +197,10 @@ class PredictionLayer(BaseModel):
     model_version: int | None
     tilejson: TileJsonLinks
     embeddings: bool = Field(description="embeddings cached: retrains re-predict this AOI in well under a second")
+    partial: bool = Field(
+        default=False,
+        description="only the block of the AOI that was in view: the rest is being predicted (or its pass failed)",
+    )
 
 
 class AoiOut(BaseModel):
@@ -240,6 +244,25 @@ class ClassUpdate(BaseModel):
 
 
 # -- AOIs and labels ------------------------------------------------------------------------------------------
+class InferenceRequest(BaseModel):
+    view: tuple[float, float, float, float] | None = Field(
+        default=None,
+        description="the mapper's map view, lon/lat (west, south, east, north): the part of the AOI nearest its "
+        "centre is predicted and shown first",
+        examples=[[-76.52, 38.97, -76.49, 38.99]],
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> InferenceRequest:
+        if self.view is not None:
+            west, south, east, north = self.view
+            if not (-180 <= west <= east <= 180 and -90 <= south <= north <= 90):
+                raise ValueError(
+                    f"view {self.view} is not lon/lat (west, south, east, north) with west <= east, south <= north"
+                )
+        return self
+
+
 class AoiCreate(BaseModel):
     name: PlainText = Field(default="", max_length=120)
     geometry: GeoJSONGeometry
@@ -434,6 +457,10 @@ class PredictionUpdatedEvent(_WsEventBase):
     model_version: int | None
     job_id: str
     tilejson: TileJsonLinks
+    partial: bool = Field(
+        default=False,
+        description="the first block of a new AOI (the part in view); the whole AOI follows as the next version",
+    )
 
 
 class MetricsUpdatedEvent(_WsEventBase):

@@ -33,6 +33,7 @@ from pearl_pipelines.ml.errors import RetrainError
 from pearl_pipelines.ml.metrics import MetricsReport
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
+from pearl_pipelines.worker.contracts import FirstBlockResult
 from review_app import remote_inference
 from review_app.imagery import (
     ImageryError,
@@ -102,10 +103,21 @@ def build_imagery(ctx: JobContext, ws: ProjectWorkspace, *, source: dict[str, An
 
 
 def _publish_layer(
-    ctx: JobContext, ws: ProjectWorkspace, aoi_id: int, version: int, *, model_version: int | None, embeddings: bool
+    ctx: JobContext,
+    ws: ProjectWorkspace,
+    aoi_id: int,
+    version: int,
+    *,
+    model_version: int | None,
+    embeddings: bool,
+    partial: bool = False,
 ) -> None:
+    """Make `version` the AOI's layer and announce it. A `partial` layer (the first block of a new AOI, the rest
+    still running) has no embeddings: retrains leave its AOI out until the whole AOI's layer replaces it."""
     with ws.update() as state:
-        state.aois[aoi_id] = AoiLayer(version=version, model_version=model_version, embeddings=embeddings)
+        state.aois[aoi_id] = AoiLayer(
+            version=version, model_version=model_version, embeddings=embeddings and not partial, partial=partial
+        )
     for old in range(1, version - KEEP_LAYER_VERSIONS + 1):
         shutil.rmtree(ws.paths.prediction_dir(aoi_id, old), ignore_errors=True)
     ctx.publish(
@@ -115,16 +127,27 @@ def _publish_layer(
             model_version=model_version,
             job_id=ctx.job.id,
             tilejson=prediction_links(ws.project_id, aoi_id, version),
+            partial=partial,
         )
     )
 
 
 def run_inference(
-    ctx: JobContext, ws: ProjectWorkspace, aoi: AoiRow, *, model: ModelSlot, schema_of: SchemaOf, settings: Settings
+    ctx: JobContext,
+    ws: ProjectWorkspace,
+    aoi: AoiRow,
+    *,
+    model: ModelSlot,
+    schema_of: SchemaOf,
+    settings: Settings,
+    view: tuple[float, float, float, float] | None = None,
 ) -> str:
     """A full forward pass over the AOI with the current model: a new layer version, and the embedding cache.
 
     The backbone runs in the worker (remote_inference.py: where Dagster's compute runs), not in this process.
+    A new AOI shows within seconds: the worker first predicts the block nearest the centre of the mapper's `view`
+    (lon/lat west, south, east, north), published at once as a partial layer version; the whole AOI follows as the
+    next version. A small AOI is predicted whole at once (one version, as a spatial head's AOI always is).
     """
     current = model.require()
     aoi_id, paths = aoi.id, ws.paths
@@ -138,21 +161,44 @@ def run_inference(
         loop.repredict(cache_dir, current.version, schema_of(), paths.prediction_dir(aoi_id, version))
         _publish_layer(ctx, ws, aoi_id, version, model_version=state.current_model, embeddings=True)
         return f"{aoi.name} predicted from its embedding cache (no backbone pass)"
+    # A spatial head applies to embeddings only: its map exists once the whole AOI is embedded, no first block.
+    first = not current.version.needs_xy
+    full_version = version + 1 if first else version
+    shown: list[float] = []  # seconds from the start to the first block's layer
+    started = time.perf_counter()
+
+    def on_first_block(block: FirstBlockResult) -> None:
+        _publish_layer(ctx, ws, aoi_id, version, model_version=state.current_model, embeddings=False, partial=True)
+        shown.append(time.perf_counter() - started)
+        ctx.step(f"{aoi.name}: the block in view is shown; predicting the rest of the AOI")
+
+    def progress(done: int, total: int, stage: str) -> None:
+        what = "the block in view" if stage == "first_block" else "the rest of the AOI" if shown else aoi.name
+        ctx.progress(done, total, f"predicting {what}: window {done}/{total}")
+
     ctx.step(f"predicting {aoi.name}", 0.0)
     result = remote_inference.predict_aoi(
         settings,
         ws,
         aoi.geometry,
         current.version,
-        out_dir=paths.prediction_dir(aoi_id, version),
+        out_dir=paths.prediction_dir(aoi_id, full_version),
         embeddings_dir=cache_dir,
-        progress=lambda done, total: ctx.progress(done, total, f"predicting {aoi.name}: window {done}/{total}"),
+        progress=progress,
+        first_out_dir=paths.prediction_dir(aoi_id, version) if first else None,
+        view=view,
+        on_first_block=on_first_block,
     )
+    if first and not shown:  # a small AOI: no first block, the whole AOI is the next version
+        shutil.rmtree(paths.prediction_dir(aoi_id, version), ignore_errors=True)
+        paths.prediction_dir(aoi_id, full_version).rename(paths.prediction_dir(aoi_id, version))
+        full_version = version
     if current.version.needs_xy:  # the forward pass gave the embeddings; the spatial head applies to them
-        loop.repredict(cache_dir, current.version, schema_of(), paths.prediction_dir(aoi_id, version))
-    _publish_layer(ctx, ws, aoi_id, version, model_version=state.current_model, embeddings=True)
+        loop.repredict(cache_dir, current.version, schema_of(), paths.prediction_dir(aoi_id, full_version))
+    _publish_layer(ctx, ws, aoi_id, full_version, model_version=state.current_model, embeddings=True)
     where = "a warm worker fork" if result.forked else "a worker process"
-    return f"{aoi.name} predicted in {result.seconds:.1f} s by {where} (pid {result.pid})"
+    head = f"; the block in view shown after {shown[0]:.1f} s" if shown else ""
+    return f"{aoi.name} predicted in {result.seconds:.1f} s by {where} (pid {result.pid}){head}"
 
 
 def _cached_aois(ws: ProjectWorkspace) -> dict[int, Path]:

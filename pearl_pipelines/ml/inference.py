@@ -40,6 +40,7 @@ from pearl_pipelines.ml.tiling import (
     Tiling,
     blend_kernel,
     default_tiling,
+    fitted_grid,
     grid_anchor,
     read_reflected,
     window_starts,
@@ -48,12 +49,18 @@ from pearl_pipelines.ml.tiling import (
 Progress = Callable[[int, int], None]
 # (row, col, block): a finished (h, w, C) float32 block at local raster pixel (row, col); read-only view.
 Sink = Callable[[int, int, torch.Tensor], None]
-Forward = Callable[[torch.Tensor], torch.Tensor]
+# (B, bands, h, w) -> (B, C, h, w), or the C channels as consecutive parts (accumulated where they land, never
+# concatenated: on CPU a concatenated wide embedding cost a fifth of the forward pass).
+Forward = Callable[[torch.Tensor], torch.Tensor | list[torch.Tensor]]
 
 # GDAL's block cache defaults to 5% of RAM and would hold every written block of a large output; reads
 # are whole strips and writes complete a block row per window row, so a small cache is enough.
 GDAL_CACHE_MB = 16
 SINK_COLUMNS = 1024
+# Largest window of an AOI's fitted grid (`fit_windows`): 2 x 2 windows of 608 px for a 1 km^2 AOI at 1 m, with a
+# first block (ml/preview.py) of a quarter of it; one window's buffers of a wide embedding (~240 channels) stay
+# under ~0.6 GB. A single window of 1120 px would save another 15 % of pixels but leave no block to show first.
+AOI_MAX_WINDOW = 768
 
 
 @dataclass(frozen=True)
@@ -138,11 +145,15 @@ def run_windows(
                 for first in range(0, len(group), batch_size):
                     chunk = group[first : first + batch_size]
                     batch = torch.from_numpy(np.stack([strip[:, a - read_lo : b - read_lo] for _, a, b in chunk]))
-                    out = forward(batch.permute(0, 3, 1, 2).to(device)).permute(0, 2, 3, 1).cpu()  # (B, h, w, C)
+                    out = forward(batch.permute(0, 3, 1, 2).to(device))
+                    parts = [p.permute(0, 2, 3, 1).cpu() for p in ([out] if isinstance(out, torch.Tensor) else out)]
                     for i, (x, a, b) in enumerate(chunk):
-                        acc[top - y : bottom - y, a - x0 : b - x0].addcmul_(
-                            out[i], kernel[top - y : bottom - y, a - x : b - x]
-                        )
+                        target = acc[top - y : bottom - y, a - x0 : b - x0]
+                        weight = kernel[top - y : bottom - y, a - x : b - x]
+                        c = 0
+                        for part in parts:  # (B, h, w, c_part): each into its channels of the buffer
+                            target[..., c : c + part.shape[3]].addcmul_(part[i], weight)
+                            c += part.shape[3]
                     done += len(chunk)
                     if progress:
                         progress(done, total)
@@ -198,6 +209,22 @@ def _valid_mask(dataset: Any, geom: BaseGeometry | None) -> Callable[[int, int, 
     return mask
 
 
+def aoi_windows(
+    model: LandcoverModel,
+    dataset: Any,
+    aoi: BaseGeometry | Mapping[str, Any] | None,
+    aoi_crs: Any = None,
+    *,
+    tiling: Tiling | None = None,
+    max_window: int = AOI_MAX_WINDOW,
+) -> tuple[Tiling, tuple[int, int] | None]:
+    """(tiling, anchor) of the fewest windows that cover the AOI's pixels (`tiling.fitted_grid`; anchor None: the
+    global grid), for `predict`."""
+    region, _ = aoi_region(dataset, aoi, aoi_crs)
+    box = (region.row0, region.col0, region.height, region.width)
+    return fitted_grid(tiling or default_tiling(model), box, model.multiple, max_window, grid_anchor(dataset.transform))
+
+
 def inference_copy(model: LandcoverModel, device: torch.device) -> LandcoverModel:
     """An eval-mode, channels-last copy on `device` (the caller's model is left as it is)."""
     net = copy.deepcopy(model).eval().to(device)
@@ -217,12 +244,12 @@ def _check_imagery(dataset: Any, model: LandcoverModel, tiling: Tiling) -> None:
 
 
 def _embed_and_classify(net: LandcoverModel) -> Forward:
-    """Embeddings and logits in one (B, C + K, H, W) output, so the map is the fused path's, bit for bit (the logits
-    come from the groups as in `LandcoverModel.forward`; the groups are concatenated once)."""
+    """Embeddings and logits as the C + K channels of one output, so the map is the fused path's, bit for bit (the
+    logits come from the groups as in `LandcoverModel.forward`)."""
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
+    def forward(x: torch.Tensor) -> list[torch.Tensor]:
         groups = net.embed_groups(x)
-        return torch.cat([*groups.values(), net.group_logits(groups)], dim=1)
+        return [*groups.values(), net.group_logits(groups)]
 
     return forward
 
@@ -253,6 +280,8 @@ def predict(
     progress: Progress | None = None,
     show_progress: bool = False,
     buffer_mb: float = 64,
+    anchor: tuple[int, int] | None = None,
+    fit_windows: bool = False,
 ) -> PredictionResult:
     """Predict `imagery` (path or open rasterio dataset) inside `aoi`; write classes + confidence COGs to `out_dir`.
 
@@ -260,6 +289,9 @@ def predict(
     area's embeddings are cached there for head-only re-prediction (see `embeddings.py`).
     `batch_size` (windows per forward pass) defaults to 1 on CPU, where one 512 px window already
     saturates the cores and bigger batches only add memory, and to 4 on GPU.
+    Windows sit on the global grid (seamless between areas) unless `fit_windows` (the fewest windows that cover
+    this AOI: `aoi_windows`) or an explicit `anchor` (the global pixel index of the raster's pixel (0, 0) for
+    `tiling`, as `aoi_windows` returns it) says otherwise.
     """
     started = time.perf_counter()
     device = torch.device(device) if device is not None else pick_device()
@@ -272,6 +304,8 @@ def predict(
         dataset: Any = imagery if hasattr(imagery, "read") else stack.enter_context(rasterio.open(imagery))
         _check_imagery(dataset, model, tiling)
         region, geom = aoi_region(dataset, aoi, aoi_crs)
+        if fit_windows:
+            tiling, anchor = aoi_windows(model, dataset, aoi, aoi_crs, tiling=tiling)
         mask = _valid_mask(dataset, geom)
         crs, transform = dataset.crs, dataset.window_transform(region.window)
         writer = stack.enter_context(
@@ -313,7 +347,7 @@ def predict(
                 writer.write_logits(r, c0, part[..., -k:].permute(2, 0, 1).contiguous(), valid)
 
         band_cols = band_columns(tiling, channels, buffer_mb)
-        plan = WindowPlan.build(region, tiling, grid_anchor(dataset.transform), band_cols)
+        plan = WindowPlan.build(region, tiling, grid_anchor(dataset.transform) if anchor is None else anchor, band_cols)
         close_bar = None
         if show_progress:
             progress, close_bar = _tqdm_progress(plan.total, progress)

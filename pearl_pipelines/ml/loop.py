@@ -73,7 +73,9 @@ def predict_aoi(
     progress: Progress | None = None,
     model_id: str | None = None,
 ) -> PredictionResult:
-    """Full forward pass over the AOI: classes + confidence COGs, and the AOI's embedding cache."""
+    """Full forward pass over the AOI: classes + confidence COGs, and the AOI's embedding cache. Windows are fitted
+    to the AOI (`inference.aoi_windows`): an AOI is mapped on its own, and its first block (ml/preview.py) is cut
+    from the same windows."""
     return inference.predict(
         model,
         imagery,
@@ -83,6 +85,7 @@ def predict_aoi(
         embeddings_dir=embeddings_dir,
         model_id=model_id,
         progress=progress,
+        fit_windows=True,
     )
 
 

@@ -2,7 +2,12 @@
 
 Windows sit on one global grid: their origins are multiples of the stride in the pixel space of the
 raster's CRS (pixel index = coordinate / resolution), never relative to an AOI corner. A pixel's
-prediction therefore depends only on where it is, not on which area it was predicted as part of.
+prediction therefore depends only on where it is, not on which area it was predicted as part of: tiles of
+a regional map join without seams.
+
+An AOI of a mapping session is one area on its own, and there the global grid is wasteful: a 1 km^2 AOI
+straddles 3-4 windows of 512 px per axis, ~3x its pixels. `fitted_grid` lays the fewest windows (at most
+`max_window` px) that cover one region exactly, starting at its corner: ~1.5x its pixels for 1 km^2.
 
 Each window's output is weighted by a separable kernel that is zero in the outer `margin` pixels
 (where zero padding inside the network corrupts the output), one in the middle, and cross-fades
@@ -93,6 +98,31 @@ def grid_anchor(transform: Affine) -> tuple[int, int]:
     if transform.b or transform.d:  # rotated grids have no shared origin to anchor to
         return 0, 0
     return round(transform.f / transform.e), round(transform.c / transform.a)
+
+
+def fitted_grid(
+    tiling: Tiling, region: tuple[int, int, int, int], multiple: int, max_window: int, anchor: tuple[int, int]
+) -> tuple[Tiling, tuple[int, int] | None]:
+    """(tiling, anchor) of the fewest windows of at most `max_window` px that cover `region` (row0, col0, height,
+    width; local pixels) with weight one, starting at its corner. `anchor` is the raster's global grid anchor
+    (`grid_anchor`): window origins keep the global grid's phase (multiples of gcd(stride, multiple)), so a
+    strided feature (ImageNet features at stride 16) samples the same pixels as on the global grid. Tilings that
+    crop (exact, finite receptive field) waste nothing on the global grid: they stay on it (anchor None)."""
+    if tiling.crop:
+        return tiling, None
+    m, f = tiling.margin, tiling.fade
+    align = math.gcd(tiling.stride, multiple)
+    lead = m + f  # a window's pixels before its first fully weighted one
+    # Per axis: how far window 0's origin moves back (towards the region's corner) to keep the grid's phase.
+    shifts = [(lo - lead + a) % align for lo, a in zip(region[:2], anchor, strict=True)]
+    lengths = [size + shift for size, shift in zip(region[2:], shifts, strict=True)]
+    # n windows of side w (stride w - 2m - f) fully weight n * w - n * (2m + f) - f pixels from the first.
+    need = max(lengths) + f
+    n = max(math.ceil(need / max(max_window - 2 * m - f, 1)), 1)
+    side = math.ceil(need / n) + 2 * m + f
+    side = max(math.ceil(side / multiple) * multiple, math.ceil(2 * tiling.overlap / multiple) * multiple)
+    origins = [lo - lead - shift for lo, shift in zip(region[:2], shifts, strict=True)]
+    return Tiling(window=side, margin=m, fade=f, crop=False), (-origins[0], -origins[1])
 
 
 def window_starts(lo: int, hi: int, tiling: Tiling, anchor: int) -> np.ndarray:

@@ -134,6 +134,10 @@ class PredictAoiInput(TaskInput):
     embeddings_dir: str
     model_id: str | None = None
     progress_interval_s: float = PROGRESS_INTERVAL_S
+    # Predict the AOI's first block (ml/preview.py: one window near `view`) into this folder before the whole AOI,
+    # and say so (`FirstBlockResult`); no folder: the whole AOI only.
+    first_out_dir: str | None = None
+    view: tuple[float, float, float, float] | None = None  # lon/lat (west, south, east, north) the mapper sees
 
 
 # -- outputs (custom messages) --------------------------------------------------------------------------------
@@ -149,6 +153,27 @@ class TileResult(BaseModel):
     class_pixels: dict[str, int]
     width: int
     height: int
+
+
+class AoiProgress(BaseModel):
+    """Windows done in a predict-aoi task (custom message `kind: progress`), per stage: the first block, the AOI."""
+
+    kind: Literal["progress"] = "progress"
+    done: int
+    total: int
+    stage: Literal["first_block", "aoi"] = "aoi"
+
+
+class FirstBlockResult(BaseModel):
+    """The first block of a predict-aoi task is written (custom message `kind: first_block`): the caller can show
+    it while the whole AOI runs. Not sent when the AOI is small enough to predict whole at once."""
+
+    kind: Literal["first_block"] = "first_block"
+    out_dir: str
+    seconds: float
+    windows: int
+    height: int
+    width: int
 
 
 class AoiSummary(BaseModel):

@@ -8,7 +8,7 @@ reports back through Dagster Pipes. `TASKS` (at the end) is the one list of task
 | embed          | embeddings       | backbone over each review AOI -> float16 embedding cache              |
 | retrain        | landcover_model  | new head on cached embeddings under the label set, register version   |
 | predict        | predictions      | classes + confidence COG per tile (head on cache, or full inference)  |
-| predict-aoi    | (review app)     | full forward pass over one review AOI -> COGs + its embedding cache   |
+| predict-aoi    | (review app)     | the block in view, then the whole AOI -> COGs + its embedding cache   |
 
 Per-tile results go back as custom messages ({"kind": "tile", ...}); the Dagster side turns them into
 materializations of the tile partitions. Every task is one MLflow run tagged with the Dagster run id.
@@ -23,15 +23,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from dagster_pipes import PipesContext
 
 from pearl_pipelines.layout import Layout
 from pearl_pipelines.settings import get_settings
 from pearl_pipelines.worker.contracts import (
+    AoiProgress,
     AoiSummary,
     EmbedInput,
+    FirstBlockResult,
     PredictAoiInput,
     PredictInput,
     ProbeInput,
@@ -491,12 +493,15 @@ def predict_aoi(pipes: PipesContext, inp: PredictAoiInput) -> None:
 
     The model is the project's base model folder (model.pt) plus the head version folder it maps with;
     a spatial head applies to embeddings only, so the base model runs and the app re-predicts from the cache.
+    With `first_out_dir`, the AOI's first block (ml/preview.py: one window near the mapper's view) is predicted
+    and announced (`first_block` message) before the whole AOI, so the map shows something within seconds.
     """
     import torch
 
     from pearl_pipelines.ml import loop
     from pearl_pipelines.ml.base_model import BaseModel
     from pearl_pipelines.ml.models import load_model
+    from pearl_pipelines.ml.preview import LONLAT, predict_first_block
     from pearl_pipelines.ml.versions import ModelVersion
 
     base = BaseModel(load_model(_path(inp.base_model)), None, inp.base_model)
@@ -504,13 +509,36 @@ def predict_aoi(pipes: PipesContext, inp: PredictAoiInput) -> None:
     model = loop.version_model(version, base)
     last, interval = 0.0, inp.progress_interval_s
 
-    def progress(done: int, total: int) -> None:
-        nonlocal last
-        now = time.perf_counter()
-        if done >= total or now - last >= interval:
-            last = now
-            pipes.report_custom_message({"kind": "progress", "done": done, "total": total})
+    def reporter(stage: Literal["first_block", "aoi"]) -> Callable[[int, int], None]:
+        def progress(done: int, total: int) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            if done >= total or now - last >= interval:
+                last = now
+                message = AoiProgress(done=done, total=total, stage=stage)
+                pipes.report_custom_message(message.model_dump(mode="json"))
 
+        return progress
+
+    if inp.first_out_dir is not None:
+        first = predict_first_block(
+            model,
+            _path(inp.imagery),
+            inp.aoi,
+            _path(inp.first_out_dir),
+            aoi_crs=LONLAT,
+            view=inp.view,
+            progress=reporter("first_block"),
+        )
+        if first is not None:
+            block = FirstBlockResult(
+                out_dir=inp.first_out_dir,
+                seconds=round(first.seconds, 3),
+                windows=first.windows,
+                height=first.height,
+                width=first.width,
+            )
+            pipes.report_custom_message(block.model_dump(mode="json"))
     result = loop.predict_aoi(
         model,
         _path(inp.imagery),
@@ -518,7 +546,7 @@ def predict_aoi(pipes: PipesContext, inp: PredictAoiInput) -> None:
         _path(inp.out_dir),
         _path(inp.embeddings_dir),
         model_id=inp.model_id,
-        progress=progress,
+        progress=reporter("aoi"),
     )
     summary = AoiSummary(
         pid=os.getpid(),

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, status
 from fastapi.responses import FileResponse, Response
 
 from review_app.deps import AoiId, AoisDep, ProjectId
-from review_app.schemas import AoiCreate, AoiOut, ErrorOut, JobOut
+from review_app.schemas import AoiCreate, AoiOut, ErrorOut, InferenceRequest, JobOut
 from review_app.services.aois import AREA_COLUMNS
 from review_app.suggestions import (
     DEFAULT_SUGGESTIONS,
@@ -40,10 +40,13 @@ def get_aoi(aois: AoisDep, project_id: ProjectId, aoi_id: AoiId) -> AoiOut:
 
 
 @router.post("/{aoi_id}/inference", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED, responses=ERRORS)
-def start_inference(aois: AoisDep, project_id: ProjectId, aoi_id: AoiId) -> JobOut:
+def start_inference(
+    aois: AoisDep, project_id: ProjectId, aoi_id: AoiId, body: InferenceRequest | None = None
+) -> JobOut:
     """Predict the AOI with the current model and cache its embeddings; progress and the new layer arrive on the
-    websocket (`job`, `prediction_updated`)."""
-    return aois.start_inference(project_id, aoi_id).out()
+    websocket (`job`, `prediction_updated`). A new AOI shows first the block nearest the centre of `view` (the
+    mapper's map; default the AOI's centre) as a `partial` layer version, then the whole AOI as the next one."""
+    return aois.start_inference(project_id, aoi_id, body.view if body is not None else None).out()
 
 
 @router.get("/{aoi_id}/suggestions", response_model=SuggestionCollection, responses=ERRORS)

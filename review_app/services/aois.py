@@ -61,6 +61,7 @@ class AoiService:
                 model_version=layer.model_version,
                 tilejson=prediction_links(row.project_id, row.id, layer.version),
                 embeddings=layer.embeddings,
+                partial=layer.partial,
             )
         return AoiOut(
             id=row.id,
@@ -87,7 +88,11 @@ class AoiService:
         name = req.name or f"AOI {len(self.store.list_aois(project_id)) + 1}"
         return self.store.add_aoi(project_id, name, geom, keys)
 
-    def start_inference(self, project_id: int, aoi_id: int) -> Job:
+    def start_inference(
+        self, project_id: int, aoi_id: int, view: tuple[float, float, float, float] | None = None
+    ) -> Job:
+        """Inference over the AOI; `view` (lon/lat west, south, east, north: the mapper's map) picks the block
+        predicted and shown first."""
         aoi = self.get(project_id, aoi_id)
         self.model_cache.require(project_id)
         if self.states.get(project_id).imagery.state != "ready":
@@ -98,7 +103,9 @@ class AoiService:
         return self.runner.submit(
             project_id,
             "inference",
-            lambda ctx: tasks.run_inference(ctx, ws, aoi, model=slot, schema_of=schema_of, settings=self.settings),
+            lambda ctx: tasks.run_inference(
+                ctx, ws, aoi, model=slot, schema_of=schema_of, settings=self.settings, view=view
+            ),
             aoi_id=aoi_id,
         )
 

@@ -8,6 +8,7 @@ from pearl_pipelines.ml.tiling import (
     ArraySource,
     Tiling,
     blend_weights_1d,
+    fitted_grid,
     grid_anchor,
     read_reflected,
     reflect_indices,
@@ -25,6 +26,36 @@ def test_blend_weights_sum_to_one_everywhere(tiling: Tiling, anchor: int) -> Non
         a, b = max(start, lo), min(start + tiling.window, hi)
         total[a - lo : b - lo] += w1[a - start : b - start]
     np.testing.assert_allclose(total, 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [1, 150, 416, 1000, 1001, 2500])
+@pytest.mark.parametrize("corner", [0, 13, 517])
+def test_fitted_grid_covers_a_region_with_few_windows_in_the_global_phase(size: int, corner: int) -> None:
+    base, multiple, max_window, global_anchor = Tiling(512, 32, 16), 32, 768, (-1234567, 89)
+    tiling, anchor = fitted_grid(base, (corner, corner, size, size // 2 + 1), multiple, max_window, global_anchor)
+    assert anchor is not None and tiling.window % multiple == 0 and tiling.window <= max_window
+    assert (tiling.margin, tiling.fade) == (base.margin, base.fade)
+    w1 = blend_weights_1d(tiling)
+    fitted_px, grid_px = tiling.window**2, base.window**2
+    for axis, (lo, hi) in enumerate([(corner, corner + size), (corner, corner + size // 2 + 1)]):
+        starts = window_starts(lo, hi, tiling, anchor[axis])
+        total = np.zeros(hi - lo)
+        for start in starts:
+            a, b = max(start, lo), min(start + tiling.window, hi)
+            total[a - lo : b - lo] += w1[a - start : b - start]
+        np.testing.assert_allclose(total, 1.0, atol=1e-6)  # a partition of unity over the region
+        # The global grid's phase: origins are multiples of gcd(stride, multiple) in global pixels, as j * stride is.
+        assert all((start + global_anchor[axis]) % np.gcd(base.stride, multiple) == 0 for start in starts)
+        # As few windows as windows of max_window px would need (size: the longer axis).
+        assert len(starts) <= max(1, -(-(size + 16 + 15) // (max_window - 80)))
+        fitted_px *= len(starts)
+        grid_px *= len(window_starts(lo, hi, base, global_anchor[axis]))
+    assert fitted_px <= grid_px or size < base.window  # fewer pixels than the global grid's windows
+
+
+def test_a_cropping_tiling_stays_on_the_global_grid() -> None:
+    tiling = Tiling(64, 8, 0, crop=True)
+    assert fitted_grid(tiling, (5, 5, 300, 300), 1, 768, (0, 0)) == (tiling, None)
 
 
 def test_window_starts_sit_on_the_global_grid() -> None:

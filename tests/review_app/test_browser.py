@@ -326,6 +326,40 @@ def _predicted_aoi(url: str) -> int:
     return int(aoi["id"])
 
 
+def test_new_aoi_shows_the_block_in_view_then_the_whole_aoi(page: Any, server: tuple[str, Settings]) -> None:
+    """A big AOI: the page shows the block of it in view (a partial layer, "predicting the rest") and then swaps
+    to the whole AOI's layer."""
+    url, settings = server
+    m = Mapper(page, url, settings)
+    west, south, east, north = m.api("/api/projects/1")["imagery"]["bounds"]
+    lon, lat, d = (west + east) / 2, (south + north) / 2, 0.0045
+    ring = [[lon - d, lat - d], [lon + d, lat - d], [lon + d, lat + d], [lon - d, lat + d], [lon - d, lat - d]]
+    geometry = {"type": "Polygon", "coordinates": [ring]}
+    aoi = httpx.post(f"{url}/api/projects/1/aois", json={"name": "big", "geometry": geometry}, timeout=10).json()
+    tiles: list[tuple[str, int]] = []
+    page.on("response", lambda r: tiles.append((r.url, r.status)) if "/tiles/predictions/" in r.url else None)
+    page.goto(url)  # the newest AOI is selected
+    page.locator("[data-testid=ws-status][data-connected=true]").wait_for()
+    page.get_by_test_id(f"aoi-{aoi['id']}").click()
+    # What the legend says as it changes (the partial stage can be short on this tiny model).
+    page.evaluate(
+        """() => { window.__legend = []; new MutationObserver(() => window.__legend.push(
+             document.getElementById('legend').textContent)).observe(document.getElementById('legend'),
+             {childList: true, subtree: true, characterData: true}); }"""
+    )
+    page.get_by_test_id("predict").click()
+    m.wait_for(f"window.__pearl.predictionVersion({aoi['id']}) === 2")
+    legend: list[str] = page.evaluate("() => window.__legend")
+    assert any("prediction v1" in t and "predicting the rest" in t for t in legend), legend
+    page.get_by_test_id("prediction-partial").wait_for(state="detached")  # the whole AOI: no partial chip
+    page.get_by_test_id("prediction-version").filter(has_text="prediction v2").wait_for()
+    m.wait_idle()
+    for version in (1, 2):
+        assert any(f"/tiles/predictions/1/{aoi['id']}/{version}/" in u and s == 200 for u, s in tiles), version
+    m.shot("aoi-block-then-whole")
+    assert not page.errors, page.errors
+
+
 def test_label_here_next(page: Any, server: tuple[str, Settings]) -> None:
     """ "Label here next": N numbered markers where the model is least sure; a click on one labels that place with
     the selected class (the map click's own path) and takes the marker away."""

@@ -1,6 +1,6 @@
 // What the mapper can do: each action calls the API, updates the state, and says what went wrong if it did.
 import { api, ApiError, type Geometry, type Job, type StrategyName } from "./api";
-import { fitToAoi, markUpdateRequested } from "./map";
+import { fitToAoi, mapView, markUpdateRequested } from "./map";
 import { currentAoi, emit, state, type Tool } from "./state";
 import { toast } from "./ui";
 
@@ -156,7 +156,7 @@ export const actions = {
   async runInference(): Promise<void> {
     const aoi = currentAoi();
     if (!aoi) return toast("Draw an AOI first (tool A)", "info");
-    const job = await guarded(() => api.inference(state.projectId, aoi.id));
+    const job = await guarded(() => api.inference(state.projectId, aoi.id, mapView()));
     if (job) trackJob(job);
   },
 

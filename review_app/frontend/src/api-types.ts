@@ -139,7 +139,8 @@ export interface paths {
         /**
          * Start Inference
          * @description Predict the AOI with the current model and cache its embeddings; progress and the new layer arrive on the
-         *     websocket (`job`, `prediction_updated`).
+         *     websocket (`job`, `prediction_updated`). A new AOI shows first the block nearest the centre of `view` (the
+         *     mapper's map; default the AOI's centre) as a `partial` layer version, then the whole AOI as the next one.
          */
         post: operations["start_inference_api_projects__project_id__aois__aoi_id__inference_post"];
         delete?: never;
@@ -1217,6 +1218,25 @@ export interface components {
             ] | null;
             tilejson?: components["schemas"]["TileJsonLinks"];
         };
+        /** InferenceRequest */
+        InferenceRequest: {
+            /**
+             * View
+             * @description the mapper's map view, lon/lat (west, south, east, north): the part of the AOI nearest its centre is predicted and shown first
+             * @example [
+             *       -76.52,
+             *       38.97,
+             *       -76.49,
+             *       38.99
+             *     ]
+             */
+            view?: [
+                number,
+                number,
+                number,
+                number
+            ] | null;
+        };
         /**
          * Info
          * @description Dataset Info.
@@ -1565,6 +1585,12 @@ export interface components {
              * @description embeddings cached: retrains re-predict this AOI in well under a second
              */
             embeddings: boolean;
+            /**
+             * Partial
+             * @description only the block of the AOI that was in view: the rest is being predicted (or its pass failed)
+             * @default false
+             */
+            partial: boolean;
         };
         /** ProjectCreate */
         ProjectCreate: {
@@ -2140,6 +2166,12 @@ export interface components {
             /** Job Id */
             job_id: string;
             tilejson: components["schemas"]["TileJsonLinks"];
+            /**
+             * Partial
+             * @description the first block of a new AOI (the part in view); the whole AOI follows as the next version
+             * @default false
+             */
+            partial: boolean;
         };
         /** WsEvent */
         WsEvent: components["schemas"]["HelloEvent"] | components["schemas"]["JobEvent"] | components["schemas"]["ImageryReadyEvent"] | components["schemas"]["ModelStatusEvent"] | components["schemas"]["PredictionUpdatedEvent"] | components["schemas"]["MetricsUpdatedEvent"] | components["schemas"]["LabelsChangedEvent"] | components["schemas"]["ClassesChangedEvent"] | components["schemas"]["ErrorEvent"] | components["schemas"]["PingEvent"];
@@ -2883,7 +2915,11 @@ export interface operations {
             };
             cookie?: never;
         };
-        requestBody?: never;
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["InferenceRequest"] | null;
+            };
+        };
         responses: {
             /** @description Successful Response */
             202: {

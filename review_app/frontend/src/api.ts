@@ -51,6 +51,8 @@ export type SuggestionCollection = Omit<Schemas["SuggestionCollection"], "featur
 
 /** A message of the project websocket (review_app/schemas.py `WsEvent`), discriminated by `type`. */
 export type WsEvent = Schemas["WsEvent"];
+export type InferenceRequest = Schemas["InferenceRequest"];
+export type View = NonNullable<InferenceRequest["view"]>;
 
 export class ApiError extends Error {
   constructor(
@@ -101,7 +103,9 @@ export const api = {
   updateClass: (id: number, name: string, change: { name?: string; title?: string; color?: string }) =>
     request<ClassOut[]>("PATCH", `${p(id)}/classes/${encodeURIComponent(name)}`, change),
   createAoi: (id: number, geometry: Geometry, name = "") => request<Aoi>("POST", `${p(id)}/aois`, { geometry, name }),
-  inference: (id: number, aoiId: number) => request<Job>("POST", `${p(id)}/aois/${aoiId}/inference`),
+  /** `view`: the map's lon/lat bounds (west, south, east, north); the AOI's block nearest its centre shows first. */
+  inference: (id: number, aoiId: number, view: View | null = null) =>
+    request<Job>("POST", `${p(id)}/aois/${aoiId}/inference`, { view } satisfies InferenceRequest),
   suggestions: (id: number, aoiId: number, n: number, method: SuggestionMethod = "margin") =>
     request<SuggestionCollection>("GET", `${p(id)}/aois/${aoiId}/suggestions?n=${n}&method=${method}`),
   retrain: (id: number, aoiId: number | null) => request<Job>("POST", `${p(id)}/retrain`, { aoi_id: aoiId }),

@@ -2,7 +2,7 @@
 // app's TileJSON, AOIs and labels as GeoJSON, and the drawing tools (point, polygon, erase, AOI).
 import * as maplibregl from "maplibre-gl";
 import "maplibre-gl/dist/maplibre-gl.css";
-import type { Aoi, Geometry } from "./api";
+import type { Aoi, Geometry, View } from "./api";
 import { withAccessToken } from "./auth";
 import { classColor, currentAoi, emit, on, state } from "./state";
 
@@ -287,6 +287,15 @@ function swapWhenLoaded(aoiId: number, previous: { version: number; palette: str
 /** Called when the mapper asks for a retrain: the status bar then says how long until the new map was drawn. */
 export function markUpdateRequested(aoiId: number | null): void {
   pendingUpdate = aoiId === null ? null : { aoiId, started: performance.now() };
+}
+
+/** The map's view as lon/lat (west, south, east, north), clamped to the world (the map wraps at low zoom). */
+export function mapView(): View | null {
+  if (!map) return null;
+  const b = map.getBounds();
+  const lon = (x: number) => Math.max(-180, Math.min(180, x));
+  const lat = (y: number) => Math.max(-90, Math.min(90, y));
+  return [lon(b.getWest()), lat(b.getSouth()), lon(b.getEast()), lat(b.getNorth())];
 }
 
 export function predictionVersion(aoiId: number): number | null {

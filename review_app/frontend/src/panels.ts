@@ -53,7 +53,7 @@ export function mountPanels(): void {
   on(["checkpoints"], renderCheckpoints);
   on(["project", "aoi"], renderExports);
   on(["project", "jobs", "tool", "aoi", "class"], renderStatus);
-  on(["project", "aoi"], renderBanner);
+  on(["project", "aoi", "jobs"], renderBanner); // jobs: a partial layer says whether the rest is still running
   renderAddClass(false);
   renderTools();
 }
@@ -132,7 +132,12 @@ function renderBanner(): void {
   banner.setAttribute("data-testid", "banner");
   const aoi = currentAoi();
   $("#legend").innerHTML = aoi?.prediction
-    ? `<span class="chip" data-testid="prediction-version">${esc(aoi.name)} · prediction v${aoi.prediction.version} · model v${aoi.prediction.model_version ?? 0}</span>`
+    ? `<span class="chip" data-testid="prediction-version">${esc(aoi.name)} · prediction v${aoi.prediction.version} · model v${aoi.prediction.model_version ?? 0}</span>` +
+      (aoi.prediction.partial
+        ? ` <span class="chip" data-testid="prediction-partial" title="Only the part of the AOI that was in view is predicted so far">${
+            activeJob("inference")?.aoi_id === aoi.id ? "the block in view · predicting the rest…" : "only the block in view (predict the AOI again)"
+          }</span>`
+        : "")
     : "";
 }
 
@@ -200,7 +205,7 @@ function renderAois(): void {
         .map(
           (a) => `<li class="aoi ${a.id === state.aoiId ? "selected" : ""}" data-aoi="${a.id}" data-testid="aoi-${a.id}">
           <span class="aoi-name">${esc(a.name)}</span><span class="hint">${a.area_km2.toFixed(2)} km²</span>
-          <span class="aoi-state">${running?.aoi_id === a.id ? "predicting…" : a.prediction ? `v${a.prediction.version}` : "not predicted"}</span></li>`,
+          <span class="aoi-state">${running?.aoi_id === a.id ? "predicting…" : a.prediction ? `v${a.prediction.version}${a.prediction.partial ? " (partial)" : ""}` : "not predicted"}</span></li>`,
         )
         .join("")}</ul>`
     : `<p class="empty">No AOI yet. Press <kbd>A</kbd> and click the corners of the area to map.</p>`;

@@ -46,7 +46,14 @@ async function handle(event: WsEvent): Promise<void> {
     case "prediction_updated": {
       const aoi = state.project?.aois.find((a) => a.id === event.aoi_id);
       if (!aoi) return actions.loadProject();
-      aoi.prediction = { version: event.version, model_version: event.model_version, tilejson: event.tilejson, embeddings: true };
+      // A partial layer is the first block of a new AOI (the part in view): shown at once, the whole AOI follows.
+      aoi.prediction = {
+        version: event.version,
+        model_version: event.model_version,
+        tilejson: event.tilejson,
+        embeddings: !event.partial,
+        partial: event.partial,
+      };
       if (state.project && event.model_version !== null) state.project.model.current_version = event.model_version;
       emit("project");
       break;
