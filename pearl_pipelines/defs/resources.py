@@ -21,6 +21,7 @@ from pearl_pipelines.layout import Layout
 from pearl_pipelines.ml.lineage import ModelRegistry
 from pearl_pipelines.ml.refs import parse_model_uri
 from pearl_pipelines.settings import Settings, get_settings
+from pearl_pipelines.worker.run import NICE_ENV
 
 WORKER_MODULE = "pearl_pipelines.worker"
 
@@ -173,6 +174,9 @@ class GpuCompute(dg.ConfigurableResource):
     mode: Literal["local", "k8s"] = "local"
     python: str = ""  # local: interpreter for the worker; default this process's
     env: dict[str, str] = Field(default_factory=dict)
+    # local: the niceness of Dagster's worker runs (0-19). On a machine that also serves the review app, a label
+    # run would otherwise take half the cores from the mapper's live retrain; the app's own tasks run at 0.
+    nice: int = Field(default=10, ge=0, le=19)
     # k8s mode: the pod that runs the worker.
     image: str = "ghcr.io/pearl-pipelines/pearl-worker:latest"
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
@@ -244,6 +248,10 @@ class GpuCompute(dg.ConfigurableResource):
         )
         return {"apiVersion": "v1", "kind": "Pod", **ApiClient().sanitize_for_serialization(pod)}
 
+    def local_env(self, env: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment of a local Dagster run's worker: at the configured niceness (`nice`)."""
+        return {**self.env, NICE_ENV: str(self.nice), **(env or {})}
+
     def worker_extras(self, extras: Mapping[str, Any]) -> dict[str, Any]:
         """Extras as the worker sees them (the pod reaches MLflow by its in-cluster address)."""
         out = dict(extras)
@@ -277,7 +285,7 @@ class GpuCompute(dg.ConfigurableResource):
                 base_pod_spec=self.pod_spec(),
             )
         # cwd: PEARL_HOME, so nothing a library writes by default (e.g. MLflow's ./mlflow.db) lands in the repo.
-        subprocess_client = dg.PipesSubprocessClient(env={**self.env, **(env or {})}, cwd=self.env.get("PEARL_HOME"))
+        subprocess_client = dg.PipesSubprocessClient(env=self.local_env(env), cwd=self.env.get("PEARL_HOME"))
         return subprocess_client.run(
             context=context,  # type: ignore[arg-type]
             command=self.worker_command(task),

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from pearl_pipelines.ml.embeddings import EmbeddingCache, backbone_digest
 from pearl_pipelines.ml.models import LandcoverModel, pick_device
 from pearl_pipelines.ml.outputs import ClassRasterWriter, PredictionResult
+from pearl_pipelines.ml.runtime import Groups, group_function
 from pearl_pipelines.ml.tiling import (
     PixelSource,
     RasterSource,
@@ -243,15 +244,20 @@ def _check_imagery(dataset: Any, model: LandcoverModel, tiling: Tiling) -> None:
         raise ValueError(f"window {tiling.window} must be a multiple of {multiple} for this model's embedding")
 
 
-def _embed_and_classify(net: LandcoverModel) -> Forward:
+def _embed_and_classify(net: LandcoverModel, groups_of: Groups) -> Forward:
     """Embeddings and logits as the C + K channels of one output, so the map is the fused path's, bit for bit (the
     logits come from the groups as in `LandcoverModel.forward`)."""
 
     def forward(x: torch.Tensor) -> list[torch.Tensor]:
-        groups = net.embed_groups(x)
+        groups = groups_of(x)
         return [*groups.values(), net.group_logits(groups)]
 
     return forward
+
+
+def _classify(net: LandcoverModel, groups_of: Groups) -> Forward:
+    """`LandcoverModel.forward` in eval mode, on the groups `groups_of` computes (those the head reads)."""
+    return lambda x: net.group_logits(groups_of(x))
 
 
 def _tqdm_progress(total: int, progress: Progress | None) -> tuple[Progress, Callable[[], None]]:
@@ -333,7 +339,11 @@ def predict(
                 model_id=model_id,
                 channel_groups=model.channel_groups,
             )
-        forward: Forward = net if cache is None else _embed_and_classify(net)
+        # The groups the output needs (all of them for a cache; those the head reads otherwise), on the CPU runtime
+        # that computes them fastest here (ml/runtime.py).
+        skip = frozenset(net._unused_groups()) if cache is None else frozenset()
+        groups_of, runtime = group_function(net, device, skip=skip)
+        forward = _classify(net, groups_of) if cache is None else _embed_and_classify(net, groups_of)
         channels = k if cache is None else net.embed_dim + k
 
         def sink(row: int, col: int, block: torch.Tensor) -> None:
@@ -378,4 +388,5 @@ def predict(
         windows=windows,
         seconds=time.perf_counter() - started,
         embeddings_dir=Path(embeddings_dir) if embeddings_dir is not None else None,
+        runtime=runtime,
     )

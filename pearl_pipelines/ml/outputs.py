@@ -59,6 +59,7 @@ class PredictionResult:
     windows: int = 0
     seconds: float = 0.0
     embeddings_dir: Path | None = None
+    runtime: str = "torch"  # what computed the feature groups (ml/runtime.py)
 
 
 def classify_logits(logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
