@@ -32,8 +32,10 @@ from shapely.geometry.base import BaseGeometry
 from tqdm.auto import tqdm
 
 from pearl_pipelines.ml.embeddings import EmbeddingCache, backbone_digest
+from pearl_pipelines.ml.gpu import plan_gpu_inference
 from pearl_pipelines.ml.models import LandcoverModel, pick_device
 from pearl_pipelines.ml.outputs import ClassRasterWriter, PredictionResult
+from pearl_pipelines.ml.precision import Precision, autocast
 from pearl_pipelines.ml.runtime import Groups, group_function
 from pearl_pipelines.ml.tiling import (
     PixelSource,
@@ -255,6 +257,19 @@ def _embed_and_classify(net: LandcoverModel, groups_of: Groups) -> Forward:
     return forward
 
 
+def _autocast(forward: Forward, device: torch.device, precision: Precision) -> Forward:
+    """`forward` under `precision`'s autocast, with float32 outputs (the blending buffer is float32)."""
+    if precision == "fp32":
+        return forward
+
+    def run(x: torch.Tensor) -> list[torch.Tensor]:
+        with autocast(device, precision):
+            out = forward(x)
+        return [part.float() for part in ([out] if isinstance(out, torch.Tensor) else out)]
+
+    return run
+
+
 def _classify(net: LandcoverModel, groups_of: Groups) -> Forward:
     """`LandcoverModel.forward` in eval mode, on the groups `groups_of` computes (those the head reads)."""
     return lambda x: net.group_logits(groups_of(x))
@@ -294,14 +309,14 @@ def predict(
     Pixels of the AOI's bounding box outside the AOI are nodata (255). With `embeddings_dir`, the
     area's embeddings are cached there for head-only re-prediction (see `embeddings.py`).
     `batch_size` (windows per forward pass) defaults to 1 on CPU, where one 512 px window already
-    saturates the cores and bigger batches only add memory, and to 4 on GPU.
+    saturates the cores and bigger batches only add memory, and on a GPU to what its free memory holds
+    (ml/gpu.py, which also picks bfloat16 autocast where it is faster and keeps the classes).
     Windows sit on the global grid (seamless between areas) unless `fit_windows` (the fewest windows that cover
     this AOI: `aoi_windows`) or an explicit `anchor` (the global pixel index of the raster's pixel (0, 0) for
     `tiling`, as `aoi_windows` returns it) says otherwise.
     """
     started = time.perf_counter()
     device = torch.device(device) if device is not None else pick_device()
-    batch_size = batch_size or (1 if device.type == "cpu" else 4)
     tiling = tiling or default_tiling(model)
     net = inference_copy(model, device)
     with ExitStack() as stack:
@@ -344,6 +359,11 @@ def predict(
         skip = frozenset(net._unused_groups()) if cache is None else frozenset()
         groups_of, runtime = group_function(net, device, skip=skip)
         forward = _classify(net, groups_of) if cache is None else _embed_and_classify(net, groups_of)
+        if device.type == "cuda":  # windows per batch and precision measured on this GPU (ml/gpu.py)
+            gpu = plan_gpu_inference(forward, len(model.spec.bands), tiling.window, device)
+            batch_size = batch_size or gpu.batch_size
+            runtime = f"torch {gpu.describe()}"
+            forward = _autocast(forward, device, gpu.precision)
         channels = k if cache is None else net.embed_dim + k
 
         def sink(row: int, col: int, block: torch.Tensor) -> None:
@@ -356,6 +376,7 @@ def predict(
                     cache.write_block(r, c0, part[..., :-k], valid)
                 writer.write_logits(r, c0, part[..., -k:].permute(2, 0, 1).contiguous(), valid)
 
+        batch_size = batch_size or 1
         band_cols = band_columns(tiling, channels, buffer_mb)
         plan = WindowPlan.build(region, tiling, grid_anchor(dataset.transform) if anchor is None else anchor, band_cols)
         close_bar = None
