@@ -48,11 +48,12 @@ def ensure_regions(settings: Settings) -> None:
 
 
 def starter_registered(tracking_uri: str, schema_id: str) -> bool:
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from pearl_pipelines.ml.lineage import mlflow_client
+
     try:
-        MlflowClient(tracking_uri).get_model_version_by_alias(starter_model_name(schema_id), "champion")
+        mlflow_client(tracking_uri).get_model_version_by_alias(starter_model_name(schema_id), "champion")
     except MlflowException:
         return False
     return True

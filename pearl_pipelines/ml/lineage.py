@@ -141,9 +141,7 @@ class ModelRegistry:
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            from mlflow import MlflowClient
-
-            self._client = MlflowClient(self.tracking_uri)
+            self._client = mlflow_client(self.tracking_uri)
         return self._client
 
     def register(
@@ -293,7 +291,15 @@ def version_params(version: ModelVersion) -> dict[str, str]:
     return {k: str(v)[:6000] for k, v in params.items()}
 
 
-def _experiment_id(client: MlflowClient, name: str) -> str:
+def mlflow_client(tracking_uri: str) -> MlflowClient:
+    """The MLflow client of one tracking server: every part of the project gets its client here."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of experiment `name`, created when missing."""
     experiment = client.get_experiment_by_name(name)
     return experiment.experiment_id if experiment else client.create_experiment(name)
 
@@ -307,13 +313,12 @@ def log_version(
     tags: dict[str, str] | None = None,
 ) -> str:
     """Log `version` as a finished MLflow run (params, metrics, confusion matrix, checkpoint); returns the run id."""
-    from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
     from pearl_pipelines.ml.metrics import confusion_figure
 
-    client = MlflowClient(tracking_uri=tracking_uri)
-    run = client.create_run(_experiment_id(client, experiment), tags={**version_tags(version), **(tags or {})})
+    client = mlflow_client(tracking_uri)
+    run = client.create_run(experiment_id(client, experiment), tags={**version_tags(version), **(tags or {})})
     run_id = run.info.run_id
     try:
         now = int(time.time() * 1000)
@@ -340,9 +345,7 @@ def log_version(
 
 def find_version_run(tracking_uri: str, version_id: str, experiment: str = EXPERIMENT) -> Run | None:
     """The run that logged `version_id`, if any."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = mlflow_client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None

@@ -36,6 +36,7 @@ from pearl_pipelines.layout import Layout
 from pearl_pipelines.ml.data import LabelledRaster, band_stats, load_labelled_rasters
 from pearl_pipelines.ml.embeddings import backbone_digest
 from pearl_pipelines.ml.features import DEFAULT_FEATURES
+from pearl_pipelines.ml.lineage import experiment_id, mlflow_client
 from pearl_pipelines.ml.metrics import MetricsReport, confusion_figure
 from pearl_pipelines.ml.models import LandcoverModel, ModelSpec, load_model, save_model, with_features
 from pearl_pipelines.ml.precision import PrecisionChoice
@@ -161,11 +162,6 @@ def training_regions(settings: Settings) -> list[str]:
     return [r.name for r in load_regions(settings.assets_dir).values() if r.properties.role == TRAIN_ROLE]
 
 
-def _experiment_id(client: MlflowClient, name: str) -> str:
-    found = client.get_experiment_by_name(name)
-    return found.experiment_id if found else client.create_experiment(name)
-
-
 def _params(schema_id: str, recipe: StarterRecipe, train: Sequence[str], holdout: Sequence[str]) -> list[Param]:
     params: dict[str, Any] = {
         "schema_id": schema_id,
@@ -225,7 +221,7 @@ def train_starter(
     data = _load_data(settings, schema_id, train_regions, holdout_regions, show_progress=show_progress)
     name = model_name or starter_model_name(schema_id)
     uri = tracking_uri or settings.resolved_mlflow_uri
-    client = MlflowClient(uri)
+    client = mlflow_client(uri)
 
     # 1. The model: a shipped file's (with the recipe it was trained with) or a new one to train.
     shipped: dict[str, Any] | None = None
@@ -234,9 +230,9 @@ def train_starter(
     else:
         model = _new_model(schema_id, recipe, data.train, settings)
     run_name = f"starter-{schema_id}-{recipe.arch}" + ("-shipped" if weights is not None else "")
-    experiment_id = _experiment_id(client, EXPERIMENT)
+    experiment = experiment_id(client, EXPERIMENT)
     run_tags = {TAG_SCHEMA: schema_id, "mlflow.runName": run_name, **(tags or {})}
-    with _mlflow_run(client, experiment_id, run_tags) as run_id:
+    with _mlflow_run(client, experiment, run_tags) as run_id:
         # 2. Train it (logging params and per-epoch metrics), or log where the shipped weights come from.
         params = _params(schema_id, recipe, data.train_names, data.holdout_names)
         if weights is not None and shipped is not None:
@@ -279,7 +275,7 @@ def train_starter(
         arch=recipe.arch,
         model_name=name,
         model_version=version,
-        experiment_id=experiment_id,
+        experiment_id=experiment,
         run_id=run_id,
         model_path=model_path,
         replay_path=replay_path,

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
-from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from pearl_pipelines.ml.lineage import (  # noqa: F401  (re-exported: ml.lineage owns a version's runs and tags)
@@ -25,9 +24,10 @@ from pearl_pipelines.ml.lineage import (  # noqa: F401  (re-exported: ml.lineage
     TAG_PARENT,
     TAG_SCHEMA,
     TAG_VERSION,
-    _experiment_id,
+    experiment_id,
     find_version_run,
     log_version,
+    mlflow_client,
     version_params,
     version_tags,
 )
@@ -57,8 +57,8 @@ def log_inference_run(
     experiment: str = INFERENCE_EXPERIMENT,
 ) -> str:
     """A finished MLflow run for an inference or embedding task (tagged with the Dagster run id)."""
-    client = MlflowClient(tracking_uri)
-    run = client.create_run(_experiment_id(client, experiment), tags=dict(tags))
+    client = mlflow_client(tracking_uri)
+    run = client.create_run(experiment_id(client, experiment), tags=dict(tags))
     now = int(time.time() * 1000)
     client.log_batch(
         run.info.run_id,
