@@ -2,14 +2,17 @@
 
 The benches run the real local deployment: the STAC API, an MLflow server and `dagster dev` (with
 PEARL_DAGSTER_AUTOMATION=off, so no sensor run competes with the runs a bench submits), all on free
-ports, in `PEARL_HOME/bench/dagster` (the catalog is shared with PEARL_HOME). Regions and the starter
-model are created on first use and reused after.
+ports, in `PEARL_HOME/bench/dagster-starter` (the catalog is shared with PEARL_HOME). Regions and the starter
+models are created on first use and reused after: the starters `make demo` registers
+(`pearl starter --schema all --shipped` into the bench's MLflow: `pearl-starter-chesapeake9`, U-Net + wide
+embedding, and `pearl-starter-chesapeake4`, FCN). With `--proxy-fcn` the home is
+`PEARL_HOME/bench/dagster-proxy-fcn` and the champion a PEARL-sized FCN trained briefly through
+`starter_model_job` (the benches then time the pipeline, not the model users run).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import statistics
@@ -53,7 +56,9 @@ def log(message: str) -> None:
 
 def emit(result: dict[str, Any]) -> None:
     """The machine-readable result: always the last line of a bench's output."""
-    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}), flush=True)
+    from _common import emit as emit_common
+
+    emit_common(result)
 
 
 def median(values: list[float]) -> float:
@@ -115,8 +120,8 @@ def has_champion(uri: str) -> bool:
 
 
 @contextlib.contextmanager
-def bench_services(name: str) -> Iterator[Bench]:
-    """Services for a bench (stopped on exit); the starter is trained through Dagster if there is none."""
+def bench_services(name: str, proxy: bool = False) -> Iterator[Bench]:
+    """Services for a bench (stopped on exit), with the registered starters (or, with `proxy`, a bench FCN)."""
     from dagster_graphql import DagsterGraphQLClient
 
     from pearl_pipelines.geo.stac_server import StacServer
@@ -124,7 +129,7 @@ def bench_services(name: str) -> Iterator[Bench]:
     from pearl_pipelines.worker.forkserver import WorkerServer
 
     root = get_settings().home_abs
-    home = root / "bench" / "dagster"
+    home = root / "bench" / f"dagster-{'proxy-fcn' if proxy else 'starter'}"
     home.mkdir(parents=True, exist_ok=True)
     ensure_regions(root / "catalog")
     if not (home / "catalog").exists():
@@ -160,14 +165,44 @@ def bench_services(name: str) -> Iterator[Bench]:
             dagster_port,
             DagsterGraphQLClient("127.0.0.1", port_number=dagster_port),
         )
-        if not has_champion(bench.mlflow_uri):
-            log(f"[{name}] no starter model yet: training a PEARL-sized FCN through starter_model_job ...")
+        if proxy and not has_champion(bench.mlflow_uri):
+            log(f"[{name}] proxy-fcn (--proxy-fcn): training a PEARL-sized FCN through starter_model_job ...")
             started = time.perf_counter()
             bench.wait(
                 bench.submit("starter_model_job", run_config={"ops": {"starter_model": {"config": BENCH_STARTER}}})
             )
-            log(f"[{name}] starter model registered in {time.perf_counter() - started:.1f} s")
+            log(f"[{name}] proxy-fcn registered in {time.perf_counter() - started:.1f} s")
+        elif not proxy:
+            from _common import ensure_starters
+
+            ensure_starters(get_settings())  # registers into this bench's MLflow (PEARL_MLFLOW_PORT) if missing
         yield bench
+
+
+def model_name(bench: Bench, proxy: bool) -> str:
+    """The champion the bench's runs map with: "pearl-starter-chesapeake9 v1" or "proxy-fcn v1"."""
+    from mlflow import MlflowClient
+
+    version = MlflowClient(bench.mlflow_uri).get_model_version_by_alias(STARTER, "champion").version
+    return f"proxy-fcn v{version}" if proxy else f"{STARTER} v{version}"
+
+
+def run_info(bench: Bench, proxy: bool) -> dict[str, Any]:
+    """{"model", "machine"} of a Dagster bench, the machine line printed."""
+    from _common import log_machine
+
+    info = log_machine(precision="fp32")
+    name = model_name(bench, proxy)
+    log(f"model: {name} (champion of {STARTER} in the bench's MLflow)")
+    return {"model": name, "machine": info}
+
+
+def arguments(description: str) -> Any:
+    import argparse
+
+    from _common import model_arguments
+
+    return model_arguments(argparse.ArgumentParser(description=description)).parse_args()
 
 
 def utm_box_lonlat(region_name: str, offset_m: tuple[float, float], size_m: float) -> Any:

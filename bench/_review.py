@@ -1,16 +1,17 @@
 """Shared setup of the review-app benches: a bench PEARL_HOME, the demo region, a model, the app under uvicorn.
 
-The bench home is PEARL_HOME/bench/review: its own label DB and review state (the mapper's demo project
-is never touched), the demo collection linked from PEARL_HOME/catalog (generated at full size when
-missing), and the starter model linked from PEARL_HOME/models when one was trained (`make demo`);
-otherwise a PEARL-sized FCN (five 3x3 convs, 64 features; untrained: latency does not depend on weights)
-with a replay set of 500 pixels per class, as starter models have.
+The bench home is PEARL_HOME/bench/<name>-starter: its own label DB and review state (the mapper's demo project
+is never touched), the demo collection linked from PEARL_HOME/catalog (generated at full size when missing),
+and the registered starter models (`pearl-starter-chesapeake9` U-Net + wide embedding, the app's base model,
+and `pearl-starter-chesapeake4`) linked from PEARL_HOME/models, registered from the shipped weights first when
+missing (`pearl starter --schema all --shipped`, as `make demo` does). With `--proxy-fcn` (`proxy=True`) the
+home is PEARL_HOME/bench/<name>-proxy-fcn and the model a PEARL-sized FCN (five 3x3 convs, 64 features;
+untrained: latency does not depend on weights) with a replay set of 500 pixels per class, as starters have.
 MLflow and Dagster ports point at nothing, so no run or label submission leaves the bench.
 """
 
 from __future__ import annotations
 
-import json
 import socket
 import sys
 import time
@@ -32,9 +33,18 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def emit(result: dict[str, float]) -> None:
+def emit(result: dict[str, Any]) -> None:
     """The machine-readable result: always the last line of a bench's output."""
-    print(json.dumps({k: round(v, 4) for k, v in result.items()}), flush=True)
+    from _common import emit as emit_common
+
+    emit_common(result)
+
+
+def model_name(settings: Settings) -> str:
+    """The model the bench's app runs: "pearl-starter-chesapeake9 v1" or "proxy-fcn"."""
+    from _common import PROXY, starter_label
+
+    return PROXY if settings.home_abs.name.endswith(PROXY) else starter_label("chesapeake9")
 
 
 def free_port() -> int:
@@ -48,8 +58,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-def bench_settings(name: str = "review") -> Settings:
-    """The bench home PEARL_HOME/bench/<name>, with the demo region and a model in place."""
+def bench_settings(name: str = "review", proxy: bool = False) -> Settings:
+    """The bench home PEARL_HOME/bench/<name>-starter (or -proxy-fcn), with the demo region and a model in place."""
+    from _common import PROXY
+
     from pearl_pipelines.geo.regions import load_regions
     from pearl_pipelines.synthetic.regions import build_region
 
@@ -57,29 +69,36 @@ def bench_settings(name: str = "review") -> Settings:
     if not (main.catalog_dir / DEMO / "collection.json").is_file():
         log(f"generating the demo region into {main.catalog_dir} (first run only) ...")
         build_region(load_regions(main.assets_dir)[DEMO], main.catalog_dir, show_progress=True)
-    home = main.home_abs / "bench" / name
+    home = main.home_abs / "bench" / f"{name}-{PROXY if proxy else 'starter'}"
     (home / "models").mkdir(parents=True, exist_ok=True)
     if not (home / "catalog").exists():
         (home / "catalog").symlink_to(main.catalog_dir)
     settings = Settings(home=home, mlflow_port=free_port(), dagster_port=free_port())
-    _ensure_model(main, settings)
+    if proxy:
+        _ensure_proxy(settings)
+    else:
+        _link_starters(main, settings)
     return settings
 
 
-def _ensure_model(main: Settings, settings: Settings) -> None:
+def _link_starters(main: Settings, settings: Settings) -> None:
+    """Link the registered starters (registered first when missing) into the bench home's models."""
+    from _common import ensure_starters, starter_label
+
+    for schema_id, folder in ensure_starters(main).items():
+        link = settings.models_dir / folder.name
+        if not link.exists():
+            link.symlink_to(folder.resolve(), target_is_directory=True)
+        log(f"model: {starter_label(schema_id, main)} ({folder.name}) from {folder}")
+
+
+def _ensure_proxy(settings: Settings) -> None:
     from pearl_pipelines.ml.base_model import local_model_dirs
     from pearl_pipelines.ml.models import MODEL_FILE
 
-    for folder in local_model_dirs(BASE_MODEL, main):
-        if (folder / MODEL_FILE).is_file():
-            link = settings.models_dir / folder.name
-            if not link.exists():
-                link.symlink_to(folder)
-            log(f"model: the starter model {folder}")
-            return
     for folder in local_model_dirs(BASE_MODEL, settings):
         if (folder / MODEL_FILE).is_file():
-            log(f"model: {folder}")
+            log(f"model: proxy-fcn (asked for with --proxy-fcn) from {folder}")
             return
     import torch
 
@@ -93,7 +112,7 @@ def _ensure_model(main: Settings, settings: Settings) -> None:
     torch.manual_seed(0)
     model = LandcoverModel(ModelSpec(arch="fcn", schema=load_schema("chesapeake9"), embed_dim=64)).eval()
     folder = starter_dir(settings, "chesapeake9", "fcn")
-    log("model: no starter model trained yet; making a PEARL-sized FCN (64 features, untrained) + replay set ...")
+    log("model: proxy-fcn (asked for with --proxy-fcn): a PEARL-sized FCN (64 features, untrained) + replay set ...")
     # A starter's replay set (500 pixels per class) is part of every retrain: the bench must pay for it too.
     item = read_item(sorted(load_collection_items(settings.catalog_dir, DEMO), key=lambda i: i.id)[0], "chesapeake9")
     build_replay_set(model, [item.image], [item.labels], per_class=500).save(folder / "replay.npz")
@@ -163,12 +182,19 @@ def ensure_predicted_aoi(url: str, km2: float = 1.0) -> dict[str, Any]:
 
 
 def reference_points(
-    settings: Settings, bounds: list[float], class_names: list[str], per_class: int, seed: int
+    settings: Settings,
+    bounds: list[float],
+    class_names: list[str],
+    per_class: int,
+    seed: int,
+    within: dict[str, Any] | None = None,
 ) -> list[tuple[str, float, float]]:
-    """(class, lon, lat) of random pixels inside lon/lat `bounds` whose reference label is that class."""
+    """(class, lon, lat) of random pixels inside lon/lat `bounds` (and the lon/lat geometry `within`, e.g. the AOI:
+    the bounds reprojected to the imagery's grid reach a little beyond it) whose reference label is that class."""
     import numpy as np
     import rasterio
     from rasterio.warp import transform, transform_bounds
+    from shapely.geometry import Point, shape
 
     from pearl_pipelines.classes import load_schema
     from pearl_pipelines.geo.catalog import load_collection_items
@@ -190,9 +216,31 @@ def reference_points(
                     lon, lat = transform(src.crs, "EPSG:4326", [xs.flat[i]], [ys.flat[i]])
                     found[name].append((lon[0], lat[0]))
     points = []
+    if within is not None:
+        area = shape(within)
+        found = {name: [p for p in places if area.contains(Point(*p))] for name, places in found.items()}
     for name, places in found.items():
         if len(places) < per_class:
             raise RuntimeError(f"fewer than {per_class} reference pixels of {name} in the AOI")
         for j in rng.choice(len(places), per_class, replace=False):
             points.append((name, *places[j]))
     return points
+
+
+def run_info(settings: Settings) -> dict[str, Any]:
+    """{"model", "machine"} of an app bench, the machine line printed (the app's forward pass runs fp32)."""
+    from _common import log_machine
+
+    info = log_machine(precision="fp32")
+    name = model_name(settings)
+    log(f"model: {name} (the app's base model)")
+    return {"model": name, "machine": info}
+
+
+def arguments(description: str) -> Any:
+    """An app bench's parser (with --proxy-fcn), parsed."""
+    import argparse
+
+    from _common import model_arguments
+
+    return model_arguments(argparse.ArgumentParser(description=description)).parse_args()

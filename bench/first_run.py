@@ -6,7 +6,10 @@ has) and once uncapped. The bench acts as a new mapper: as soon as the demo proj
 ready it draws an AOI and starts its inference; the clock stops when a prediction tile answers 200 with a PNG.
 Before each run a timed probe in the same environment checks that the cap took effect (ATen's kernel level,
 bfloat16 vs fp32 conv speed) and says which precision training picks there. Install time is not included
-(the venv exists); the README gives a clean-clone `make demo` time.
+(the venv exists); the README gives a clean-clone `make demo` time. The model is what `pearl demo` registers
+in the empty home (`pearl-starter-chesapeake9`, the app's base model). The last line also carries the machine
+(uncapped, as this process sees it; each run's own kernel level and precision are in its `*_avx2`/`*_native`
+fields).
 
     .venv/bin/python bench/first_run.py     # ~10 min on 2 cores; target first_map_s_avx2 <= 900
 """
@@ -28,6 +31,7 @@ import morecantile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as `python bench/NAME.py`
 
+from _common import emit, log_machine
 from _review import free_port, log
 
 from pearl_pipelines.settings import REPO_ROOT, get_settings
@@ -137,22 +141,24 @@ def main() -> None:
     cpuinfo = Path("/proc/cpuinfo")
     flags = cpuinfo.read_text() if cpuinfo.exists() else ""
     log(f"CPU has avx512_bf16: {'avx512_bf16' in flags}, amx_bf16: {'amx_bf16' in flags}; {os.cpu_count()} cores")
+    info = log_machine(precision="fp32")
     avx2_s, avx2 = first_map_seconds("avx2", root / "avx2", AVX2_CAP)
     native_s, native = first_map_seconds("native", root / "native", {})
     if avx2["capability"] == native["capability"] and native["capability"] != "AVX2":
         log("warning: the AVX2 cap did not change ATen's kernel level")
-    print(
-        json.dumps(
-            {
-                "first_map_s_avx2": round(avx2_s, 1),
-                "first_map_s_native": round(native_s, 1),
-                "precision_avx2": avx2["precision"],
-                "precision_native": native["precision"],
-                "probe_bf16_over_fp32_avx2": round(avx2["bf16_ms"] / avx2["fp32_ms"], 2),
-                "probe_bf16_over_fp32_native": round(native["bf16_ms"] / native["fp32_ms"], 2),
-            }
-        ),
-        flush=True,
+    emit(
+        {
+            "first_map_s_avx2": round(avx2_s, 1),
+            "first_map_s_native": round(native_s, 1),
+            "precision_avx2": avx2["precision"],
+            "precision_native": native["precision"],
+            "capability_avx2": avx2["capability"],
+            "capability_native": native["capability"],
+            "probe_bf16_over_fp32_avx2": round(avx2["bf16_ms"] / avx2["fp32_ms"], 2),
+            "probe_bf16_over_fp32_native": round(native["bf16_ms"] / native["fp32_ms"], 2),
+            "model": "pearl-starter-chesapeake9 (registered by `pearl demo` in the empty home)",
+            "machine": info,
+        }
     )
 
 

@@ -7,7 +7,9 @@ Each round writes 10 labels, submits `label_to_map_job` with `trigger.submit_lab
 (embedding cache), as the aoi_registration_sensor would do when a mapper draws it.
 
 Prints per-round figures, then the JSON line {"median_s", "launch_overhead_s", ...}; launch overhead is
-the time from submission until the run worker started executing (Dagster's run start time).
+the time from submission until the run worker started executing (Dagster's run start time). The project maps
+with the registered starter `pearl-starter-chesapeake9` (`--proxy-fcn`: a bench-trained FCN); "model" and
+"machine" are in the JSON line.
 Target: median_s <= 15.
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import time
 
-from _dagster import STARTER, bench_services, emit, log, median, reference_labels, utm_box_lonlat
+from _dagster import STARTER, arguments, bench_services, emit, log, median, reference_labels, run_info, utm_box_lonlat
 
 ROUNDS = 5
 LABELS_PER_ROUND = 10
@@ -32,7 +34,9 @@ def main() -> None:
     from pearl_pipelines.settings import get_settings
     from pearl_pipelines.trigger import submit_label_run
 
-    with bench_services("label_to_map") as bench:
+    args = arguments(__doc__.splitlines()[0])
+    with bench_services("label_to_map", proxy=args.proxy_fcn) as bench:
+        info = run_info(bench, args.proxy_fcn)
         settings = get_settings()
         store = LabelStore(settings.resolved_label_store_url)
         aoi = utm_box_lonlat("demo", (1500.0, 1500.0), AOI_KM * 1000)
@@ -82,6 +86,7 @@ def main() -> None:
                 "rounds": ROUNDS,
                 "tiles": len(keys),
                 "aoi_km2": AOI_KM,
+                **info,
             }
         )
 

@@ -5,7 +5,8 @@ review benches (bench/_review.py) with a fresh label database. Phase 1: `--write
 `--readers` threads read imagery and prediction tiles of a predicted 1 km^2 AOI for `--seconds`. Phase 2, the
 baseline measured in the same run: the same tile reads with no writers. Afterwards every acknowledged label
 must be in the database once. Last line: {"label_writes_per_s", "tile_p99_ms", "tile_p99_ms_no_writers",
-"tile_p99_ratio", "errors", "lost"}.
+"tile_p99_ratio", "errors", "lost", "model", "machine"}; the app runs the registered starter (`--proxy-fcn`: a
+PEARL-sized FCN).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 
 import httpx
 import morecantile
-from _review import bench_settings, emit, ensure_predicted_aoi, log, percentile, start_app
+from _common import model_arguments
+from _review import bench_settings, emit, ensure_predicted_aoi, log, percentile, run_info, start_app
 
 from pearl_pipelines.labels.pg_local import PostgresServer, find_bin_dir
 from pearl_pipelines.labels.store import LabelStore
@@ -107,7 +109,7 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=50)
     parser.add_argument("--readers", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60.0)
-    args = parser.parse_args()
+    args = model_arguments(parser).parse_args()
 
     bin_dir = find_bin_dir()
     if bin_dir is None:
@@ -118,7 +120,8 @@ def main() -> None:
     app = None
     try:
         store_url = server.new_database()
-        home = bench_settings("load")  # its own home: the review state of a fresh label database
+        home = bench_settings("load", proxy=args.proxy_fcn)  # its own home: the review state of a fresh label DB
+        info = run_info(home)
         for stale in ("review", "labels.db"):
             path = home.home_abs / stale
             if path.is_dir():
@@ -164,6 +167,7 @@ def main() -> None:
             "tiles_per_s_no_writers": len(quiet["tile_ms"]) / quiet["seconds"],
             "errors": float(len(errors)),
             "lost": float(lost + duplicated),
+            **info,
         }
     )
 

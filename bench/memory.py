@@ -3,6 +3,10 @@
 The imagery is a VRT mosaic of 4 x 4 copies of a 1 km^2 scene (4000 x 4000 px at 1 m). The parent reads
 each child's peak resident set size from the kernel (`os.wait4` rusage, ru_maxrss), so the figure
 covers everything: torch, GDAL caches, buffers, COG writing. Streaming inference should make the two equal.
+The model is the registered starter the app maps with, `pearl-starter-chesapeake9` (registered from the
+shipped weights when missing), fused (no embedding cache: 16 km^2 of it would be ~7 GB of disk), as the
+regional maps run it; `--proxy-fcn` runs the bench-trained FCN instead.
+Last line: {"rss_1km2_mb", "rss_16km2_mb", "ratio", "model", "machine"}.
 """
 
 from __future__ import annotations
@@ -16,7 +20,18 @@ import time
 from pathlib import Path
 
 import rasterio
-from _common import ORIGIN, bench_dir, bench_model, emit, log, median, scene_cog, use_all_cores
+from _common import (
+    ORIGIN,
+    bench_dir,
+    bench_model,
+    emit,
+    log,
+    log_machine,
+    median,
+    model_arguments,
+    scene_cog,
+    use_all_cores,
+)
 from shapely.geometry import box
 
 from pearl_pipelines.ml.inference import predict
@@ -53,10 +68,10 @@ def mosaic_vrt() -> Path:
     return path
 
 
-def child(km: int) -> None:
+def child(km: int, proxy: bool) -> None:
     """Predict a km x km square of the mosaic (its top-left corner) and exit."""
     use_all_cores()
-    model, _ = bench_model("fcn")
+    model = bench_model("chesapeake9", proxy=proxy).model
     side = km * TILE
     aoi = box(ORIGIN[0], ORIGIN[1] - side, ORIGIN[0] + side, ORIGIN[1])
     started = time.perf_counter()
@@ -65,9 +80,9 @@ def child(km: int) -> None:
     print(f"{side * side / 1e6:.0f} km^2 predicted in {time.perf_counter() - started:.1f} s", flush=True)
 
 
-def peak_rss_mb(km: int) -> float:
+def peak_rss_mb(km: int, proxy: bool) -> float:
     """Peak RSS of a fresh `memory.py --child km` process, in MB."""
-    proc = subprocess.Popen([sys.executable, __file__, "--child", str(km)])
+    proc = subprocess.Popen([sys.executable, __file__, "--child", str(km), *(["--proxy-fcn"] if proxy else [])])
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
@@ -76,18 +91,20 @@ def peak_rss_mb(km: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = model_arguments(argparse.ArgumentParser(description=__doc__))
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child)
+        child(args.child, args.proxy_fcn)
         return
-    bench_model("fcn")  # create shared data before timing children
+    use_all_cores()
+    info = log_machine(precision="fp32")
+    name = bench_model("chesapeake9", proxy=args.proxy_fcn).name  # create shared data before timing children
     mosaic_vrt()
-    small = median([peak_rss_mb(1) for _ in range(RUNS)])
-    large = median([peak_rss_mb(MOSAIC) for _ in range(RUNS)])
+    small = median([peak_rss_mb(1, args.proxy_fcn) for _ in range(RUNS)])
+    large = median([peak_rss_mb(MOSAIC, args.proxy_fcn) for _ in range(RUNS)])
     log(f"peak RSS: 1 km^2 {small:.0f} MB, {MOSAIC * MOSAIC} km^2 {large:.0f} MB ({large / small:.2f}x)")
-    emit({"rss_1km2_mb": small, "rss_16km2_mb": large, "ratio": large / small})
+    emit({"rss_1km2_mb": small, "rss_16km2_mb": large, "ratio": large / small, "model": name, "machine": info})
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ imagery tile cut again (COG), every tile predicted by the champion with full inf
 - Dagster: `regional_refresh_job[demo]` submitted through `dagster dev` (imagery_index -> landcover_map,
   the worker as a Pipes subprocess, MLflow inference run, asset checks);
 - direct: the same functions in this process, no Dagster, no Pipes, no MLflow.
-The JSON line reports {"tiles_per_min", "overhead_ratio" (Dagster wall / direct wall), ...}; target ratio <= 1.25.
+The JSON line reports {"tiles_per_min", "overhead_ratio" (Dagster wall / direct wall), ..., "model", "machine"};
+target ratio <= 1.25. The champion is the registered starter `pearl-starter-chesapeake9` (`--proxy-fcn`: a bench FCN).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _dagster import STARTER, bench_services, emit, log, median
+from _dagster import STARTER, arguments, bench_services, emit, log, median, run_info
 
 REGION = "demo"
 ROUNDS = 2  # each round runs both paths, in alternating order (page cache, machine load); medians reported
@@ -84,7 +85,9 @@ def main() -> None:
 
     from pearl_pipelines.settings import get_settings
 
-    with bench_services("regional_refresh") as bench:
+    args = arguments(__doc__.splitlines()[0])
+    with bench_services("regional_refresh", proxy=args.proxy_fcn) as bench:
+        info = run_info(bench, args.proxy_fcn)
         settings = get_settings()
         champion = MlflowClient(bench.mlflow_uri).get_model_version_by_alias(STARTER, "champion").version
         log(f"champion: models:/{STARTER}/{champion}")
@@ -136,6 +139,7 @@ def main() -> None:
                 "direct_tiles_per_min": 60 * tiles / direct_s,
                 "tiles": tiles,
                 "region_km2": 16.0,
+                **info,
             }
         )
 

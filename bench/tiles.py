@@ -6,7 +6,8 @@ Each requests the same imagery tiles (true colour, z16-z17 over the demo region)
 (z16-z18 over a predicted 1 km^2 AOI) as 512 px PNGs; rounds alternate between the servers so that load
 from anything else on the machine hits both alike.
 
-Last line: {"p50_ms", "p99_ms", "tiles_per_s", "ratio_vs_titiler"} for the review app (ratio of tiles/s).
+Last line: {"p50_ms", "p99_ms", "tiles_per_s", "ratio_vs_titiler", "model", "machine"} for the review app (ratio of
+tiles/s). The app runs the registered starter (`--proxy-fcn`: a PEARL-sized FCN instead).
 """
 
 from __future__ import annotations
@@ -20,7 +21,17 @@ from urllib.parse import quote
 
 import httpx
 import morecantile
-from _review import bench_settings, emit, ensure_predicted_aoi, free_port, log, percentile, start_app
+from _review import (
+    arguments,
+    bench_settings,
+    emit,
+    ensure_predicted_aoi,
+    free_port,
+    log,
+    percentile,
+    run_info,
+    start_app,
+)
 
 from pearl_pipelines.services import Service
 
@@ -60,7 +71,9 @@ async def fetch_all(urls: list[str]) -> tuple[list[float], float]:
 
 
 def main() -> None:
-    settings = bench_settings()
+    args = arguments(__doc__.splitlines()[0])
+    settings = bench_settings(proxy=args.proxy_fcn)
+    info = run_info(settings)
     url, app = start_app(settings)
     baseline: Service | None = None
     try:
@@ -147,7 +160,15 @@ def main() -> None:
             result[name] = (percentile(s["lat"], 50) * 1000, percentile(s["lat"], 99) * 1000, rate)
             log(f"{name:8s} p50 {result[name][0]:.1f} ms  p99 {result[name][1]:.1f} ms  {rate:.1f} tiles/s")
         p50, p99, rate = result["ours"]
-        emit({"p50_ms": p50, "p99_ms": p99, "tiles_per_s": rate, "ratio_vs_titiler": rate / result["titiler"][2]})
+        emit(
+            {
+                "p50_ms": p50,
+                "p99_ms": p99,
+                "tiles_per_s": rate,
+                "ratio_vs_titiler": rate / result["titiler"][2],
+                **info,
+            }
+        )
     finally:
         if baseline is not None:
             baseline.stop()

@@ -1,18 +1,19 @@
 """What the wide embedding costs: the 9-class starter with and without spectra/texture + ImageNet Lite0 features.
 
 On one 1 km^2 item of the synthetic `demo` region (generated if missing), in the same run, for the narrow starter
-(learned features only) and the wide one (ml/features.py DEFAULT_FEATURES): inference with the embedding cache
-(seconds, cache MB), a live retrain on 50 point labels (the head fit with the replay set, replay share fixed as
-on the live path), and the head-only re-prediction from the cache (the live-retrain path).
+(the shipped U-Net, learned features only) and the wide one, the registered `pearl-starter-chesapeake9` (the
+same U-Net + ml/features.py DEFAULT_FEATURES, registered from the shipped weights when missing): inference with
+the embedding cache (seconds, cache MB), a live retrain on 50 point labels (the head fit with the replay set,
+replay share fixed as on the live path), and the head-only re-prediction from the cache (the live-retrain path).
 
     .venv/bin/python bench/wide_embedding.py       # ~2 min on 2 cores
 
-Last line: {"infer_s_narrow", "infer_s_wide", "cache_mb_narrow", "cache_mb_wide", "fit_s_*", "repredict_s_*", ratios}.
+Last line: {"infer_s_narrow", "infer_s_wide", "cache_mb_narrow", "cache_mb_wide", "fit_s_*", "repredict_s_*", ratios,
+"model", "machine"}.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,13 +25,13 @@ from shapely.geometry import Point
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as `python bench/NAME.py`
 
+from _common import emit, log, log_machine, starter_model
+
 from pearl_pipelines.geo.catalog import load_collection_items
 from pearl_pipelines.geo.regions import load_regions
 from pearl_pipelines.ml.data import read_item
 from pearl_pipelines.ml.embeddings import EmbeddingCache, apply_head
-from pearl_pipelines.ml.features import DEFAULT_FEATURES
 from pearl_pipelines.ml.inference import predict
-from pearl_pipelines.ml.models import with_features
 from pearl_pipelines.ml.replay import build_replay_set
 from pearl_pipelines.ml.retrain import RetrainOptions, retrain
 from pearl_pipelines.ml.shipped import load_shipped, shipped_path
@@ -39,10 +40,6 @@ from pearl_pipelines.settings import get_settings
 from pearl_pipelines.synthetic.regions import build_region
 
 REGION = "demo"
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
 
 
 def labels_on(reference: np.ndarray, names: list[str], src, n: int = 50) -> gpd.GeoDataFrame:  # type: ignore[no-untyped-def]
@@ -58,13 +55,19 @@ def labels_on(reference: np.ndarray, names: list[str], src, n: int = 50) -> gpd.
 
 def main() -> None:
     settings = get_settings()
+    info = log_machine("cpu", precision="fp32")
     if not (settings.catalog_dir / REGION / "collection.json").is_file():
         build_region(load_regions(settings.assets_dir)[REGION], settings.catalog_dir, show_progress=True)
     stac_item = sorted(load_collection_items(settings.catalog_dir, REGION), key=lambda i: i.id)[0]
     image_path = Path(stac_item.assets["image"].href)
     raster = read_item(stac_item, "chesapeake9")
     narrow, _ = load_shipped(shipped_path(settings.assets_dir, "chesapeake9", "unet"))
-    models = {"narrow": narrow, "wide": with_features(narrow, DEFAULT_FEATURES)}
+    starter = starter_model("chesapeake9")
+    if starter.model.spec.arch != narrow.spec.arch:
+        raise RuntimeError(
+            f"the registered starter is a {starter.model.spec.arch}, the shipped narrow a {narrow.spec.arch}"
+        )
+    models = {"narrow": narrow, "wide": starter.model}
     work = settings.home_abs / "bench" / "wide_embedding"
     with rasterio.open(image_path) as src:
         labels = labels_on(raster.labels, narrow.spec.schema.names, src)
@@ -95,7 +98,7 @@ def main() -> None:
         )
     for key in ("infer_s", "cache_mb", "fit_s", "repredict_s"):
         figures[f"{key}_wide_over_narrow"] = figures[f"{key}_wide"] / figures[f"{key}_narrow"]
-    print(json.dumps({k: round(v, 3) for k, v in figures.items()}), flush=True)
+    emit({**figures, "model": f"{starter.name} (wide) vs shipped chesapeake9-unet (narrow)", "machine": info})
 
 
 if __name__ == "__main__":
