@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import sys
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
@@ -244,7 +244,9 @@ class ClassUpdate(BaseModel):
 
 
 # -- AOIs and labels ------------------------------------------------------------------------------------------
-class InferenceRequest(BaseModel):
+class _ViewRequest(BaseModel):
+    """A request that carries the mapper's map view: the part of the AOI nearest its centre is shown first."""
+
     view: tuple[float, float, float, float] | None = Field(
         default=None,
         description="the mapper's map view, lon/lat (west, south, east, north): the part of the AOI nearest its "
@@ -253,7 +255,7 @@ class InferenceRequest(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _ordered(self) -> InferenceRequest:
+    def _ordered(self) -> Self:
         if self.view is not None:
             west, south, east, north = self.view
             if not (-180 <= west <= east <= 180 and -90 <= south <= north <= 90):
@@ -261,6 +263,10 @@ class InferenceRequest(BaseModel):
                     f"view {self.view} is not lon/lat (west, south, east, north) with west <= east, south <= north"
                 )
         return self
+
+
+class InferenceRequest(_ViewRequest):
+    pass
 
 
 class AoiCreate(BaseModel):
@@ -311,7 +317,7 @@ class JobOut(BaseModel):
     finished_at: UtcDatetime | None = None
 
 
-class RetrainRequest(BaseModel):
+class RetrainRequest(_ViewRequest):
     aoi_id: Id | None = Field(default=None, description="AOI to re-predict first; default: every AOI with labels")
 
 
@@ -459,7 +465,11 @@ class PredictionUpdatedEvent(_WsEventBase):
     tilejson: TileJsonLinks
     partial: bool = Field(
         default=False,
-        description="the first block of a new AOI (the part in view); the whole AOI follows as the next version",
+        description="only the block of the AOI in view (a new AOI's first block, or a retrain's first re-predicted "
+        "block): the whole AOI follows as the next version; draw it over the AOI's previous layer until then",
+    )
+    embeddings: bool = Field(
+        default=True, description="the AOI's embeddings are cached: retrains and suggestions can use it"
     )
 
 

@@ -6,8 +6,10 @@ job waits for its turn). The domain services (review_app/services/) submit them;
 only the model cache's `ModelSlot` type.
 
 The live retrain is ordered for latency: fit the head (one fit, no metrics), re-predict the AOI the
-mapper is looking at from its cached embeddings, announce the new layer version, and only then
-re-predict the other AOIs, compute metrics (grouped CV fits several more heads) and save the version.
+mapper is looking at from its cached embeddings (of a large AOI, first the ~512 px block around the
+centre of the mapper's view, announced as a partial layer version, then the whole AOI as the next),
+announce the new layer version, and only then re-predict the other AOIs, compute metrics (grouped CV
+fits several more heads) and save the version.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import functools
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
+from shapely.geometry import shape
 
 from pearl_pipelines.classes import ClassSchema
 from pearl_pipelines.geo.stac import StacError
@@ -112,11 +115,15 @@ def _publish_layer(
     embeddings: bool,
     partial: bool = False,
 ) -> None:
-    """Make `version` the AOI's layer and announce it. A `partial` layer (the first block of a new AOI, the rest
-    still running) has no embeddings: retrains leave its AOI out until the whole AOI's layer replaces it."""
+    """Make `version` the AOI's layer and announce it. A `partial` layer is the block in view only, the rest still
+    running: a new AOI's first block (no embeddings yet: retrains leave its AOI out until the whole AOI's layer
+    replaces it), or a retrain's first re-predicted block (the AOI's cache stays complete and usable).
+
+    The versions before the last KEEP_LAYER_VERSIONS are deleted: the browser draws a retrain's partial layer over
+    the previous whole one (version - 1 and version - 2 are kept while `version` is shown)."""
     with ws.update() as state:
         state.aois[aoi_id] = AoiLayer(
-            version=version, model_version=model_version, embeddings=embeddings and not partial, partial=partial
+            version=version, model_version=model_version, embeddings=embeddings, partial=partial
         )
     for old in range(1, version - KEEP_LAYER_VERSIONS + 1):
         shutil.rmtree(ws.paths.prediction_dir(aoi_id, old), ignore_errors=True)
@@ -128,6 +135,7 @@ def _publish_layer(
             job_id=ctx.job.id,
             tilejson=prediction_links(ws.project_id, aoi_id, version),
             partial=partial,
+            embeddings=embeddings,
         )
     )
 
@@ -277,11 +285,41 @@ def _repredict(
     *,
     model_version: int,
     schema_of: SchemaOf,
-) -> None:
+    block: tuple[Sequence[float] | None, Sequence[float] | None] | None = None,
+    on_shown: Callable[[], None] = lambda: None,
+) -> float | None:
+    """Re-predict the AOI from its cache as its next layer version. With `block` (the mapper's lon/lat view, the
+    AOI's lon/lat centre) and a large AOI, the block around the view's centre (`loop.view_block`) is re-predicted
+    and published first as a partial version, then the whole AOI as the one after. `on_shown` runs once the first
+    layer is published. Returns the seconds the block took, or None when there was none."""
     paths, state = ws.paths, ws.state()
     layer_version = state.aois.get(aoi_id, AoiLayer()).version + 1
-    loop.repredict(ws.embeddings_dir(aoi_id, state), version, schema_of(), paths.prediction_dir(aoi_id, layer_version))
+    cache, schema = loop.open_cache(ws.embeddings_dir(aoi_id, state)), schema_of()  # one schema: the same pixels
+    window = loop.view_block(cache, block[0], centre=block[1]) if block is not None else None
+    block_s = None
+    if window is not None:
+        started = time.perf_counter()
+        loop.repredict(cache, version, schema, paths.prediction_dir(aoi_id, layer_version), window=window)
+        _publish_layer(ctx, ws, aoi_id, layer_version, model_version=model_version, embeddings=True, partial=True)
+        block_s = time.perf_counter() - started
+        on_shown()
+        ctx.step(f"AOI {aoi_id}: the block in view is shown; re-predicting the rest of the AOI")
+        layer_version += 1
+    loop.repredict(cache, version, schema, paths.prediction_dir(aoi_id, layer_version))
     _publish_layer(ctx, ws, aoi_id, layer_version, model_version=model_version, embeddings=True)
+    if window is None:
+        on_shown()
+    return block_s
+
+
+def _lonlat_centre(store: LabelStore, aoi_id: int) -> tuple[float, float] | None:
+    """The AOI's centre (lon/lat): its centroid, or a point inside it when the centroid is not."""
+    try:
+        geom = shape(store.get_aoi(aoi_id).geometry)
+    except KeyError:
+        return None
+    point = geom.centroid if geom.contains(geom.centroid) else geom.representative_point()
+    return point.x, point.y
 
 
 def run_retrain(
@@ -293,9 +331,12 @@ def run_retrain(
     model: ModelSlot,
     schema_of: SchemaOf,
     finished: Callable[[], None] = lambda: None,
+    view: Sequence[float] | None = None,
 ) -> str:
-    """A new model version from all labels; `aoi_id` (the AOI in view) is re-predicted first. `finished` is called
-    once the version is final (the version store logs it to MLflow)."""
+    """A new model version from all labels; `aoi_id` (the AOI in view) is re-predicted first, and of a large one
+    first the block around the centre of `view` (lon/lat west, south, east, north: the mapper's map; default the
+    AOI's centre) as a partial layer version. `finished` is called once the version is final (the version store
+    logs it to MLflow)."""
     started = time.perf_counter()
     project_id = ws.project_id
     current = model.require()
@@ -330,16 +371,27 @@ def run_retrain(
     # The AOI in view first, then the other labelled AOIs, then the rest.
     labelled = {r.aoi_id for r in store.list_labels(project_id)}
     order = sorted(caches, key=lambda a: (a != aoi_id, a not in labelled, a))
-    first_layer_s = 0.0
+    shown: list[float] = []  # seconds from the start to the first new layer (the block in view, or the whole AOI)
+
+    def make_current() -> None:
+        shown.append(time.perf_counter() - started)
+        # The version is current (and can be saved as a checkpoint) as soon as the map shows it.
+        child.save(version_dir, labels=labels)
+        with ws.update() as state:
+            state.models[number], state.current_model = info, number
+
+    first_layer_s, block_s = 0.0, None
     for n, aid in enumerate(order):
         ctx.step(f"re-predicting AOI {aid} from cached embeddings", 0.3 + 0.6 * n / len(order))
-        _repredict(ctx, ws, aid, child, model_version=number, schema_of=schema_of)
         if n == 0:
+            # The AOI in view: of a large one, the block in view first.
+            block = (view, _lonlat_centre(store, aid)) if aid == aoi_id else None
+            block_s = _repredict(
+                ctx, ws, aid, child, model_version=number, schema_of=schema_of, block=block, on_shown=make_current
+            )
             first_layer_s = time.perf_counter() - started
-            # The version is current (and can be saved as a checkpoint) as soon as the map shows it.
-            child.save(version_dir, labels=labels)
-            with ws.update() as state:
-                state.models[number], state.current_model = info, number
+        else:
+            _repredict(ctx, ws, aid, child, model_version=number, schema_of=schema_of)
     ctx.step("computing metrics (grouped cross-validation)", 0.9)
     # Off the live path: the same fit again (deterministic) plus the cross-validation folds.
     evaluated = fit(evaluate=True)
@@ -361,6 +413,9 @@ def run_retrain(
     ctx.publish(MetricsUpdatedEvent(model_version=number))
     finished()
     f1 = f"mean F1 {metrics.mean_f1:.2f}" if metrics.mean_f1 is not None else "metrics need more labels"
+    if block_s is not None:  # the block's layer was shown first, then the whole AOI's
+        shown_in = f"the block in view shown in {shown[0]:.2f} s (re-predicted in {block_s:.2f} s), "
+        return f"model v{number}: {shown_in}map updated in {first_layer_s:.2f} s; {f1}"
     return f"model v{number}: map updated in {first_layer_s:.2f} s; {f1}"
 
 

@@ -50,7 +50,8 @@ class AoiLayer(BaseModel):
     version: int = 0  # 0: nothing predicted yet
     model_version: int | None = None
     embeddings: bool = False
-    # The first block of a new AOI only (its whole pass runs, or failed after it): no embeddings, not for retrains.
+    # The block in view only, the whole AOI's version follows: a new AOI's first block (its whole pass runs, or failed
+    # after it: no embeddings, not for retrains), or a retrain's first re-predicted block (its cache stays usable).
     partial: bool = False
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
+from rasterio.warp import transform as transform_xy
 from rasterio.windows import Window
 
 from pearl_pipelines.classes import ClassSchema
@@ -38,6 +39,8 @@ from pearl_pipelines.ml.versions import ModelVersion
 Progress = Callable[[int, int], None]
 Cache = EmbeddingCache | Path  # an open cache, or the folder of one
 HOLDOUT_METHOD = "holdout:labels (never trained on)"
+BLOCK_PIXELS = 512  # the side of the block of a large AOI a live retrain re-predicts (and shows) first
+BLOCK_MAX_SHARE = 0.5  # no such block when it would hold this share of the AOI's cache or more
 
 
 def open_cache(cache: Cache) -> EmbeddingCache:
@@ -99,6 +102,43 @@ def repredict(
     if window is not None:
         opened = opened.window(window)
     return apply_head(opened, head.weight, head.bias, schema, out_dir, extra=head.head_extra)
+
+
+def view_block(
+    cache: Cache,
+    view: Sequence[float] | None,
+    *,
+    centre: Sequence[float] | None = None,
+    size: int = BLOCK_PIXELS,
+    max_share: float = BLOCK_MAX_SHARE,
+) -> Window | None:
+    """The `size` x `size` px window of the cache to re-predict first (`repredict(window=...)`): centred on the
+    centre of `view` (lon/lat west, south, east, north: what the mapper sees) when that lies in the cache's extent,
+    else on `centre` (lon/lat: the AOI's centre; default the cache's), and moved inside the cache. None when the
+    window would hold `max_share` of the cache or more (a small AOI: re-predicting it whole costs about the same).
+
+    The head is per pixel, so the window's pixels are those of the whole cache's re-prediction."""
+    opened = open_cache(cache)
+    height, width = opened.shape
+    h, w = min(size, height), min(size, width)
+    if h * w >= max_share * height * width:
+        return None
+
+    def pixel(lon: float, lat: float) -> tuple[float, float]:
+        xs, ys = transform_xy("EPSG:4326", opened.crs, [lon], [lat])
+        col, row = ~opened.transform @ (xs[0], ys[0])
+        return row, col
+
+    at: tuple[float, float] | None = None
+    if view is not None:
+        west, south, east, north = view
+        row, col = pixel((west + east) / 2, (south + north) / 2)
+        at = (row, col) if 0 <= row < height and 0 <= col < width else None
+    if at is None:
+        at = pixel(centre[0], centre[1]) if centre is not None else (height / 2, width / 2)
+    r0 = min(max(round(at[0] - h / 2), 0), height - h)
+    c0 = min(max(round(at[1] - w / 2), 0), width - w)
+    return Window(c0, r0, w, h)
 
 
 # -- retrain ------------------------------------------------------------------------------------------------------

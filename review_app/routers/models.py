@@ -37,8 +37,11 @@ ERRORS: dict[int | str, dict] = {404: {"model": ErrorOut}, 409: {"model": ErrorO
 @router.post("/retrain", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED, responses=ERRORS)
 def retrain(models: ModelsDep, project_id: ProjectId, body: RetrainRequest | None = None) -> JobOut:
     """Fit a new head on the labels over cached embeddings; the AOI in view is re-predicted first and announced
-    on the websocket (`prediction_updated`), then metrics follow (`metrics_updated`). Refused (422) without labels."""
-    return models.start_retrain(project_id, (body or RetrainRequest()).aoi_id).out()
+    on the websocket (`prediction_updated`), then metrics follow (`metrics_updated`). Refused (422) without labels.
+    A large AOI shows first the block around the centre of `view` (the mapper's map; default the AOI's centre) as a
+    `partial` layer version, then the whole AOI as the next one."""
+    request = body or RetrainRequest()
+    return models.start_retrain(project_id, request.aoi_id, request.view).out()
 
 
 def _strategy_out(name: str) -> StrategyOut:

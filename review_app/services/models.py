@@ -43,7 +43,11 @@ class ModelService:
         self.classes, self.model_cache, self.aois, self.runner = classes, model_cache, aois, runner
         self.publisher = publisher
 
-    def start_retrain(self, project_id: int, aoi_id: int | None) -> Job:
+    def start_retrain(
+        self, project_id: int, aoi_id: int | None, view: tuple[float, float, float, float] | None = None
+    ) -> Job:
+        """A live retrain; `aoi_id` (the AOI in view) is re-predicted first, and of a large one first the block
+        around the centre of `view` (lon/lat west, south, east, north: the mapper's map)."""
         self.model_cache.require(project_id)
         if aoi_id is not None:
             self.aois.get(project_id, aoi_id)
@@ -61,6 +65,7 @@ class ModelService:
                 model=slot,
                 schema_of=schema_of,
                 finished=functools.partial(self.publisher.request, project_id),
+                view=view,
             ),
             aoi_id=aoi_id,
         )

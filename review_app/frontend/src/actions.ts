@@ -161,7 +161,8 @@ export const actions = {
   },
 
   async retrain(): Promise<void> {
-    const job = await guarded(() => api.retrain(state.projectId, state.aoiId));
+    // The view: of a large AOI, the block in view is re-predicted and shown first.
+    const job = await guarded(() => api.retrain(state.projectId, state.aoiId, mapView()));
     if (!job) return;
     trackJob(job);
     markUpdateRequested(state.aoiId);

@@ -327,6 +327,8 @@ export interface paths {
          * Retrain
          * @description Fit a new head on the labels over cached embeddings; the AOI in view is re-predicted first and announced
          *     on the websocket (`prediction_updated`), then metrics follow (`metrics_updated`). Refused (422) without labels.
+         *     A large AOI shows first the block around the centre of `view` (the mapper's map; default the AOI's centre) as a
+         *     `partial` layer version, then the whole AOI as the next one.
          */
         post: operations["retrain_api_projects__project_id__retrain_post"];
         delete?: never;
@@ -1653,6 +1655,22 @@ export interface components {
         /** RetrainRequest */
         RetrainRequest: {
             /**
+             * View
+             * @description the mapper's map view, lon/lat (west, south, east, north): the part of the AOI nearest its centre is predicted and shown first
+             * @example [
+             *       -76.52,
+             *       38.97,
+             *       -76.49,
+             *       38.99
+             *     ]
+             */
+            view?: [
+                number,
+                number,
+                number,
+                number
+            ] | null;
+            /**
              * Aoi Id
              * @description AOI to re-predict first; default: every AOI with labels
              */
@@ -2168,10 +2186,16 @@ export interface components {
             tilejson: components["schemas"]["TileJsonLinks"];
             /**
              * Partial
-             * @description the first block of a new AOI (the part in view); the whole AOI follows as the next version
+             * @description only the block of the AOI in view (a new AOI's first block, or a retrain's first re-predicted block): the whole AOI follows as the next version; draw it over the AOI's previous layer until then
              * @default false
              */
             partial: boolean;
+            /**
+             * Embeddings
+             * @description the AOI's embeddings are cached: retrains and suggestions can use it
+             * @default true
+             */
+            embeddings: boolean;
         };
         /** WsEvent */
         WsEvent: components["schemas"]["HelloEvent"] | components["schemas"]["JobEvent"] | components["schemas"]["ImageryReadyEvent"] | components["schemas"]["ModelStatusEvent"] | components["schemas"]["PredictionUpdatedEvent"] | components["schemas"]["MetricsUpdatedEvent"] | components["schemas"]["LabelsChangedEvent"] | components["schemas"]["ClassesChangedEvent"] | components["schemas"]["ErrorEvent"] | components["schemas"]["PingEvent"];

@@ -52,6 +52,7 @@ export type SuggestionCollection = Omit<Schemas["SuggestionCollection"], "featur
 /** A message of the project websocket (review_app/schemas.py `WsEvent`), discriminated by `type`. */
 export type WsEvent = Schemas["WsEvent"];
 export type InferenceRequest = Schemas["InferenceRequest"];
+export type RetrainRequest = Schemas["RetrainRequest"];
 export type View = NonNullable<InferenceRequest["view"]>;
 
 export class ApiError extends Error {
@@ -108,7 +109,9 @@ export const api = {
     request<Job>("POST", `${p(id)}/aois/${aoiId}/inference`, { view } satisfies InferenceRequest),
   suggestions: (id: number, aoiId: number, n: number, method: SuggestionMethod = "margin") =>
     request<SuggestionCollection>("GET", `${p(id)}/aois/${aoiId}/suggestions?n=${n}&method=${method}`),
-  retrain: (id: number, aoiId: number | null) => request<Job>("POST", `${p(id)}/retrain`, { aoi_id: aoiId }),
+  /** `view`: the map's lon/lat bounds; of a large AOI, the block around its centre is re-predicted and shown first. */
+  retrain: (id: number, aoiId: number | null, view: View | null = null) =>
+    request<Job>("POST", `${p(id)}/retrain`, { aoi_id: aoiId, view } satisfies RetrainRequest),
   strategy: (id: number) => request<Strategy>("GET", `${p(id)}/strategy`),
   setStrategy: (id: number, strategy: StrategyName) => request<Strategy>("PUT", `${p(id)}/strategy`, { strategy }),
   metrics: (id: number) => request<Metrics>("GET", `${p(id)}/metrics`),

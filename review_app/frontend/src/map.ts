@@ -19,7 +19,19 @@ export interface MapGestures {
 
 let map: maplibregl.Map;
 let gestures: MapGestures;
-const predictionLayers = new Map<number, { version: number; id: string; palette: string }>();
+/** A prediction layer on the map: its version and the palette its tiles were drawn with. */
+interface LayerKey {
+  version: number;
+  palette: string;
+}
+/** The AOI's layer shown; `under`: the whole-AOI layer kept drawn under a partial one (a retrain's block in view)
+ * until the whole AOI's next version replaces both. */
+interface ShownLayer extends LayerKey {
+  id: string;
+  partial: boolean;
+  under: LayerKey | null;
+}
+const predictionLayers = new Map<number, ShownLayer>();
 let imageryKey = "";
 let sketch: Position[] = [];
 let cursor: Position | null = null;
@@ -251,28 +263,38 @@ function syncPredictions(): void {
     const shown = predictionLayers.get(aoi.id);
     if (!aoi.prediction) continue;
     if (!shown || shown.version < aoi.prediction.version || shown.palette !== palette) {
+      const partial = aoi.prediction.partial ?? false;
       const id = addPredictionLayers(aoi, palette);
-      predictionLayers.set(aoi.id, { version: aoi.prediction.version, id, palette });
+      // A partial layer (the block in view) is drawn over the AOI's last whole layer, which stays under it until
+      // the whole AOI's next version replaces both: no blank map outside the block meanwhile. A recolour drops it.
+      const lastWhole = shown && !shown.partial ? { version: shown.version, palette: shown.palette } : (shown?.under ?? null);
+      const under = partial && lastWhole?.palette === palette ? lastWhole : null;
+      predictionLayers.set(aoi.id, { version: aoi.prediction.version, id, palette, partial, under });
       // Double buffer: the old version stays under the new one until the new tiles are drawn (no flicker).
       if (shown) swapWhenLoaded(aoi.id, shown);
     }
   }
   for (const [aoiId, shown] of predictionLayers) {
-    const ids = layerIds(aoiId, shown.version, shown.palette);
-    if (!map.getLayer(ids.classes)) continue;
-    map.setLayoutProperty(ids.classes, "visibility", state.layers.predictions ? "visible" : "none");
-    map.setPaintProperty(ids.classes, "raster-opacity", state.layers.predictionOpacity);
-    map.setLayoutProperty(ids.confidence, "visibility", state.layers.confidence ? "visible" : "none");
-    map.setPaintProperty(ids.confidence, "raster-opacity", state.layers.confidenceOpacity);
+    for (const layer of [shown, shown.under]) {
+      const ids = layer && layerIds(aoiId, layer.version, layer.palette);
+      if (!ids || !map.getLayer(ids.classes)) continue;
+      map.setLayoutProperty(ids.classes, "visibility", state.layers.predictions ? "visible" : "none");
+      map.setPaintProperty(ids.classes, "raster-opacity", state.layers.predictionOpacity);
+      map.setLayoutProperty(ids.confidence, "visibility", state.layers.confidence ? "visible" : "none");
+      map.setPaintProperty(ids.confidence, "raster-opacity", state.layers.confidenceOpacity);
+    }
   }
 }
 
-function swapWhenLoaded(aoiId: number, previous: { version: number; palette: string }): void {
+/** Once the new layer's tiles are drawn, remove the `previous` layer (and the whole layer it was drawn over),
+ * unless the AOI's layer now shown still uses it (a partial layer's `under`). */
+function swapWhenLoaded(aoiId: number, previous: ShownLayer): void {
   const done = () => {
     map.off("idle", done);
     const now = predictionLayers.get(aoiId);
-    if (now?.version !== previous.version || now?.palette !== previous.palette) {
-      removePredictionLayers(aoiId, previous.version, previous.palette);
+    const same = (a: LayerKey | null | undefined, b: LayerKey) => !!a && a.version === b.version && a.palette === b.palette;
+    for (const old of [previous, previous.under]) {
+      if (old && !same(now, old) && !same(now?.under, old)) removePredictionLayers(aoiId, old.version, old.palette);
     }
     if (pendingUpdate && pendingUpdate.aoiId === aoiId) {
       state.lastUpdateSeconds = (performance.now() - pendingUpdate.started) / 1000;

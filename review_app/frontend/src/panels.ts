@@ -135,7 +135,13 @@ function renderBanner(): void {
     ? `<span class="chip" data-testid="prediction-version">${esc(aoi.name)} · prediction v${aoi.prediction.version} · model v${aoi.prediction.model_version ?? 0}</span>` +
       (aoi.prediction.partial
         ? ` <span class="chip" data-testid="prediction-partial" title="Only the part of the AOI that was in view is predicted so far">${
-            activeJob("inference")?.aoi_id === aoi.id ? "the block in view · predicting the rest…" : "only the block in view (predict the AOI again)"
+            activeJob("inference")?.aoi_id === aoi.id
+              ? "the block in view · predicting the rest…"
+              : activeJob("retrain") || activeJob("restore")
+                ? "the block in view · re-predicting the rest…"
+                : aoi.prediction.embeddings
+                  ? "only the block in view (retrain again)"
+                  : "only the block in view (predict the AOI again)"
           }</span>`
         : "")
     : "";

@@ -46,12 +46,13 @@ async function handle(event: WsEvent): Promise<void> {
     case "prediction_updated": {
       const aoi = state.project?.aois.find((a) => a.id === event.aoi_id);
       if (!aoi) return actions.loadProject();
-      // A partial layer is the first block of a new AOI (the part in view): shown at once, the whole AOI follows.
+      // A partial layer is the block in view (a new AOI's first block, or a retrain's first re-predicted block):
+      // shown at once (map.ts draws it over the AOI's previous layer), the whole AOI follows as the next version.
       aoi.prediction = {
         version: event.version,
         model_version: event.model_version,
         tilejson: event.tilejson,
-        embeddings: !event.partial,
+        embeddings: event.embeddings,
         partial: event.partial,
       };
       if (state.project && event.model_version !== null) state.project.model.current_version = event.model_version;
