@@ -117,3 +117,23 @@ def aoi(client: TestClient, project: dict[str, Any]) -> dict[str, Any]:
     job = client.post(f"/api/projects/1/aois/{created.json()['id']}/inference").json()
     assert wait_job(client, job["id"])["state"] == "done"
     return client.get(f"/api/projects/1/aois/{created.json()['id']}").json()
+
+
+def follow_job(client: TestClient, path: str, body: dict[str, Any] | None, on_partial: Any = None) -> list[dict]:
+    """POST `body` to `path` (a job: inference, retrain) and follow the websocket to the job's end; its events
+    (`t`: seconds since the request). `on_partial(event)` is called on each partial layer as it arrives."""
+    events: list[dict[str, Any]] = []
+    with client.websocket_connect("/api/projects/1/ws") as ws:
+        assert ws.receive_json()["type"] == "hello"
+        started = time.perf_counter()
+        response = client.post(path, json=body)
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+        while True:
+            event = ws.receive_json()
+            event["t"] = time.perf_counter() - started
+            events.append(event)
+            if event["type"] == "prediction_updated" and event["partial"] and on_partial is not None:
+                on_partial(event)
+            if event["type"] == "job" and event["id"] == job_id and event["state"] in ("done", "failed"):
+                return events

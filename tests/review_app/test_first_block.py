@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import math
-import time
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,7 @@ from PIL import Image
 
 from pearl_pipelines.settings import Settings
 from review_app.workspace import ProjectPaths
-from tests.review_app.conftest import center, square, wait_job
+from tests.review_app.conftest import center, follow_job, square, wait_job
 from tests.review_app.data import class_places
 
 ZOOM = 17
@@ -45,20 +44,7 @@ def tile_alpha(client: TestClient, tilejson_url: str, lon: float, lat: float) ->
 
 def infer(client: TestClient, aoi_id: int, body: dict[str, Any] | None, on_partial: Any = None) -> list[dict]:
     """Start inference over the AOI and follow the websocket to the job's end; its events."""
-    events: list[dict[str, Any]] = []
-    with client.websocket_connect("/api/projects/1/ws") as ws:
-        assert ws.receive_json()["type"] == "hello"
-        started = time.perf_counter()
-        response = client.post(f"/api/projects/1/aois/{aoi_id}/inference", json=body)
-        assert response.status_code == 202, response.text
-        while True:
-            event = ws.receive_json()
-            event["t"] = time.perf_counter() - started
-            events.append(event)
-            if event["type"] == "prediction_updated" and event["partial"] and on_partial is not None:
-                on_partial(event)
-            if event["type"] == "job" and event["state"] in ("done", "failed"):
-                return events
+    return follow_job(client, f"/api/projects/1/aois/{aoi_id}/inference", body, on_partial)
 
 
 def test_a_new_aoi_shows_the_block_in_view_first(

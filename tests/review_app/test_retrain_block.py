@@ -6,7 +6,6 @@ metrics (review_app/tasks.py run_retrain, ml/loop.view_block). Real app, real wo
 from __future__ import annotations
 
 import io
-import time
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from rasterio.windows import Window
 from pearl_pipelines.ml import loop
 from pearl_pipelines.settings import Settings
 from review_app.workspace import ProjectPaths, StateStore
-from tests.review_app.conftest import center, square
+from tests.review_app.conftest import center, follow_job, square
 from tests.review_app.data import class_places
 from tests.review_app.test_first_block import ZOOM, infer, tile_at
 
@@ -39,21 +38,7 @@ def tile_rgba(client: TestClient, tilejson_url: str, lon: float, lat: float) -> 
 
 def retrain(client: TestClient, body: dict[str, Any], on_partial: Any = None) -> list[dict[str, Any]]:
     """Start a retrain and follow the websocket to the job's end; its events (`t`: seconds since the request)."""
-    events: list[dict[str, Any]] = []
-    with client.websocket_connect("/api/projects/1/ws") as ws:
-        assert ws.receive_json()["type"] == "hello"
-        started = time.perf_counter()
-        response = client.post("/api/projects/1/retrain", json=body)
-        assert response.status_code == 202, response.text
-        job_id = response.json()["id"]
-        while True:
-            event = ws.receive_json()
-            event["t"] = time.perf_counter() - started
-            events.append(event)
-            if event["type"] == "prediction_updated" and event["partial"] and on_partial is not None:
-                on_partial(event)
-            if event["type"] == "job" and event["id"] == job_id and event["state"] in ("done", "failed"):
-                return events
+    return follow_job(client, "/api/projects/1/retrain", body, on_partial)
 
 
 def layers_of(events: list[dict[str, Any]], aoi_id: int) -> list[tuple[int, bool]]:
