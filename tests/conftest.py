@@ -49,8 +49,8 @@ def _subprocesses_import_this_checkout() -> Iterator[None]:
     root = str(Path(__file__).resolve().parents[1])
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-        # The embedding in PyTorch: an ONNX export per test model would cost seconds each. tests/ml/test_runtime.py
-        # checks ONNX Runtime (the default, `auto`) against it on the same predictions.
+        # The embedding in PyTorch (the default; set here so that a developer's PEARL_CPU_RUNTIME does not leak in).
+        # tests/ml/test_runtime.py checks ONNX Runtime against it on the same predictions.
         mp.setenv("PEARL_CPU_RUNTIME", os.environ.get("PEARL_TEST_CPU_RUNTIME", "torch"))
         yield
 

@@ -1,13 +1,17 @@
-"""Which runtime computes a model's feature groups on CPU: PyTorch, or ONNX Runtime where it agrees with PyTorch.
+"""Which runtime computes a model's feature groups on CPU: PyTorch (the default), or ONNX Runtime where asked for
+and where it agrees with PyTorch.
 
-On CPU, PyTorch runs the embedding (U-Net, spectral texture, ImageNet EfficientNet-Lite0) op by op in eager mode;
-ONNX Runtime runs the same graph with convolutions fused with their activations and blocked memory layouts, and
-takes ~2.5x less time for the registered 9-class starter on 2 cores capped at AVX2 (bench/inference.py prints
-both). So `group_function` exports the groups a forward pass needs to ONNX once per backbone (cached under
-PEARL_HOME/cache/onnx; ~5-10 s), opens a session with this process's thread count, and checks it against PyTorch
-on a test window before using it: if the outputs differ by more than `TOLERANCE` of their scale, or anything in
-the export fails, PyTorch computes and the log says why. `PEARL_CPU_RUNTIME=torch` turns it off. Heads, blending
-and everything after the groups stay in PyTorch; GPUs always run PyTorch.
+ONNX Runtime runs the same graph with convolutions fused with their activations and blocked memory layouts. For
+the registered 9-class starter on 2 cores capped at AVX2 it is *not* faster on a quiet machine (1 km^2 with the
+embedding cache: 11.1 s against PyTorch's 8.0 s; zero-shot map 3.5 against 3.3 s, bench/inference.py prints
+both), but it degrades far less when other processes share the cores (2.7x faster than PyTorch at a load
+average of 5, where PyTorch's OpenMP barriers wait on descheduled threads). So PyTorch stays the default and
+`PEARL_CPU_RUNTIME=onnxruntime` (or `auto`: ONNX Runtime where usable, else PyTorch) is there for machines that
+serve many things at once. `group_function` exports the groups a forward pass needs to ONNX once per backbone
+(cached under PEARL_HOME/cache/onnx; ~5-10 s), opens a session with this process's thread count and no spinning,
+and checks it against PyTorch on a test window before using it: if the outputs differ by more than `TOLERANCE`
+of their scale, or anything in the export fails, `auto` falls back to PyTorch with a log line (`onnxruntime`
+fails loudly). Heads, blending and everything after the groups stay in PyTorch; GPUs always run PyTorch.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from pearl_pipelines.ml.models import LandcoverModel
 log = logging.getLogger(__name__)
 
 Runtime = Literal["auto", "torch", "onnxruntime"]
-RUNTIMES: tuple[str, ...] = ("auto", "torch", "onnxruntime")
+RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime", "auto")
+DEFAULT_RUNTIME: Runtime = "torch"  # measured faster on a quiet machine (see above)
 EXPORT_DIR = "onnx"  # under the machine cache (Settings.cache_dir)
 OPSET = 17
 # Largest |ONNX - PyTorch| allowed on the test window, relative to the largest |output| of each group (float32
@@ -66,7 +71,7 @@ class OnnxGroups:
 
 
 def chosen_runtime() -> Runtime:
-    value = os.environ.get("PEARL_CPU_RUNTIME", "auto").strip().lower() or "auto"
+    value = os.environ.get("PEARL_CPU_RUNTIME", DEFAULT_RUNTIME).strip().lower() or DEFAULT_RUNTIME
     if value not in RUNTIMES:
         raise ValueError(f"PEARL_CPU_RUNTIME={value!r}; accepted: {', '.join(RUNTIMES)}")
     return value  # type: ignore[return-value]

@@ -91,10 +91,12 @@ def test_pytorch_computes_when_onnx_runtime_cannot(
     with pytest.raises(RuntimeError, match=r"FileExistsError|NotADirectoryError"):
         group_function(net, CPU, cache_dir=blocked)
     monkeypatch.setenv("PEARL_CPU_RUNTIME", "tensorrt")
-    with pytest.raises(ValueError, match="accepted: auto, torch, onnxruntime"):
+    with pytest.raises(ValueError, match="accepted: torch, onnxruntime, auto"):
         chosen_runtime()
 
 
-def test_the_test_suite_runs_pytorch_unless_told_otherwise() -> None:
+def test_pytorch_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     assert os.environ["PEARL_CPU_RUNTIME"] == os.environ.get("PEARL_TEST_CPU_RUNTIME", "torch")
-    assert get_settings().cache_dir  # where `auto` keeps its exports outside the tests
+    monkeypatch.delenv("PEARL_CPU_RUNTIME")
+    assert chosen_runtime() == "torch"
+    assert get_settings().cache_dir  # where `auto` and `onnxruntime` keep their exports outside the tests
