@@ -318,127 +318,18 @@ def _predicted_aoi(url: str) -> int:
         project["aois"].append(created.json())
     aoi = project["aois"][-1]
     if not aoi["prediction"]:
-        job = httpx.post(f"{url}/api/projects/1/aois/{aoi['id']}/inference", timeout=10).json()
-        deadline = time.monotonic() + 120
-        while (state := httpx.get(f"{url}/api/jobs/{job['id']}", timeout=10).json()["state"]) not in ("done", "failed"):
-            assert time.monotonic() < deadline, "inference did not finish"
-            time.sleep(0.2)
-        assert state == "done"
+        _run_inference(url, aoi["id"])
     return int(aoi["id"])
 
 
-def test_new_aoi_shows_the_block_in_view_then_the_whole_aoi(page: Any, server: tuple[str, Settings]) -> None:
-    """A big AOI: the page shows the block of it in view (a partial layer, "predicting the rest") and then swaps
-    to the whole AOI's layer."""
-    url, settings = server
-    m = Mapper(page, url, settings)
-    west, south, east, north = m.api("/api/projects/1")["imagery"]["bounds"]
-    lon, lat, d = (west + east) / 2, (south + north) / 2, 0.0045
-    ring = [[lon - d, lat - d], [lon + d, lat - d], [lon + d, lat + d], [lon - d, lat + d], [lon - d, lat - d]]
-    geometry = {"type": "Polygon", "coordinates": [ring]}
-    aoi = httpx.post(f"{url}/api/projects/1/aois", json={"name": "big", "geometry": geometry}, timeout=10).json()
-    tiles: list[tuple[str, int]] = []
-    page.on("response", lambda r: tiles.append((r.url, r.status)) if "/tiles/predictions/" in r.url else None)
-    page.goto(url)  # the newest AOI is selected
-    page.locator("[data-testid=ws-status][data-connected=true]").wait_for()
-    page.get_by_test_id(f"aoi-{aoi['id']}").click()
-    # What the legend says as it changes (the partial stage can be short on this tiny model).
-    page.evaluate(
-        """() => { window.__legend = []; new MutationObserver(() => window.__legend.push(
-             document.getElementById('legend').textContent)).observe(document.getElementById('legend'),
-             {childList: true, subtree: true, characterData: true}); }"""
-    )
-    page.get_by_test_id("predict").click()
-    m.wait_for(f"window.__pearl.predictionVersion({aoi['id']}) === 2")
-    legend: list[str] = page.evaluate("() => window.__legend")
-    assert any("prediction v1" in t and "predicting the rest" in t for t in legend), legend
-    page.get_by_test_id("prediction-partial").wait_for(state="detached")  # the whole AOI: no partial chip
-    page.get_by_test_id("prediction-version").filter(has_text="prediction v2").wait_for()
-    m.wait_idle()
-    for version in (1, 2):
-        assert any(f"/tiles/predictions/1/{aoi['id']}/{version}/" in u and s == 200 for u, s in tiles), version
-    m.shot("aoi-block-then-whole")
-    assert not page.errors, page.errors
-
-
-def test_a_retrain_draws_the_block_in_view_over_the_previous_map(page: Any, server: tuple[str, Settings]) -> None:
-    """A retrain of a large AOI: its re-predicted block in view (a partial layer) is drawn over the AOI's previous
-    map, which stays under it (no blank map around the block) until the whole AOI's new layer replaces both."""
-    url, settings = server
-    m = Mapper(page, url, settings)
-    west, south, east, north = m.api("/api/projects/1")["imagery"]["bounds"]
-    lon, lat, d = (west + east) / 2 + 0.0004, (south + north) / 2 - 0.0004, 0.0045
-    ring = [[lon - d, lat - d], [lon + d, lat - d], [lon + d, lat + d], [lon - d, lat + d], [lon - d, lat - d]]
-    geometry = {"type": "Polygon", "coordinates": [ring]}
-    aoi = httpx.post(f"{url}/api/projects/1/aois", json={"name": "retrained", "geometry": geometry}, timeout=10).json()
-    aoi_id = aoi["id"]
+def _run_inference(url: str, aoi_id: int) -> None:
+    """Predict the AOI through the API and wait for the job to end well."""
     job = httpx.post(f"{url}/api/projects/1/aois/{aoi_id}/inference", timeout=10).json()
     deadline = time.monotonic() + 120
     while (state := httpx.get(f"{url}/api/jobs/{job['id']}", timeout=10).json()["state"]) not in ("done", "failed"):
         assert time.monotonic() < deadline, "inference did not finish"
         time.sleep(0.2)
     assert state == "done"
-    for name in ("water", "tree_canopy"):
-        for place in class_places(settings, (lon - d, lat - d, lon + d, lat + d), name, n=3):
-            label = {"class_name": name, "geometry": {"type": "Point", "coordinates": list(place[0])}, "aoi_id": aoi_id}
-            assert httpx.post(f"{url}/api/projects/1/labels", json=label, timeout=10).status_code == 201
-    v = m.api(f"/api/projects/1/aois/{aoi_id}")["prediction"]["version"]
-    # The whole AOI's new layer (v + 2) is announced to the page only once the test has looked at the block drawn
-    # over the old map: the websocket's server-to-page messages pass through here, and from that one on wait.
-    held: list[str | bytes] = []
-    routes: list[Any] = []
-
-    def relay(route: Any) -> None:
-        server = route.connect_to_server()
-        routes.append(route)
-
-        def from_server(message: str | bytes) -> None:
-            event = json.loads(message) if isinstance(message, str) else {}
-            whole = event.get("type") == "prediction_updated" and event.get("version") == v + 2
-            if held or (whole and event.get("aoi_id") == aoi_id and not event.get("partial")):
-                held.append(message)  # the whole layer and what follows it (the job's end reloads the project)
-            else:
-                route.send(message)
-
-        server.on_message(from_server)
-
-    page.route_web_socket("**/api/projects/1/ws*", relay)
-    page.goto(url)
-    page.locator("[data-testid=ws-status][data-connected=true]").wait_for()
-    page.get_by_test_id(f"aoi-{aoi_id}").click()
-    m.wait_for(f"window.__pearl.predictionVersion({aoi_id}) === {v}")
-    m.wait_idle()
-    prefix = f"pred-{aoi_id}-v"
-    layers_js = f"window.__pearl.map.getStyle().layers.map((l) => l.id).filter((i) => i.startsWith('{prefix}'))"
-    # The AOI's prediction layers (bottom to top) each time the map settles.
-    page.evaluate(
-        f"() => {{ window.__settled = []; window.__pearl.map.on('idle', () => window.__settled.push({layers_js})); }}"
-    )
-    page.get_by_test_id("retrain").click()
-    m.wait_for(f"window.__pearl.predictionVersion({aoi_id}) === {v + 1}")
-    # The map settled with the block drawn (the swap that follows the new layer's tiles ran) ...
-    page.wait_for_function(f"() => window.__settled.some((ids) => ids.some((i) => i.startsWith('{prefix}{v + 1}-')))")
-    m.wait_idle()
-    deadline = time.monotonic() + 60
-    while not held:  # ... and the whole AOI's layer is ready (held back from the page)
-        assert time.monotonic() < deadline, "the whole AOI's layer was not announced"
-        page.wait_for_timeout(100)
-    shown = page.evaluate(f"() => {layers_js}")
-    assert [i.split("-")[2] for i in shown] == [f"v{v}", f"v{v + 1}"], shown  # the old map under the block
-    visible = page.evaluate(
-        f"() => {layers_js}.map((i) => window.__pearl.map.getLayoutProperty(i, 'visibility') ?? 'visible')"
-    )
-    assert visible == ["visible", "visible"], visible
-    page.get_by_test_id("prediction-partial").wait_for()
-    m.shot("retrain-block-over-previous-map")
-    for message in held:
-        routes[-1].send(message)
-    # Only the whole AOI's layer is left (v + 2, or a later one when the metrics pass re-predicts with another head).
-    old_ids = f"['{prefix}{v}-', '{prefix}{v + 1}-']"
-    page.wait_for_function(f"() => {layers_js}.length === 1 && !{old_ids}.some((p) => {layers_js}[0].startsWith(p))")
-    page.get_by_test_id("prediction-partial").wait_for(state="detached")
-    m.wait_idle()
-    assert not page.errors, page.errors  # (the relay stays for the next tests: it holds back nothing else)
 
 
 def test_label_here_next(page: Any, server: tuple[str, Settings]) -> None:
@@ -549,6 +440,117 @@ def test_retrain_strategy_selector(page: Any, server: tuple[str, Settings]) -> N
     finally:
         page.unroute("**/api/projects/1/strategy")
         httpx.put(endpoint, json={"strategy": start}, timeout=10)  # the module's server goes on with its default
+
+
+def test_new_aoi_shows_the_block_in_view_then_the_whole_aoi(page: Any, server: tuple[str, Settings]) -> None:
+    """A big AOI: the page shows the block of it in view (a partial layer, "predicting the rest") and then swaps
+    to the whole AOI's layer."""
+    url, settings = server
+    m = Mapper(page, url, settings)
+    west, south, east, north = m.api("/api/projects/1")["imagery"]["bounds"]
+    lon, lat, d = (west + east) / 2, (south + north) / 2, 0.0045
+    ring = [[lon - d, lat - d], [lon + d, lat - d], [lon + d, lat + d], [lon - d, lat + d], [lon - d, lat - d]]
+    geometry = {"type": "Polygon", "coordinates": [ring]}
+    aoi = httpx.post(f"{url}/api/projects/1/aois", json={"name": "big", "geometry": geometry}, timeout=10).json()
+    tiles: list[tuple[str, int]] = []
+    page.on("response", lambda r: tiles.append((r.url, r.status)) if "/tiles/predictions/" in r.url else None)
+    page.goto(url)  # the newest AOI is selected
+    page.locator("[data-testid=ws-status][data-connected=true]").wait_for()
+    page.get_by_test_id(f"aoi-{aoi['id']}").click()
+    # What the legend says as it changes (the partial stage can be short on this tiny model).
+    page.evaluate(
+        """() => { window.__legend = []; new MutationObserver(() => window.__legend.push(
+             document.getElementById('legend').textContent)).observe(document.getElementById('legend'),
+             {childList: true, subtree: true, characterData: true}); }"""
+    )
+    page.get_by_test_id("predict").click()
+    m.wait_for(f"window.__pearl.predictionVersion({aoi['id']}) === 2")
+    legend: list[str] = page.evaluate("() => window.__legend")
+    assert any("prediction v1" in t and "predicting the rest" in t for t in legend), legend
+    page.get_by_test_id("prediction-partial").wait_for(state="detached")  # the whole AOI: no partial chip
+    page.get_by_test_id("prediction-version").filter(has_text="prediction v2").wait_for()
+    m.wait_idle()
+    for version in (1, 2):
+        assert any(f"/tiles/predictions/1/{aoi['id']}/{version}/" in u and s == 200 for u, s in tiles), version
+    m.shot("aoi-block-then-whole")
+    assert not page.errors, page.errors
+
+
+def test_a_retrain_draws_the_block_in_view_over_the_previous_map(page: Any, server: tuple[str, Settings]) -> None:
+    """A retrain of a large AOI: its re-predicted block in view (a partial layer) is drawn over the AOI's previous
+    map, which stays under it (no blank map around the block) until the whole AOI's new layer replaces both."""
+    url, settings = server
+    m = Mapper(page, url, settings)
+    west, south, east, north = m.api("/api/projects/1")["imagery"]["bounds"]
+    lon, lat, d = (west + east) / 2 + 0.0004, (south + north) / 2 - 0.0004, 0.0045
+    ring = [[lon - d, lat - d], [lon + d, lat - d], [lon + d, lat + d], [lon - d, lat + d], [lon - d, lat - d]]
+    geometry = {"type": "Polygon", "coordinates": [ring]}
+    aoi = httpx.post(f"{url}/api/projects/1/aois", json={"name": "retrained", "geometry": geometry}, timeout=10).json()
+    aoi_id = aoi["id"]
+    _run_inference(url, aoi_id)
+    for name in ("water", "tree_canopy"):
+        for place in class_places(settings, (lon - d, lat - d, lon + d, lat + d), name, n=3):
+            label = {"class_name": name, "geometry": {"type": "Point", "coordinates": list(place[0])}, "aoi_id": aoi_id}
+            assert httpx.post(f"{url}/api/projects/1/labels", json=label, timeout=10).status_code == 201
+    v = m.api(f"/api/projects/1/aois/{aoi_id}")["prediction"]["version"]
+    # The whole AOI's new layer (v + 2) is announced to the page only once the test has looked at the block drawn
+    # over the old map: the websocket's server-to-page messages pass through here, and from that one on wait.
+    held: list[str | bytes] = []
+    routes: list[Any] = []
+    released: list[bool] = []  # once the test let the held messages go, the relay passes everything (later tests too)
+
+    def relay(route: Any) -> None:
+        server = route.connect_to_server()
+        routes.append(route)
+
+        def from_server(message: str | bytes) -> None:
+            event = json.loads(message) if isinstance(message, str) else {}
+            whole = event.get("type") == "prediction_updated" and event.get("version") == v + 2
+            if not released and (held or (whole and event.get("aoi_id") == aoi_id and not event.get("partial"))):
+                held.append(message)  # the whole layer and what follows it (the job's end reloads the project)
+            else:
+                route.send(message)
+
+        server.on_message(from_server)
+
+    page.route_web_socket("**/api/projects/1/ws*", relay)
+    page.goto(url)
+    page.locator("[data-testid=ws-status][data-connected=true]").wait_for()
+    page.get_by_test_id(f"aoi-{aoi_id}").click()
+    m.wait_for(f"window.__pearl.predictionVersion({aoi_id}) === {v}")
+    m.wait_idle()
+    prefix = f"pred-{aoi_id}-v"
+    layers_js = f"window.__pearl.map.getStyle().layers.map((l) => l.id).filter((i) => i.startsWith('{prefix}'))"
+    # The AOI's prediction layers (bottom to top) each time the map settles.
+    page.evaluate(
+        f"() => {{ window.__settled = []; window.__pearl.map.on('idle', () => window.__settled.push({layers_js})); }}"
+    )
+    page.get_by_test_id("retrain").click()
+    m.wait_for(f"window.__pearl.predictionVersion({aoi_id}) === {v + 1}")
+    # The map settled with the block drawn (the swap that follows the new layer's tiles ran) ...
+    page.wait_for_function(f"() => window.__settled.some((ids) => ids.some((i) => i.startsWith('{prefix}{v + 1}-')))")
+    m.wait_idle()
+    deadline = time.monotonic() + 60
+    while not held:  # ... and the whole AOI's layer is ready (held back from the page)
+        assert time.monotonic() < deadline, "the whole AOI's layer was not announced"
+        page.wait_for_timeout(100)
+    shown = page.evaluate(f"() => {layers_js}")
+    assert [i.split("-")[2] for i in shown] == [f"v{v}", f"v{v + 1}"], shown  # the old map under the block
+    visible = page.evaluate(
+        f"() => {layers_js}.map((i) => window.__pearl.map.getLayoutProperty(i, 'visibility') ?? 'visible')"
+    )
+    assert visible == ["visible", "visible"], visible
+    page.get_by_test_id("prediction-partial").wait_for()
+    m.shot("retrain-block-over-previous-map")
+    released.append(True)
+    for message in held:
+        routes[-1].send(message)
+    # Only the whole AOI's layer is left (v + 2, or a later one when the metrics pass re-predicts with another head).
+    old_ids = f"['{prefix}{v}-', '{prefix}{v + 1}-']"
+    page.wait_for_function(f"() => {layers_js}.length === 1 && !{old_ids}.some((p) => {layers_js}[0].startsWith(p))")
+    page.get_by_test_id("prediction-partial").wait_for(state="detached")
+    m.wait_idle()
+    assert not page.errors, page.errors  # (the relay stays for the next tests, passing every message)
 
 
 def test_bare_home_says_what_is_missing(page: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
