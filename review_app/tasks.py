@@ -34,6 +34,7 @@ from pearl_pipelines.ml import loop
 from pearl_pipelines.ml.base_model import BaseModel
 from pearl_pipelines.ml.errors import RetrainError
 from pearl_pipelines.ml.metrics import MetricsReport
+from pearl_pipelines.ml.preview import inner_centre
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
 from pearl_pipelines.worker.contracts import FirstBlockResult
@@ -318,7 +319,7 @@ def _lonlat_centre(store: LabelStore, aoi_id: int) -> tuple[float, float] | None
         geom = shape(store.get_aoi(aoi_id).geometry)
     except KeyError:
         return None
-    point = geom.centroid if geom.contains(geom.centroid) else geom.representative_point()
+    point = inner_centre(geom)
     return point.x, point.y
 
 

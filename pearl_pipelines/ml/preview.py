@@ -49,6 +49,11 @@ def _centre(geom: BaseGeometry, view: Sequence[float] | None, crs: Any) -> Point
         point = Point(xs[0], ys[0])
         if geom.contains(point):
             return point
+    return inner_centre(geom)
+
+
+def inner_centre(geom: BaseGeometry) -> Point:
+    """A polygon's centre: its centroid, or a point inside it when the centroid is not (a C- or L-shaped AOI)."""
     centroid = geom.centroid
     return centroid if geom.contains(centroid) else geom.representative_point()
 
