@@ -36,7 +36,6 @@ PRELOAD = (
     "geopandas",
     "rasterio",
     "mlflow",
-    "onnxruntime",  # the embedding's CPU runtime (ml/runtime.py); sessions, and their threads, start in the forks
     "pearl_pipelines.ml.inference",
     "pearl_pipelines.ml.retrain",
     "pearl_pipelines.ml.tracking",
