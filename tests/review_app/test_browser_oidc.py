@@ -24,9 +24,9 @@ import pytest
 from pearl_pipelines.labels.accounts import Accounts, Role
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.settings import Settings
+from tests.review_app.browser import chromium_page, running_app
 from tests.review_app.conftest import ARTIFACTS, new_home
 from tests.review_app.idp import AUDIENCE, Issuer, s256
-from tests.review_app.test_browser import chromium_page, running_app
 
 pytestmark = pytest.mark.slow
 
