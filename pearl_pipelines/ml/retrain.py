@@ -202,6 +202,12 @@ def retrain(
     prior = _prior(replay, schema, options, strategy)
     reference = _reference_pixels(caches, options.seed) if prior is not None else None
 
+    # A parent fitted around the same prior is where the solver starts (the live loop: a few labels more each time).
+    warm_start = (
+        (parent.weight, parent.bias, parent.prior_scale)
+        if prior is not None and parent.prior_scale is not None and parent.weight.shape == prior[0].shape
+        else None
+    )
     xy_replay = np.full((len(y_replay), 2), np.nan)  # replay samples come from elsewhere: no position here
 
     def fit(train: np.ndarray | slice, choice: Choice) -> Fitted:
@@ -214,7 +220,13 @@ def retrain(
         if centred:
             assert prior is not None and strategy.centres_on_prior
             weight, bias, prior_scale = strategy.fit_centred(
-                x_train, y_train, prior, sample_weight=w_train, channel_groups=channel_groups, reference=reference
+                x_train,
+                y_train,
+                prior,
+                sample_weight=w_train,
+                channel_groups=channel_groups,
+                reference=reference,
+                start=warm_start,
             )
             return weight, bias, {}, prior_scale
         if len(np.unique(y_train)) < 2:  # a fold with one class and no replay can only predict that class

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -157,3 +158,30 @@ def test_centred_fit_learns_how_far_to_trust_its_prior() -> None:
     assert fits["swapped"][2] < 0.3, fits["swapped"][2]
     for weight, bias, _ in fits.values():
         assert (np.argmax(x @ weight.T + bias, axis=1) == y).mean() > 0.9
+
+
+def test_centred_fit_started_from_its_own_head_stays_there() -> None:
+    """`start` hands the solver a head it returned (the parent version's, in the live loop): one step from the
+    optimum leaves the head where it was, while one step from scratch is far from it, and a few labels more move
+    a started fit to the same optimum as a cold one."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 2.0, (4, 6))
+    y = np.repeat(np.arange(4), 30)
+    x = centres[y] + rng.normal(0, 1.0, (len(y), 6))
+    prior = (centres * 0.5, rng.normal(0, 0.3, 4))
+
+    def fit(xs: np.ndarray, ys: np.ndarray, **more: Any) -> tuple[np.ndarray, np.ndarray, float]:
+        return centred_logistic(
+            xs, ys, prior, reference=x, sample_weight=np.ones(len(ys)), channel_groups={"embedding": (0, 6)},
+            group_weights={}, C=1.0, **more,
+        )  # fmt: skip
+
+    weight, bias, scale = fit(x, y)
+    again = fit(x, y, start=(weight, bias, scale), max_iter=1)
+    cold = fit(x, y, max_iter=1)
+    assert np.abs(again[0] - weight).max() < 5e-3 and abs(again[2] - scale) < 5e-3
+    assert np.abs(cold[0] - weight).max() > 0.05
+    more_x = np.vstack([x, centres[[0, 3]] + 0.1])
+    more_y = np.concatenate([y, [0, 3]])
+    warm, reference = fit(more_x, more_y, start=(weight, bias, scale)), fit(more_x, more_y)
+    assert np.abs(warm[0] - reference[0]).max() < 0.02 and abs(warm[2] - reference[2]) < 0.01
