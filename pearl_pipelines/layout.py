@@ -123,6 +123,11 @@ class Layout:
     def project(self, project_id: int) -> ProjectPaths:
         return ProjectPaths(self, f"review/projects/{int(project_id)}")
 
+    @staticmethod
+    def deleted_project(project_id: int, stamp: str) -> str:
+        """Where a deleted project's folder is moved aside (restorable by an operator, removable to free disk)."""
+        return f"review/deleted/{int(project_id)}-{stamp}"
+
     shared_imagery_dir = "review/imagery"  # mosaics shared by every project with the same imagery source
 
     @classmethod
@@ -175,8 +180,31 @@ class ProjectPaths:
     def confidence_path(self, aoi_id: int, version: int) -> Path:
         return self.prediction_dir(aoi_id, version) / CONFIDENCE_FILE
 
+    # -- compare two versions' maps (review_app/services/compare.py): a bounded cache, safe to delete ------------
+    @property
+    def compare_dir(self) -> Path:
+        return self._path("compare")
+
+    def version_map_dir(self, aoi_id: int, model_version: int) -> Path:
+        """The AOI's map by one model version (layer versions are deleted as retrains go on; these are kept)."""
+        return self._path("compare", "maps", f"aoi-{int(aoi_id)}", f"m{int(model_version)}")
+
+    def change_dir(self, aoi_a: int, version_a: int, aoi_b: int, version_b: int) -> Path:
+        """The change from (AOI, model version) A's map to B's: change raster + from -> to table."""
+        name = f"aoi-{int(aoi_a)}-m{int(version_a)}-aoi-{int(aoi_b)}-m{int(version_b)}"
+        return self._path("compare", "changes", name)
+
     def embeddings_dir(self, aoi_id: int) -> Path:
         return self._path("aois", int(aoi_id), "embeddings")
+
+    def checkpoint_map_dir(self, aoi_id: int, version: int) -> Path:
+        """Model version `version`'s map of the AOI (from its embedding cache), painted in by checkpoint patches."""
+        return self._path("aois", int(aoi_id), "checkpoint-maps", f"v{int(version)}")
+
+    def share_dir(self, share_id: int) -> Path:
+        """A share link's frozen snapshot (review_app/services/shares.py): maps, legend, areas; under the project so
+        the owner's disk quota counts it."""
+        return self._path("shares", int(share_id))
 
     @property
     def base_model_dir(self) -> Path:

@@ -69,6 +69,16 @@ class Settings(BaseSettings):
     review_host: str = "127.0.0.1"
     review_port: int = 8000
     live_aoi_max_km2: float = Field(default=25.0, gt=0, description="Largest AOI for live inference/retraining")
+    # AOI files uploaded from the page (review_app/services/aoi_files.py): what one upload may hold.
+    aoi_upload_max_bytes: int = Field(
+        default=20 << 20, ge=1 << 10, description="Largest AOI file upload, bytes (PEARL_AOI_UPLOAD_MAX_BYTES)"
+    )
+    aoi_upload_max_features: int = Field(
+        default=500, ge=1, description="Most features read from one AOI file (PEARL_AOI_UPLOAD_MAX_FEATURES)"
+    )
+    aoi_max_vertices: int = Field(
+        default=10_000, ge=4, description="Most vertices of one uploaded AOI (PEARL_AOI_MAX_VERTICES)"
+    )
     # Base models the review app keeps in memory (least recently used first out, reloaded on demand); projects on
     # the same registered base version share one.
     model_cache_size: int = Field(default=4, ge=1, description="Base models kept loaded by the review app (LRU)")
@@ -85,6 +95,10 @@ class Settings(BaseSettings):
     auth_secret: str = Field(default=DEFAULT_AUTH_SECRET, description="key of the API tokens' HMAC; set outside local")
     # Abuse limits and browser policy of the review app.
     max_body_bytes: int = Field(default=2 << 20, gt=0, description="Largest request body (413 beyond)")
+    # Imagery uploaded from the page (review_app/services/uploads.py): sent in chunks of at most max_body_bytes.
+    upload_max_bytes: int = Field(
+        default=8 << 30, ge=1 << 20, description="Largest GeoTIFF one upload may be, bytes (PEARL_UPLOAD_MAX_BYTES)"
+    )
     write_rate_limit: str = Field(
         default="30/second;600/minute", description="Writes per user (POST/PUT/PATCH/DELETE), `limits` syntax"
     )
@@ -104,8 +118,20 @@ class Settings(BaseSettings):
     # Per-user quotas: what one signed-in user can make the server store and hold in memory.
     quota_projects: int = Field(default=20, ge=1, description="projects a user may own")
     quota_aois: int = Field(default=50, ge=1, description="AOIs per project")
+    # Read-only share links (review_app/services/shares.py): each copies its maps, so their number is bounded too.
+    share_max_days: int = Field(default=365, ge=1, le=3650, description="longest life of a share link, in days")
+    share_max_per_project: int = Field(default=50, ge=1, description="live share links per project")
+    # Map patches (review_app/services/patches.py): every map of the AOIs a patch covers is painted with it.
+    patch_max_per_project: int = Field(
+        default=500, ge=1, description="map patches in force per project (PEARL_PATCH_MAX_PER_PROJECT)"
+    )
     quota_bytes: int = Field(
         default=20 << 30, ge=1 << 20, description="disk bytes of the projects a user owns (layers, caches, versions)"
+    )
+    # Compare two versions as maps: the versions' maps and change rasters are kept per project up to this many bytes
+    # (the least recently used go first), so a second compare of the same maps is instant.
+    compare_max_bytes: int = Field(
+        default=1 << 30, ge=1 << 20, description="disk bytes of one project's compare maps (PEARL_COMPARE_MAX_BYTES)"
     )
 
     # Compute precision of training: auto = bfloat16 only where a timed probe finds it natively faster.

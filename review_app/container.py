@@ -16,12 +16,16 @@ from review_app.label_runs import submit_label_run
 from review_app.rate_limits import WriteLimiter
 from review_app.services.aois import AoiService
 from review_app.services.classes import ClassSchemas
+from review_app.services.compare import CompareService
 from review_app.services.labels import LabelService
 from review_app.services.model_cache import ModelCache
 from review_app.services.models import ModelService
+from review_app.services.patches import PatchService
 from review_app.services.project_imagery import ProjectImagery
 from review_app.services.projects import ProjectService
 from review_app.services.quotas import Quotas
+from review_app.services.shares import ShareService
+from review_app.services.uploads import UploadService
 from review_app.services.version_store import VersionPublisher
 from review_app.workspace import StateStore
 
@@ -52,6 +56,7 @@ class ReviewServices:
         self.model_cache = ModelCache(settings=settings, store=store, states=states, hub=hub)
         self.imagery = ProjectImagery(settings=settings, store=store, states=states, runner=runner)
         self.quotas = Quotas(settings=settings, store=store, accounts=self.accounts, states=states)
+        self.uploads = UploadService(settings=settings, quotas=self.quotas)  # imagery uploads and their ingest
         self.aois = AoiService(
             settings=settings,
             store=store,
@@ -72,6 +77,29 @@ class ReviewServices:
             runner=runner,
             publisher=self.publisher,
         )
+        # Map patches: every AOI map passes them before it is published (StateStore.map_patcher).
+        self.patches = PatchService(
+            settings=settings,
+            store=store,
+            states=states,
+            classes=self.classes,
+            models=self.models,
+            runner=runner,
+            hub=hub,
+        )
+        self.compare = CompareService(  # two versions as maps: their change
+            settings=settings,
+            store=store,
+            states=states,
+            classes=self.classes,
+            aois=self.aois,
+            models=self.models,
+            runner=runner,
+        )
+        # Read-only share links: frozen copies of AOI maps behind an unguessable link (routers/shares.py).
+        self.shares = ShareService(
+            settings=settings, store=store, states=states, classes=self.classes, aois=self.aois, quotas=self.quotas
+        )
         self.projects = ProjectService(
             settings=settings,
             store=store,
@@ -83,16 +111,22 @@ class ReviewServices:
         )
 
     def require_project(self, project_id: int) -> None:
-        """KeyError for an unknown project. Projects are never deleted, so ids seen once are remembered: tile
-        requests (dozens a second per mapper) then cost no database query for it."""
+        """KeyError for an unknown (or deleted) project. Ids seen once are remembered: tile requests (dozens a second
+        per mapper) then cost no database query for it. A deletion forgets its id here (`forget_project`); other
+        processes may still remember it, but a deleted project has no members left, so they refuse it too (only
+        the local mode's one user, one process, owns everything without membership)."""
         if project_id not in self._known_projects:
             self.projects.get(project_id)
             self._known_projects.add(project_id)
 
+    def forget_project(self, project_id: int) -> None:
+        """After a project's deletion: its id is unknown from now on."""
+        self._known_projects.discard(project_id)
+
     def readable_projects(self, user: User) -> set[int]:
         """Ids of the projects `user` may read (the local user: all of them)."""
         if self.auth.local and user.subject == LOCAL_SUBJECT:
-            return {p.id for p in self.store.list_projects()}
+            return {p.id for p in self.projects.list_all()}  # live ones: deleted projects are gone for everyone
         return self.accounts.readable_projects(user)
 
     def start(self) -> None:
@@ -106,4 +140,5 @@ class ReviewServices:
         self.publisher.close()
         self.label_runs.close()
         self.runner.shutdown()
+        self.uploads.close()
         self.store.engine.dispose()

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
-from pearl_pipelines.labels.accounts import Accounts, User
+from pearl_pipelines.labels.accounts import Accounts, Role, User
 from pearl_pipelines.labels.store import ProjectRow
 from review_app.container import ReviewServices
 from review_app.jobs import JobRunner
@@ -83,6 +83,14 @@ def get_user(request: Request) -> User:
 
 
 UserDep = Annotated[User, Depends(get_user)]
+
+
+def get_role(request: Request) -> Role:
+    """The caller's role in the path's project, as the guard found it (project-scoped routes only)."""
+    return request.state.role  # type: ignore[no-any-return]
+
+
+RoleDep = Annotated[Role, Depends(get_role)]
 
 
 def get_accounts(services: ServicesDep) -> Accounts:

@@ -21,7 +21,7 @@ from pearl_pipelines.settings import Settings, get_settings
 from review_app.auth.guard import AuditMiddleware, authorize, check_every_route_has_a_rule
 from review_app.container import ReviewServices
 from review_app.errors import add_exception_handlers
-from review_app.routers import accounts, aois, labels, models, projects, ws
+from review_app.routers import accounts, aois, compare, labels, models, patches, projects, shares, uploads, ws
 from review_app.schemas import COMMON_ERRORS
 from review_app.security import add_security, allowed_hosts
 from review_app.tiles import TileCacheMiddleware, mount_tiles
@@ -71,15 +71,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cors_origins=limits.cors_origins,
         hosts=allowed_hosts(limits.allowed_hosts, local=limits.auth_mode == "local"),
         oidc_issuer=limits.oidc_issuer if limits.auth_mode == "oidc" else None,
+        # Routes that take a file, not JSON (security.FileRoute).
+        file_routes=[*aois.file_routes(limits), *uploads.file_routes(limits)],
     )
     app.add_middleware(TileCacheMiddleware)
-    for module in (projects, aois, labels, models, accounts):
+    for module in (projects, aois, labels, models, accounts, patches, compare, uploads):
         app.include_router(module.router, responses=COMMON_ERRORS)
+    app.include_router(projects.choices_router, responses=COMMON_ERRORS)  # imagery and starters to choose from
     app.include_router(accounts.public_router)
     for router in (models.jobs_router, ws.router):
         app.include_router(router, responses=COMMON_ERRORS)
     ws.add_event_schemas(app)  # the websocket's events, for the front-end's generated types
     mount_tiles(app)
+    compare.mount_compare_tiles(app)
+    app.include_router(shares.router)  # share links: the owner's routes (its own COMMON_ERRORS)
+    app.include_router(shares.link_router)  # the link's page, data, downloads and /maps: no sign-in (rules.py "share")
+    shares.mount_share_tiles(app)
     _mount_frontend(app)
     check_every_route_has_a_rule(app)
     return app

@@ -226,6 +226,75 @@ class ProjectOut(ProjectSummary):
     model: ModelStatus
     aois: list[AoiOut]
     live_aoi_max_km2: float
+    role: Literal["viewer", "mapper", "owner"] | None = Field(
+        default=None, description="the caller's role in the project (what the page offers them)"
+    )
+
+
+# -- the projects page (issue 24 item 1): the list, rename, imagery to choose from, starters ------------------------
+class ProjectListItem(ProjectSummary):
+    """One row of the projects page."""
+
+    imagery_source: dict[str, Any] = Field(description="`source` local (`collection`) or stac (`api`, `collections`)")
+    class_schema_id: str
+    class_count: int
+    label_count: int = Field(description="live labels (not deleted)")
+    aoi_count: int
+    last_activity: UtcDatetime = Field(description="newest label, AOI or audited action; else the creation time")
+    role: Literal["viewer", "mapper", "owner"] = Field(description="the caller's role in the project")
+
+
+class ProjectRename(BaseModel):
+    name: PlainText = Field(min_length=1, max_length=120, examples=["Shoreline 2024"])
+
+
+class LocalCollectionOut(BaseModel):
+    """A collection of the server's local STAC catalog (a demo region, or imagery uploaded or ingested)."""
+
+    id: str
+    title: str
+    description: str
+    item_count: int
+    bbox: tuple[float, float, float, float] | None = Field(default=None, description="lon/lat w, s, e, n")
+    start: str | None = Field(default=None, description="first acquisition (ISO 8601), when known")
+    end: str | None = None
+
+
+class StacApiOut(BaseModel):
+    """A STAC API the operator configured (PEARL_STAC_APIS), by id: its URL is never sent to the page."""
+
+    id: str
+    default: bool
+
+
+class StacItemOut(BaseModel):
+    id: str
+    collection: str
+    datetime: str | None
+    bbox: tuple[float, float, float, float]
+    geometry: dict[str, Any] | None = None
+    thumbnail: str = Field(description="this app's URL of a small PNG rendered from the item's image")
+
+
+class StacSearchOut(BaseModel):
+    api: str
+    items: list[StacItemOut]
+    more: bool = Field(description="more items matched than `limit`: narrow the view or the dates")
+
+
+class StarterOut(BaseModel):
+    """A starter model a new project can begin with (its class schema comes with it)."""
+
+    name: str = Field(examples=["pearl-starter-chesapeake9"])
+    base_model: str = Field(description="the reference to send as ProjectCreate.base_model")
+    class_schema_id: str
+    class_titles: list[str]
+    holdout_f1: float | None = Field(description="macro F1 on the holdout region; null when not known here")
+    available: bool = Field(description="registered in MLflow or stored on this server: a project maps at once")
+    source: Literal["registry", "local", "shipped", "none"] = Field(
+        description="where the figures come from: the MLflow registry, the server's copy, the shipped file, nothing"
+    )
+    version: str | None = None
 
 
 # -- classes --------------------------------------------------------------------------------------------------
@@ -299,8 +368,44 @@ class UndoOut(BaseModel):
     restored: bool = Field(description="true when the undo brought a deleted label back")
 
 
+# -- map patches (review_app/services/patches.py) -------------------------------------------------------------------
+PatchKind = Literal["fill", "checkpoint"]
+
+
+class PatchCreate(BaseModel):
+    """A hand correction of the map: fill a polygon with a class, or paint in another checkpoint's map there."""
+
+    kind: PatchKind = Field(description="fill: one class inside the polygon; checkpoint: that checkpoint's map")
+    geometry: GeoJSONGeometry = Field(description="a Polygon or MultiPolygon over one or more mapped AOIs")
+    class_name: PlainText | None = Field(default=None, max_length=48, description="fill: the class painted")
+    checkpoint: int | None = Field(
+        default=None, ge=0, le=MAX_ID, description="checkpoint: the model version whose map is painted in (0: base)"
+    )
+    crs: CrsName = "EPSG:4326"
+
+
+class PatchOut(BaseModel):
+    id: int
+    kind: PatchKind
+    geometry: dict[str, Any]
+    class_name: str | None = Field(description="fill: the class painted (its current name)")
+    checkpoint: int | None = Field(description="checkpoint: the model version painted in")
+    aoi_ids: list[int] = Field(description="the AOIs whose maps it changes")
+    user: str = Field(description="who drew it")
+    created_at: dt.datetime
+    removed_at: dt.datetime | None = None
+
+
+class PatchChangeOut(BaseModel):
+    patch: PatchOut | None = Field(description="the patch added, removed or (undo) reverted; null: nothing to undo")
+    restored: bool = Field(default=False, description="undo: true when it brought a removed patch back")
+    job: JobOut | None = Field(
+        default=None, description="the job re-applying the patches to the maps they touch (`prediction_updated`)"
+    )
+
+
 # -- jobs, models, checkpoints, metrics -----------------------------------------------------------------------
-JobKind = Literal["imagery", "inference", "retrain", "restore"]
+JobKind = Literal["imagery", "inference", "retrain", "restore", "compare", "patch"]
 JobState = Literal["queued", "running", "done", "failed"]
 
 
@@ -412,6 +517,48 @@ class CompareOut(BaseModel):
     a: CheckpointOut
     b: CheckpointOut
     rows: list[CompareRow]
+
+
+# -- compare two versions as maps (routers/compare.py) -------------------------------------------------------------
+class CompareMapsRequest(BaseModel):
+    """Two (AOI, model version) maps: A (`aoi`, `a`) and B (`aoi_b`, default `aoi`; `b`), B of this project or of
+    `project_b` (a project of the same place on imagery of another date; the caller needs a role in it too)."""
+
+    aoi: Id = Field(description="AOI of map A (and of B unless aoi_b is given)")
+    a: int = Field(ge=0, le=MAX_ID, description="model version (checkpoint id) of map A; 0: the base model")
+    b: int = Field(ge=0, le=MAX_ID, description="model version (checkpoint id) of map B (of project_b when given)")
+    aoi_b: Id | None = Field(
+        default=None, description="AOI of map B: another AOI over the same place (e.g. imagery of another date)"
+    )
+    project_b: Id | None = Field(
+        default=None, description="project of map B (its aoi_b and version b); default: this project"
+    )
+
+
+class CompareChangeRow(BaseModel):
+    """Pixels of class `from_class` in A that are `to_class` in B."""
+
+    from_class: str
+    to_class: str
+    pixels: int
+    hectares: float
+
+
+class CompareMapsOut(BaseModel):
+    aoi: int
+    aoi_b: int
+    project_b: int = Field(description="the project of map B (this one unless asked for another)")
+    a: int
+    b: int
+    rows: list[CompareChangeRow] = Field(description="changed pairs only, largest area first")
+    unchanged_hectares: float
+    changed_hectares: float
+    compared_hectares: float = Field(description="the overlap mapped in both (nodata in either is left out)")
+    pixel_m2: float
+    bounds: tuple[float, float, float, float] = Field(description="lon/lat of the compared overlap")
+    tilejson_a: str
+    tilejson_b: str
+    tilejson_change: str
 
 
 # -- websocket events -------------------------------------------------------------------------------------------
@@ -552,16 +699,34 @@ class AuthConfigOut(BaseModel):
 
 class MemberOut(UserOut):
     role: RoleName
+    email: str | None = Field(default=None, description="the e-mail their identity provider gave at their last sign-in")
 
 
 class MemberIn(BaseModel):
-    subject: PlainText = Field(min_length=1, max_length=300, description="the user's subject: 'oidc:<issuer>#<sub>'")
+    """A member by `subject`, or by the `email` of a user who has signed in once (exactly one of the two)."""
+
+    subject: PlainText | None = Field(
+        default=None, min_length=1, max_length=300, description="the user's subject: 'oidc:<issuer>#<sub>'"
+    )
+    email: PlainText | None = Field(
+        default=None,
+        min_length=3,
+        max_length=320,
+        description="the e-mail of a user who has signed in once (their identity provider gave it)",
+        examples=["ana@example.org"],
+    )
     role: RoleName
     name: PlainText | None = Field(
         default=None,
         max_length=200,
         description="display name of a user not seen yet, until their own sign-in; an existing user keeps theirs",
     )
+
+    @model_validator(mode="after")
+    def _subject_or_email(self) -> Self:
+        if (self.subject is None) == (self.email is None):
+            raise ValueError("name the member by `subject` or by `email` (exactly one of them)")
+        return self
 
 
 class TokenCreate(BaseModel):
@@ -589,6 +754,164 @@ class AuditOut(BaseModel):
     action: str
     target: dict[str, Any]
     status: int
+
+
+# -- read-only share links (review_app/services/shares.py) ----------------------------------------------------------
+MAX_SHARE_AOIS = 100  # a request's list; each must be an AOI of the project (PEARL_QUOTA_AOIS bounds them anyway)
+
+
+class ShareCreate(BaseModel):
+    title: PlainText = Field(min_length=1, max_length=120, examples=["Farm survey, June"])
+    aoi_ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field(
+        min_length=1, max_length=MAX_SHARE_AOIS, description="AOIs of the project whose current maps are shared"
+    )
+    days: int = Field(default=30, ge=1, description="lifetime in days, at most PEARL_SHARE_MAX_DAYS (default 365)")
+    listed: bool = Field(default=False, description="list it on the public-maps page (/maps)")
+
+
+class ShareOut(BaseModel):
+    id: int
+    title: str
+    aoi_ids: list[int]
+    area_ha: float
+    listed: bool
+    created_at: UtcDatetime
+    expires_at: UtcDatetime
+    revoked_at: UtcDatetime | None = None
+    state: Literal["live", "expired", "revoked"]
+    url: str | None = Field(default=None, description="the link, for listed shares (others: shown once, at creation)")
+
+
+class ShareIssued(ShareOut):
+    token: str = Field(description="shown once: the link is /share/<token>")
+    url: str
+
+
+class ShareClass(BaseModel):
+    index: int
+    name: str
+    title: str
+    color: str
+
+
+class ShareArea(BaseModel):
+    class_index: int
+    class_name: str
+    title: str
+    pixels: int
+    area_m2: float
+    area_ha: float
+    percent: float
+
+
+class ShareMap(BaseModel):
+    """One AOI's frozen map in a share: what the shared page shows and downloads."""
+
+    aoi_id: int
+    name: str
+    geometry: dict[str, Any]
+    bounds: tuple[float, float, float, float]
+    model_version: int | None
+    layer_version: int
+    areas: list[ShareArea]
+    tilejson: str
+    download: str
+    areas_csv: str
+
+
+class ShareView(BaseModel):
+    """A share as its link shows it: no labels, members, other versions or project details."""
+
+    title: str
+    created_at: UtcDatetime
+    expires_at: UtcDatetime
+    bounds: tuple[float, float, float, float]
+    legend: list[ShareClass]
+    maps: list[ShareMap]
+    imagery_tilejson: str
+
+
+class PublicMapOut(BaseModel):
+    title: str
+    area_ha: float
+    created_at: UtcDatetime
+    url: str
+
+
+# -- imagery uploads (issue 24 item 2): chunked GeoTIFF uploads, their check, and their ingest ----------------------
+UploadState = Literal["receiving", "ready", "rejected"]
+IngestState = Literal["queued", "running", "done", "failed"]
+
+
+class UploadCreate(BaseModel):
+    """Announce a file: its name (for the item id and messages) and its exact size in bytes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filename: PlainText = Field(min_length=1, max_length=200, examples=["rotterdam.tif"])
+    size: int = Field(ge=0, le=1 << 50, description="bytes; at most PEARL_UPLOAD_MAX_BYTES")
+
+
+class UploadInspection(BaseModel):
+    """What the server read from a complete upload: enough for the page to show it and ask for a band mapping."""
+
+    width: int
+    height: int
+    count: int = Field(description="number of bands")
+    dtype: str
+    crs: str
+    bounds: tuple[float, float, float, float] = Field(description="lon/lat w, s, e, n")
+    descriptions: list[str] = Field(description="per band, '' where the file has none")
+    colorinterp: list[str] = Field(description="per band colour interpretation, '' where undefined")
+    band_map: list[int] | None = Field(
+        description="1-based bands of red, green, blue, NIR when the file says; null: the user must choose"
+    )
+    band_note: str = Field(default="", description="why the file's bands could not be mapped by themselves")
+
+
+class UploadOut(BaseModel):
+    id: str
+    filename: str
+    size: int
+    received: int = Field(description="bytes the server has: the next chunk starts here")
+    chunk_bytes: int = Field(description="largest chunk a PUT may carry")
+    state: UploadState
+    error: str | None = Field(default=None, description="why a rejected file was refused, and what is accepted")
+    inspection: UploadInspection | None = None
+    created_at: UtcDatetime
+
+
+class UploadFileIngest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    upload_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    band_map: tuple[int, int, int, int] | None = Field(
+        default=None, description="1-based source bands for red, green, blue, NIR; default: what the file says"
+    )
+
+    @model_validator(mode="after")
+    def _distinct_bands(self) -> Self:
+        if self.band_map is not None and len(set(self.band_map)) != 4:
+            raise ValueError("band_map must name four different bands for red, green, blue and NIR")
+        return self
+
+
+class IngestCreate(BaseModel):
+    """Ingest complete uploads into a new local collection `upload-<your user id>-<slug of name>`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: PlainText = Field(min_length=1, max_length=80, examples=["Rotterdam 2019"])
+    files: list[UploadFileIngest] = Field(min_length=1, max_length=100)
+
+
+class IngestOut(BaseModel):
+    id: str
+    collection: str = Field(description="the local collection the files go into; use it as a project's imagery")
+    state: IngestState
+    progress: float = 0.0
+    message: str = ""
+    error: str | None = None
 
 
 # Answers any route may give (the guard, the limits): documented on every route of the API.

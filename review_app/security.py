@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException
@@ -82,11 +83,32 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, with_headers)
 
 
-class BodySizeLimitMiddleware:
-    """413 for a body over `max_bytes`, by its Content-Length or, when chunked, as it streams in."""
+@dataclass(frozen=True)
+class FileRoute:
+    """A write route that takes a file, not JSON: the only exception to the JSON-only rule of
+    RequestPolicyMiddleware (for `method` on paths matching `path`, with one of `content_types`), with its own
+    body limit `max_bytes` (a Setting) instead of PEARL_MAX_BODY_BYTES. The Origin checks still apply."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    method: str
+    path: re.Pattern[str]
+    content_types: frozenset[str]
+    max_bytes: int
+    setting: str  # the setting that names `max_bytes`, for the 413 message
+
+    def matches(self, scope: Scope) -> bool:
+        return scope.get("method") == self.method and self.path.fullmatch(scope.get("path", "")) is not None
+
+
+def _file_route(scope: Scope, routes: Sequence[FileRoute]) -> FileRoute | None:
+    return next((r for r in routes if r.matches(scope)), None)
+
+
+class BodySizeLimitMiddleware:
+    """413 for a body over `max_bytes` (a file route's own limit on its path), by its Content-Length or, when
+    chunked, as it streams in."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, file_routes: Sequence[FileRoute] = ()) -> None:
+        self.app, self.max_bytes, self.file_routes = app, max_bytes, tuple(file_routes)
         self.message = f"request body too large: at most {self.max_bytes} bytes are accepted"
 
     async def _reject(self, send: Send) -> None:
@@ -97,6 +119,12 @@ class BodySizeLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        route = _file_route(scope, self.file_routes)
+        if route is not None:
+            limited = BodySizeLimitMiddleware(self.app, route.max_bytes)
+            limited.message = f"file too large: at most {route.max_bytes} bytes are accepted ({route.setting})"
+            await limited(scope, receive, send)
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
@@ -140,8 +168,15 @@ class RequestPolicyMiddleware:
       (urlencoded, multipart, text/plain), which browsers send without asking, never reaches a route.
     """
 
-    def __init__(self, app: ASGIApp, *, allowed_hosts: Sequence[str], cors_origins: Sequence[str]) -> None:
-        self.app = app
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        allowed_hosts: Sequence[str],
+        cors_origins: Sequence[str],
+        file_routes: Sequence[FileRoute] = (),
+    ) -> None:
+        self.app, self.file_routes = app, tuple(file_routes)
         self.any_host = "*" in allowed_hosts
         self.hosts = {_host_name(h) for h in allowed_hosts}
         self.origins = {o.rstrip("/").lower() for o in cors_origins}
@@ -179,8 +214,12 @@ class RequestPolicyMiddleware:
         if headers.get("sec-fetch-site") == "cross-site" and origin is None:
             return 403, "cross-site request refused"
         kind = headers.get("content-type")
-        if scope["type"] == "http" and kind is not None and kind.split(";")[0].strip().lower() != "application/json":
-            return 415, f"writes take Content-Type: application/json, not {kind.split(';')[0].strip()[:60]!r}"
+        route = _file_route(scope, self.file_routes) if scope["type"] == "http" else None
+        # A file route takes JSON too (a browser never sends it cross-site without CORS): the route answers it (422).
+        accepted = frozenset({"application/json"}) | (route.content_types if route is not None else frozenset())
+        if scope["type"] == "http" and kind is not None and kind.split(";")[0].strip().lower() not in accepted:
+            sent = kind.split(";")[0].strip()[:60]
+            return 415, f"writes take Content-Type: {' or '.join(sorted(accepted))}, not {sent!r}"
         return None
 
     def _same_site(self, origin: str, host: str) -> bool:
@@ -205,6 +244,7 @@ def add_security(
     cors_origins: list[str],
     hosts: Sequence[str] = ("*",),
     oidc_issuer: str | None = None,
+    file_routes: Sequence[FileRoute] = (),
 ) -> None:
     """CORS stays closed (no Access-Control-* headers: browsers refuse cross-origin calls) unless origins are set.
     With an OIDC issuer (oidc mode), the page may also fetch from the issuer's origin (its sign-in)."""
@@ -215,8 +255,8 @@ def add_security(
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
-    app.add_middleware(RequestPolicyMiddleware, allowed_hosts=hosts, cors_origins=cors_origins)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes, file_routes=file_routes)
+    app.add_middleware(RequestPolicyMiddleware, allowed_hosts=hosts, cors_origins=cors_origins, file_routes=file_routes)
     headers = dict(SECURITY_HEADERS)
     if oidc_issuer:
         headers[b"content-security-policy"] = content_security_policy([issuer_origin(oidc_issuer)]).encode()

@@ -19,7 +19,7 @@ import functools
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ import geopandas as gpd
 from shapely.geometry import shape
 
 from pearl_pipelines.classes import ClassSchema
+from pearl_pipelines.geo.masking import mask_outside
+from pearl_pipelines.geo.patching import unpatched_copy
 from pearl_pipelines.geo.stac import StacError
 from pearl_pipelines.labels.store import AoiRow, LabelStore
 from pearl_pipelines.layout import cache_complete
@@ -106,12 +108,20 @@ def build_imagery(ctx: JobContext, ws: ProjectWorkspace, *, source: dict[str, An
     return "imagery ready (the mosaic of this source was built already)"
 
 
+def _finish_map(ws: ProjectWorkspace, aoi_id: int, version: int, geometry: Mapping[str, Any]) -> None:
+    """The one place every AOI map (a new AOI's first block and whole map, a retrain's block and whole map, a
+    restore) passes before it is published: the steps that make the files what the tiles and exports show."""
+    mask_outside(geometry, ws.paths.prediction_dir(aoi_id, version))  # nodata outside the AOI's polygon
+    ws.patch_map(aoi_id, version, geometry)  # the mapper's patches over the model's map (kept beside it)
+
+
 def _publish_layer(
     ctx: JobContext,
     ws: ProjectWorkspace,
     aoi_id: int,
     version: int,
     *,
+    geometry: Mapping[str, Any],
     model_version: int | None,
     embeddings: bool,
     partial: bool = False,
@@ -121,7 +131,9 @@ def _publish_layer(
     replaces it), or a retrain's first re-predicted block (the AOI's cache stays complete and usable).
 
     The versions before the last KEEP_LAYER_VERSIONS are deleted: the browser draws a retrain's partial layer over
-    the previous whole one (version - 1 and version - 2 are kept while `version` is shown)."""
+    the previous whole one (version - 1 and version - 2 are kept while `version` is shown). `geometry`: the AOI's
+    lon/lat GeoJSON (`_finish_map`)."""
+    _finish_map(ws, aoi_id, version, geometry)
     with ws.update() as state:
         state.aois[aoi_id] = AoiLayer(
             version=version, model_version=model_version, embeddings=embeddings, partial=partial
@@ -168,7 +180,9 @@ def run_inference(
         # over the cache is the whole prediction, no backbone pass.
         ctx.step(f"predicting {aoi.name} from its embedding cache", 0.0)
         loop.repredict(cache_dir, current.version, schema_of(), paths.prediction_dir(aoi_id, version))
-        _publish_layer(ctx, ws, aoi_id, version, model_version=state.current_model, embeddings=True)
+        _publish_layer(
+            ctx, ws, aoi_id, version, geometry=aoi.geometry, model_version=state.current_model, embeddings=True
+        )
         return f"{aoi.name} predicted from its embedding cache (no backbone pass)"
     # A spatial head applies to embeddings only: its map exists once the whole AOI is embedded, no first block.
     first = not current.version.needs_xy
@@ -177,7 +191,16 @@ def run_inference(
     started = time.perf_counter()
 
     def on_first_block(block: FirstBlockResult) -> None:
-        _publish_layer(ctx, ws, aoi_id, version, model_version=state.current_model, embeddings=False, partial=True)
+        _publish_layer(
+            ctx,
+            ws,
+            aoi_id,
+            version,
+            geometry=aoi.geometry,
+            model_version=state.current_model,
+            embeddings=False,
+            partial=True,
+        )
         shown.append(time.perf_counter() - started)
         ctx.step(f"{aoi.name}: the block in view is shown; predicting the rest of the AOI")
 
@@ -204,7 +227,9 @@ def run_inference(
         full_version = version
     if current.version.needs_xy:  # the forward pass gave the embeddings; the spatial head applies to them
         loop.repredict(cache_dir, current.version, schema_of(), paths.prediction_dir(aoi_id, full_version))
-    _publish_layer(ctx, ws, aoi_id, full_version, model_version=state.current_model, embeddings=True)
+    _publish_layer(
+        ctx, ws, aoi_id, full_version, geometry=aoi.geometry, model_version=state.current_model, embeddings=True
+    )
     where = "a warm worker fork" if result.forked else "a worker process"
     head = f"; the block in view shown after {shown[0]:.1f} s" if shown else ""
     return f"{aoi.name} predicted in {result.seconds:.1f} s by {where} (pid {result.pid}){head}"
@@ -284,6 +309,7 @@ def _repredict(
     aoi_id: int,
     version: ModelVersion,
     *,
+    geometry: Mapping[str, Any],
     model_version: int,
     schema_of: SchemaOf,
     block: tuple[Sequence[float] | None, Sequence[float] | None] | None = None,
@@ -301,13 +327,22 @@ def _repredict(
     if window is not None:
         started = time.perf_counter()
         loop.repredict(cache, version, schema, paths.prediction_dir(aoi_id, layer_version), window=window)
-        _publish_layer(ctx, ws, aoi_id, layer_version, model_version=model_version, embeddings=True, partial=True)
+        _publish_layer(
+            ctx,
+            ws,
+            aoi_id,
+            layer_version,
+            geometry=geometry,
+            model_version=model_version,
+            embeddings=True,
+            partial=True,
+        )
         block_s = time.perf_counter() - started
         on_shown()
         ctx.step(f"AOI {aoi_id}: the block in view is shown; re-predicting the rest of the AOI")
         layer_version += 1
     loop.repredict(cache, version, schema, paths.prediction_dir(aoi_id, layer_version))
-    _publish_layer(ctx, ws, aoi_id, layer_version, model_version=model_version, embeddings=True)
+    _publish_layer(ctx, ws, aoi_id, layer_version, geometry=geometry, model_version=model_version, embeddings=True)
     if window is None:
         on_shown()
     return block_s
@@ -372,6 +407,7 @@ def run_retrain(
     # The AOI in view first, then the other labelled AOIs, then the rest.
     labelled = {r.aoi_id for r in store.list_labels(project_id)}
     order = sorted(caches, key=lambda a: (a != aoi_id, a not in labelled, a))
+    geometries = {aid: store.get_aoi(aid).geometry for aid in order}  # AOIs never change: read once
     shown: list[float] = []  # seconds from the start to the first new layer (the block in view, or the whole AOI)
 
     def make_current() -> None:
@@ -388,11 +424,19 @@ def run_retrain(
             # The AOI in view: of a large one, the block in view first.
             block = (view, _lonlat_centre(store, aid)) if aid == aoi_id else None
             block_s = _repredict(
-                ctx, ws, aid, child, model_version=number, schema_of=schema_of, block=block, on_shown=make_current
+                ctx,
+                ws,
+                aid,
+                child,
+                geometry=geometries[aid],
+                model_version=number,
+                schema_of=schema_of,
+                block=block,
+                on_shown=make_current,
             )
             first_layer_s = time.perf_counter() - started
         else:
-            _repredict(ctx, ws, aid, child, model_version=number, schema_of=schema_of)
+            _repredict(ctx, ws, aid, child, geometry=geometries[aid], model_version=number, schema_of=schema_of)
     ctx.step("computing metrics (grouped cross-validation)", 0.9)
     # Off the live path: the same fit again (deterministic) plus the cross-validation folds.
     evaluated = fit(evaluate=True)
@@ -401,7 +445,7 @@ def run_retrain(
     if evaluated.replay_scale != child.replay_scale:
         child = dataclasses.replace(evaluated, id=child.id)
         for aid in order:
-            _repredict(ctx, ws, aid, child, model_version=number, schema_of=schema_of)
+            _repredict(ctx, ws, aid, child, geometry=geometries[aid], model_version=number, schema_of=schema_of)
     else:
         child = dataclasses.replace(child, metrics=evaluated.metrics, info={**child.info, "metric_notes": notes})
     model.set_version(child)
@@ -445,6 +489,7 @@ def run_restore(
     number: int,
     version: ModelVersion,
     *,
+    store: LabelStore,
     model: ModelSlot,
     schema_of: SchemaOf,
     finished: Callable[[], None] = lambda: None,
@@ -458,7 +503,35 @@ def run_restore(
     caches = _cached_aois(ws)
     for n, aid in enumerate(sorted(caches)):
         ctx.step(f"re-predicting AOI {aid} with {info.name or f'v{number}'}", n / max(1, len(caches)))
-        _repredict(ctx, ws, aid, version, model_version=number, schema_of=schema_of)
+        geometry = store.get_aoi(aid).geometry
+        _repredict(ctx, ws, aid, version, geometry=geometry, model_version=number, schema_of=schema_of)
     ctx.publish(MetricsUpdatedEvent(model_version=number))
     finished()  # `current` moves in MLflow
     return f"restored {info.name or f'model v{number}'}"
+
+
+def run_repatch(ctx: JobContext, ws: ProjectWorkspace, aoi_ids: Sequence[int], *, store: LabelStore) -> str:
+    """Re-apply the project's map patches to the current maps of `aoi_ids` (a patch was added, removed or undone),
+    without running the model: each AOI's model output (kept beside its patched map) becomes its next layer version,
+    which `_finish_map` patches with the patches in force now."""
+    done = []
+    for n, aoi_id in enumerate(aoi_ids):
+        layer = ws.state().aois.get(aoi_id)
+        current = ws.paths.prediction_dir(aoi_id, layer.version) if layer is not None else None
+        if layer is None or current is None or not current.is_dir():
+            continue  # not predicted yet: its first map will carry the patches
+        ctx.step(f"patching the map of AOI {aoi_id}", n / max(1, len(aoi_ids)))
+        version = layer.version + 1
+        unpatched_copy(current, ws.paths.prediction_dir(aoi_id, version))
+        _publish_layer(
+            ctx,
+            ws,
+            aoi_id,
+            version,
+            geometry=store.get_aoi(aoi_id).geometry,
+            model_version=layer.model_version,
+            embeddings=layer.embeddings,
+            partial=layer.partial,
+        )
+        done.append(str(aoi_id))
+    return f"patched the maps of AOI(s) {', '.join(done)}" if done else "no map to patch yet"

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -83,6 +84,9 @@ class StateStore:
         self.home = Path(home)
         self._lock = threading.RLock()
         self._cache: dict[int, ProjectState] = {}
+        # Paints the project's map patches into a new AOI map (review_app/services/patches.py; set by the container):
+        # (project_id, aoi_id, layer version, AOI lon/lat GeoJSON) -> None. None: maps are published as predicted.
+        self.map_patcher: Callable[[int, int, int, Mapping[str, Any]], None] | None = None
 
     def paths(self, project_id: int) -> ProjectPaths:
         return ProjectPaths.of(self.home, project_id)
@@ -139,6 +143,11 @@ class ProjectWorkspace:
     def imagery_path(self) -> Path:
         """The project's imagery mosaic (StateStore.imagery_path)."""
         return self.states.imagery_path(self.project_id)
+
+    def patch_map(self, aoi_id: int, version: int, geometry: Mapping[str, Any]) -> None:
+        """Paint the project's map patches into the AOI's map `version` before it is published (`map_patcher`)."""
+        if self.states.map_patcher is not None:
+            self.states.map_patcher(self.project_id, aoi_id, version, geometry)
 
     def embeddings_dir(self, aoi_id: int, state: ProjectState | None = None) -> Path:
         """The AOI's embedding cache: shared with the Dagster loop when the base is a registered version.

@@ -18,7 +18,15 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Integer, String, UniqueConstraint, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from pearl_pipelines.labels.store import Base, LabelStore, LabelStoreError, UtcDateTime, check_text, known_id
+from pearl_pipelines.labels.store import (
+    Base,
+    LabelStore,
+    LabelStoreError,
+    UtcDateTime,
+    check_text,
+    known_id,
+    text_problem,
+)
 
 TOKEN_PREFIX = "pearl_"
 MAX_TOKEN_DAYS = 366
@@ -36,12 +44,27 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+MAX_EMAIL = 320
+
+
+def normal_email(email: str | None) -> str | None:
+    """An e-mail as stored and compared (trimmed, lower case), or None for one that cannot be an e-mail here."""
+    if not email:
+        return None
+    email = email.strip().lower()
+    if len(email) > MAX_EMAIL or "@" not in email or text_problem(email) is not None or " " in email:
+        return None
+    return email
+
+
 class UserRow(Base):
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     subject: Mapped[str] = mapped_column(String(300), unique=True)  # "oidc:<issuer>#<sub>" or "local"
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=_now)
+    # The e-mail the identity provider gave at the last sign-in (owners add members by it); None: never said.
+    email: Mapped[str | None] = mapped_column(String(320), nullable=True, index=True)
 
 
 class MembershipRow(Base):
@@ -101,20 +124,50 @@ class Accounts:
         self._key = token_key.encode()
 
     # -- users and roles --------------------------------------------------------------------------------
-    def user(self, subject: str, name: str) -> User:
+    def user(self, subject: str, name: str, email: str | None = None) -> User:
         """The signed-in user with this subject, created on first sight; `name` (from the identity provider, or an
-        operator) replaces the stored one. Only the authenticated path calls this: a grant uses `ensure_user`."""
+        operator) replaces the stored one, and so does `email` when the provider gives one (an e-mail that is too
+        long or not plain text is not stored). Only the authenticated path calls this: a grant uses `ensure_user`."""
         check_text("user subject", subject, UserRow.__table__.c.subject)
         check_text("user name", name, UserRow.__table__.c.name)
+        email = normal_email(email) if email else None
         with self.store.session() as s:
             row = s.scalar(select(UserRow).where(UserRow.subject == subject))
             if row is None:
-                row = UserRow(subject=subject, name=name)
+                row = UserRow(subject=subject, name=name, email=email)
                 s.add(row)
                 s.flush()
-            elif row.name != name:
-                row.name = name
+            else:
+                if row.name != name:
+                    row.name = name
+                if email and row.email != email:
+                    row.email = email
             return User(row.id, row.subject, row.name)
+
+    def users_by_email(self, email: str) -> list[User]:
+        """The users whose identity provider last gave them this e-mail (compared case-insensitively)."""
+        wanted = normal_email(email)
+        if wanted is None:
+            return []
+        with self.store.session() as s:
+            rows = s.scalars(select(UserRow).where(UserRow.email == wanted).order_by(UserRow.id))
+            return [User(r.id, r.subject, r.name) for r in rows]
+
+    def emails(self, user_ids: list[int]) -> dict[int, str]:
+        """user id -> e-mail, for those that have one (one query)."""
+        if not user_ids:
+            return {}
+        with self.store.session() as s:
+            rows = s.execute(select(UserRow.id, UserRow.email).where(UserRow.id.in_(user_ids))).all()
+            return {uid: email for uid, email in rows if email}
+
+    def roles(self, user: User) -> dict[int, Role]:
+        """project id -> the user's role there, for every project the user has one in (one query)."""
+        with self.store.session() as s:
+            rows = s.execute(
+                select(MembershipRow.project_id, MembershipRow.role).where(MembershipRow.user_id == user.id)
+            ).all()
+            return {project_id: Role[role] for project_id, role in rows}
 
     def ensure_user(self, subject: str, placeholder: str) -> User:
         """The user with this subject; one not seen yet is created with `placeholder` as its name until their own

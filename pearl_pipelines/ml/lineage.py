@@ -48,6 +48,8 @@ TAG_APP_VERSION = "pearl.app_version"  # the review app's version number of the 
 TAG_LABEL_STORE = "pearl.label_store_digest"  # LabelStore.label_set_digest of the labels it was trained on
 TAG_SOURCE = "pearl.source"  # review-app | dagster
 TAG_TASK = "pearl.task"  # the worker task that logged a run
+TAG_PATCHES = "pearl.patches_digest"  # digest of the map patches in force on the version's maps (review app)
+PATCHES_ARTIFACT = "patches/patches.geojson"  # those patches, on the version's run (`log_patches`)
 RUN_ID_TAG = "dagster_run_id"  # MLflow tag on every training, retraining and inference run of a Dagster run
 RUN_NAME_TAG = "mlflow.runName"
 
@@ -72,6 +74,7 @@ class Lineage(BaseModel):
     label_store_digest: str | None = None
     source: Source | None = None
     dagster_run_id: str | None = None
+    patches_digest: str | None = None
 
     KEYS: ClassVar[dict[str, str]] = {
         "version_id": TAG_VERSION,
@@ -87,6 +90,7 @@ class Lineage(BaseModel):
         "label_store_digest": TAG_LABEL_STORE,
         "source": TAG_SOURCE,
         "dagster_run_id": RUN_ID_TAG,
+        "patches_digest": TAG_PATCHES,
     }
 
     def to_tags(self) -> dict[str, str]:
@@ -386,3 +390,13 @@ def register_version(
 
 # Fields the version itself decides (`Lineage.of_version`); a caller's lineage cannot contradict them.
 _VERSION_FIELDS = ("version_id", "parent_version_id", "label_set_digest", "base_model_id", "schema_id", "strategy")
+
+
+def log_patches(tracking_uri: str, run_id: str, patches: Mapping[str, Any]) -> None:
+    """The map patches in force on a version's maps (a GeoJSON FeatureCollection) as the artifact `PATCHES_ARTIFACT`
+    of the run that logged the version; the version's `TAG_PATCHES` names their digest."""
+    folder, name = PATCHES_ARTIFACT.rsplit("/", 1)
+    with tempfile.TemporaryDirectory(prefix="pearl-patches-") as tmp:
+        path = Path(tmp) / name
+        path.write_text(json.dumps(patches))
+        mlflow_client(tracking_uri).log_artifact(run_id, str(path), folder)

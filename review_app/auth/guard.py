@@ -83,7 +83,7 @@ def authorize(conn: HTTPConnection) -> None:
 
 def _authorize(conn: HTTPConnection) -> None:
     rule = route_rule(conn)
-    if rule.scope == "public":
+    if rule.scope in ("public", "share"):  # share: the route checks the link's token (routers/shares.py)
         return
     services = conn.app.state.services
     auth: Authenticator = services.auth
@@ -103,6 +103,7 @@ def _authorize(conn: HTTPConnection) -> None:
         role = role_in(services.accounts, auth, user, project_id)
         if role is None:
             raise KeyError(f"no project with id {project_id}")  # the same answer as an unknown id
+        conn.state.role = role  # what the page may offer the caller (ProjectOut.role)
         if rule.audit:  # a member's refused attempt is audited too
             conn.scope[AUDIT_KEY] = {"user": user, "action": rule.audit, "project_id": project_id}
         if role < rule.need:

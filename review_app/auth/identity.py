@@ -107,7 +107,7 @@ class Authenticator:
                 claims = self.oidc.verify(token)
             except InvalidToken as exc:
                 raise NotSignedIn(str(exc)) from None
-            return self._signed_in(self.oidc.issuer, claims.subject, claims.name)
+            return self._signed_in(self.oidc.issuer, claims.subject, claims.name, claims.email)
         if self.local:
             server = conn.scope.get("server") or (None, None)
             client = conn.client.host if conn.client else None
@@ -116,7 +116,7 @@ class Authenticator:
             return self.local_user()
         raise NotSignedIn(SIGN_IN)
 
-    def _signed_in(self, issuer: str, sub: str, name: str) -> User:
+    def _signed_in(self, issuer: str, sub: str, name: str, email: str | None = None) -> User:
         """The user an identity provider vouched for; their display name follows the provider's."""
         subject = f"oidc:{issuer}#{sub}"
         if len(subject) > MAX_SUBJECT:
@@ -124,4 +124,4 @@ class Authenticator:
                 f"the token's subject (sub) is {len(sub)} characters long; this server accepts at most "
                 f"{MAX_SUBJECT - len(subject) + len(sub)} from this identity provider"
             )
-        return self.accounts.user(subject, name[:MAX_NAME])
+        return self.accounts.user(subject, name[:MAX_NAME], email)  # owners add members by e-mail

@@ -24,8 +24,18 @@ const options = {
   logLevel: "info",
 };
 
+// The read-only pages, each its own small bundle (no sign-in code): a shared map (/share/<token>) and the public maps
+// (/maps). share.js + share.css, maps.js + maps.css.
+const pages = {
+  ...options,
+  entryPoints: { share: join(here, "src", "share.ts"), maps: join(here, "src", "maps.ts") },
+  outfile: undefined,
+  outdir: out,
+};
+
 function copyStatic() {
   copyFileSync(join(here, "src", "index.html"), join(out, "index.html"));
+  for (const page of ["share.html", "maps.html"]) copyFileSync(join(here, "src", page), join(out, page));
   copyFileSync(join(maplibre, "maplibre-gl-worker.mjs"), join(out, "maplibre-gl-worker.mjs"));
   // /docs: Swagger UI from this origin (the app's CSP allows no CDN and no inline script).
   mkdirSync(join(out, "swagger"), { recursive: true });
@@ -35,8 +45,7 @@ function copyStatic() {
 
 copyStatic();
 if (process.argv.includes("--watch")) {
-  const ctx = await context(options);
-  await ctx.watch();
+  for (const each of [options, pages]) await (await context(each)).watch();
 } else {
-  await build(options);
+  await Promise.all([build(options), build(pages)]);
 }

@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, status
 
-from pearl_pipelines.labels.accounts import Role
+from pearl_pipelines.labels.accounts import Accounts, Role, User, normal_email
+from pearl_pipelines.labels.store import LabelStoreError
 from review_app.deps import MAX_ID, AccountsDep, ProjectId, ServicesDep, UserDep
 from review_app.schemas import (
     AuditOut,
@@ -19,6 +20,7 @@ from review_app.schemas import (
     TokenOut,
     UserOut,
 )
+from review_app.services.projects import role_name
 
 router = APIRouter(tags=["accounts"])
 public_router = APIRouter(tags=["accounts"])  # no sign-in needed (rules.py): included without the guard's errors
@@ -67,21 +69,45 @@ def revoke_token(accounts: AccountsDep, user: UserDep, token_id: Annotated[int, 
 
 @router.get("/api/projects/{project_id}/members", response_model=list[MemberOut], responses=ERRORS)
 def list_members(accounts: AccountsDep, project_id: ProjectId) -> list[MemberOut]:
+    """The project's members with their roles (and e-mails, where their identity provider gave one)."""
+    members = accounts.members(project_id)
+    emails = accounts.emails([u.id for u, _ in members])
     return [
-        MemberOut.model_validate({"id": u.id, "subject": u.subject, "name": u.name, "role": role.name})
-        for u, role in accounts.members(project_id)
+        MemberOut(id=u.id, subject=u.subject, name=u.name, role=role_name(role), email=emails.get(u.id))
+        for u, role in members
     ]
 
 
 @router.put("/api/projects/{project_id}/members", response_model=list[MemberOut], responses=ERRORS)
 def set_member(accounts: AccountsDep, project_id: ProjectId, body: MemberIn, request: Request) -> list[MemberOut]:
-    """Give a user a role in the project (owners only); the user may not have signed in yet. `name` names only a
-    user not seen yet, until their own sign-in: a user's name is their own, never changed here. Demoting the
-    project's last owner is refused (422)."""
-    request.state.audit_target = {"subject": body.subject, "role": body.role}  # refusals are audited with it too
-    member = accounts.ensure_user(body.subject, body.name or body.subject)
+    """Give a user a role in the project (owners only), or change it. By `subject`: the user may not have signed in
+    yet; `name` names only a user not seen yet, until their own sign-in (a user's name is their own, never changed
+    here). By `email`: a user who has signed in once with that e-mail (422 otherwise, or when several have it).
+    Demoting the project's last owner is refused (422)."""
+    if body.subject is not None:
+        request.state.audit_target = {"subject": body.subject, "role": body.role}  # refusals are audited with it too
+        member = accounts.ensure_user(body.subject, body.name or body.subject)
+    else:
+        request.state.audit_target = {"email": body.email, "role": body.role}
+        member = member_by_email(accounts, str(body.email))
+        request.state.audit_target["subject"] = member.subject
     accounts.set_role(project_id, member, Role[body.role])
     return list_members(accounts, project_id)
+
+
+def member_by_email(accounts: Accounts, email: str) -> User:
+    """The one user who signed in with `email`; LabelStoreError (422) saying what to do otherwise."""
+    if normal_email(email) is None:
+        raise LabelStoreError(f"{email[:80]!r} is not an e-mail address; give one like name@example.org, or a subject")
+    found = accounts.users_by_email(email)
+    if not found:
+        raise LabelStoreError(
+            f"nobody has signed in with the e-mail {email[:80]!r} yet: ask them to sign in once, or add them by "
+            "their subject (oidc:<issuer>#<sub>)"
+        )
+    if len(found) > 1:
+        raise LabelStoreError(f"{len(found)} users signed in with the e-mail {email[:80]!r}: add one by subject")
+    return found[0]
 
 
 @router.delete("/api/projects/{project_id}/members/{user_id}", response_model=list[MemberOut], responses=ERRORS)

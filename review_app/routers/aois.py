@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
 from fastapi.responses import FileResponse, Response
 
+from pearl_pipelines.settings import Settings
 from review_app.deps import AoiId, AoisDep, ProjectId
-from review_app.schemas import AoiCreate, AoiOut, ErrorOut, InferenceRequest, JobOut
+from review_app.schemas import AoiCreate, AoiOut, ErrorOut, InferenceRequest, JobOut, PlainText
+from review_app.security import FileRoute
+from review_app.services.aoi_files import ACCEPTED, AoiFileLimits, AoiFileTooLarge, Grouping, read_aoi_upload
 from review_app.services.aois import AREA_COLUMNS
 from review_app.suggestions import (
     DEFAULT_SUGGESTIONS,
@@ -32,6 +36,49 @@ def list_aois(aois: AoisDep, project_id: ProjectId) -> list[AoiOut]:
 def create_aoi(aois: AoisDep, project_id: ProjectId, body: AoiCreate) -> AoiOut:
     """A GeoJSON Polygon/MultiPolygon over the project's imagery, at most `live_aoi_max_km2` (default 25 km^2)."""
     return aois.out(aois.add(project_id, body))
+
+
+UPLOAD_ERRORS: dict[int | str, dict] = {**ERRORS, 403: {"model": ErrorOut}, 413: {"model": ErrorOut}}
+MULTIPART_SLACK = 64 << 10  # the form's boundaries and small fields around the file
+
+
+def file_routes(settings: Settings) -> list[FileRoute]:
+    """The upload's exception to the JSON-only write rule and its body limit (review_app/security.py)."""
+    return [
+        FileRoute(
+            method="POST",
+            path=re.compile(r"/api/projects/[^/]+/aois/upload"),
+            content_types=frozenset({"multipart/form-data"}),
+            max_bytes=settings.aoi_upload_max_bytes + MULTIPART_SLACK,
+            setting="PEARL_AOI_UPLOAD_MAX_BYTES",
+        )
+    ]
+
+
+@router.post("/upload", response_model=list[AoiOut], status_code=status.HTTP_201_CREATED, responses=UPLOAD_ERRORS)
+def upload_aois(
+    aois: AoisDep,
+    project_id: ProjectId,
+    file: Annotated[UploadFile, File(description=ACCEPTED + ", in any CRS")],
+    grouping: Annotated[
+        Grouping, Form(description="per_feature: one AOI per polygon feature; one: all features as one AOI")
+    ] = "per_feature",
+    name_field: Annotated[
+        PlainText | None,
+        Form(max_length=100, description="per_feature: the attribute that names each AOI (default: a 'name' one)"),
+    ] = None,
+) -> list[AoiOut]:
+    """AOIs from a file (multipart form): Polygons/MultiPolygons, reprojected to lon/lat. Each AOI within
+    `live_aoi_max_km2` and PEARL_AOI_MAX_VERTICES; the file within PEARL_AOI_UPLOAD_MAX_BYTES and
+    PEARL_AOI_UPLOAD_MAX_FEATURES. Every AOI of the file is stored, or none (422 lists those refused)."""
+    limits = AoiFileLimits.of(aois.settings)
+    try:
+        read = read_aoi_upload(
+            file.file, file.filename or "upload", grouping=grouping, name_field=name_field or None, limits=limits
+        )
+    except AoiFileTooLarge as exc:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(exc)) from None
+    return [aois.out(row) for row in aois.add_uploaded(project_id, read)]
 
 
 @router.get("/{aoi_id}", response_model=AoiOut, responses=ERRORS)

@@ -7,18 +7,20 @@ import functools
 from pathlib import Path
 
 import rasterio
-from shapely.geometry import box, shape
+from shapely.geometry import box, mapping, shape
 
-from pearl_pipelines.geo.grid import aoi_to_tile_keys
+from pearl_pipelines.geo.grid import AoiError, aoi_to_tile_keys
 from pearl_pipelines.geo.maps import MapError, class_areas
-from pearl_pipelines.labels.store import AoiRow, LabelStore
+from pearl_pipelines.labels.store import AoiRow, LabelStore, check_text
 from pearl_pipelines.settings import Settings
 from review_app import geometry, tasks
 from review_app.jobs import Job, JobRunner
 from review_app.links import prediction_links
 from review_app.schemas import AoiCreate, AoiOut, PredictionLayer
+from review_app.services import aoi_files
+from review_app.services.aoi_files import FileAoi
 from review_app.services.classes import ClassSchemas
-from review_app.services.errors import Conflict
+from review_app.services.errors import Conflict, QuotaExceeded
 from review_app.services.model_cache import ModelCache
 from review_app.services.quotas import Quotas
 from review_app.suggestions import SuggestionCollection, SuggestionMethod, aoi_suggestions
@@ -76,17 +78,58 @@ class AoiService:
         self.store.get_project(project_id)
         self.quotas.check_new_aoi(project_id)
         geom = geometry.parse_aoi(req.geometry, req.crs, self.settings.live_aoi_max_km2)
-        imagery = self.states.get(project_id).imagery
-        if imagery.state != "ready" or imagery.bounds is None:
-            raise Conflict(f"the project's imagery is not ready ({imagery.state}): {imagery.message or 'wait for it'}")
-        if not box(*imagery.bounds).intersects(geom):
+        bounds = self._imagery_bounds(project_id)
+        if not box(*bounds).intersects(geom):
             raise geometry.GeometryError(
                 f"AOI {tuple(round(v, 5) for v in geom.bounds)} is outside the project's imagery "
-                f"{tuple(round(v, 5) for v in imagery.bounds)}; draw it over the imagery"
+                f"{tuple(round(v, 5) for v in bounds)}; draw it over the imagery"
             )
         keys = aoi_to_tile_keys(geom)
         name = req.name or f"AOI {len(self.store.list_aois(project_id)) + 1}"
         return self.store.add_aoi(project_id, name, geom, keys)
+
+    def _imagery_bounds(self, project_id: int) -> tuple[float, float, float, float]:
+        imagery = self.states.get(project_id).imagery
+        if imagery.state != "ready" or imagery.bounds is None:
+            raise Conflict(f"the project's imagery is not ready ({imagery.state}): {imagery.message or 'wait for it'}")
+        return imagery.bounds
+
+    def add_uploaded(self, project_id: int, aois: list[FileAoi]) -> list[AoiRow]:
+        """AOIs read from an uploaded file (services/aoi_files.py): all of them stored, in one transaction, or none
+        (AoiFileError listing those refused: outside the imagery, too many tiles, over the AOI quota)."""
+        self.store.get_project(project_id)
+        bounds = self._imagery_bounds(project_id)
+        have = len(self.store.list_aois(project_id))
+        if have + len(aois) > self.settings.quota_aois:
+            raise QuotaExceeded(
+                f"AOI quota: project {project_id} has {have} AOIs, the file adds {len(aois)} and PEARL_QUOTA_AOIS "
+                f"allows {self.settings.quota_aois}; upload the features as one AOI or fewer features"
+            )
+        self.quotas.check_growth(project_id)
+        keys: list[list[str]] = []
+        problems: list[str] = []
+        for aoi in aois:
+            if not box(*bounds).intersects(aoi.geometry):
+                problems.append(
+                    f"{aoi.name!r} {tuple(round(v, 5) for v in aoi.geometry.bounds)} is outside the project's "
+                    f"imagery {tuple(round(v, 5) for v in bounds)}"
+                )
+                continue
+            try:
+                keys.append(aoi_to_tile_keys(aoi.geometry))
+            except AoiError as exc:
+                problems.append(f"{aoi.name!r}: {exc}")
+        if problems:
+            raise aoi_files.refused(problems, len(aois))
+        for aoi in aois:
+            check_text("AOI name", aoi.name, AoiRow.__table__.c.name)
+        rows = [
+            AoiRow(project_id=project_id, name=a.name, geometry=mapping(a.geometry), tile_keys=k)
+            for a, k in zip(aois, keys, strict=True)
+        ]
+        with self.store.session() as session:  # one transaction: every AOI of the file, or none
+            session.add_all(rows)
+        return rows
 
     def start_inference(
         self, project_id: int, aoi_id: int, view: tuple[float, float, float, float] | None = None

@@ -83,6 +83,7 @@ class ModelService:
                 ws,
                 version,
                 head,
+                store=self.store,
                 model=slot,
                 schema_of=schema_of,
                 finished=functools.partial(self.publisher.request, project_id),

@@ -3,12 +3,19 @@ imagery mosaic and base model load in the background, so a new or restarted proj
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 from collections import Counter
+from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
+from typing import cast
 
 from pearl_pipelines.classes import load_schema
 from pearl_pipelines.geo.regions import LABEL_SCHEMAS
+from pearl_pipelines.labels.accounts import Role, User
+from pearl_pipelines.labels.project_admin import ProjectAdmin, ProjectFigures
 from pearl_pipelines.labels.store import LabelStore, LabelStoreError, ProjectRow
+from pearl_pipelines.layout import Layout
 from pearl_pipelines.ml.refs import parse_registered_ref, project_id_of, starter_schema_of
 from pearl_pipelines.settings import Settings
 from review_app.imagery import ImageryError, resolve_source
@@ -21,7 +28,9 @@ from review_app.schemas import (
     LocalImagery,
     ModelStatus,
     ProjectCreate,
+    ProjectListItem,
     ProjectOut,
+    RoleName,
     TileJsonLinks,
 )
 from review_app.services.aois import AoiService
@@ -29,6 +38,13 @@ from review_app.services.classes import ClassSchemas
 from review_app.services.model_cache import ModelCache
 from review_app.services.project_imagery import ProjectImagery
 from review_app.workspace import StateStore
+
+log = logging.getLogger(__name__)
+
+
+def role_name(role: Role) -> RoleName:
+    return cast(RoleName, role.name)
+
 
 DEMO_PROJECT = "Demo: Chesapeake shoreline"
 DEMO_COLLECTION = "demo"
@@ -61,12 +77,61 @@ class ProjectService:
     ) -> None:
         self.settings, self.store, self.states = settings, store, states
         self.classes, self.model_cache, self.imagery, self.aois = classes, model_cache, imagery, aois
+        self.admin = ProjectAdmin(store)  # rename, delete (tombstones), the list's figures
 
     def get(self, project_id: int) -> ProjectRow:
-        return self.store.get_project(project_id)
+        """A live project; KeyError (404, the answer of an unknown id) for a deleted one too."""
+        row = self.store.get_project(project_id)
+        if self.admin.is_deleted(project_id):
+            raise KeyError(f"no project with id {project_id}")
+        return row
 
     def list_all(self) -> list[ProjectRow]:
-        return self.store.list_projects()
+        """The live projects (deleted ones left out)."""
+        deleted = self.admin.deleted_ids()
+        return [p for p in self.store.list_projects() if p.id not in deleted]
+
+    def rename(self, project_id: int, name: str) -> ProjectRow:
+        return self.admin.rename(project_id, name)
+
+    def delete(self, project_id: int, by: User) -> None:
+        """Delete a project: its row is marked (a tombstone, ProjectAdmin.delete), then its folder under PEARL_HOME
+        (maps, caches, versions, share copies) is moved aside to `Layout.deleted_project`: nothing is erased, and
+        nothing of it is served from its old place."""
+        self.admin.delete(project_id, by)
+        root = self.states.paths(project_id).root
+        if not root.exists():
+            return
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.settings.layout.path(Layout.deleted_project(project_id, stamp))
+        try:
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            root.rename(aside)
+        except OSError as exc:  # deleted all the same (the database says so); its files stay where they were
+            log.warning("project %s deleted; moving its folder %s aside failed: %s", project_id, root, exc)
+
+    def list_items(self, rows: list[ProjectRow], roles: Mapping[int, Role]) -> list[ProjectListItem]:
+        """The projects page's rows of `rows`, with the caller's `roles` (one query per table, whatever the count)."""
+        figures = self.admin.figures([r.id for r in rows])
+        items = []
+        for row in rows:
+            fig = figures.get(row.id, ProjectFigures())
+            schema = row.class_schema or {}
+            items.append(
+                ProjectListItem(
+                    id=row.id,
+                    name=row.name,
+                    created_at=row.created_at,
+                    imagery_source=row.imagery,
+                    class_schema_id=str(schema.get("id", "")),
+                    class_count=len(schema.get("classes") or []),
+                    label_count=fig.labels,
+                    aoi_count=fig.aois,
+                    last_activity=max(row.created_at, fig.last_activity or row.created_at),
+                    role=role_name(roles[row.id]),
+                )
+            )
+        return items
 
     def ensure_demo_project(self) -> None:
         """First start: the demo project (local `demo` collection, chesapeake9, the starter model)."""

@@ -20,6 +20,7 @@ import shutil
 import threading
 from collections.abc import Callable
 
+from pearl_pipelines.labels.patches import PatchStore
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.ml.lineage import Lineage, ModelRegistry
 from pearl_pipelines.ml.refs import (
@@ -104,7 +105,7 @@ class VersionPublisher:
     def publish(self, project_id: int) -> int:
         """Log the project's finished versions that MLflow lacks (parents first), set its aliases, trim the local
         cache. Returns how many versions were logged; MlflowDown when the tracking server does not answer."""
-        from pearl_pipelines.ml.lineage import register_version
+        from pearl_pipelines.ml.lineage import log_patches, register_version
         from pearl_pipelines.ml.tracking import mlflow_reachable
         from pearl_pipelines.ml.versions import ModelVersion
 
@@ -123,6 +124,8 @@ class VersionPublisher:
                 continue
             parent = models.get(info.parent) if info.parent is not None else None
             parent_uri = model_uri(name, parent.mlflow_version) if parent and parent.mlflow_version else base_uri
+            # The map patches in force when the version was made: drawn over its maps (services/patches.py).
+            patches = PatchStore(self.store).live(project_id, at=info.created_at)
             registered = register_version(
                 uri,
                 ModelVersion.load(directory),
@@ -133,10 +136,13 @@ class VersionPublisher:
                     app_version=number,
                     label_store_digest=info.label_store_digest or "",
                     source="review-app",
+                    patches_digest=PatchStore.digest_of(patches) if patches else None,
                 ),
                 labels=ModelVersion.load_labels(directory),
                 description=f"project {project_id}: review-app model v{number} ({info.n_labels} labels)",
             )
+            if patches and registered.run_id:
+                log_patches(uri, registered.run_id, PatchStore.geojson_of(patches))
             with self.states.update(project_id) as state:
                 state.models[number].mlflow_version = str(registered.version)
             published += 1

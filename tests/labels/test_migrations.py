@@ -12,7 +12,12 @@ from shapely.geometry import Point, box
 from sqlalchemy import MetaData, create_engine, inspect, text
 
 from pearl_pipelines.classes import load_schema
-from pearl_pipelines.labels import migrate
+from pearl_pipelines.labels import (
+    migrate,
+    patches,  # noqa: F401  (its tables: compare_metadata sees them)
+    project_admin,  # noqa: F401  (project deletions: compare_metadata sees them)
+    shares,  # noqa: F401  (share links: compare_metadata sees them)
+)
 from pearl_pipelines.labels.store import Base, LabelStore, ProjectRow
 
 

@@ -200,7 +200,9 @@ def test_second_project_from_another_collection(client: TestClient) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert project["imagery"]["bounds"] != client.get("/api/projects/1").json()["imagery"]["bounds"]
-    assert [p["name"] for p in client.get("/api/projects").json()][-1] == "Train A"
+    listed = {p["name"]: p for p in client.get("/api/projects").json()}
+    train = listed["Train A"]
+    assert (train["id"], train["class_count"], train["role"]) == (project_id, 4, "owner")
     assert client.post("/api/projects", json={"name": "Train A", "imagery": {"collection": "demo"}}).status_code == 422
 
 

@@ -25,6 +25,11 @@ from tests.review_app.idp import AUDIENCE, Issuer
 UNKNOWN = {"{aoi_id}": "987654", "{label_id}": "987654", "{checkpoint_id}": "987654", "{version}": "1"}
 UNKNOWN |= {"{name}": "no_such_class", "{token_id}": "987654", "{user_id}": "987654", "{job_id}": "nope"}
 UNKNOWN |= {"{tileMatrixSetId}": "WebMercatorQuad", "{z}": "15", "{x}": "9000", "{y}": "12000", "{format}": "png"}
+UNKNOWN |= {"{api}": "no_such_api", "{collection}": "no_such_collection", "{item_id}": "no_such_item"}  # projects page
+UNKNOWN |= {"{patch_id}": "987654"}
+UNKNOWN |= {"{token}": "pearl_share_" + "A" * 43, "{share_id}": "987654"}  # share links: unknown, well-formed
+UNKNOWN |= {"{other_aoi_id}": "987654", "{other_version}": "1"}  # compare: map B of a change layer
+UNKNOWN |= {"{upload_id}": "0" * 32, "{ingest_id}": "0" * 24}  # imagery uploads: well-formed, unknown
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +67,35 @@ def people(app_client: TestClient, issuer: Issuer) -> dict[str, dict[str, str]]:
     return headers
 
 
-def _fill(path: str, project_id: int) -> str:
+@pytest.fixture(scope="module")
+def share_token(app_client: TestClient, people: dict[str, dict[str, str]]) -> str:
+    """A live share link of project 1 (the owner shares a predicted AOI): a caller holding only it is the
+    `share_bearer` / `share_query` identity below."""
+    owner = people["owner"]
+    project = wait_ready(app_client, headers=owner)
+    west, south, east, north = project["imagery"]["bounds"]
+    lon, lat = (west + east) / 2 + 0.004, (south + north) / 2 - 0.004
+    ring = [[lon, lat], [lon + 0.002, lat], [lon + 0.002, lat + 0.002], [lon, lat + 0.002], [lon, lat]]
+    aoi = app_client.post(
+        "/api/projects/1/aois",
+        json={"name": "shared", "geometry": {"type": "Polygon", "coordinates": [ring]}},
+        headers=owner,
+    )
+    assert aoi.status_code == 201, aoi.text
+    job = app_client.post(f"/api/projects/1/aois/{aoi.json()['id']}/inference", headers=owner).json()
+    deadline = time.monotonic() + 120
+    while app_client.get(f"/api/jobs/{job['id']}", headers=owner).json()["state"] not in ("done", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    made = app_client.post("/api/projects/1/shares", json={"title": "t", "aoi_ids": [aoi.json()["id"]]}, headers=owner)
+    assert made.status_code == 201, made.text
+    return str(made.json()["token"])
+
+
+def _fill(path: str, project_id: int, token: str | None = None) -> str:
     path = path.replace("{project_id}", str(project_id))
+    if token is not None:
+        path = path.replace("{token}", token)
     for placeholder, value in UNKNOWN.items():
         path = path.replace(placeholder, value)
     assert "{" not in path, path
@@ -104,11 +136,17 @@ def test_every_route_has_a_rule_and_the_app_refuses_to_start_without_one(app_cli
         check_every_route_has_a_rule(app)
 
 
-@pytest.mark.parametrize("who", ["owner", "mapper", "viewer", "stranger", "anonymous"])
+@pytest.mark.parametrize("who", ["owner", "mapper", "viewer", "stranger", "anonymous", "share_bearer", "share_query"])
 def test_every_route_for_every_role_in_own_and_other_project(
-    app_client: TestClient, people: dict[str, dict[str, str]], who: str
+    app_client: TestClient, people: dict[str, dict[str, str]], share_token: str, who: str
 ) -> None:
+    """share_*: a caller holding only a share link's token, as a Bearer token or as `?access_token=`: it opens its
+    share's routes and every other route refuses it exactly as it refuses a caller without credentials."""
     headers = people.get(who, {})
+    if who == "share_bearer":
+        headers = _bearer(share_token)
+    query = f"?access_token={share_token}" if who == "share_query" else ""
+    holder = who.startswith("share_")
     role = {"owner": Role.owner, "mapper": Role.mapper, "viewer": Role.viewer}.get(who)
     other_project = 2
     checked = 0
@@ -118,10 +156,24 @@ def test_every_route_for_every_role_in_own_and_other_project(
         for project_id, member in ((1, role is not None), (other_project, False)):
             if "{project_id}" not in template and project_id != 1:
                 continue
-            path = _fill(template, project_id)
-            got = _call(app_client, method, path, headers)
+            path = _fill(template, project_id, share_token if holder else None)
+            got = _call(app_client, method, path + query, headers)
             checked += 1
             where = f"{who}: {method} {path}"
+            if rule.scope == "share":  # the route checks the link: its own token opens it, any other is a bare 404
+                if holder and "{aoi_id}" not in template and "{z}" not in template:
+                    assert got.status_code == 200, (where, got.text)
+                elif holder:  # its own link: an unknown AOI or a tile outside the shared AOIs is the same bare 404
+                    assert got.status_code in (200, 404), (where, got.text)
+                else:
+                    assert (got.status_code, got.json()) == (404, {"detail": "Not Found"}), (where, got.text)
+                continue
+            if holder:  # refused exactly as a caller without credentials (an unknown token: 401, never a 404/403)
+                if method == "WS":
+                    assert got.get("ws_closed") == 4401, where
+                else:
+                    assert got.status_code == 401 and got.headers["www-authenticate"] == "Bearer", (where, got.text)
+                continue
             if method == "WS":
                 if who == "anonymous":
                     assert got.get("ws_closed") == 4401, where

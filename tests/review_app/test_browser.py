@@ -9,7 +9,6 @@ test-artifacts/review_app/.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,8 +36,9 @@ def server(review_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="module")
 def page(server: tuple[str, Settings]) -> Iterator[Any]:
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("*.png"):  # this module's screenshots only: other modules keep their folders
+        old.unlink()
     with chromium_page() as page:
         yield page
 
@@ -50,8 +50,10 @@ def test_mapper_loop(page: Any, server: tuple[str, Settings]) -> None:
     tile_responses: list[tuple[str, int]] = []
     page.on("response", lambda r: tile_responses.append((r.url, r.status)) if "/tiles/" in r.url else None)
 
-    # 1. Open the project: imagery tiles load, websocket connects.
+    # 1. Open the project from the projects page: imagery tiles load, websocket connects.
     page.goto(url)
+    page.locator("[data-testid=project-row][data-id='1'] [data-testid=project-open]").click()
+    page.wait_for_url(f"{url}/?project=1")
     page.get_by_test_id("project-name").filter(has_text="Demo").wait_for()
     page.locator("[data-testid=ws-status][data-connected=true]").wait_for()
     m.wait_idle()
@@ -244,7 +246,7 @@ def test_label_here_next(page: Any, server: tuple[str, Settings]) -> None:
     m = Mapper(page, url, settings)
     m.step = 20  # screenshots after the mapper loop's
     aoi_id = _predicted_aoi(url)
-    page.goto(url)
+    page.goto(f"{url}/?project=1")
     page.get_by_test_id("project-name").filter(has_text="Demo").wait_for()
     page.locator("[data-testid=ws-status][data-connected=true]").wait_for()
     page.get_by_test_id(f"aoi-{aoi_id}").click()  # selected (the newest AOI) and in view
@@ -298,7 +300,7 @@ def test_retrain_strategy_selector(page: Any, server: tuple[str, Settings]) -> N
     shown = "(s) => document.querySelector('[data-testid=strategy-select]')?.value === s"
     try:
         # 1. Opening the project loads the selector: the stored value, one option per strategy, with tooltips.
-        page.goto(url)
+        page.goto(f"{url}/?project=1")
         page.get_by_test_id("project-name").filter(has_text="Demo").wait_for()
         page.wait_for_function(shown, arg=start)
         options = select.locator("option")
@@ -359,7 +361,7 @@ def test_new_aoi_shows_the_block_in_view_then_the_whole_aoi(page: Any, server: t
     aoi = httpx.post(f"{url}/api/projects/1/aois", json={"name": "big", "geometry": geometry}, timeout=10).json()
     tiles: list[tuple[str, int]] = []
     page.on("response", lambda r: tiles.append((r.url, r.status)) if "/tiles/predictions/" in r.url else None)
-    page.goto(url)  # the newest AOI is selected
+    page.goto(f"{url}/?project=1")  # the newest AOI is selected
     page.locator("[data-testid=ws-status][data-connected=true]").wait_for()
     page.get_by_test_id(f"aoi-{aoi['id']}").click()
     # What the legend says as it changes (the partial stage can be short on this tiny model).
@@ -419,7 +421,7 @@ def test_a_retrain_draws_the_block_in_view_over_the_previous_map(page: Any, serv
         server.on_message(from_server)
 
     page.route_web_socket("**/api/projects/1/ws*", relay)
-    page.goto(url)
+    page.goto(f"{url}/?project=1")
     page.locator("[data-testid=ws-status][data-connected=true]").wait_for()
     page.get_by_test_id(f"aoi-{aoi_id}").click()
     m.wait_for(f"window.__pearl.predictionVersion({aoi_id}) === {v}")
@@ -463,7 +465,7 @@ def test_bare_home_says_what_is_missing(page: Any, tmp_path_factory: pytest.Temp
     home = tmp_path_factory.mktemp("bare_home")
     settings = Settings(home=home, mlflow_port=free_port(), dagster_port=free_port())
     with running_app(settings, wait_ready=False) as url:
-        page.goto(url)
+        page.goto(f"{url}/?project=1")
         banner = page.get_by_test_id("banner")
         banner.filter(has_text="No model: no model yet").wait_for(timeout=30000)
         banner.filter(has_text="pearl generate --regions demo").wait_for(timeout=30000)

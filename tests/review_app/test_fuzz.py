@@ -52,9 +52,20 @@ NOTHING_TO_NEGATE = {
     "GET /api/tokens",
     "GET /api/jobs/{job_id}",
     "GET /api/auth/config",
+    "GET /api/imagery/local",
+    "GET /api/imagery/stac",
+    "GET /api/starters",
+    "GET /api/uploads",
+    "GET /api/public-maps",
+    # A share link's token is any string (a wrong one gets the uniform 404, never a 422 that tells its shape).
+    "GET /api/shares/{token}",
+    "GET /api/shares/{token}/aois/{aoi_id}/areas.csv",
+    "GET /api/shares/{token}/aois/{aoi_id}/classes.tif",
 }
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance]
 LAST = {"DELETE /api/tokens/{token_id}", "DELETE /api/projects/{project_id}/members/{user_id}"}
+# A generated `confirm` may match a name a generated rename just gave project 1: deleting it goes last of all.
+LAST |= {"DELETE /api/projects/{project_id}"}
 SECRET = secrets.token_urlsafe(48)
 
 # What the audit found 500s with: 64-bit overflows (OverflowError), NUL (PostgreSQL refuses it in text), other
@@ -387,4 +398,4 @@ def test_every_operation_as_every_role(served: Served) -> None:
     assert hostile > 20 * len(operations) and 401 not in run.hostile_statuses  # the owner's token held throughout
     assert not run.failures, "\n".join(sorted(set(run.failures)))
     assert {label.rsplit("/", 1)[-1] for label in run.unchecked} <= {"info"}, run.unchecked  # only titiler's Info
-    assert run.unnegatable <= NOTHING_TO_NEGATE, run.unnegatable
+    assert run.unnegatable <= NOTHING_TO_NEGATE, " | ".join(sorted(run.unnegatable - NOTHING_TO_NEGATE))

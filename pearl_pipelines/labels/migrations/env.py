@@ -8,7 +8,12 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from pearl_pipelines.labels import accounts  # noqa: F401  (its tables are on the same metadata)
+from pearl_pipelines.labels import (
+    accounts,  # noqa: F401  (its tables are on the same metadata)
+    patches,  # noqa: F401  (map patches: same metadata)
+    project_admin,  # noqa: F401  (project deletions: same metadata)
+    shares,  # noqa: F401  (share links: same metadata)
+)
 from pearl_pipelines.labels.store import Base
 
 config = context.config

@@ -1,6 +1,7 @@
 // What the mapper can do: each action calls the API, updates the state, and says what went wrong if it did.
 import { api, ApiError, type Geometry, type Job, type StrategyName } from "./api";
 import { fitToAoi, mapView, markUpdateRequested } from "./map";
+import { addPatch } from "./patches";
 import { currentAoi, emit, state, type Tool } from "./state";
 import { toast } from "./ui";
 
@@ -105,6 +106,9 @@ export const actions = {
     emit("labels");
     return true;
   },
+
+  /** The Patch tool's polygon: fill it with the selected class, or paint in a checkpoint's map (patches.ts). */
+  addPatch,
 
   async deleteLabel(id: number): Promise<void> {
     if (await guarded(() => api.deleteLabel(state.projectId, id))) {

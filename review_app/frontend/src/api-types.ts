@@ -13,7 +13,8 @@ export interface paths {
         };
         /**
          * List Projects
-         * @description The projects the caller has a role in.
+         * @description The projects the caller has a role in, with what the projects page shows of each (imagery, classes, labels,
+         *     AOIs, last activity, the caller's role), newest activity first.
          */
         get: operations["list_projects_api_projects_get"];
         put?: never;
@@ -38,15 +39,33 @@ export interface paths {
         };
         /**
          * Get Project
-         * @description Everything the map needs: classes with label counts, imagery/prediction TileJSON links, model status, AOIs.
+         * @description Everything the map needs: classes with label counts, imagery/prediction TileJSON links, model status, AOIs,
+         *     and the caller's role.
          */
         get: operations["get_project_api_projects__project_id__get"];
         put?: never;
         post?: never;
-        delete?: never;
+        /**
+         * Delete Project
+         * @description Delete the project (owners), confirmed by its name in `confirm` (422 otherwise); refused (409) while one of
+         *     its jobs (inference, retrain, restore) runs.
+         *
+         *     What happens: from now on it answers as an unknown id for everyone (every route, tiles, websocket) and leaves
+         *     every list; its memberships are removed (it counts in nobody's quota) and its name is free again; its folder
+         *     under PEARL_HOME (maps, caches, versions, share links' copies) is moved aside to review/deleted/<id>-<time>,
+         *     so its share links stop working. Nothing is erased: its database rows (AOIs, labels, audit trail), MLflow
+         *     versions and files stay, an operator can remove the folder to free the disk or restore the project (the
+         *     `project_deletions` row and the folder), and since ids are never given out again nothing of it can surface
+         *     in a new project. The database change is one transaction: it happens whole or not at all.
+         */
+        delete: operations["delete_project_api_projects__project_id__delete"];
         options?: never;
         head?: never;
-        patch?: never;
+        /**
+         * Rename Project
+         * @description Rename the project (owners). Names are unique: a taken one is a 422.
+         */
+        patch: operations["rename_project_api_projects__project_id__patch"];
         trace?: never;
     };
     "/api/projects/{project_id}/classes": {
@@ -104,6 +123,28 @@ export interface paths {
          * @description A GeoJSON Polygon/MultiPolygon over the project's imagery, at most `live_aoi_max_km2` (default 25 km^2).
          */
         post: operations["create_aoi_api_projects__project_id__aois_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/projects/{project_id}/aois/upload": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Upload Aois
+         * @description AOIs from a file (multipart form): Polygons/MultiPolygons, reprojected to lon/lat. Each AOI within
+         *     `live_aoi_max_km2` and PEARL_AOI_MAX_VERTICES; the file within PEARL_AOI_UPLOAD_MAX_BYTES and
+         *     PEARL_AOI_UPLOAD_MAX_FEATURES. Every AOI of the file is stored, or none (422 lists those refused).
+         */
+        post: operations["upload_aois_api_projects__project_id__aois_upload_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -511,13 +552,17 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List Members */
+        /**
+         * List Members
+         * @description The project's members with their roles (and e-mails, where their identity provider gave one).
+         */
         get: operations["list_members_api_projects__project_id__members_get"];
         /**
          * Set Member
-         * @description Give a user a role in the project (owners only); the user may not have signed in yet. `name` names only a
-         *     user not seen yet, until their own sign-in: a user's name is their own, never changed here. Demoting the
-         *     project's last owner is refused (422).
+         * @description Give a user a role in the project (owners only), or change it. By `subject`: the user may not have signed in
+         *     yet; `name` names only a user not seen yet, until their own sign-in (a user's name is their own, never changed
+         *     here). By `email`: a user who has signed in once with that e-mail (422 otherwise, or when several have it).
+         *     Demoting the project's last owner is refused (422).
          */
         put: operations["set_member_api_projects__project_id__members_put"];
         post?: never;
@@ -556,6 +601,358 @@ export interface paths {
          * @description Who did what in the project, newest first (owners only).
          */
         get: operations["audit_trail_api_projects__project_id__audit_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/projects/{project_id}/patches": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Patches
+         * @description The project's patches in force (oldest first: a newer one paints over an older one).
+         */
+        get: operations["list_patches_api_projects__project_id__patches_get"];
+        put?: never;
+        /**
+         * Create Patch
+         * @description Fill the polygon with `class_name` (kind `fill`), or paint in model version `checkpoint`'s map there (kind
+         *     `checkpoint`), on every map of the AOIs it covers, now and after every retrain, until removed.
+         */
+        post: operations["create_patch_api_projects__project_id__patches_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/projects/{project_id}/patches/undo": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Undo Patch
+         * @description Revert the newest patch added or removed; `patch` is null when there is nothing left to undo.
+         */
+        post: operations["undo_patch_api_projects__project_id__patches_undo_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/projects/{project_id}/patches/{patch_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Remove Patch
+         * @description Remove a patch: the maps it covers show the model's output there again (undo brings it back).
+         */
+        delete: operations["remove_patch_api_projects__project_id__patches__patch_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/projects/{project_id}/patches/{patch_id}/labels": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Patch As Labels
+         * @description Copy a fill patch into labels of its class (clipped to each AOI it covers), for the next retrain; patches
+         *     train nothing otherwise. The patch stays.
+         */
+        post: operations["patch_as_labels_api_projects__project_id__patches__patch_id__labels_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/projects/{project_id}/compare": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Change
+         * @description The change from map A to map B over their overlap: from -> to areas (hectares; changed pairs only, largest
+         *     first, plus the unchanged total; nodata in either map is left out) and the tile layers of A, B and the change
+         *     (pixels whose class differs, coloured by B's class). 404 naming an unknown AOI or version; 409 while a map is
+         *     not made yet (POST makes it); 422 when the two maps do not overlap.
+         */
+        get: operations["get_change_api_projects__project_id__compare_get"];
+        put?: never;
+        /**
+         * Prepare Change
+         * @description Make the maps of the two versions that are not kept yet (each version's head over the AOI's cached
+         *     embeddings, no backbone pass) and their change, as a `compare` job with progress on the websocket; then GET
+         *     answers at once. 409 when such an AOI has no cached embeddings (predict it first).
+         */
+        post: operations["prepare_change_api_projects__project_id__compare_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/uploads": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Uploads
+         * @description The caller's uploads not yet ingested (a page reloaded mid-upload finds its file here and resumes).
+         */
+        get: operations["list_uploads_api_uploads_get"];
+        put?: never;
+        /**
+         * Create Upload
+         * @description Announce a GeoTIFF of `size` bytes (at most PEARL_UPLOAD_MAX_BYTES, within PEARL_QUOTA_BYTES).
+         */
+        post: operations["create_upload_api_uploads_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/uploads/{upload_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Upload
+         * @description Bytes received so far (the next chunk starts there); once complete, the file's check or why it was refused.
+         */
+        get: operations["get_upload_api_uploads__upload_id__get"];
+        /**
+         * Put Chunk
+         * @description One chunk of the file (raw bytes: no Content-Type or application/octet-stream; at most `chunk_bytes`).
+         *     The last chunk completes the upload: the file is checked then (`state` ready or rejected, with `error`).
+         */
+        put: operations["put_chunk_api_uploads__upload_id__put"];
+        post?: never;
+        /**
+         * Delete Upload
+         * @description Forget an upload and its bytes.
+         */
+        delete: operations["delete_upload_api_uploads__upload_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/uploads/{upload_id}/preview.png": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Preview Upload
+         * @description A small picture of a complete upload, stretched 2-98 %: default the file's red, green, blue bands.
+         */
+        get: operations["preview_upload_api_uploads__upload_id__preview_png_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/uploads/ingests": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Start Ingest
+         * @description Ingest complete uploads (pearl ingest: band mapping, stretch, COG, STAC item) into a new collection of
+         *     yours, in the background; follow it at GET /api/uploads/ingests/{id}. Ingested uploads are then deleted.
+         */
+        post: operations["start_ingest_api_uploads_ingests_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/uploads/ingests/{ingest_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Ingest
+         * @description An ingest's progress; `error` says what was wrong. Done: `collection` is ready for a new project.
+         */
+        get: operations["get_ingest_api_uploads_ingests__ingest_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/imagery/local": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Local Collections
+         * @description The collections of the server's local STAC catalog the caller may use (ProjectCreate.imagery: {source: local,
+         *     collection}): generated and ingested ones, and the caller's own uploads (not other users').
+         */
+        get: operations["local_collections_api_imagery_local_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/imagery/stac": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Stac Apis
+         * @description The STAC APIs the operator configured, by id (ProjectCreate.imagery: {source: stac, api, ...}).
+         */
+        get: operations["stac_apis_api_imagery_stac_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/imagery/stac/{api}/collections": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Stac Collections
+         * @description The collection ids the configured API `api` offers (503 when it does not answer).
+         */
+        get: operations["stac_collections_api_imagery_stac__api__collections_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/imagery/stac/{api}/search": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Stac Search
+         * @description Items of `collections` (comma-separated) in the map's view `bbox` and the `datetime` range (RFC 3339
+         *     interval, `..` for open ends), newest first, each with a thumbnail URL of this app.
+         */
+        get: operations["stac_search_api_imagery_stac__api__search_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/imagery/stac/{api}/items/{collection}/{item_id}/thumbnail.png": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Stac Thumbnail
+         * @description A small PNG of an item's image, rendered by this server (the page shows no remote image).
+         */
+        get: operations["stac_thumbnail_api_imagery_stac__api__items__collection___item_id__thumbnail_png_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/starters": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Starters
+         * @description The starter models a project can begin with (ProjectCreate.base_model and class_schema), with their holdout
+         *     macro F1 where it is known (the MLflow registry, else the server's copy); never fails for want of MLflow.
+         */
+        get: operations["starters_api_starters_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -905,6 +1302,452 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/tiles/compare/{project_id}/maps/{aoi_id}/{version}/info": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Info
+         * @description Return dataset's basic info.
+         */
+        get: operations[".tiles.compare.{project_id}.maps.{aoi_id}.{version}.getInfo"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/tiles/compare/{project_id}/maps/{aoi_id}/{version}/info.geojson": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Info Geojson
+         * @description Return dataset's basic info as a GeoJSON feature.
+         */
+        get: operations[".tiles.compare.{project_id}.maps.{aoi_id}.{version}.getInfoGeoJSON"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/tiles/compare/{project_id}/maps/{aoi_id}/{version}/tiles/{tileMatrixSetId}/{z}/{x}/{y}.{format}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Tile
+         * @description Create map tile from a dataset.
+         */
+        get: operations[".tiles.compare.{project_id}.maps.{aoi_id}.{version}.getTileWithFormat"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/tiles/compare/{project_id}/maps/{aoi_id}/{version}/tiles/{tileMatrixSetId}/{z}/{x}/{y}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Tile
+         * @description Create map tile from a dataset.
+         */
+        get: operations[".tiles.compare.{project_id}.maps.{aoi_id}.{version}.getTile"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/tiles/compare/{project_id}/maps/{aoi_id}/{version}/{tileMatrixSetId}/tilejson.json": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Tilejson
+         * @description Return TileJSON document for a dataset.
+         */
+        get: operations[".tiles.compare.{project_id}.maps.{aoi_id}.{version}.getTileJSON"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/tiles/compare/{project_id}/changes/{aoi_id}/{version}/{other_aoi_id}/{other_version}/info": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Info
+         * @description Return dataset's basic info.
+         */
+        get: operations[".tiles.compare.{project_id}.changes.{aoi_id}.{version}.{other_aoi_id}.{other_version}.getInfo"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/tiles/compare/{project_id}/changes/{aoi_id}/{version}/{other_aoi_id}/{other_version}/info.geojson": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Info Geojson
+         * @description Return dataset's basic info as a GeoJSON feature.
+         */
+        get: operations[".tiles.compare.{project_id}.changes.{aoi_id}.{version}.{other_aoi_id}.{other_version}.getInfoGeoJSON"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/tiles/compare/{project_id}/changes/{aoi_id}/{version}/{other_aoi_id}/{other_version}/tiles/{tileMatrixSetId}/{z}/{x}/{y}.{format}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Tile
+         * @description Create map tile from a dataset.
+         */
+        get: operations[".tiles.compare.{project_id}.changes.{aoi_id}.{version}.{other_aoi_id}.{other_version}.getTileWithFormat"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/tiles/compare/{project_id}/changes/{aoi_id}/{version}/{other_aoi_id}/{other_version}/tiles/{tileMatrixSetId}/{z}/{x}/{y}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Tile
+         * @description Create map tile from a dataset.
+         */
+        get: operations[".tiles.compare.{project_id}.changes.{aoi_id}.{version}.{other_aoi_id}.{other_version}.getTile"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/tiles/compare/{project_id}/changes/{aoi_id}/{version}/{other_aoi_id}/{other_version}/{tileMatrixSetId}/tilejson.json": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Tilejson
+         * @description Return TileJSON document for a dataset.
+         */
+        get: operations[".tiles.compare.{project_id}.changes.{aoi_id}.{version}.{other_aoi_id}.{other_version}.getTileJSON"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/projects/{project_id}/shares": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Shares
+         * @description The project's share links, live, expired and revoked (never their secrets; `url` for listed ones).
+         */
+        get: operations["list_shares_api_projects__project_id__shares_get"];
+        put?: never;
+        /**
+         * Create Share
+         * @description A read-only link to the current maps of `aoi_ids`, frozen now (a later retrain does not change it). The
+         *     link (`url`, `/share/<token>`) is shown only here, unless the share is `listed` on the public-maps page.
+         */
+        post: operations["create_share_api_projects__project_id__shares_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/projects/{project_id}/shares/{share_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Revoke Share
+         * @description Revoke a link: its page, data and tiles answer 404 from now on, and its copy of the maps is deleted.
+         */
+        delete: operations["revoke_share_api_projects__project_id__shares__share_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/shares/{token}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Share
+         * @description What the link shows: title, legend, each AOI's frozen map (area per class, tiles, COG download) and the
+         *     imagery's tiles within the AOIs' bounds.
+         */
+        get: operations["get_share_api_shares__token__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/shares/{token}/aois/{aoi_id}/classes.tif": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Download Share Map
+         * @description The shared map of one AOI: a COG (uint8 class index, colour table, nodata 255), as frozen at sharing.
+         */
+        get: operations["download_share_map_api_shares__token__aois__aoi_id__classes_tif_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/shares/{token}/aois/{aoi_id}/areas.csv": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Download Share Areas
+         * @description Area per class of one shared map (pixels, m^2, ha, percent of the mapped area).
+         */
+        get: operations["download_share_areas_api_shares__token__aois__aoi_id__areas_csv_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/public-maps": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Public Maps
+         * @description The live share links their owners chose to list, newest first.
+         */
+        get: operations["public_maps_api_public_maps_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/tiles/shares/{token}/imagery/tiles/{tileMatrixSetId}/{z}/{x}/{y}.{format}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Tile
+         * @description Create map tile from a dataset.
+         */
+        get: operations[".tiles.shares.{token}.imagery.getTileWithFormat"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/tiles/shares/{token}/imagery/tiles/{tileMatrixSetId}/{z}/{x}/{y}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Tile
+         * @description Create map tile from a dataset.
+         */
+        get: operations[".tiles.shares.{token}.imagery.getTile"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/tiles/shares/{token}/imagery/{tileMatrixSetId}/tilejson.json": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Tilejson
+         * @description Return TileJSON document for a dataset.
+         */
+        get: operations[".tiles.shares.{token}.imagery.getTileJSON"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/tiles/shares/{token}/maps/{aoi_id}/tiles/{tileMatrixSetId}/{z}/{x}/{y}.{format}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Tile
+         * @description Create map tile from a dataset.
+         */
+        get: operations[".tiles.shares.{token}.maps.{aoi_id}.getTileWithFormat"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/tiles/shares/{token}/maps/{aoi_id}/tiles/{tileMatrixSetId}/{z}/{x}/{y}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Tile
+         * @description Create map tile from a dataset.
+         */
+        get: operations[".tiles.shares.{token}.maps.{aoi_id}.getTile"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/tiles/shares/{token}/maps/{aoi_id}/{tileMatrixSetId}/tilejson.json": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Tilejson
+         * @description Return TileJSON document for a dataset.
+         */
+        get: operations[".tiles.shares.{token}.maps.{aoi_id}.getTileJSON"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -999,6 +1842,26 @@ export interface components {
              * @description scopes to ask for, space-separated (oidc mode)
              */
             scopes?: string | null;
+        };
+        /** Body_upload_aois_api_projects__project_id__aois_upload_post */
+        Body_upload_aois_api_projects__project_id__aois_upload_post: {
+            /**
+             * File
+             * @description GeoJSON (.geojson, .json), GeoPackage (.gpkg), KML (.kml) or a zipped Shapefile (.zip), in any CRS
+             */
+            file: string;
+            /**
+             * Grouping
+             * @description per_feature: one AOI per polygon feature; one: all features as one AOI
+             * @default per_feature
+             * @enum {string}
+             */
+            grouping: "per_feature" | "one";
+            /**
+             * Name Field
+             * @description per_feature: the attribute that names each AOI (default: a 'name' one)
+             */
+            name_field?: string | null;
         };
         /** CheckpointCreate */
         CheckpointCreate: {
@@ -1136,6 +1999,100 @@ export interface components {
              */
             color?: string | null;
         };
+        /**
+         * CompareChangeRow
+         * @description Pixels of class `from_class` in A that are `to_class` in B.
+         */
+        CompareChangeRow: {
+            /** From Class */
+            from_class: string;
+            /** To Class */
+            to_class: string;
+            /** Pixels */
+            pixels: number;
+            /** Hectares */
+            hectares: number;
+        };
+        /** CompareMapsOut */
+        CompareMapsOut: {
+            /** Aoi */
+            aoi: number;
+            /** Aoi B */
+            aoi_b: number;
+            /**
+             * Project B
+             * @description the project of map B (this one unless asked for another)
+             */
+            project_b: number;
+            /** A */
+            a: number;
+            /** B */
+            b: number;
+            /**
+             * Rows
+             * @description changed pairs only, largest area first
+             */
+            rows: components["schemas"]["CompareChangeRow"][];
+            /** Unchanged Hectares */
+            unchanged_hectares: number;
+            /** Changed Hectares */
+            changed_hectares: number;
+            /**
+             * Compared Hectares
+             * @description the overlap mapped in both (nodata in either is left out)
+             */
+            compared_hectares: number;
+            /** Pixel M2 */
+            pixel_m2: number;
+            /**
+             * Bounds
+             * @description lon/lat of the compared overlap
+             */
+            bounds: [
+                number,
+                number,
+                number,
+                number
+            ];
+            /** Tilejson A */
+            tilejson_a: string;
+            /** Tilejson B */
+            tilejson_b: string;
+            /** Tilejson Change */
+            tilejson_change: string;
+        };
+        /**
+         * CompareMapsRequest
+         * @description Two (AOI, model version) maps: A (`aoi`, `a`) and B (`aoi_b`, default `aoi`; `b`), B of this project or of
+         *     `project_b` (a project of the same place on imagery of another date; the caller needs a role in it too).
+         */
+        CompareMapsRequest: {
+            /**
+             * Aoi
+             * @description AOI of map A (and of B unless aoi_b is given)
+             */
+            aoi: number;
+            /**
+             * A
+             * @description model version (checkpoint id) of map A; 0: the base model
+             */
+            a: number;
+            /**
+             * B
+             * @description model version (checkpoint id) of map B (of project_b when given)
+             */
+            b: number;
+            /**
+             * Aoi B
+             * @description AOI of map B: another AOI over the same place (e.g. imagery of another date)
+             */
+            aoi_b?: number | null;
+            /**
+             * Project B
+             * @description project of map B (its aoi_b and version b); default: this project
+             */
+            project_b?: number | null;
+        };
         /** CompareOut */
         CompareOut: {
             a: components["schemas"]["CheckpointOut"];
@@ -1189,6 +2146,11 @@ export interface components {
             properties: components["schemas"]["Info"] | null;
             /** Id */
             id?: number | string | null;
+        };
+        /** HTTPValidationError */
+        HTTPValidationError: {
+            /** Detail */
+            detail?: components["schemas"]["ValidationError"][];
         };
         /**
          * ImageType
@@ -1290,6 +2252,46 @@ export interface components {
         } & {
             [key: string]: unknown;
         };
+        /**
+         * IngestCreate
+         * @description Ingest complete uploads into a new local collection `upload-<your user id>-<slug of name>`.
+         */
+        IngestCreate: {
+            /**
+             * Name
+             * @example Rotterdam 2019
+             */
+            name: string;
+            /** Files */
+            files: components["schemas"]["UploadFileIngest"][];
+        };
+        /** IngestOut */
+        IngestOut: {
+            /** Id */
+            id: string;
+            /**
+             * Collection
+             * @description the local collection the files go into; use it as a project's imagery
+             */
+            collection: string;
+            /**
+             * State
+             * @enum {string}
+             */
+            state: "queued" | "running" | "done" | "failed";
+            /**
+             * Progress
+             * @default 0
+             */
+            progress: number;
+            /**
+             * Message
+             * @default
+             */
+            message: string;
+            /** Error */
+            error?: string | null;
+        };
         /** JobOut */
         JobOut: {
             /** Id */
@@ -1300,7 +2302,7 @@ export interface components {
              * Kind
              * @enum {string}
              */
-            kind: "imagery" | "inference" | "retrain" | "restore";
+            kind: "imagery" | "inference" | "retrain" | "restore" | "compare" | "patch";
             /**
              * State
              * @enum {string}
@@ -1407,6 +2409,37 @@ export interface components {
             maxzoom?: number | null;
         };
         /**
+         * LocalCollectionOut
+         * @description A collection of the server's local STAC catalog (a demo region, or imagery uploaded or ingested).
+         */
+        LocalCollectionOut: {
+            /** Id */
+            id: string;
+            /** Title */
+            title: string;
+            /** Description */
+            description: string;
+            /** Item Count */
+            item_count: number;
+            /**
+             * Bbox
+             * @description lon/lat w, s, e, n
+             */
+            bbox?: [
+                number,
+                number,
+                number,
+                number
+            ] | null;
+            /**
+             * Start
+             * @description first acquisition (ISO 8601), when known
+             */
+            start?: string | null;
+            /** End */
+            end?: string | null;
+        };
+        /**
          * LocalImagery
          * @description Imagery from a collection of the local STAC catalog under PEARL_HOME (read from disk).
          */
@@ -1423,13 +2456,22 @@ export interface components {
              */
             collection: string;
         };
-        /** MemberIn */
+        /**
+         * MemberIn
+         * @description A member by `subject`, or by the `email` of a user who has signed in once (exactly one of the two).
+         */
         MemberIn: {
             /**
              * Subject
              * @description the user's subject: 'oidc:<issuer>#<sub>'
              */
-            subject: string;
+            subject?: string | null;
+            /**
+             * Email
+             * @description the e-mail of a user who has signed in once (their identity provider gave it)
+             * @example ana@example.org
+             */
+            email?: string | null;
             /**
              * Role
              * @enum {string}
@@ -1454,6 +2496,11 @@ export interface components {
              * @enum {string}
              */
             role: "viewer" | "mapper" | "owner";
+            /**
+             * Email
+             * @description the e-mail their identity provider gave at their last sign-in
+             */
+            email?: string | null;
         };
         /** MetricsOut */
         MetricsOut: {
@@ -1536,6 +2583,102 @@ export interface components {
             /** Coordinates */
             coordinates: (components["schemas"]["Position2D"] | components["schemas"]["Position3D"])[][][];
         };
+        /** PatchChangeOut */
+        PatchChangeOut: {
+            /** @description the patch added, removed or (undo) reverted; null: nothing to undo */
+            patch: components["schemas"]["PatchOut"] | null;
+            /**
+             * Restored
+             * @description undo: true when it brought a removed patch back
+             * @default false
+             */
+            restored: boolean;
+            /** @description the job re-applying the patches to the maps they touch (`prediction_updated`) */
+            job?: components["schemas"]["JobOut"] | null;
+        };
+        /**
+         * PatchCreate
+         * @description A hand correction of the map: fill a polygon with a class, or paint in another checkpoint's map there.
+         */
+        PatchCreate: {
+            /**
+             * Kind
+             * @description fill: one class inside the polygon; checkpoint: that checkpoint's map
+             * @enum {string}
+             */
+            kind: "fill" | "checkpoint";
+            /**
+             * Geometry
+             * @description a Polygon or MultiPolygon over one or more mapped AOIs
+             * @example {
+             *       "coordinates": [
+             *         -76.41,
+             *         38.96
+             *       ],
+             *       "type": "Point"
+             *     }
+             */
+            geometry: {
+                [key: string]: unknown;
+            };
+            /**
+             * Class Name
+             * @description fill: the class painted
+             */
+            class_name?: string | null;
+            /**
+             * Checkpoint
+             * @description checkpoint: the model version whose map is painted in (0: base)
+             */
+            checkpoint?: number | null;
+            /**
+             * Crs
+             * @description CRS of the coordinates: EPSG:4326 (default) or any EPSG code, e.g. EPSG:26918
+             * @default EPSG:4326
+             */
+            crs: string;
+        };
+        /** PatchOut */
+        PatchOut: {
+            /** Id */
+            id: number;
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "fill" | "checkpoint";
+            /** Geometry */
+            geometry: {
+                [key: string]: unknown;
+            };
+            /**
+             * Class Name
+             * @description fill: the class painted (its current name)
+             */
+            class_name: string | null;
+            /**
+             * Checkpoint
+             * @description checkpoint: the model version painted in
+             */
+            checkpoint: number | null;
+            /**
+             * Aoi Ids
+             * @description the AOIs whose maps it changes
+             */
+            aoi_ids: number[];
+            /**
+             * User
+             * @description who drew it
+             */
+            user: string;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Removed At */
+            removed_at?: string | null;
+        };
         /**
          * Polygon
          * @description Polygon Model
@@ -1614,6 +2757,51 @@ export interface components {
              */
             base_model: string;
         };
+        /**
+         * ProjectListItem
+         * @description One row of the projects page.
+         */
+        ProjectListItem: {
+            /** Id */
+            id: number;
+            /** Name */
+            name: string;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Imagery Source
+             * @description `source` local (`collection`) or stac (`api`, `collections`)
+             */
+            imagery_source: {
+                [key: string]: unknown;
+            };
+            /** Class Schema Id */
+            class_schema_id: string;
+            /** Class Count */
+            class_count: number;
+            /**
+             * Label Count
+             * @description live labels (not deleted)
+             */
+            label_count: number;
+            /** Aoi Count */
+            aoi_count: number;
+            /**
+             * Last Activity
+             * Format: date-time
+             * @description newest label, AOI or audited action; else the creation time
+             */
+            last_activity: string;
+            /**
+             * Role
+             * @description the caller's role in the project
+             * @enum {string}
+             */
+            role: "viewer" | "mapper" | "owner";
+        };
         /** ProjectOut */
         ProjectOut: {
             /** Id */
@@ -1639,6 +2827,19 @@ export interface components {
             aois: components["schemas"]["AoiOut"][];
             /** Live Aoi Max Km2 */
             live_aoi_max_km2: number;
+            /**
+             * Role
+             * @description the caller's role in the project (what the page offers them)
+             */
+            role?: ("viewer" | "mapper" | "owner") | null;
+        };
+        /** ProjectRename */
+        ProjectRename: {
+            /**
+             * Name
+             * @example Shoreline 2024
+             */
+            name: string;
         };
         /** ProjectSummary */
         ProjectSummary: {
@@ -1651,6 +2852,20 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
+        };
+        /** PublicMapOut */
+        PublicMapOut: {
+            /** Title */
+            title: string;
+            /** Area Ha */
+            area_ha: number;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Url */
+            url: string;
         };
         /** RetrainRequest */
         RetrainRequest: {
@@ -1675,6 +2890,205 @@ export interface components {
              * @description AOI to re-predict first; default: every AOI with labels
              */
             aoi_id?: number | null;
+        };
+        /** ShareArea */
+        ShareArea: {
+            /** Class Index */
+            class_index: number;
+            /** Class Name */
+            class_name: string;
+            /** Title */
+            title: string;
+            /** Pixels */
+            pixels: number;
+            /** Area M2 */
+            area_m2: number;
+            /** Area Ha */
+            area_ha: number;
+            /** Percent */
+            percent: number;
+        };
+        /** ShareClass */
+        ShareClass: {
+            /** Index */
+            index: number;
+            /** Name */
+            name: string;
+            /** Title */
+            title: string;
+            /** Color */
+            color: string;
+        };
+        /** ShareCreate */
+        ShareCreate: {
+            /**
+             * Title
+             * @example Farm survey, June
+             */
+            title: string;
+            /**
+             * Aoi Ids
+             * @description AOIs of the project whose current maps are shared
+             */
+            aoi_ids: number[];
+            /**
+             * Days
+             * @description lifetime in days, at most PEARL_SHARE_MAX_DAYS (default 365)
+             * @default 30
+             */
+            days: number;
+            /**
+             * Listed
+             * @description list it on the public-maps page (/maps)
+             * @default false
+             */
+            listed: boolean;
+        };
+        /** ShareIssued */
+        ShareIssued: {
+            /** Id */
+            id: number;
+            /** Title */
+            title: string;
+            /** Aoi Ids */
+            aoi_ids: number[];
+            /** Area Ha */
+            area_ha: number;
+            /** Listed */
+            listed: boolean;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Expires At
+             * Format: date-time
+             */
+            expires_at: string;
+            /** Revoked At */
+            revoked_at?: string | null;
+            /**
+             * State
+             * @enum {string}
+             */
+            state: "live" | "expired" | "revoked";
+            /** Url */
+            url: string;
+            /**
+             * Token
+             * @description shown once: the link is /share/<token>
+             */
+            token: string;
+        };
+        /**
+         * ShareMap
+         * @description One AOI's frozen map in a share: what the shared page shows and downloads.
+         */
+        ShareMap: {
+            /** Aoi Id */
+            aoi_id: number;
+            /** Name */
+            name: string;
+            /** Geometry */
+            geometry: {
+                [key: string]: unknown;
+            };
+            /** Bounds */
+            bounds: [
+                number,
+                number,
+                number,
+                number
+            ];
+            /** Model Version */
+            model_version: number | null;
+            /** Layer Version */
+            layer_version: number;
+            /** Areas */
+            areas: components["schemas"]["ShareArea"][];
+            /** Tilejson */
+            tilejson: string;
+            /** Download */
+            download: string;
+            /** Areas Csv */
+            areas_csv: string;
+        };
+        /** ShareOut */
+        ShareOut: {
+            /** Id */
+            id: number;
+            /** Title */
+            title: string;
+            /** Aoi Ids */
+            aoi_ids: number[];
+            /** Area Ha */
+            area_ha: number;
+            /** Listed */
+            listed: boolean;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Expires At
+             * Format: date-time
+             */
+            expires_at: string;
+            /** Revoked At */
+            revoked_at?: string | null;
+            /**
+             * State
+             * @enum {string}
+             */
+            state: "live" | "expired" | "revoked";
+            /**
+             * Url
+             * @description the link, for listed shares (others: shown once, at creation)
+             */
+            url?: string | null;
+        };
+        /**
+         * ShareView
+         * @description A share as its link shows it: no labels, members, other versions or project details.
+         */
+        ShareView: {
+            /** Title */
+            title: string;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Expires At
+             * Format: date-time
+             */
+            expires_at: string;
+            /** Bounds */
+            bounds: [
+                number,
+                number,
+                number,
+                number
+            ];
+            /** Legend */
+            legend: components["schemas"]["ShareClass"][];
+            /** Maps */
+            maps: components["schemas"]["ShareMap"][];
+            /** Imagery Tilejson */
+            imagery_tilejson: string;
+        };
+        /**
+         * StacApiOut
+         * @description A STAC API the operator configured (PEARL_STAC_APIS), by id: its URL is never sent to the page.
+         */
+        StacApiOut: {
+            /** Id */
+            id: string;
+            /** Default */
+            default: boolean;
         };
         /**
          * StacImagery
@@ -1719,6 +3133,81 @@ export interface components {
              * @example 2021-01-01/2021-12-31
              */
             datetime?: string | null;
+        };
+        /** StacItemOut */
+        StacItemOut: {
+            /** Id */
+            id: string;
+            /** Collection */
+            collection: string;
+            /** Datetime */
+            datetime: string | null;
+            /** Bbox */
+            bbox: [
+                number,
+                number,
+                number,
+                number
+            ];
+            /** Geometry */
+            geometry?: {
+                [key: string]: unknown;
+            } | null;
+            /**
+             * Thumbnail
+             * @description this app's URL of a small PNG rendered from the item's image
+             */
+            thumbnail: string;
+        };
+        /** StacSearchOut */
+        StacSearchOut: {
+            /** Api */
+            api: string;
+            /** Items */
+            items: components["schemas"]["StacItemOut"][];
+            /**
+             * More
+             * @description more items matched than `limit`: narrow the view or the dates
+             */
+            more: boolean;
+        };
+        /**
+         * StarterOut
+         * @description A starter model a new project can begin with (its class schema comes with it).
+         */
+        StarterOut: {
+            /**
+             * Name
+             * @example pearl-starter-chesapeake9
+             */
+            name: string;
+            /**
+             * Base Model
+             * @description the reference to send as ProjectCreate.base_model
+             */
+            base_model: string;
+            /** Class Schema Id */
+            class_schema_id: string;
+            /** Class Titles */
+            class_titles: string[];
+            /**
+             * Holdout F1
+             * @description macro F1 on the holdout region; null when not known here
+             */
+            holdout_f1: number | null;
+            /**
+             * Available
+             * @description registered in MLflow or stored on this server: a project maps at once
+             */
+            available: boolean;
+            /**
+             * Source
+             * @description where the figures come from: the MLflow registry, the server's copy, the shipped file, nothing
+             * @enum {string}
+             */
+            source: "registry" | "local" | "shipped" | "none";
+            /** Version */
+            version?: string | null;
         };
         /** StrategyIn */
         StrategyIn: {
@@ -1983,6 +3472,122 @@ export interface components {
              */
             restored: boolean;
         };
+        /**
+         * UploadCreate
+         * @description Announce a file: its name (for the item id and messages) and its exact size in bytes.
+         */
+        UploadCreate: {
+            /**
+             * Filename
+             * @example rotterdam.tif
+             */
+            filename: string;
+            /**
+             * Size
+             * @description bytes; at most PEARL_UPLOAD_MAX_BYTES
+             */
+            size: number;
+        };
+        /** UploadFileIngest */
+        UploadFileIngest: {
+            /** Upload Id */
+            upload_id: string;
+            /**
+             * Band Map
+             * @description 1-based source bands for red, green, blue, NIR; default: what the file says
+             */
+            band_map?: [
+                number,
+                number,
+                number,
+                number
+            ] | null;
+        };
+        /**
+         * UploadInspection
+         * @description What the server read from a complete upload: enough for the page to show it and ask for a band mapping.
+         */
+        UploadInspection: {
+            /** Width */
+            width: number;
+            /** Height */
+            height: number;
+            /**
+             * Count
+             * @description number of bands
+             */
+            count: number;
+            /** Dtype */
+            dtype: string;
+            /** Crs */
+            crs: string;
+            /**
+             * Bounds
+             * @description lon/lat w, s, e, n
+             */
+            bounds: [
+                number,
+                number,
+                number,
+                number
+            ];
+            /**
+             * Descriptions
+             * @description per band, '' where the file has none
+             */
+            descriptions: string[];
+            /**
+             * Colorinterp
+             * @description per band colour interpretation, '' where undefined
+             */
+            colorinterp: string[];
+            /**
+             * Band Map
+             * @description 1-based bands of red, green, blue, NIR when the file says; null: the user must choose
+             */
+            band_map: number[] | null;
+            /**
+             * Band Note
+             * @description why the file's bands could not be mapped by themselves
+             * @default
+             */
+            band_note: string;
+        };
+        /** UploadOut */
+        UploadOut: {
+            /** Id */
+            id: string;
+            /** Filename */
+            filename: string;
+            /** Size */
+            size: number;
+            /**
+             * Received
+             * @description bytes the server has: the next chunk starts here
+             */
+            received: number;
+            /**
+             * Chunk Bytes
+             * @description largest chunk a PUT may carry
+             */
+            chunk_bytes: number;
+            /**
+             * State
+             * @enum {string}
+             */
+            state: "receiving" | "ready" | "rejected";
+            /**
+             * Error
+             * @description why a rejected file was refused, and what is accepted
+             */
+            error?: string | null;
+            inspection?: components["schemas"]["UploadInspection"] | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+        };
         /** UserOut */
         UserOut: {
             /** Id */
@@ -1991,6 +3596,19 @@ export interface components {
             subject: string;
             /** Name */
             name: string;
+        };
+        /** ValidationError */
+        ValidationError: {
+            /** Location */
+            loc: (string | number)[];
+            /** Message */
+            msg: string;
+            /** Error Type */
+            type: string;
+            /** Input */
+            input?: unknown;
+            /** Context */
+            ctx?: Record<string, never>;
         };
         /**
          * ClassesChangedEvent
@@ -2070,7 +3688,7 @@ export interface components {
              * Kind
              * @enum {string}
              */
-            kind: "imagery" | "inference" | "retrain" | "restore";
+            kind: "imagery" | "inference" | "retrain" | "restore" | "compare" | "patch";
             /**
              * State
              * @enum {string}
@@ -2223,7 +3841,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ProjectSummary"][];
+                    "application/json": components["schemas"]["ProjectListItem"][];
                 };
             };
             /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
@@ -2389,6 +4007,194 @@ export interface operations {
             cookie?: never;
         };
         requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProjectOut"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    delete_project_api_projects__project_id__delete: {
+        parameters: {
+            query?: {
+                /** @description the project's name, typed by the owner */
+                confirm?: string | null;
+            };
+            header?: never;
+            path: {
+                /** @description project id */
+                project_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProjectSummary"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    rename_project_api_projects__project_id__patch: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description project id */
+                project_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ProjectRename"];
+            };
+        };
         responses: {
             /** @description Successful Response */
             200: {
@@ -2793,6 +4599,105 @@ export interface operations {
                 };
             };
             /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    upload_aois_api_projects__project_id__aois_upload_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description project id */
+                project_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "multipart/form-data": components["schemas"]["Body_upload_aois_api_projects__project_id__aois_upload_post"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AoiOut"][];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Request Entity Too Large */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -5311,6 +7216,2026 @@ export interface operations {
             };
         };
     };
+    list_patches_api_projects__project_id__patches_get: {
+        parameters: {
+            query?: {
+                /** @description also the removed ones (their `removed_at` is set) */
+                include_removed?: boolean;
+            };
+            header?: never;
+            path: {
+                /** @description project id */
+                project_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PatchOut"][];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    create_patch_api_projects__project_id__patches_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description project id */
+                project_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PatchCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PatchChangeOut"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    undo_patch_api_projects__project_id__patches_undo_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description project id */
+                project_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PatchChangeOut"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    remove_patch_api_projects__project_id__patches__patch_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description project id */
+                project_id: number;
+                /** @description patch id */
+                patch_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PatchChangeOut"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    patch_as_labels_api_projects__project_id__patches__patch_id__labels_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description project id */
+                project_id: number;
+                /** @description patch id */
+                patch_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LabelCollection"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    get_change_api_projects__project_id__compare_get: {
+        parameters: {
+            query: {
+                /** @description AOI of map A (and of B unless aoi_b is given) */
+                aoi: number;
+                /** @description model version of map A (0: the base model) */
+                a: number;
+                /** @description model version of map B */
+                b: number;
+                /** @description AOI of map B (another date's imagery) */
+                aoi_b?: number | null;
+                /** @description project of map B (default: this one) */
+                project_b?: number | null;
+            };
+            header?: never;
+            path: {
+                /** @description project id */
+                project_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CompareMapsOut"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    prepare_change_api_projects__project_id__compare_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description project id */
+                project_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CompareMapsRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobOut"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    list_uploads_api_uploads_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UploadOut"][];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown id, or a project the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    create_upload_api_uploads_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UploadCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UploadOut"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    get_upload_api_uploads__upload_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description upload id (from POST /api/uploads) */
+                upload_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UploadOut"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    put_chunk_api_uploads__upload_id__put: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description bytes START-END/SIZE, START = `received` */
+                "content-range"?: string | null;
+            };
+            path: {
+                /** @description upload id (from POST /api/uploads) */
+                upload_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/octet-stream": string;
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UploadOut"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a Content-Type other than raw bytes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    delete_upload_api_uploads__upload_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description upload id (from POST /api/uploads) */
+                upload_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    preview_upload_api_uploads__upload_id__preview_png_get: {
+        parameters: {
+            query?: {
+                /** @description three 1-based bands shown as R,G,B */
+                bands?: string | null;
+            };
+            header?: never;
+            path: {
+                /** @description upload id (from POST /api/uploads) */
+                upload_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description PNG, at most 256 px a side */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/png": unknown;
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    start_ingest_api_uploads_ingests_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["IngestCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["IngestOut"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    get_ingest_api_uploads_ingests__ingest_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description ingest id (from POST /api/uploads/ingests) */
+                ingest_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["IngestOut"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    local_collections_api_imagery_local_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LocalCollectionOut"][];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown id, or a project the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    stac_apis_api_imagery_stac_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StacApiOut"][];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown id, or a project the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    stac_collections_api_imagery_stac__api__collections_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description a configured STAC API's id */
+                api: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": string[];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    stac_search_api_imagery_stac__api__search_get: {
+        parameters: {
+            query: {
+                collections: string;
+                /** @description west,south,east,north (lon/lat) */
+                bbox: string;
+                datetime?: string | null;
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                /** @description a configured STAC API's id */
+                api: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StacSearchOut"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    stac_thumbnail_api_imagery_stac__api__items__collection___item_id__thumbnail_png_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description a configured STAC API's id */
+                api: string;
+                /** @description an id the API gave */
+                collection: string;
+                /** @description an id the API gave */
+                item_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/png": unknown;
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    starters_api_starters_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StarterOut"][];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown id, or a project the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
     auth_config_api_auth_config_get: {
         parameters: {
             query?: never;
@@ -6685,6 +10610,1767 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    ".tiles.compare.{project_id}.maps.{aoi_id}.{version}.getInfo": {
+        parameters: {
+            query?: {
+                tilesize?: number | null;
+            };
+            header?: never;
+            path: {
+                /** @description numeric id */
+                project_id: string;
+                /** @description numeric id */
+                aoi_id: string;
+                /** @description numeric id */
+                version: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Return dataset's basic info. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Info"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown id, or a project the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    ".tiles.compare.{project_id}.maps.{aoi_id}.{version}.getInfoGeoJSON": {
+        parameters: {
+            query?: {
+                tilesize?: number | null;
+                /** @description Coordinate Reference System. */
+                crs?: string | null;
+            };
+            header?: never;
+            path: {
+                /** @description numeric id */
+                project_id: string;
+                /** @description numeric id */
+                aoi_id: string;
+                /** @description numeric id */
+                version: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Return dataset's basic info as a GeoJSON feature. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/geo+json": components["schemas"]["Feature_Union_Polygon__MultiPolygon__Info_"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/geo+json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown id, or a project the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/geo+json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/geo+json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/geo+json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    ".tiles.compare.{project_id}.maps.{aoi_id}.{version}.getTileWithFormat": {
+        parameters: {
+            query?: {
+                tilesize?: number | null;
+                /** @description Pixels added on each side of the tile (a multiple of 0.5). */
+                buffer?: number | null;
+                /** @description Pixels read around the tile edge to reduce resampling artefacts. */
+                padding?: number | null;
+                /** @description Dataset band indexes */
+                bidx?: number[] | null;
+                /** @description Overwrite internal Nodata value; nan or valid float values only. */
+                nodata?: ("nan" | "inf" | "-inf") | number | null;
+                /** @description Apply internal Scale/Offset. Defaults to `False`. */
+                unscale?: boolean | null;
+                /** @description RasterIO resampling algorithm. Defaults to `nearest`. */
+                resampling?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "gauss" | "rms") | null;
+                /** @description WarpKernel resampling algorithm (only used when doing re-projection). Defaults to `nearest`. */
+                reproject?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "max" | "min" | "med" | "q1" | "q3" | "sum" | "rms") | null;
+                /** @description comma (',') delimited Min,Max range. Can set multiple time for multiple bands. */
+                rescale?: string[] | null;
+                /** @description rio-color formula (info: https://github.com/mapbox/rio-color) */
+                color_formula?: string | null;
+                /** @description Add mask to the output data. Defaults to `True` */
+                return_mask?: boolean | null;
+            };
+            header?: never;
+            path: {
+                /** @description Identifier (Z) selecting one of the scales defined in the TileMatrixSet and representing the scaleDenominator the tile. */
+                z: number;
+                /** @description Column (X) index of the tile on the selected TileMatrix. It cannot exceed the MatrixHeight-1 for the selected TileMatrix. */
+                x: number;
+                /** @description Row (Y) index of the tile on the selected TileMatrix. It cannot exceed the MatrixWidth-1 for the selected TileMatrix. */
+                y: number;
+                /** @description Identifier selecting one of the TileMatrixSetId supported. */
+                tileMatrixSetId: "WebMercatorQuad";
+                /** @description Default will be automatically defined if the output image needs a mask (png) or not (jpeg). */
+                format: components["schemas"]["ImageType"] | null;
+                /** @description numeric id */
+                project_id: string;
+                /** @description numeric id */
+                aoi_id: string;
+                /** @description numeric id */
+                version: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Return an image. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/png": unknown;
+                    "image/jpeg": unknown;
+                    "image/jpg": unknown;
+                    "image/webp": unknown;
+                    "image/jp2": unknown;
+                    "image/tiff; application=geotiff": unknown;
+                    "application/x-binary": unknown;
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown id, or a project the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    ".tiles.compare.{project_id}.maps.{aoi_id}.{version}.getTile": {
+        parameters: {
+            query?: {
+                /** @description Default will be automatically defined if the output image needs a mask (png) or not (jpeg). */
+                format?: components["schemas"]["ImageType"] | null;
+                tilesize?: number | null;
+                /** @description Pixels added on each side of the tile (a multiple of 0.5). */
+                buffer?: number | null;
+                /** @description Pixels read around the tile edge to reduce resampling artefacts. */
+                padding?: number | null;
+                /** @description Dataset band indexes */
+                bidx?: number[] | null;
+                /** @description Overwrite internal Nodata value; nan or valid float values only. */
+                nodata?: ("nan" | "inf" | "-inf") | number | null;
+                /** @description Apply internal Scale/Offset. Defaults to `False`. */
+                unscale?: boolean | null;
+                /** @description RasterIO resampling algorithm. Defaults to `nearest`. */
+                resampling?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "gauss" | "rms") | null;
+                /** @description WarpKernel resampling algorithm (only used when doing re-projection). Defaults to `nearest`. */
+                reproject?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "max" | "min" | "med" | "q1" | "q3" | "sum" | "rms") | null;
+                /** @description comma (',') delimited Min,Max range. Can set multiple time for multiple bands. */
+                rescale?: string[] | null;
+                /** @description rio-color formula (info: https://github.com/mapbox/rio-color) */
+                color_formula?: string | null;
+                /** @description Add mask to the output data. Defaults to `True` */
+                return_mask?: boolean | null;
+            };
+            header?: never;
+            path: {
+                /** @description Identifier (Z) selecting one of the scales defined in the TileMatrixSet and representing the scaleDenominator the tile. */
+                z: number;
+                /** @description Column (X) index of the tile on the selected TileMatrix. It cannot exceed the MatrixHeight-1 for the selected TileMatrix. */
+                x: number;
+                /** @description Row (Y) index of the tile on the selected TileMatrix. It cannot exceed the MatrixWidth-1 for the selected TileMatrix. */
+                y: number;
+                /** @description Identifier selecting one of the TileMatrixSetId supported. */
+                tileMatrixSetId: "WebMercatorQuad";
+                /** @description numeric id */
+                project_id: string;
+                /** @description numeric id */
+                aoi_id: string;
+                /** @description numeric id */
+                version: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Return an image. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/png": unknown;
+                    "image/jpeg": unknown;
+                    "image/jpg": unknown;
+                    "image/webp": unknown;
+                    "image/jp2": unknown;
+                    "image/tiff; application=geotiff": unknown;
+                    "application/x-binary": unknown;
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown id, or a project the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    ".tiles.compare.{project_id}.maps.{aoi_id}.{version}.getTileJSON": {
+        parameters: {
+            query?: {
+                tilesize?: number | null;
+                /** @description Default will be automatically defined if the output image needs a mask (png) or not (jpeg). */
+                tile_format?: components["schemas"]["ImageType"] | null;
+                /** @description Overwrite default minzoom. */
+                minzoom?: number | null;
+                /** @description Overwrite default maxzoom. */
+                maxzoom?: number | null;
+                /** @description Pixels added on each side of the tile (a multiple of 0.5). */
+                buffer?: number | null;
+                /** @description Pixels read around the tile edge to reduce resampling artefacts. */
+                padding?: number | null;
+                /** @description Dataset band indexes */
+                bidx?: number[] | null;
+                /** @description Overwrite internal Nodata value; nan or valid float values only. */
+                nodata?: ("nan" | "inf" | "-inf") | number | null;
+                /** @description Apply internal Scale/Offset. Defaults to `False`. */
+                unscale?: boolean | null;
+                /** @description RasterIO resampling algorithm. Defaults to `nearest`. */
+                resampling?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "gauss" | "rms") | null;
+                /** @description WarpKernel resampling algorithm (only used when doing re-projection). Defaults to `nearest`. */
+                reproject?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "max" | "min" | "med" | "q1" | "q3" | "sum" | "rms") | null;
+                /** @description comma (',') delimited Min,Max range. Can set multiple time for multiple bands. */
+                rescale?: string[] | null;
+                /** @description rio-color formula (info: https://github.com/mapbox/rio-color) */
+                color_formula?: string | null;
+                /** @description Add mask to the output data. Defaults to `True` */
+                return_mask?: boolean | null;
+            };
+            header?: never;
+            path: {
+                /** @description Identifier selecting one of the TileMatrixSetId supported. */
+                tileMatrixSetId: "WebMercatorQuad";
+                /** @description numeric id */
+                project_id: string;
+                /** @description numeric id */
+                aoi_id: string;
+                /** @description numeric id */
+                version: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Return a tilejson */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TileJSON"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown id, or a project the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    ".tiles.compare.{project_id}.changes.{aoi_id}.{version}.{other_aoi_id}.{other_version}.getInfo": {
+        parameters: {
+            query?: {
+                tilesize?: number | null;
+            };
+            header?: never;
+            path: {
+                /** @description numeric id */
+                project_id: string;
+                /** @description numeric id */
+                aoi_id: string;
+                /** @description numeric id */
+                version: string;
+                /** @description numeric id */
+                other_aoi_id: string;
+                /** @description numeric id */
+                other_version: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Return dataset's basic info. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Info"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown id, or a project the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    ".tiles.compare.{project_id}.changes.{aoi_id}.{version}.{other_aoi_id}.{other_version}.getInfoGeoJSON": {
+        parameters: {
+            query?: {
+                tilesize?: number | null;
+                /** @description Coordinate Reference System. */
+                crs?: string | null;
+            };
+            header?: never;
+            path: {
+                /** @description numeric id */
+                project_id: string;
+                /** @description numeric id */
+                aoi_id: string;
+                /** @description numeric id */
+                version: string;
+                /** @description numeric id */
+                other_aoi_id: string;
+                /** @description numeric id */
+                other_version: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Return dataset's basic info as a GeoJSON feature. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/geo+json": components["schemas"]["Feature_Union_Polygon__MultiPolygon__Info_"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/geo+json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown id, or a project the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/geo+json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/geo+json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/geo+json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    ".tiles.compare.{project_id}.changes.{aoi_id}.{version}.{other_aoi_id}.{other_version}.getTileWithFormat": {
+        parameters: {
+            query?: {
+                tilesize?: number | null;
+                /** @description Pixels added on each side of the tile (a multiple of 0.5). */
+                buffer?: number | null;
+                /** @description Pixels read around the tile edge to reduce resampling artefacts. */
+                padding?: number | null;
+                /** @description Dataset band indexes */
+                bidx?: number[] | null;
+                /** @description Overwrite internal Nodata value; nan or valid float values only. */
+                nodata?: ("nan" | "inf" | "-inf") | number | null;
+                /** @description Apply internal Scale/Offset. Defaults to `False`. */
+                unscale?: boolean | null;
+                /** @description RasterIO resampling algorithm. Defaults to `nearest`. */
+                resampling?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "gauss" | "rms") | null;
+                /** @description WarpKernel resampling algorithm (only used when doing re-projection). Defaults to `nearest`. */
+                reproject?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "max" | "min" | "med" | "q1" | "q3" | "sum" | "rms") | null;
+                /** @description comma (',') delimited Min,Max range. Can set multiple time for multiple bands. */
+                rescale?: string[] | null;
+                /** @description rio-color formula (info: https://github.com/mapbox/rio-color) */
+                color_formula?: string | null;
+                /** @description Add mask to the output data. Defaults to `True` */
+                return_mask?: boolean | null;
+            };
+            header?: never;
+            path: {
+                /** @description Identifier (Z) selecting one of the scales defined in the TileMatrixSet and representing the scaleDenominator the tile. */
+                z: number;
+                /** @description Column (X) index of the tile on the selected TileMatrix. It cannot exceed the MatrixHeight-1 for the selected TileMatrix. */
+                x: number;
+                /** @description Row (Y) index of the tile on the selected TileMatrix. It cannot exceed the MatrixWidth-1 for the selected TileMatrix. */
+                y: number;
+                /** @description Identifier selecting one of the TileMatrixSetId supported. */
+                tileMatrixSetId: "WebMercatorQuad";
+                /** @description Default will be automatically defined if the output image needs a mask (png) or not (jpeg). */
+                format: components["schemas"]["ImageType"] | null;
+                /** @description numeric id */
+                project_id: string;
+                /** @description numeric id */
+                aoi_id: string;
+                /** @description numeric id */
+                version: string;
+                /** @description numeric id */
+                other_aoi_id: string;
+                /** @description numeric id */
+                other_version: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Return an image. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/png": unknown;
+                    "image/jpeg": unknown;
+                    "image/jpg": unknown;
+                    "image/webp": unknown;
+                    "image/jp2": unknown;
+                    "image/tiff; application=geotiff": unknown;
+                    "application/x-binary": unknown;
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown id, or a project the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    ".tiles.compare.{project_id}.changes.{aoi_id}.{version}.{other_aoi_id}.{other_version}.getTile": {
+        parameters: {
+            query?: {
+                /** @description Default will be automatically defined if the output image needs a mask (png) or not (jpeg). */
+                format?: components["schemas"]["ImageType"] | null;
+                tilesize?: number | null;
+                /** @description Pixels added on each side of the tile (a multiple of 0.5). */
+                buffer?: number | null;
+                /** @description Pixels read around the tile edge to reduce resampling artefacts. */
+                padding?: number | null;
+                /** @description Dataset band indexes */
+                bidx?: number[] | null;
+                /** @description Overwrite internal Nodata value; nan or valid float values only. */
+                nodata?: ("nan" | "inf" | "-inf") | number | null;
+                /** @description Apply internal Scale/Offset. Defaults to `False`. */
+                unscale?: boolean | null;
+                /** @description RasterIO resampling algorithm. Defaults to `nearest`. */
+                resampling?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "gauss" | "rms") | null;
+                /** @description WarpKernel resampling algorithm (only used when doing re-projection). Defaults to `nearest`. */
+                reproject?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "max" | "min" | "med" | "q1" | "q3" | "sum" | "rms") | null;
+                /** @description comma (',') delimited Min,Max range. Can set multiple time for multiple bands. */
+                rescale?: string[] | null;
+                /** @description rio-color formula (info: https://github.com/mapbox/rio-color) */
+                color_formula?: string | null;
+                /** @description Add mask to the output data. Defaults to `True` */
+                return_mask?: boolean | null;
+            };
+            header?: never;
+            path: {
+                /** @description Identifier (Z) selecting one of the scales defined in the TileMatrixSet and representing the scaleDenominator the tile. */
+                z: number;
+                /** @description Column (X) index of the tile on the selected TileMatrix. It cannot exceed the MatrixHeight-1 for the selected TileMatrix. */
+                x: number;
+                /** @description Row (Y) index of the tile on the selected TileMatrix. It cannot exceed the MatrixWidth-1 for the selected TileMatrix. */
+                y: number;
+                /** @description Identifier selecting one of the TileMatrixSetId supported. */
+                tileMatrixSetId: "WebMercatorQuad";
+                /** @description numeric id */
+                project_id: string;
+                /** @description numeric id */
+                aoi_id: string;
+                /** @description numeric id */
+                version: string;
+                /** @description numeric id */
+                other_aoi_id: string;
+                /** @description numeric id */
+                other_version: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Return an image. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/png": unknown;
+                    "image/jpeg": unknown;
+                    "image/jpg": unknown;
+                    "image/webp": unknown;
+                    "image/jp2": unknown;
+                    "image/tiff; application=geotiff": unknown;
+                    "application/x-binary": unknown;
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown id, or a project the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    ".tiles.compare.{project_id}.changes.{aoi_id}.{version}.{other_aoi_id}.{other_version}.getTileJSON": {
+        parameters: {
+            query?: {
+                tilesize?: number | null;
+                /** @description Default will be automatically defined if the output image needs a mask (png) or not (jpeg). */
+                tile_format?: components["schemas"]["ImageType"] | null;
+                /** @description Overwrite default minzoom. */
+                minzoom?: number | null;
+                /** @description Overwrite default maxzoom. */
+                maxzoom?: number | null;
+                /** @description Pixels added on each side of the tile (a multiple of 0.5). */
+                buffer?: number | null;
+                /** @description Pixels read around the tile edge to reduce resampling artefacts. */
+                padding?: number | null;
+                /** @description Dataset band indexes */
+                bidx?: number[] | null;
+                /** @description Overwrite internal Nodata value; nan or valid float values only. */
+                nodata?: ("nan" | "inf" | "-inf") | number | null;
+                /** @description Apply internal Scale/Offset. Defaults to `False`. */
+                unscale?: boolean | null;
+                /** @description RasterIO resampling algorithm. Defaults to `nearest`. */
+                resampling?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "gauss" | "rms") | null;
+                /** @description WarpKernel resampling algorithm (only used when doing re-projection). Defaults to `nearest`. */
+                reproject?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "max" | "min" | "med" | "q1" | "q3" | "sum" | "rms") | null;
+                /** @description comma (',') delimited Min,Max range. Can set multiple time for multiple bands. */
+                rescale?: string[] | null;
+                /** @description rio-color formula (info: https://github.com/mapbox/rio-color) */
+                color_formula?: string | null;
+                /** @description Add mask to the output data. Defaults to `True` */
+                return_mask?: boolean | null;
+            };
+            header?: never;
+            path: {
+                /** @description Identifier selecting one of the TileMatrixSetId supported. */
+                tileMatrixSetId: "WebMercatorQuad";
+                /** @description numeric id */
+                project_id: string;
+                /** @description numeric id */
+                aoi_id: string;
+                /** @description numeric id */
+                version: string;
+                /** @description numeric id */
+                other_aoi_id: string;
+                /** @description numeric id */
+                other_version: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Return a tilejson */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TileJSON"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown id, or a project the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    list_shares_api_projects__project_id__shares_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description project id */
+                project_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ShareOut"][];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown id, or a project the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the request does not validate; the message says what is accepted */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    create_share_api_projects__project_id__shares_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description project id */
+                project_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ShareCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ShareIssued"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    revoke_share_api_projects__project_id__shares__share_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description project id */
+                project_id: number;
+                /** @description share link id */
+                share_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ShareOut"];
+                };
+            };
+            /** @description not signed in: a bearer token (OIDC or a personal API token) is missing, invalid or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a member of the project without the role this needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description request body larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description too many writes, or a retrain/inference already waiting; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description a request header (e.g. Authorization) longer than the server accepts */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    get_share_api_shares__token__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                token: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ShareView"];
+                };
+            };
+            /** @description unknown, expired or revoked link */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    download_share_map_api_shares__token__aois__aoi_id__classes_tif_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                token: string;
+                aoi_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description unknown, expired or revoked link */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    download_share_areas_api_shares__token__aois__aoi_id__areas_csv_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                token: string;
+                aoi_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description unknown, expired or revoked link */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    public_maps_api_public_maps_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PublicMapOut"][];
+                };
+            };
+        };
+    };
+    ".tiles.shares.{token}.imagery.getTileWithFormat": {
+        parameters: {
+            query?: {
+                tilesize?: number | null;
+                /** @description Pixels added on each side of the tile (a multiple of 0.5). */
+                buffer?: number | null;
+                /** @description Pixels read around the tile edge to reduce resampling artefacts. */
+                padding?: number | null;
+                /** @description Dataset band indexes */
+                bidx?: number[] | null;
+                /** @description Overwrite internal Nodata value; nan or valid float values only. */
+                nodata?: ("nan" | "inf" | "-inf") | number | null;
+                /** @description Apply internal Scale/Offset. Defaults to `False`. */
+                unscale?: boolean | null;
+                /** @description RasterIO resampling algorithm. Defaults to `nearest`. */
+                resampling?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "gauss" | "rms") | null;
+                /** @description WarpKernel resampling algorithm (only used when doing re-projection). Defaults to `nearest`. */
+                reproject?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "max" | "min" | "med" | "q1" | "q3" | "sum" | "rms") | null;
+                /** @description Colormap name */
+                colormap_name?: "pubugn_r" | "pubu_r" | "ylorbr" | "gnuplot" | "piyg_r" | "tab20b_r" | "coolwarm_r" | "prgn" | "turbid_r" | "spring_r" | "ice_r" | "bugn_r" | "dense_r" | "gist_rainbow" | "magma_r" | "cool_r" | "afmhot_r" | "ylorrd_r" | "purples" | "puor" | "ocean" | "bupu_r" | "rain_r" | "spectral" | "tempo_r" | "set3_r" | "purd" | "rdylgn_r" | "balance_r" | "rdylbu" | "reds_r" | "set2_r" | "curl" | "gray" | "matter_r" | "brg" | "amp_r" | "hsv" | "oranges_r" | "set1" | "terrain_r" | "winter" | "nipy_spectral_r" | "ylgnbu_r" | "greys" | "cmrmap_r" | "dark2_r" | "gist_heat" | "set2" | "ylgnbu" | "ylorrd" | "cubehelix" | "tab20" | "gray_r" | "viridis_r" | "blues" | "brbg_r" | "prism_r" | "brg_r" | "solar" | "rdgy" | "gnuplot2_r" | "plasma" | "pastel2_r" | "set3" | "gist_gray_r" | "bugn" | "prism" | "rainbow" | "terrain" | "tab10" | "reds" | "thermal_r" | "gnbu" | "plasma_r" | "turbo" | "cmrmap" | "bwr_r" | "rdpu" | "autumn" | "hsv_r" | "gist_earth_r" | "winter_r" | "haline_r" | "autumn_r" | "rplumbo" | "twilight_shifted_r" | "spring" | "binary" | "speed" | "nipy_spectral" | "rdbu" | "amp" | "matter" | "inferno_r" | "prgn_r" | "purples_r" | "hot" | "tab20c" | "diff_r" | "inferno" | "cool" | "seismic_r" | "pastel2" | "bone" | "speed_r" | "dark2" | "spectral_r" | "paired" | "tab20b" | "ylorbr_r" | "balance" | "gist_ncar_r" | "turbid" | "oxy" | "pastel1_r" | "bone_r" | "rdbu_r" | "hot_r" | "cividis" | "ylgn_r" | "pastel1" | "magma" | "orrd_r" | "jet_r" | "seismic" | "gist_ncar" | "gist_yarg" | "gist_rainbow_r" | "haline" | "greens" | "ylgn" | "blues_r" | "thermal" | "coolwarm" | "tab20c_r" | "twilight_r" | "deep" | "oranges" | "phase_r" | "ice" | "brbg" | "bupu" | "oxy_r" | "rain" | "solar_r" | "gist_stern_r" | "gnuplot_r" | "set1_r" | "cubehelix_r" | "gnbu_r" | "delta" | "piyg" | "greens_r" | "pink" | "curl_r" | "puor_r" | "tab10_r" | "afmhot" | "copper_r" | "paired_r" | "flag_r" | "copper" | "deep_r" | "algae" | "dense" | "accent" | "ocean_r" | "summer_r" | "pubugn" | "gist_heat_r" | "accent_r" | "topo" | "diff" | "twilight" | "purd_r" | "greys_r" | "tarn_r" | "turbo_r" | "rdylbu_r" | "twilight_shifted" | "orrd" | "gnuplot2" | "topo_r" | "pubu" | "rdpu_r" | "gist_stern" | "schwarzwald" | "wistia_r" | "pink_r" | "summer" | "cfastie" | "flag" | "binary_r" | "phase" | "jet" | "gist_gray" | "rdgy_r" | "delta_r" | "tarn" | "wistia" | "cividis_r" | "rdylgn" | "viridis" | "gist_yarg_r" | "bwr" | "gist_earth" | "algae_r" | "tab20_r" | "rainbow_r" | "tempo";
+                /** @description JSON encoded custom Colormap */
+                colormap?: string | null;
+                /** @description comma (',') delimited Min,Max range. Can set multiple time for multiple bands. */
+                rescale?: string[] | null;
+                /** @description rio-color formula (info: https://github.com/mapbox/rio-color) */
+                color_formula?: string | null;
+                /** @description Add mask to the output data. Defaults to `True` */
+                return_mask?: boolean | null;
+            };
+            header?: never;
+            path: {
+                /** @description Identifier (Z) selecting one of the scales defined in the TileMatrixSet and representing the scaleDenominator the tile. */
+                z: number;
+                /** @description Column (X) index of the tile on the selected TileMatrix. It cannot exceed the MatrixHeight-1 for the selected TileMatrix. */
+                x: number;
+                /** @description Row (Y) index of the tile on the selected TileMatrix. It cannot exceed the MatrixWidth-1 for the selected TileMatrix. */
+                y: number;
+                /** @description Identifier selecting one of the TileMatrixSetId supported. */
+                tileMatrixSetId: "WebMercatorQuad";
+                /** @description Default will be automatically defined if the output image needs a mask (png) or not (jpeg). */
+                format: components["schemas"]["ImageType"] | null;
+                token: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Return an image. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/png": unknown;
+                    "image/jpeg": unknown;
+                    "image/jpg": unknown;
+                    "image/webp": unknown;
+                    "image/jp2": unknown;
+                    "image/tiff; application=geotiff": unknown;
+                    "application/x-binary": unknown;
+                };
+            };
+            /** @description unknown, expired or revoked link */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    ".tiles.shares.{token}.imagery.getTile": {
+        parameters: {
+            query?: {
+                /** @description Default will be automatically defined if the output image needs a mask (png) or not (jpeg). */
+                format?: components["schemas"]["ImageType"] | null;
+                tilesize?: number | null;
+                /** @description Pixels added on each side of the tile (a multiple of 0.5). */
+                buffer?: number | null;
+                /** @description Pixels read around the tile edge to reduce resampling artefacts. */
+                padding?: number | null;
+                /** @description Dataset band indexes */
+                bidx?: number[] | null;
+                /** @description Overwrite internal Nodata value; nan or valid float values only. */
+                nodata?: ("nan" | "inf" | "-inf") | number | null;
+                /** @description Apply internal Scale/Offset. Defaults to `False`. */
+                unscale?: boolean | null;
+                /** @description RasterIO resampling algorithm. Defaults to `nearest`. */
+                resampling?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "gauss" | "rms") | null;
+                /** @description WarpKernel resampling algorithm (only used when doing re-projection). Defaults to `nearest`. */
+                reproject?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "max" | "min" | "med" | "q1" | "q3" | "sum" | "rms") | null;
+                /** @description Colormap name */
+                colormap_name?: "pubugn_r" | "pubu_r" | "ylorbr" | "gnuplot" | "piyg_r" | "tab20b_r" | "coolwarm_r" | "prgn" | "turbid_r" | "spring_r" | "ice_r" | "bugn_r" | "dense_r" | "gist_rainbow" | "magma_r" | "cool_r" | "afmhot_r" | "ylorrd_r" | "purples" | "puor" | "ocean" | "bupu_r" | "rain_r" | "spectral" | "tempo_r" | "set3_r" | "purd" | "rdylgn_r" | "balance_r" | "rdylbu" | "reds_r" | "set2_r" | "curl" | "gray" | "matter_r" | "brg" | "amp_r" | "hsv" | "oranges_r" | "set1" | "terrain_r" | "winter" | "nipy_spectral_r" | "ylgnbu_r" | "greys" | "cmrmap_r" | "dark2_r" | "gist_heat" | "set2" | "ylgnbu" | "ylorrd" | "cubehelix" | "tab20" | "gray_r" | "viridis_r" | "blues" | "brbg_r" | "prism_r" | "brg_r" | "solar" | "rdgy" | "gnuplot2_r" | "plasma" | "pastel2_r" | "set3" | "gist_gray_r" | "bugn" | "prism" | "rainbow" | "terrain" | "tab10" | "reds" | "thermal_r" | "gnbu" | "plasma_r" | "turbo" | "cmrmap" | "bwr_r" | "rdpu" | "autumn" | "hsv_r" | "gist_earth_r" | "winter_r" | "haline_r" | "autumn_r" | "rplumbo" | "twilight_shifted_r" | "spring" | "binary" | "speed" | "nipy_spectral" | "rdbu" | "amp" | "matter" | "inferno_r" | "prgn_r" | "purples_r" | "hot" | "tab20c" | "diff_r" | "inferno" | "cool" | "seismic_r" | "pastel2" | "bone" | "speed_r" | "dark2" | "spectral_r" | "paired" | "tab20b" | "ylorbr_r" | "balance" | "gist_ncar_r" | "turbid" | "oxy" | "pastel1_r" | "bone_r" | "rdbu_r" | "hot_r" | "cividis" | "ylgn_r" | "pastel1" | "magma" | "orrd_r" | "jet_r" | "seismic" | "gist_ncar" | "gist_yarg" | "gist_rainbow_r" | "haline" | "greens" | "ylgn" | "blues_r" | "thermal" | "coolwarm" | "tab20c_r" | "twilight_r" | "deep" | "oranges" | "phase_r" | "ice" | "brbg" | "bupu" | "oxy_r" | "rain" | "solar_r" | "gist_stern_r" | "gnuplot_r" | "set1_r" | "cubehelix_r" | "gnbu_r" | "delta" | "piyg" | "greens_r" | "pink" | "curl_r" | "puor_r" | "tab10_r" | "afmhot" | "copper_r" | "paired_r" | "flag_r" | "copper" | "deep_r" | "algae" | "dense" | "accent" | "ocean_r" | "summer_r" | "pubugn" | "gist_heat_r" | "accent_r" | "topo" | "diff" | "twilight" | "purd_r" | "greys_r" | "tarn_r" | "turbo_r" | "rdylbu_r" | "twilight_shifted" | "orrd" | "gnuplot2" | "topo_r" | "pubu" | "rdpu_r" | "gist_stern" | "schwarzwald" | "wistia_r" | "pink_r" | "summer" | "cfastie" | "flag" | "binary_r" | "phase" | "jet" | "gist_gray" | "rdgy_r" | "delta_r" | "tarn" | "wistia" | "cividis_r" | "rdylgn" | "viridis" | "gist_yarg_r" | "bwr" | "gist_earth" | "algae_r" | "tab20_r" | "rainbow_r" | "tempo";
+                /** @description JSON encoded custom Colormap */
+                colormap?: string | null;
+                /** @description comma (',') delimited Min,Max range. Can set multiple time for multiple bands. */
+                rescale?: string[] | null;
+                /** @description rio-color formula (info: https://github.com/mapbox/rio-color) */
+                color_formula?: string | null;
+                /** @description Add mask to the output data. Defaults to `True` */
+                return_mask?: boolean | null;
+            };
+            header?: never;
+            path: {
+                /** @description Identifier (Z) selecting one of the scales defined in the TileMatrixSet and representing the scaleDenominator the tile. */
+                z: number;
+                /** @description Column (X) index of the tile on the selected TileMatrix. It cannot exceed the MatrixHeight-1 for the selected TileMatrix. */
+                x: number;
+                /** @description Row (Y) index of the tile on the selected TileMatrix. It cannot exceed the MatrixWidth-1 for the selected TileMatrix. */
+                y: number;
+                /** @description Identifier selecting one of the TileMatrixSetId supported. */
+                tileMatrixSetId: "WebMercatorQuad";
+                token: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Return an image. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/png": unknown;
+                    "image/jpeg": unknown;
+                    "image/jpg": unknown;
+                    "image/webp": unknown;
+                    "image/jp2": unknown;
+                    "image/tiff; application=geotiff": unknown;
+                    "application/x-binary": unknown;
+                };
+            };
+            /** @description unknown, expired or revoked link */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    ".tiles.shares.{token}.imagery.getTileJSON": {
+        parameters: {
+            query?: {
+                tilesize?: number | null;
+                /** @description Default will be automatically defined if the output image needs a mask (png) or not (jpeg). */
+                tile_format?: components["schemas"]["ImageType"] | null;
+                /** @description Overwrite default minzoom. */
+                minzoom?: number | null;
+                /** @description Overwrite default maxzoom. */
+                maxzoom?: number | null;
+                /** @description Pixels added on each side of the tile (a multiple of 0.5). */
+                buffer?: number | null;
+                /** @description Pixels read around the tile edge to reduce resampling artefacts. */
+                padding?: number | null;
+                /** @description Dataset band indexes */
+                bidx?: number[] | null;
+                /** @description Overwrite internal Nodata value; nan or valid float values only. */
+                nodata?: ("nan" | "inf" | "-inf") | number | null;
+                /** @description Apply internal Scale/Offset. Defaults to `False`. */
+                unscale?: boolean | null;
+                /** @description RasterIO resampling algorithm. Defaults to `nearest`. */
+                resampling?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "gauss" | "rms") | null;
+                /** @description WarpKernel resampling algorithm (only used when doing re-projection). Defaults to `nearest`. */
+                reproject?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "max" | "min" | "med" | "q1" | "q3" | "sum" | "rms") | null;
+                /** @description Colormap name */
+                colormap_name?: "pubugn_r" | "pubu_r" | "ylorbr" | "gnuplot" | "piyg_r" | "tab20b_r" | "coolwarm_r" | "prgn" | "turbid_r" | "spring_r" | "ice_r" | "bugn_r" | "dense_r" | "gist_rainbow" | "magma_r" | "cool_r" | "afmhot_r" | "ylorrd_r" | "purples" | "puor" | "ocean" | "bupu_r" | "rain_r" | "spectral" | "tempo_r" | "set3_r" | "purd" | "rdylgn_r" | "balance_r" | "rdylbu" | "reds_r" | "set2_r" | "curl" | "gray" | "matter_r" | "brg" | "amp_r" | "hsv" | "oranges_r" | "set1" | "terrain_r" | "winter" | "nipy_spectral_r" | "ylgnbu_r" | "greys" | "cmrmap_r" | "dark2_r" | "gist_heat" | "set2" | "ylgnbu" | "ylorrd" | "cubehelix" | "tab20" | "gray_r" | "viridis_r" | "blues" | "brbg_r" | "prism_r" | "brg_r" | "solar" | "rdgy" | "gnuplot2_r" | "plasma" | "pastel2_r" | "set3" | "gist_gray_r" | "bugn" | "prism" | "rainbow" | "terrain" | "tab10" | "reds" | "thermal_r" | "gnbu" | "plasma_r" | "turbo" | "cmrmap" | "bwr_r" | "rdpu" | "autumn" | "hsv_r" | "gist_earth_r" | "winter_r" | "haline_r" | "autumn_r" | "rplumbo" | "twilight_shifted_r" | "spring" | "binary" | "speed" | "nipy_spectral" | "rdbu" | "amp" | "matter" | "inferno_r" | "prgn_r" | "purples_r" | "hot" | "tab20c" | "diff_r" | "inferno" | "cool" | "seismic_r" | "pastel2" | "bone" | "speed_r" | "dark2" | "spectral_r" | "paired" | "tab20b" | "ylorbr_r" | "balance" | "gist_ncar_r" | "turbid" | "oxy" | "pastel1_r" | "bone_r" | "rdbu_r" | "hot_r" | "cividis" | "ylgn_r" | "pastel1" | "magma" | "orrd_r" | "jet_r" | "seismic" | "gist_ncar" | "gist_yarg" | "gist_rainbow_r" | "haline" | "greens" | "ylgn" | "blues_r" | "thermal" | "coolwarm" | "tab20c_r" | "twilight_r" | "deep" | "oranges" | "phase_r" | "ice" | "brbg" | "bupu" | "oxy_r" | "rain" | "solar_r" | "gist_stern_r" | "gnuplot_r" | "set1_r" | "cubehelix_r" | "gnbu_r" | "delta" | "piyg" | "greens_r" | "pink" | "curl_r" | "puor_r" | "tab10_r" | "afmhot" | "copper_r" | "paired_r" | "flag_r" | "copper" | "deep_r" | "algae" | "dense" | "accent" | "ocean_r" | "summer_r" | "pubugn" | "gist_heat_r" | "accent_r" | "topo" | "diff" | "twilight" | "purd_r" | "greys_r" | "tarn_r" | "turbo_r" | "rdylbu_r" | "twilight_shifted" | "orrd" | "gnuplot2" | "topo_r" | "pubu" | "rdpu_r" | "gist_stern" | "schwarzwald" | "wistia_r" | "pink_r" | "summer" | "cfastie" | "flag" | "binary_r" | "phase" | "jet" | "gist_gray" | "rdgy_r" | "delta_r" | "tarn" | "wistia" | "cividis_r" | "rdylgn" | "viridis" | "gist_yarg_r" | "bwr" | "gist_earth" | "algae_r" | "tab20_r" | "rainbow_r" | "tempo";
+                /** @description JSON encoded custom Colormap */
+                colormap?: string | null;
+                /** @description comma (',') delimited Min,Max range. Can set multiple time for multiple bands. */
+                rescale?: string[] | null;
+                /** @description rio-color formula (info: https://github.com/mapbox/rio-color) */
+                color_formula?: string | null;
+                /** @description Add mask to the output data. Defaults to `True` */
+                return_mask?: boolean | null;
+            };
+            header?: never;
+            path: {
+                /** @description Identifier selecting one of the TileMatrixSetId supported. */
+                tileMatrixSetId: "WebMercatorQuad";
+                token: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Return a tilejson */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TileJSON"];
+                };
+            };
+            /** @description unknown, expired or revoked link */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    ".tiles.shares.{token}.maps.{aoi_id}.getTileWithFormat": {
+        parameters: {
+            query?: {
+                tilesize?: number | null;
+                /** @description Pixels added on each side of the tile (a multiple of 0.5). */
+                buffer?: number | null;
+                /** @description Pixels read around the tile edge to reduce resampling artefacts. */
+                padding?: number | null;
+                /** @description Dataset band indexes */
+                bidx?: number[] | null;
+                /** @description Overwrite internal Nodata value; nan or valid float values only. */
+                nodata?: ("nan" | "inf" | "-inf") | number | null;
+                /** @description Apply internal Scale/Offset. Defaults to `False`. */
+                unscale?: boolean | null;
+                /** @description RasterIO resampling algorithm. Defaults to `nearest`. */
+                resampling?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "gauss" | "rms") | null;
+                /** @description WarpKernel resampling algorithm (only used when doing re-projection). Defaults to `nearest`. */
+                reproject?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "max" | "min" | "med" | "q1" | "q3" | "sum" | "rms") | null;
+                /** @description comma (',') delimited Min,Max range. Can set multiple time for multiple bands. */
+                rescale?: string[] | null;
+                /** @description rio-color formula (info: https://github.com/mapbox/rio-color) */
+                color_formula?: string | null;
+                /** @description Add mask to the output data. Defaults to `True` */
+                return_mask?: boolean | null;
+            };
+            header?: never;
+            path: {
+                /** @description Identifier (Z) selecting one of the scales defined in the TileMatrixSet and representing the scaleDenominator the tile. */
+                z: number;
+                /** @description Column (X) index of the tile on the selected TileMatrix. It cannot exceed the MatrixHeight-1 for the selected TileMatrix. */
+                x: number;
+                /** @description Row (Y) index of the tile on the selected TileMatrix. It cannot exceed the MatrixWidth-1 for the selected TileMatrix. */
+                y: number;
+                /** @description Identifier selecting one of the TileMatrixSetId supported. */
+                tileMatrixSetId: "WebMercatorQuad";
+                /** @description Default will be automatically defined if the output image needs a mask (png) or not (jpeg). */
+                format: components["schemas"]["ImageType"] | null;
+                token: string;
+                aoi_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Return an image. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/png": unknown;
+                    "image/jpeg": unknown;
+                    "image/jpg": unknown;
+                    "image/webp": unknown;
+                    "image/jp2": unknown;
+                    "image/tiff; application=geotiff": unknown;
+                    "application/x-binary": unknown;
+                };
+            };
+            /** @description unknown, expired or revoked link */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    ".tiles.shares.{token}.maps.{aoi_id}.getTile": {
+        parameters: {
+            query?: {
+                /** @description Default will be automatically defined if the output image needs a mask (png) or not (jpeg). */
+                format?: components["schemas"]["ImageType"] | null;
+                tilesize?: number | null;
+                /** @description Pixels added on each side of the tile (a multiple of 0.5). */
+                buffer?: number | null;
+                /** @description Pixels read around the tile edge to reduce resampling artefacts. */
+                padding?: number | null;
+                /** @description Dataset band indexes */
+                bidx?: number[] | null;
+                /** @description Overwrite internal Nodata value; nan or valid float values only. */
+                nodata?: ("nan" | "inf" | "-inf") | number | null;
+                /** @description Apply internal Scale/Offset. Defaults to `False`. */
+                unscale?: boolean | null;
+                /** @description RasterIO resampling algorithm. Defaults to `nearest`. */
+                resampling?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "gauss" | "rms") | null;
+                /** @description WarpKernel resampling algorithm (only used when doing re-projection). Defaults to `nearest`. */
+                reproject?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "max" | "min" | "med" | "q1" | "q3" | "sum" | "rms") | null;
+                /** @description comma (',') delimited Min,Max range. Can set multiple time for multiple bands. */
+                rescale?: string[] | null;
+                /** @description rio-color formula (info: https://github.com/mapbox/rio-color) */
+                color_formula?: string | null;
+                /** @description Add mask to the output data. Defaults to `True` */
+                return_mask?: boolean | null;
+            };
+            header?: never;
+            path: {
+                /** @description Identifier (Z) selecting one of the scales defined in the TileMatrixSet and representing the scaleDenominator the tile. */
+                z: number;
+                /** @description Column (X) index of the tile on the selected TileMatrix. It cannot exceed the MatrixHeight-1 for the selected TileMatrix. */
+                x: number;
+                /** @description Row (Y) index of the tile on the selected TileMatrix. It cannot exceed the MatrixWidth-1 for the selected TileMatrix. */
+                y: number;
+                /** @description Identifier selecting one of the TileMatrixSetId supported. */
+                tileMatrixSetId: "WebMercatorQuad";
+                token: string;
+                aoi_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Return an image. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/png": unknown;
+                    "image/jpeg": unknown;
+                    "image/jpg": unknown;
+                    "image/webp": unknown;
+                    "image/jp2": unknown;
+                    "image/tiff; application=geotiff": unknown;
+                    "application/x-binary": unknown;
+                };
+            };
+            /** @description unknown, expired or revoked link */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    ".tiles.shares.{token}.maps.{aoi_id}.getTileJSON": {
+        parameters: {
+            query?: {
+                tilesize?: number | null;
+                /** @description Default will be automatically defined if the output image needs a mask (png) or not (jpeg). */
+                tile_format?: components["schemas"]["ImageType"] | null;
+                /** @description Overwrite default minzoom. */
+                minzoom?: number | null;
+                /** @description Overwrite default maxzoom. */
+                maxzoom?: number | null;
+                /** @description Pixels added on each side of the tile (a multiple of 0.5). */
+                buffer?: number | null;
+                /** @description Pixels read around the tile edge to reduce resampling artefacts. */
+                padding?: number | null;
+                /** @description Dataset band indexes */
+                bidx?: number[] | null;
+                /** @description Overwrite internal Nodata value; nan or valid float values only. */
+                nodata?: ("nan" | "inf" | "-inf") | number | null;
+                /** @description Apply internal Scale/Offset. Defaults to `False`. */
+                unscale?: boolean | null;
+                /** @description RasterIO resampling algorithm. Defaults to `nearest`. */
+                resampling?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "gauss" | "rms") | null;
+                /** @description WarpKernel resampling algorithm (only used when doing re-projection). Defaults to `nearest`. */
+                reproject?: ("nearest" | "bilinear" | "cubic" | "cubic_spline" | "lanczos" | "average" | "mode" | "max" | "min" | "med" | "q1" | "q3" | "sum" | "rms") | null;
+                /** @description comma (',') delimited Min,Max range. Can set multiple time for multiple bands. */
+                rescale?: string[] | null;
+                /** @description rio-color formula (info: https://github.com/mapbox/rio-color) */
+                color_formula?: string | null;
+                /** @description Add mask to the output data. Defaults to `True` */
+                return_mask?: boolean | null;
+            };
+            header?: never;
+            path: {
+                /** @description Identifier selecting one of the TileMatrixSetId supported. */
+                tileMatrixSetId: "WebMercatorQuad";
+                token: string;
+                aoi_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Return a tilejson */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TileJSON"];
+                };
+            };
+            /** @description unknown, expired or revoked link */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
         };

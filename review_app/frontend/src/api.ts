@@ -130,6 +130,84 @@ export const exportLinks = (id: number, aoiId: number | null) => ({
   areasCsv: aoiId ? `${p(id)}/aois/${aoiId}/export/areas.csv` : null,
 });
 
+export type ShareOut = Schemas["ShareOut"];
+export type ShareIssued = Schemas["ShareIssued"];
+export type ShareCreate = Schemas["ShareCreate"];
+
+/** Read-only share links of a project (owners; share_panel.ts). */
+export const shareApi = {
+  list: (id: number) => request<ShareOut[]>("GET", `${p(id)}/shares`),
+  create: (id: number, body: ShareCreate) => request<ShareIssued>("POST", `${p(id)}/shares`, body),
+  revoke: (id: number, shareId: number) => request<ShareOut>("DELETE", `${p(id)}/shares/${shareId}`),
+};
+
+export type CompareMaps = Schemas["CompareMapsOut"];
+export type CompareMapsRequest = Schemas["CompareMapsRequest"];
+
+/** Two versions as maps (compare.ts): the change table (409 until the maps are made) and the job that makes them. */
+export const compareApi = {
+  versions: (id: number) => request<Checkpoint[]>("GET", `${p(id)}/checkpoints?all_versions=true`),
+  change: (id: number, q: CompareMapsRequest) =>
+    request<CompareMaps>(
+      "GET",
+      `${p(id)}/compare?aoi=${q.aoi}&a=${q.a}&b=${q.b}${q.aoi_b ? `&aoi_b=${q.aoi_b}` : ""}${q.project_b ? `&project_b=${q.project_b}` : ""}`,
+    ),
+  aois: (id: number) => request<Aoi[]>("GET", `${p(id)}/aois`),
+  prepare: (id: number, q: CompareMapsRequest) => request<Job>("POST", `${p(id)}/compare`, q),
+  job: (jobId: string) => request<Job>("GET", `/api/jobs/${encodeURIComponent(jobId)}`),
+};
+
+export type ProjectListItem = Schemas["ProjectListItem"];
+export type LocalCollection = Schemas["LocalCollectionOut"];
+export type StacApi = Schemas["StacApiOut"];
+export type StacSearch = Schemas["StacSearchOut"];
+export type Starter = Schemas["StarterOut"];
+export type Member = Schemas["MemberOut"];
+export type MemberIn = Schemas["MemberIn"];
+export type ProjectCreate = Schemas["ProjectCreate"];
+
+/** The projects page (projects.ts): the list, create, rename, delete, members, and what a project is made of. */
+export const projectsApi = {
+  list: () => request<ProjectListItem[]>("GET", "/api/projects"),
+  create: (body: ProjectCreate) => request<Project>("POST", "/api/projects", body),
+  rename: (id: number, name: string) => request<Project>("PATCH", p(id), { name }),
+  remove: (id: number, confirm: string) =>
+    request<ProjectSummary>("DELETE", `${p(id)}?confirm=${encodeURIComponent(confirm)}`),
+  members: (id: number) => request<Member[]>("GET", `${p(id)}/members`),
+  setMember: (id: number, body: MemberIn) => request<Member[]>("PUT", `${p(id)}/members`, body),
+  removeMember: (id: number, userId: number) => request<Member[]>("DELETE", `${p(id)}/members/${userId}`),
+  localCollections: () => request<LocalCollection[]>("GET", "/api/imagery/local"),
+  stacApis: () => request<StacApi[]>("GET", "/api/imagery/stac"),
+  stacCollections: (api: string) => request<string[]>("GET", `/api/imagery/stac/${encodeURIComponent(api)}/collections`),
+  stacSearch: (api: string, collections: string, bbox: number[], datetime: string | null) =>
+    request<StacSearch>(
+      "GET",
+      `/api/imagery/stac/${encodeURIComponent(api)}/search?collections=${encodeURIComponent(collections)}` +
+        `&bbox=${bbox.map((v) => v.toFixed(6)).join(",")}${datetime ? `&datetime=${encodeURIComponent(datetime)}` : ""}`,
+    ),
+  starters: () => request<Starter[]>("GET", "/api/starters"),
+};
+
+export type PatchOut = Omit<Schemas["PatchOut"], "geometry"> & { geometry: Geometry };
+export type PatchCreate = Schemas["PatchCreate"];
+export type PatchChange = Omit<Schemas["PatchChangeOut"], "patch"> & { patch: PatchOut | null };
+
+/** Map patches (patches.ts): hand corrections drawn over the maps; changes answer with the job re-applying them. */
+export const patchApi = {
+  list: (id: number) => request<PatchOut[]>("GET", `${p(id)}/patches`),
+  create: (id: number, body: PatchCreate) => request<PatchChange>("POST", `${p(id)}/patches`, body),
+  remove: (id: number, patchId: number) => request<PatchChange>("DELETE", `${p(id)}/patches/${patchId}`),
+  undo: (id: number) => request<PatchChange>("POST", `${p(id)}/patches/undo`),
+  asLabels: (id: number, patchId: number) => request<LabelCollection>("POST", `${p(id)}/patches/${patchId}/labels`),
+};
+
+/** An image of this app fetched with the access token (an <img src> cannot carry it), as an object URL. */
+export async function imageUrl(path: string): Promise<string> {
+  const response = await send("GET", path);
+  if (!response.ok) throw new ApiError(response.status, `GET ${path}: HTTP ${response.status}`);
+  return URL.createObjectURL(await response.blob());
+}
+
 /** A download through fetch (it carries the access token, which a plain link cannot), saved under the server's name. */
 export async function download(path: string): Promise<void> {
   const response = await send("GET", path);

@@ -5,6 +5,8 @@ import { actions } from "./actions";
 import { authEnabled, setDisplayName, startAuth } from "./auth";
 import { cancelSketch, createMap, finishSketch, removeLastVertex } from "./map";
 import { mountPanels } from "./panels";
+import { mountPatchLayer } from "./patches";
+import { mountProjectsPage } from "./projects";
 import { emit, state } from "./state";
 import { mountSuggestions, toggleSuggestions } from "./suggestions";
 import { $, toast } from "./ui";
@@ -13,16 +15,20 @@ import { connect } from "./ws";
 async function main(): Promise<void> {
   if (!(await startAuth())) return; // on the way to the identity provider, or showing the sign-in screen
   if (authEnabled()) setDisplayName((await api.me()).name);
-  const wanted = Number(new URLSearchParams(location.search).get("project"));
+  // `/`: the projects page (projects.ts); `/?project=N`: that project's map.
+  const params = new URLSearchParams(location.search);
+  if (!params.has("project")) return mountProjectsPage();
+  const wanted = Number(params.get("project"));
   const projects = await api.projects();
-  if (!projects.length) {
-    $("#banner").hidden = false;
-    $("#banner").textContent = "No project yet: the server creates the demo project at start-up.";
-    return;
+  if (!projects.some((p) => p.id === wanted)) {
+    await mountProjectsPage();
+    return toast(`Project ${params.get("project")} is not one of your projects (or it was deleted).`, "error", 10000);
   }
-  state.projectId = projects.some((p) => p.id === wanted) ? wanted : projects[0].id;
+  state.projectId = wanted;
   mountPanels();
-  mountSuggestions(createMap($("#map"), actions));
+  const map = createMap($("#map"), actions);
+  mountSuggestions(map);
+  mountPatchLayer(map); // patches.ts: outlines of the map patches in force
   await Promise.all([actions.loadProject(), actions.loadLabels(), actions.loadModelPanels(), actions.loadStrategy()]);
   connect();
   bindKeys();
@@ -66,6 +72,9 @@ function bindKeys(): void {
       case "a":
       case "A":
         return actions.setTool("aoi");
+      case "h":
+      case "H":
+        return actions.setTool("patch"); // patches.ts: hand corrections of the map
       case "n":
       case "N":
         return void toggleSuggestions();

@@ -4,6 +4,7 @@ import * as maplibregl from "maplibre-gl";
 import "maplibre-gl/dist/maplibre-gl.css";
 import type { Aoi, Geometry, View } from "./api";
 import { withAccessToken } from "./auth";
+import { patchColor, patchDescription } from "./patches";
 import { classColor, currentAoi, emit, on, state } from "./state";
 
 type Position = [number, number];
@@ -13,6 +14,7 @@ type Position = [number, number];
 export interface MapGestures {
   createAoi(geometry: Geometry): Promise<void>;
   addLabel(geometry: Geometry): Promise<boolean>;
+  addPatch(geometry: Geometry): Promise<void>; // patches.ts: the Patch tool's polygon
   deleteLabel(id: number): Promise<void>;
   selectAoi(id: number): void;
 }
@@ -353,8 +355,12 @@ function syncLabels(): void {
 
 // -- drawing tools --------------------------------------------------------------------------------------------
 function sketchColor(): string {
+  if (state.tool === "patch") return patchColor();
   return state.tool === "aoi" ? "#facc15" : classColor(state.selectedClass);
 }
+
+/** The tools whose clicks place a polygon's corners. */
+const drawsPolygon = () => state.tool === "polygon" || state.tool === "aoi" || state.tool === "patch";
 
 function renderSketch(): void {
   const source = map.getSource("sketch") as maplibregl.GeoJSONSource | undefined;
@@ -374,11 +380,11 @@ function renderSketch(): void {
   }
   source.setData({ type: "FeatureCollection", features });
   const hint = document.getElementById("draw-hint")!;
-  const drawing = state.tool === "polygon" || state.tool === "aoi";
+  const drawing = drawsPolygon();
   hint.hidden = !drawing;
   if (drawing) {
     const title = state.project?.classes.find((c) => c.name === state.selectedClass)?.title ?? state.selectedClass;
-    const what = state.tool === "aoi" ? "the AOI" : `a “${title}” polygon`;
+    const what = state.tool === "aoi" ? "the AOI" : state.tool === "patch" ? patchDescription() : `a “${title}” polygon`;
     hint.textContent =
       sketch.length < 3
         ? `Click to place the corners of ${what} (${sketch.length} so far)`
@@ -405,13 +411,14 @@ export async function finishSketch(): Promise<void> {
   cancelSketch();
   if (tool === "aoi") await gestures.createAoi(geometry);
   else if (tool === "polygon") await gestures.addLabel(geometry);
+  else if (tool === "patch") await gestures.addPatch(geometry);
 }
 
 function onToolChange(): void {
   cancelSketch();
   const drawing = state.tool !== "pan";
   map.getCanvas().style.cursor = state.tool === "erase" ? "not-allowed" : drawing ? "crosshair" : "";
-  if (state.tool === "polygon" || state.tool === "aoi") map.doubleClickZoom.disable();
+  if (drawsPolygon()) map.doubleClickZoom.disable();
   else map.doubleClickZoom.enable();
 }
 
@@ -428,6 +435,7 @@ function onClick(e: maplibregl.MapMouseEvent): void {
       break;
     case "polygon":
     case "aoi":
+    case "patch":
       sketch.push(at);
       renderSketch();
       break;
@@ -448,7 +456,7 @@ function onClick(e: maplibregl.MapMouseEvent): void {
 }
 
 function onDoubleClick(e: maplibregl.MapMouseEvent): void {
-  if (state.tool !== "polygon" && state.tool !== "aoi") return;
+  if (!drawsPolygon()) return;
   e.preventDefault();
   // The double-click's two clicks already added the last corner twice: drop the duplicate.
   if (sketch.length >= 2) {
@@ -459,7 +467,7 @@ function onDoubleClick(e: maplibregl.MapMouseEvent): void {
 }
 
 function onMouseMove(e: maplibregl.MapMouseEvent): void {
-  if ((state.tool === "polygon" || state.tool === "aoi") && sketch.length) {
+  if (drawsPolygon() && sketch.length) {
     cursor = [e.lngLat.lng, e.lngLat.lat];
     renderSketch();
   }

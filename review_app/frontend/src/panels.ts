@@ -3,8 +3,12 @@
 import { download, exportLinks, type StrategyName } from "./api";
 import { actions, strategyTitle } from "./actions";
 import { authEnabled, signedInName, signOut } from "./auth";
+import { openCompare } from "./compare";
 import { fitToAoi } from "./map";
 import { activeJob, currentAoi, emit, labelCounts, on, state, type Tool } from "./state";
+import { mountPatchPanel } from "./patches";
+import { mountAoiUpload } from "./aoi_upload";
+import { mountSharePanel } from "./share_panel";
 import { toggleSuggestions } from "./suggestions";
 import { $, esc, f2, pct, slug, timeAgo, toast } from "./ui";
 
@@ -15,6 +19,7 @@ const ICONS: Record<string, string> = {
   erase: '<path d="M20 20H9L4 15a2 2 0 0 1 0-2.8L13.2 3a2 2 0 0 1 2.8 0L21 8a2 2 0 0 1 0 2.8L12 20"/><path d="M7 10l7 7"/>',
   aoi: '<path d="M4 8V4h4M16 4h4v4M20 16v4h-4M8 20H4v-4" /><path d="M9 12h6M12 9v6"/>',
   undo: '<path d="M9 14L4 9l5-5"/><path d="M4 9h10a6 6 0 0 1 0 12h-3"/>',
+  patch: '<path d="M4 4h10v10H4z"/><path d="M10 10h10v10H10z" fill="currentColor" fill-opacity="0.35"/>',
 };
 const TOOLS: { tool: Tool; label: string; key: string }[] = [
   { tool: "pan", label: "Pan", key: "Esc" },
@@ -22,6 +27,7 @@ const TOOLS: { tool: Tool; label: string; key: string }[] = [
   { tool: "polygon", label: "Polygon", key: "G" },
   { tool: "erase", label: "Erase", key: "E" },
   { tool: "aoi", label: "AOI", key: "A" },
+  { tool: "patch", label: "Patch", key: "H" }, // patches.ts: fill a polygon of the map by hand
 ];
 
 const icon = (name: string) =>
@@ -35,13 +41,15 @@ export function mountPanels(): void {
       <ul id="classes" class="classes" data-testid="class-list"></ul>
       <div id="add-class"></div></section>
     <section class="panel"><h2>Layers</h2><div id="layers"></div></section>
-    <section class="panel"><h2>Areas of interest</h2><div id="aois"></div></section>`;
+    <section class="panel"><h2>Areas of interest</h2><div id="aois"></div><div id="aoi-upload"></div></section>`;
   const right = $("#right");
   right.innerHTML = `
     <section class="panel"><h2>Retrain strategy <span class="hint">from the next retrain</span></h2><div id="strategy" data-testid="strategy"><p class="empty">Loading…</p></div></section>
     <section class="panel"><h2>Model quality <span id="metrics-version" class="hint"></span></h2><div id="metrics" data-testid="metrics"></div></section>
     <section class="panel grow"><h2>Checkpoints</h2><div id="checkpoints" data-testid="checkpoints"></div></section>
-    <section class="panel"><h2>Export</h2><div id="exports"></div></section>`;
+    <section class="panel"><h2>Export</h2><div id="exports"></div></section>
+    <section class="panel"><h2>Map patches <span class="hint">tool H</span></h2><div id="patch-panel" data-testid="patch-panel"></div></section>
+    <section class="panel"><h2>Share <span class="hint">read-only link</span></h2><div id="share-panel" data-testid="share-panel"></div></section>`;
   bindEvents();
   on(["project", "jobs", "ws", "aoi", "suggestions"], renderTopbar);
   on(["tool"], renderTools);
@@ -52,6 +60,9 @@ export function mountPanels(): void {
   on(["metrics"], renderMetrics);
   on(["checkpoints"], renderCheckpoints);
   on(["project", "aoi"], renderExports);
+  mountSharePanel(); // share_panel.ts: owners make read-only links to AOI maps
+  mountPatchPanel(); // patches.ts: the map patches in force, remove, undo, use as labels
+  mountAoiUpload(); // aoi_upload.ts: AOIs from a GeoJSON, GeoPackage, KML or zipped Shapefile
   on(["project", "jobs", "tool", "aoi", "class"], renderStatus);
   on(["project", "aoi", "jobs"], renderBanner); // jobs: a partial layer says whether the rest is still running
   renderAddClass(false);
@@ -71,6 +82,7 @@ function renderTopbar(): void {
       : `<span class="chip chip-warn" data-testid="model-status">no model</span>`;
   $("#topbar").innerHTML = `
     <div class="brand"><span class="logo"></span>PEARL<span class="brand-sub">land-cover mapping</span></div>
+    <a class="btn btn-small" href="/" data-testid="projects-link" title="All your projects">Projects</a>
     <div class="project-name" data-testid="project-name">${esc(project?.name ?? "…")}</div>
     ${modelChip}
     <span class="ws-dot ${state.wsConnected ? "on" : ""}" title="live updates ${state.wsConnected ? "connected" : "reconnecting"}" data-testid="ws-status" data-connected="${state.wsConnected}"></span>
@@ -108,6 +120,7 @@ function renderStatus(): void {
     polygon: "Click corners, double-click to finish",
     erase: "Click a label to erase it",
     aoi: `Click the corners of an area (≤ ${state.project?.live_aoi_max_km2 ?? 25} km²), double-click to finish`,
+    patch: "Click the corners of a patch of the map, double-click to finish (Map patches: fill or checkpoint)",
   };
   const updated =
     state.lastUpdateSeconds !== null
@@ -214,7 +227,7 @@ function renderAois(): void {
           <span class="aoi-state">${running?.aoi_id === a.id ? "predicting…" : a.prediction ? `v${a.prediction.version}${a.prediction.partial ? " (partial)" : ""}` : "not predicted"}</span></li>`,
         )
         .join("")}</ul>`
-    : `<p class="empty">No AOI yet. Press <kbd>A</kbd> and click the corners of the area to map.</p>`;
+    : `<p class="empty">No AOI yet. Press <kbd>A</kbd> and click the corners of the area to map, or upload a file of polygons.</p>`;
 }
 
 // -- retrain strategy: how the next retrains fit their head (GET/PUT /strategy) --------------------------------------
@@ -309,7 +322,8 @@ function renderCheckpoints(): void {
       : "";
   $("#checkpoints").innerHTML = `
     <form class="save-ckpt" data-testid="save-checkpoint-form"><input name="name" placeholder="Name the current model…" maxlength="80" required data-testid="checkpoint-name" autocomplete="off"><button class="btn btn-small btn-primary" type="submit" data-testid="save-checkpoint">Save</button></form>
-    <ul class="ckpts">${rows || `<li class="empty">No model yet.</li>`}</ul>${compare}`;
+    <ul class="ckpts">${rows || `<li class="empty">No model yet.</li>`}</ul>${compare}
+    <button class="btn btn-small btn-block" data-action="compare-maps" data-testid="compare-maps" title="Two versions as maps: swipe between them, or see what changed class">Compare maps</button>`;
 }
 
 // -- exports --------------------------------------------------------------------------------------------------------------
@@ -360,6 +374,8 @@ function bindEvents(): void {
         return renderAddClass(false);
       case "sign-out":
         return void signOut();
+      case "compare-maps": // compare.ts: two versions as maps
+        return void openCompare();
     }
   });
   document.addEventListener("change", (e) => {

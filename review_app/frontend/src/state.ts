@@ -1,7 +1,7 @@
 // One application state and a tiny topic-based change notifier (no framework needed at this size).
 import type { Checkpoint, Compare, Job, LabelCollection, Metrics, Project, Strategy, StrategyName } from "./api";
 
-export type Tool = "pan" | "point" | "polygon" | "erase" | "aoi";
+export type Tool = "pan" | "point" | "polygon" | "erase" | "aoi" | "patch"; // patch: patches.ts
 export type ImageryStyle = "true_color" | "false_color" | "off";
 export type Topic = "project" | "labels" | "tool" | "class" | "layers" | "jobs" | "metrics" | "checkpoints" | "strategy" | "aoi" | "ws" | "suggestions";
 
