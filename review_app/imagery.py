@@ -76,6 +76,12 @@ def resolve_source(imagery: Mapping[str, Any], settings: Settings) -> dict[str, 
     }
 
 
+def shown_source(imagery: Mapping[str, Any]) -> dict[str, Any]:
+    """A project's imagery source as responses show it: a URL that projects of before stored (an API's address is
+    the operator's configuration, never shown) is left out; the API's id says which one it is."""
+    return {key: value for key, value in imagery.items() if key != "url"}
+
+
 def _same_url(a: str, b: str) -> bool:
     return a.strip().rstrip("/") == b.strip().rstrip("/")
 

@@ -13,20 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import attr
 import morecantile
-import rasterio
 from attrs import define
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
-from rio_tiler.errors import TileOutsideBounds
-from rio_tiler.io import Reader
-from rio_tiler.models import ImageData
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from titiler.core.dependencies import BidxParams, DefaultDependency
 from titiler.core.factory import TilerFactory
 
 from review_app.container import ReviewServices
+from review_app.gtiff_reader import GTiffReader
 from review_app.schemas import COMMON_ERRORS
 
 _ID = re.compile(r"^[1-9][0-9]{0,8}$")
@@ -35,10 +31,6 @@ MAX_TILESIZE = 1024
 # larger values try to allocate gigabytes. A map needs a few pixels of either.
 MAX_BUFFER = 64
 MAX_PADDING = 64
-# Below this zoom a tile covers so much more than a project's rasters that rio-tiler's warp takes ~4x longer per
-# level (z8 7 s, z6 31 s, z0 hours on the 1.2 km test mosaic): one request would pin a worker thread. The map
-# asks for z11+ (imagery) and z12+ (predictions); lower tiles answer the uniform 404.
-MIN_ZOOM = 10
 MAX_ZOOM = 24  # WebMercatorQuad's deepest level (~1 cm per pixel)
 TMS = morecantile.TileMatrixSets({"WebMercatorQuad": morecantile.tms.get("WebMercatorQuad")})
 
@@ -140,22 +132,6 @@ class TrueColorBidx(BidxParams):
     def __post_init__(self) -> None:
         if not self.indexes:
             self.indexes = [1, 2, 3]
-
-
-@attr.s
-class GTiffReader(Reader):
-    """rio-tiler Reader that opens (Geo)TIFFs only: a VRT or any other format is refused even if GDAL knows it."""
-
-    def __attrs_post_init__(self) -> None:
-        if not self.dataset:
-            self.dataset = self._ctx_stack.enter_context(rasterio.open(self.input, driver="GTiff"))
-        super().__attrs_post_init__()
-
-    def tile(self, tile_x: int, tile_y: int, tile_z: int, *args: Any, **kwargs: Any) -> ImageData:
-        """Tiles below MIN_ZOOM are refused (TileOutsideBounds: the tile routes' uniform 404, errors.py)."""
-        if tile_z < MIN_ZOOM:
-            raise TileOutsideBounds(f"tile zoom {tile_z} is below {MIN_ZOOM}")
-        return super().tile(tile_x, tile_y, tile_z, *args, **kwargs)
 
 
 @define(kw_only=True)

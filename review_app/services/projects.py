@@ -18,7 +18,7 @@ from pearl_pipelines.labels.store import LabelStore, LabelStoreError, ProjectRow
 from pearl_pipelines.layout import Layout
 from pearl_pipelines.ml.refs import parse_registered_ref, project_id_of, starter_schema_of
 from pearl_pipelines.settings import Settings
-from review_app.imagery import ImageryError, resolve_source
+from review_app.imagery import ImageryError, resolve_source, shown_source
 from review_app.links import imagery_links
 from review_app.schemas import (
     BASE_MODEL_REFUSED,
@@ -122,7 +122,7 @@ class ProjectService:
                     id=row.id,
                     name=row.name,
                     created_at=row.created_at,
-                    imagery_source=row.imagery,
+                    imagery_source=shown_source(row.imagery),
                     class_schema_id=str(schema.get("id", "")),
                     class_count=len(schema.get("classes") or []),
                     label_count=fig.labels,
@@ -194,7 +194,7 @@ class ProjectService:
             id=row.id,
             name=row.name,
             created_at=row.created_at,
-            imagery_source=row.imagery,
+            imagery_source=shown_source(row.imagery),
             class_schema_id=schema.id,
             classes=classes,
             imagery=imagery,

@@ -308,7 +308,7 @@ class UploadService:
 
     def preview_png(self, user: User, upload_id: str, bands: Sequence[int] | None) -> bytes:
         """A small PNG of three bands (default: the file's red, green, blue), stretched 2-98 %, rendered here."""
-        from review_app.tiles import GTiffReader  # the tile routes' reader: GTiff only, never a VRT
+        from review_app.gtiff_reader import GTiffReader  # the tile routes' reader: GTiff only, never a VRT
 
         folder = self._dir(user, upload_id)
         meta = self._meta(folder)

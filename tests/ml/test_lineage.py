@@ -54,6 +54,7 @@ def test_every_field_is_a_tag_and_back() -> None:
         label_store_digest="store-1",
         source="review-app",
         dagster_run_id="run-1",
+        patches_digest="patches-1",
     )
     assert set(Lineage.KEYS) == set(Lineage.model_fields)
     tags = lineage.to_tags()

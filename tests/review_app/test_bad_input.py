@@ -332,10 +332,10 @@ def test_cors_opens_only_to_configured_origins(settings: Settings) -> None:
 
 def test_tiles_below_the_zoom_floor_are_404_at_once(client: TestClient, project: dict[str, Any]) -> None:
     """Schemathesis' z=0 imagery tile ran for hours (rio-tiler warps ~4x longer per zoom level down) and pinned a
-    worker thread past shutdown: below review_app.tiles.MIN_ZOOM a tile is the uniform 404, at once."""
+    worker thread past shutdown: below review_app.gtiff_reader.MIN_ZOOM a tile is the uniform 404, at once."""
     import morecantile
 
-    from review_app.tiles import MIN_ZOOM
+    from review_app.gtiff_reader import MIN_ZOOM
 
     lon, lat = center(project)
     tms = morecantile.tms.get("WebMercatorQuad")

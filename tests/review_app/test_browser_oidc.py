@@ -193,6 +193,9 @@ def test_sign_in_with_pkce_tokens_on_every_call_and_sign_out(
     # 6. Signing in again works; before the access token expires the page renews it with the refresh token, and
     # a reload keeps the session (sessionStorage) without going to the provider.
     page.get_by_test_id("sign-in").click()
+    # Signed out at /, so signed in again on the projects list; the project opens from there.
+    page.get_by_test_id("project-list").filter(has_text="Demo").wait_for(timeout=30000)
+    page.goto(f"{url}/?project=1")
     _signed_in(page)
     assert issuer.seen.token[-1][1] == 200 and len(issuer.seen.authorize) == 3
     before, signed_in = _stored_user(page)["access_token"], len(issuer.seen.token)
