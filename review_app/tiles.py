@@ -144,16 +144,23 @@ class IdTilerFactory(TilerFactory):
         self.tilejson()
 
 
-def _factory(
-    prefix: str, path_dependency: Any, colormap_dependency: Any | None = None, layer_dependency: Any = BidxParams
+def tile_factory(
+    prefix: str,
+    path_dependency: Any,
+    colormap_dependency: Any | None = None,
+    layer_dependency: Any = BidxParams,
+    *,
+    reader: type[GTiffReader] = GTiffReader,
+    factory: type[IdTilerFactory] = IdTilerFactory,
 ) -> IdTilerFactory:
+    """A layer's tile routes under `prefix`, bounded (tile size, zoom, buffer, padding), GeoTIFFs only."""
     kwargs: dict[str, Any] = {}
     if colormap_dependency is not None:
         kwargs["colormap_dependency"] = colormap_dependency
-    return IdTilerFactory(
+    return factory(
         router=APIRouter(dependencies=[Depends(limit_tilesize), Depends(limit_zoom)]),
         router_prefix=prefix,
-        reader=GTiffReader,
+        reader=reader,
         path_dependency=path_dependency,
         layer_dependency=layer_dependency,
         tile_dependency=BoundedTileParams,
@@ -183,7 +190,7 @@ def mount_tiles(app: FastAPI) -> None:
             code: COMMON_ERRORS[code] for code in (401, 404, 422, 429)
         }  # tiles: a uniform 404 for the rest
         app.include_router(
-            _factory(prefix, path_dependency, colormap, bands).router, prefix=prefix, tags=[tag], responses=errors
+            tile_factory(prefix, path_dependency, colormap, bands).router, prefix=prefix, tags=[tag], responses=errors
         )
 
 

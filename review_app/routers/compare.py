@@ -127,5 +127,5 @@ def mount_compare_tiles(app: FastAPI) -> None:
         ),
     ]
     for prefix, path_dependency, tag in layers:
-        factory = tiles._factory(prefix, path_dependency, tiles.class_colormap)
+        factory = tiles.tile_factory(prefix, path_dependency, tiles.class_colormap)
         app.include_router(factory.router, prefix=prefix, tags=[tag], responses=errors)

@@ -32,15 +32,7 @@ from titiler.core.dependencies import BidxParams
 from review_app.deps import MAX_ID, ProjectId, UserDep
 from review_app.schemas import COMMON_ERRORS, ErrorOut, PublicMapOut, ShareCreate, ShareIssued, ShareOut, ShareView
 from review_app.services.shares import OpenShare, ShareNotFound, ShareService
-from review_app.tiles import (
-    TMS,
-    BoundedTileParams,
-    GTiffReader,
-    IdTilerFactory,
-    TrueColorBidx,
-    limit_tilesize,
-    limit_zoom,
-)
+from review_app.tiles import GTiffReader, IdTilerFactory, TrueColorBidx, tile_factory
 
 router = APIRouter(prefix="/api/projects/{project_id}/shares", tags=["shares"], responses=COMMON_ERRORS)
 link_router = APIRouter(tags=["shares"])  # scope "share" or "public": no sign-in, so none of the guard's errors
@@ -248,19 +240,5 @@ def mount_share_tiles(app: FastAPI) -> None:
         ("/tiles/shares/{token}/maps/{aoi_id}", share_map_path, GTiffReader, BidxParams, share_colormap),
     ]
     for prefix, path_dependency, reader, bands, colormap in layers:
-        extra: dict[str, Any] = {"colormap_dependency": colormap} if colormap is not None else {}
-        factory = ShareTilerFactory(
-            router=APIRouter(dependencies=[Depends(limit_tilesize), Depends(limit_zoom)]),
-            router_prefix=prefix,
-            reader=reader,
-            path_dependency=path_dependency,
-            layer_dependency=bands,
-            tile_dependency=BoundedTileParams,
-            process_dependency=lambda: None,
-            supported_tms=TMS,
-            add_preview=False,
-            add_part=False,
-            add_viewer=False,
-            **extra,
-        )
+        factory = tile_factory(prefix, path_dependency, colormap, bands, reader=reader, factory=ShareTilerFactory)
         app.include_router(factory.router, prefix=prefix, tags=["tiles: shared maps"], responses=NOT_FOUND)
