@@ -125,7 +125,10 @@ def test_create_a_project_from_an_uploaded_geotiff(page: Any, server: tuple[str,
     assert page.get_by_test_id("upload-ingest").is_disabled()
     for role, band in (("red", "1"), ("green", "2"), ("blue", "3"), ("nir", "4")):
         page.get_by_test_id(f"band-{role}").select_option(band)
-    page.wait_for_function("() => document.querySelector('[data-testid=upload-preview]')?.naturalWidth > 0")
+    page.wait_for_function(
+        "() => { const img = document.querySelector('[data-testid=upload-preview]');"
+        " return img?.dataset.bands === '1,2,3' && img.complete && img.naturalWidth > 0; }"
+    )  # the preview of the chosen bands (the default one, or one of an earlier choice, may be shown before)
     left, right = page.get_by_test_id("upload-preview").evaluate(PREVIEW_PIXELS)
     assert left[0] > 200 > 60 > left[2] and right[2] > 200 > 60 > right[0], (left, right)  # red west, blue east
     assert page.get_by_test_id("upload-progress").evaluate("p => p.value") == 1

@@ -38,6 +38,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 class FileRow {
   upload: Upload | null = null;
   bands: BandMap | null = null;
+  private previews = 0; // previews asked for: only the latest one's answer is shown (they may arrive out of order)
   readonly row: HTMLElement;
   private readonly bar: HTMLProgressElement;
   private readonly status: HTMLElement;
@@ -150,10 +151,14 @@ class FileRow {
     const img = this.extra.querySelector<HTMLImageElement>("img");
     if (!img || !this.upload) return;
     const query = rgb ? `?bands=${rgb.join(",")}` : "";
+    const asked = ++this.previews;
     const response = await call("GET", `/api/uploads/${this.upload.id}/preview.png${query}`);
     if (!response.ok) return;
+    const picture = await response.blob();
+    if (asked !== this.previews) return; // a later choice of bands is on its way
     if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
-    img.src = URL.createObjectURL(await response.blob());
+    img.dataset.bands = rgb ? rgb.join(",") : "";
+    img.src = URL.createObjectURL(picture);
   }
 }
 
