@@ -107,6 +107,14 @@ class Settings(BaseSettings):
     rate_limit_storage: str = Field(
         default="memory://", description="`limits` storage URI of the write counts: memory:// or redis://host:port/db"
     )
+    # Websocket events of a project reach the browsers on every app process that names the same Redis (pub/sub);
+    # memory:// delivers within this process only (one app process: make demo).
+    events_url: str = Field(
+        default="memory://", description="event fan-out between app processes: memory:// or redis://host:port/db"
+    )
+    # Where the files that layout.py names live: a local folder (PEARL_HOME, the default) or an S3-compatible
+    # bucket, s3://bucket/prefix (endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).
+    storage_url: str | None = Field(default=None, description="s3://bucket/prefix; default: files under PEARL_HOME")
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call the API from a browser; none by default"
     )
