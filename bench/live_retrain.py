@@ -72,7 +72,7 @@ def label_run_loop(home: str, aoi_id: int, status: str, nice: int) -> None:
     from review_app.workspace import StateStore
 
     settings = Settings(home=Path(home))
-    ws = StateStore(settings.home_abs).workspace(1)
+    ws = StateStore(settings.home_abs, LabelStore(settings.resolved_label_store_url)).workspace(1)
     state = ws.state()
     base = BaseModel.load(project_base_file(settings, ws.paths.base_model_dir).parent)
     cache = ws.embeddings_dir(aoi_id, state)

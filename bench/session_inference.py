@@ -120,21 +120,22 @@ def in_process_round(settings: Settings, lon: float, lat: float, n: int, tmp: Pa
     """The same prediction called here: the project's model (base + current head), imagery, AOI and cache."""
     from shapely.geometry import shape
 
+    from pearl_pipelines.labels.store import LabelStore
     from pearl_pipelines.ml.base_model import project_base_file
     from pearl_pipelines.ml.inference import predict
     from pearl_pipelines.ml.models import load_model
     from pearl_pipelines.ml.versions import ModelVersion
-    from review_app.workspace import ProjectPaths, ProjectState, StateStore
+    from review_app.workspace import StateStore
 
-    paths = ProjectPaths.of(settings.home_abs, 1)
-    state = ProjectState.model_validate_json(paths.state.read_text())
+    states = StateStore(settings.home_abs, LabelStore(settings.resolved_label_store_url))
+    paths, state = states.paths(1), states.get(1)
     model = load_model(project_base_file(settings, paths.base_model_dir))
     version = ModelVersion.load(paths.version_dir(state.current_model or 0))
     model = model if version.needs_xy else version.to_model(model)
     started = time.perf_counter()
     predict(
         model,
-        StateStore(settings.home_abs).imagery_path(1),
+        states.imagery_path(1),
         tmp / f"out-{n}",
         aoi=shape(km2_square(lon, lat, AOI_KM2)),
         aoi_crs="EPSG:4326",

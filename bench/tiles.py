@@ -179,9 +179,11 @@ class ReviewPaths:
     """The files behind the review app's ids (the plain titiler gets them as `url=`)."""
 
     def __init__(self, home: Path, aoi_id: int, version: int) -> None:
+        from pearl_pipelines.labels.store import LabelStore
+        from pearl_pipelines.settings import Settings
         from review_app.workspace import StateStore
 
-        states = StateStore(home)
+        states = StateStore(home, LabelStore(Settings(home=home).resolved_label_store_url))
         self.imagery = states.imagery_path(1)
         self.classes = states.paths(1).classes_path(aoi_id, version)
 

@@ -39,12 +39,12 @@ class ReviewServices:
         self.settings = settings
         # Shared infrastructure: the label DB, the per-project session state, websocket fan-out, the job pool.
         self.store = LabelStore(settings.resolved_label_store_url)
-        self.states = StateStore(settings.home_abs)
+        self.states = StateStore(settings.home_abs, self.store)
         self.accounts = Accounts(self.store, settings.auth_secret)
         self.auth = Authenticator(settings, self.accounts)
         self._known_projects: set[int] = set()
-        self.hub = EventHub()
-        self.runner = JobRunner(self.hub)
+        self.hub = EventHub(settings.events_url)
+        self.runner = JobRunner(self.hub, self.states.db)
         self.label_runs = Debouncer(lambda project_id: submit_label_run(project_id, settings, self.store))
         # MLflow is the version store; a version it logged is Dagster's cue: its label run adopts the version.
         self.publisher = VersionPublisher(
@@ -140,5 +140,6 @@ class ReviewServices:
         self.publisher.close()
         self.label_runs.close()
         self.runner.shutdown()
+        self.hub.close()
         self.uploads.close()
         self.store.engine.dispose()

@@ -1,13 +1,21 @@
 """Background jobs (imagery mosaic, inference, retrain, restore) in a thread pool, reported on the websocket.
 
-Jobs of one project run one after another (a per-project lock): a retrain never reads an embedding
-cache that an inference is rewriting. Progress events are throttled to ~10 per second per job.
+Jobs are rows of the label store's database (pearl_pipelines/labels/app_state.py), so the rules hold across any
+number of app processes: a project's jobs run one after another, oldest first, whichever process runs them (a
+retrain never reads an embedding cache that an inference is rewriting), and of each expensive kind a project has
+at most one running and one waiting. The database is the lock (the project's row lock, taken for each decision):
+it is already shared by every process, transactional on SQLite and PostgreSQL alike, and a job's row outlives
+its process, which a lock in Redis would not. Each process beats a heartbeat into its active jobs; a job whose
+process stops beating for STALE_S is failed with a message by whichever process looks next (never left running).
+Progress events are throttled to ~10 per second per job, their database copy to one a second.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -16,6 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from pearl_pipelines.labels.app_state import AppState, JobRow
 from review_app.events import EventHub
 from review_app.rate_limits import TooManyRequests
 from review_app.schemas import ErrorEvent, JobEvent, JobKind, JobOut, JobState, WsEventModel
@@ -24,6 +33,10 @@ log = logging.getLogger(__name__)
 MAX_JOBS_KEPT = 200
 LIMITED_KINDS = frozenset({"retrain", "inference"})  # the expensive ones: one running + one waiting per project
 PROGRESS_INTERVAL_S = 0.1
+SAVE_INTERVAL_S = 1.0  # progress reaches the database (other processes' GET /api/jobs) at most this often
+HEARTBEAT_S = 2.0
+STALE_S = 10.0  # a job whose process has not beaten for this long is failed
+CLAIM_POLL_S = 0.05  # how often a job waiting for another process's job of its project asks again
 
 
 class JobFailed(RuntimeError):
@@ -42,6 +55,21 @@ class Job:
     error: str | None = None
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+
+    @classmethod
+    def of_row(cls, row: JobRow) -> Job:
+        return cls(
+            project_id=row.project_id,
+            kind=row.kind,  # type: ignore[arg-type]
+            aoi_id=row.aoi_id,
+            id=row.id,
+            state=row.state,  # type: ignore[arg-type]
+            progress=row.progress,
+            message=row.message,
+            error=row.error,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+        )
 
     def out(self) -> JobOut:
         return JobOut(
@@ -88,39 +116,64 @@ JobBody = Callable[[JobContext], str | None]
 
 
 class JobRunner:
-    def __init__(self, hub: EventHub, workers: int = 2) -> None:
-        self.hub = hub
+    def __init__(self, hub: EventHub, db: AppState, workers: int = 2) -> None:
+        self.hub, self.db = hub, db
+        self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pearl-job")
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._jobs: OrderedDict[str, Job] = OrderedDict()  # this process's jobs (the freshest copy of each)
+        self._saved: dict[str, tuple[float, JobState]] = {}  # job -> (when, state) of its last database write
         self._locks: defaultdict[int, threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
+        self._stop = threading.Event()
+        self._heart = threading.Thread(target=self._beat, daemon=True, name="pearl-job-heartbeat")
+        self._heart.start()
 
     def submit(self, project_id: int, kind: JobKind, body: JobBody, *, aoi_id: int | None = None) -> Job:
-        """Queue a job. Of each limited kind a project has at most one running and one waiting: the same request
-        again joins the waiting job; another one (a different AOI) is refused with TooManyRequests (429)."""
+        """Queue a job. Of each limited kind a project has at most one running and one waiting (in any process):
+        the same request again joins the waiting job; another one (another AOI) is refused: TooManyRequests (429)."""
         job = Job(project_id=project_id, kind=kind, aoi_id=aoi_id)
-        with self._guard:
-            if kind in LIMITED_KINDS:
-                waiting = next(
-                    (j for j in self._jobs.values() if (j.project_id, j.kind, j.state) == (project_id, kind, "queued")),
-                    None,
+        with self.db.store.session() as s:
+            self.db.store.locked_project(s, project_id)
+            reaped = self.db.fail_stale_in(s, _stale_before(), project_id=project_id)
+            waiting = self.db.waiting_job(s, project_id, kind) if kind in LIMITED_KINDS else None
+            if waiting is None:
+                s.add(
+                    JobRow(id=job.id, project_id=project_id, kind=kind, aoi_id=aoi_id, state="queued", owner=self.owner)
                 )
-                if waiting is not None and waiting.aoi_id == aoi_id:
-                    return waiting  # e.g. a second label burst while the first retrain runs: one retrain follows
-                if waiting is not None:
-                    raise TooManyRequests(
-                        f"a {kind} is already waiting in project {project_id}; retry when it has started", 5
-                    )
+        self._announce_reaped(reaped)
+        if waiting is not None and waiting.aoi_id == aoi_id:
+            return self._jobs.get(waiting.id) or Job.of_row(waiting)  # a second label burst: one retrain follows
+        if waiting is not None:
+            raise TooManyRequests(f"a {kind} is already waiting in project {project_id}; retry when it has started", 5)
+        with self._guard:
             self._jobs[job.id] = job
             while len(self._jobs) > MAX_JOBS_KEPT:
-                self._jobs.popitem(last=False)
-            lock = self._locks[project_id]
+                old, _ = self._jobs.popitem(last=False)
+                self._saved.pop(old, None)
+        self._saved[job.id] = (time.monotonic(), "queued")
         self.announce(job)
-        self._pool.submit(self._run, job, body, lock)
+        self._pool.submit(self._run, job, body)
         return job
 
-    def _run(self, job: Job, body: JobBody, lock: threading.Lock) -> None:
-        with lock:
+    def _claim(self, job: Job) -> bool:
+        """Wait for the job's turn in its project (jobs of other processes included); False: it was failed meanwhile
+        (its heartbeat went stale), and does not run."""
+        while not self._stop.is_set():
+            turn = self.db.claim(job.id, job.project_id, _stale_before())
+            if turn == "running":
+                return True
+            if turn == "gone":
+                row = self.db.job(job.id)
+                job.state, job.error = "failed", (row.error if row is not None else None) or "the job was cancelled"
+                return False
+            time.sleep(CLAIM_POLL_S)
+        return False
+
+    def _run(self, job: Job, body: JobBody) -> None:
+        with self._locks[job.project_id]:  # this process's jobs of the project queue here, without polling
+            if not self._claim(job):
+                self.announce(job)
+                return
             job.state, job.started_at = "running", dt.datetime.now(dt.UTC)
             self.announce(job)
             try:
@@ -141,19 +194,71 @@ class JobRunner:
                 self.hub.publish(job.project_id, ErrorEvent(job_id=job.id, message=job.error or ""))
 
     def announce(self, job: Job) -> None:
+        self._save(job)
         self.hub.publish(job.project_id, JobEvent(**job.out().model_dump()))
 
-    def get(self, job_id: str) -> Job:
+    def _save(self, job: Job) -> None:
+        """The job's row follows: every change of state at once, progress at most every SAVE_INTERVAL_S."""
+        now = time.monotonic()
+        when, state = self._saved.get(job.id, (0.0, job.state))
+        if state == job.state and now - when < SAVE_INTERVAL_S:
+            return
+        self._saved[job.id] = (now, job.state)
         try:
-            return self._jobs[job_id]
-        except KeyError:
-            raise KeyError(f"no job {job_id!r}") from None
+            self.db.save_job(
+                job.id,
+                state=job.state,
+                progress=job.progress,
+                message=job.message,
+                error=job.error,
+                started_at=job.started_at,
+                finished_at=job.finished_at,
+            )
+        except Exception:  # the database is away for a moment: the event still goes out, the next save catches up
+            log.warning("job %s: its row could not be saved", job.id, exc_info=True)
+
+    def get(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job
+        row = self.db.job(job_id) if len(job_id) <= 32 else None
+        if row is None:
+            raise KeyError(f"no job {job_id!r}")
+        return Job.of_row(row)
 
     def active(self, project_id: int) -> list[Job]:
-        return [j for j in list(self._jobs.values()) if j.project_id == project_id and j.state in ("queued", "running")]
+        """The project's queued and running jobs, in every process."""
+        return [self._jobs.get(row.id) or Job.of_row(row) for row in self.db.active_jobs(project_id)]
+
+    def _beat(self) -> None:
+        """Keep this process's jobs alive in the database; fail other processes' jobs that stopped beating."""
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self.db.beat(self.owner)
+                self._announce_reaped(self.db.fail_stale(_stale_before()))
+            except Exception:
+                log.warning("job heartbeat failed", exc_info=True)
+
+    def _announce_reaped(self, rows: list[JobRow]) -> None:
+        for row in rows:
+            log.warning(
+                "job %s (%s) of project %s failed: its process %s stopped", row.id, row.kind, row.project_id, row.owner
+            )
+            self.hub.publish(row.project_id, JobEvent(**Job.of_row(row).out().model_dump()))
+            self.hub.publish(row.project_id, ErrorEvent(job_id=row.id, message=row.error or ""))
 
     def shutdown(self) -> None:
+        """Stop: this process's jobs that did not finish are failed now (not left for the heartbeat's timeout)."""
+        self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            self.db.fail_owner(self.owner, "the app process stopped before this job finished; start it again")
+        except Exception:
+            log.warning("could not fail this process's unfinished jobs", exc_info=True)
+
+
+def _stale_before() -> dt.datetime:
+    return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=STALE_S)
 
 
 class Debouncer:

@@ -1,12 +1,13 @@
 """The project's session state (model versions, layer versions); its files are `layout.ProjectPaths`.
 
-The state is a small JSON document per project, written atomically under a lock (one app process).
+The state is a small JSON document per project on the label store's database: any number of app processes share it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +15,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from pearl_pipelines.labels.app_state import AppState
+from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.layout import Layout, ProjectPaths
 from pearl_pipelines.ml.strategies import DEFAULT_STRATEGY
 from review_app.schemas import MetricsOut
+
+IMAGERY_TTL_S = 2.0
 
 
 def _now() -> dt.datetime:
@@ -78,12 +83,16 @@ class ProjectState(BaseModel):
 
 
 class StateStore:
-    """Load-modify-save of project states; `update()` holds the lock for the whole change."""
+    """Load-modify-save of project states, on the label store's database (pearl_pipelines/labels/app_state.py): every
+    app process reads the same document, and `update()` holds the project's row lock for the whole change, so two
+    processes (or threads) never lose each other's change. A project's `state.json` of before is adopted on first read.
+    """
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, store: LabelStore) -> None:
         self.home = Path(home)
-        self._lock = threading.RLock()
-        self._cache: dict[int, ProjectState] = {}
+        self.db = AppState(store)
+        # Tile requests ask for a project's imagery mosaic dozens of times a second: its name is kept for a moment.
+        self._imagery: dict[int, tuple[float, Path]] = {}
         # Paints the project's map patches into a new AOI map (review_app/services/patches.py; set by the container):
         # (project_id, aoi_id, layer version, AOI lon/lat GeoJSON) -> None. None: maps are published as predicted.
         self.map_patcher: Callable[[int, int, int, Mapping[str, Any]], None] | None = None
@@ -95,35 +104,35 @@ class StateStore:
         return ProjectWorkspace(project_id, self.paths(project_id), self)
 
     def get(self, project_id: int) -> ProjectState:
-        with self._lock:
-            if project_id not in self._cache:
-                path = self.paths(project_id).state
-                state = ProjectState.model_validate_json(path.read_text()) if path.is_file() else ProjectState()
-                self._cache[project_id] = state
-            return self._cache[project_id].model_copy(deep=True)
+        document = self.db.document(project_id)
+        if document is not None:
+            return ProjectState.model_validate(document)
+        return self._legacy(project_id) or ProjectState()
+
+    def _legacy(self, project_id: int) -> ProjectState | None:
+        """The state.json a project of before kept in its folder (adopted into the database by the next save)."""
+        path = self.paths(project_id).state
+        return ProjectState.model_validate_json(path.read_text()) if path.is_file() else None
 
     def save(self, project_id: int, state: ProjectState) -> None:
-        with self._lock:
-            path = self.paths(project_id).state
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(state.model_dump_json(indent=1))
-            tmp.replace(path)
-            self._cache[project_id] = state.model_copy(deep=True)
+        with self.update(project_id) as current:
+            for name in ProjectState.model_fields:
+                setattr(current, name, getattr(state, name))
 
     def update(self, project_id: int) -> _StateUpdate:
         return _StateUpdate(self, project_id)
 
     def imagery_path(self, project_id: int) -> Path:
         """The imagery mosaic the project reads (shared by its source, or its own): what every reader of a project's
-        imagery asks for (tile routes, inference). Cheap enough for every tile request: no copy of the state, and
-        nothing cached for a project without a state."""
-        paths = self.paths(project_id)
-        with self._lock:
-            state = self._cache.get(project_id)
-            if state is None and paths.state.is_file():
-                state = self._cache[project_id] = ProjectState.model_validate_json(paths.state.read_text())
-            return paths.imagery_mosaic(state.imagery.digest if state is not None else None)
+        imagery asks for (tile routes, inference). Cheap enough for every tile request: the answer is kept for
+        IMAGERY_TTL_S (a mosaic is built once per source, so a new one shows on other processes within that)."""
+        now = time.monotonic()
+        kept = self._imagery.get(project_id)
+        if kept is not None and now - kept[0] < IMAGERY_TTL_S:
+            return kept[1]
+        path = self.paths(project_id).imagery_mosaic(self.get(project_id).imagery.digest)
+        self._imagery[project_id] = (now, path)
+        return path
 
 
 @dataclass(frozen=True)
@@ -166,19 +175,26 @@ class ProjectWorkspace:
 
 
 class _StateUpdate:
-    """`with store.update(pid) as state: ...` -> saved on a clean exit, discarded on an exception."""
+    """`with store.update(pid) as state: ...` -> saved on a clean exit, discarded on an exception. The project's row
+    lock is held from the read to the write (keep the block short: no slow work, no other database writes)."""
 
     def __init__(self, store: StateStore, project_id: int) -> None:
         self.store, self.project_id = store, project_id
+        self._locked: contextlib.AbstractContextManager[Any] | None = None
 
     def __enter__(self) -> ProjectState:
-        self.store._lock.acquire()
-        self.state = self.store.get(self.project_id)
+        self._locked = self.store.db.locked_document(self.project_id)
+        document = self._locked.__enter__()
+        self._document = document
+        if document.document is not None:
+            self.state = ProjectState.model_validate(document.document)
+        else:
+            self.state = self.store._legacy(self.project_id) or ProjectState()
         return self.state
 
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        try:
-            if exc_type is None:
-                self.store.save(self.project_id, self.state)
-        finally:
-            self.store._lock.release()
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        assert self._locked is not None
+        if exc_type is None:
+            self._document.save(self.state.model_dump(mode="json"))
+            self.store._imagery.pop(self.project_id, None)
+        self._locked.__exit__(exc_type, exc, tb)

@@ -105,6 +105,20 @@ class ModelCache:
             raise Conflict(self.why_missing(project_id, "no model available"))
         return model
 
+    def current(self, project_id: int) -> ProjectModel:
+        """`require`, with the head the shared session state names as current: another app process may have
+        retrained or restored since this one last looked. For job bodies: a project's jobs run one at a time across
+        processes, so the state cannot move under them."""
+        model = self.require(project_id)
+        state = self.states.get(project_id)
+        info = state.models.get(state.current_model) if state.current_model is not None else None
+        folder = self.states.paths(project_id).version_dir(info.id) if info is not None else None
+        if info is None or info.engine_id == model.version.id or folder is None or not folder.is_dir():
+            return model
+        version = ModelVersion.load(folder)
+        self.set_version(project_id, version)
+        return ProjectModel(model.base, version)
+
     def set_version(self, project_id: int, version: ModelVersion) -> None:
         with self._lock:
             self._versions[project_id] = version
@@ -230,7 +244,7 @@ class ModelSlot:
     project_id: int
 
     def require(self) -> ProjectModel:
-        return self.cache.require(self.project_id)
+        return self.cache.current(self.project_id)
 
     def set_version(self, version: ModelVersion) -> None:
         self.cache.set_version(self.project_id, version)

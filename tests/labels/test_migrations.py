@@ -13,6 +13,7 @@ from sqlalchemy import MetaData, create_engine, inspect, text
 
 from pearl_pipelines.classes import load_schema
 from pearl_pipelines.labels import (
+    app_state,  # noqa: F401  (session documents and jobs: compare_metadata sees them)
     migrate,
     patches,  # noqa: F401  (its tables: compare_metadata sees them)
     project_admin,  # noqa: F401  (project deletions: compare_metadata sees them)

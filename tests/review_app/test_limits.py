@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from pearl_pipelines.classes import load_schema
 from pearl_pipelines.labels.accounts import Accounts
+from pearl_pipelines.labels.app_state import AppState
+from pearl_pipelines.labels.store import LabelStore, sqlite_url
 from review_app.events import EventHub
 from review_app.jobs import JobRunner
 from review_app.rate_limits import TooManyRequests
@@ -40,8 +44,11 @@ def test_writes_per_user_are_limited_reads_and_other_users_are_not(limited: Test
     assert other.status_code == 201  # another user has their own budget
 
 
-def test_one_running_and_one_waiting_job_of_a_kind_per_project() -> None:
-    runner = JobRunner(EventHub(), workers=2)
+def test_one_running_and_one_waiting_job_of_a_kind_per_project(tmp_path: Path) -> None:
+    store = LabelStore(sqlite_url(tmp_path))
+    for name in ("one", "two"):
+        store.create_project(name, {}, load_schema("chesapeake4"), "models:/starter/1")
+    runner = JobRunner(EventHub(), AppState(store), workers=2)
     release = threading.Event()
     try:
         running = runner.submit(1, "retrain", lambda ctx: str(release.wait(10)))

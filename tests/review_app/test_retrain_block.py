@@ -16,6 +16,7 @@ from PIL import Image
 from rasterio.warp import transform as transform_xy
 from rasterio.windows import Window
 
+from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.ml import loop
 from pearl_pipelines.settings import Settings
 from review_app.workspace import ProjectPaths, StateStore
@@ -173,7 +174,7 @@ def test_a_small_aoi_is_re_predicted_whole_once(
 
 
 def test_the_block_is_around_the_view_and_inside_the_cache(settings: Settings, big: int) -> None:
-    ws = StateStore(settings.home_abs).workspace(1)
+    ws = StateStore(settings.home_abs, LabelStore(settings.resolved_label_store_url)).workspace(1)
     cache = loop.open_cache(ws.embeddings_dir(big))
     height, width = cache.shape
 

@@ -10,6 +10,7 @@ from sqlalchemy import create_engine
 
 from pearl_pipelines.labels import (
     accounts,  # noqa: F401  (its tables are on the same metadata)
+    app_state,  # noqa: F401  (session documents and jobs: same metadata)
     patches,  # noqa: F401  (map patches: same metadata)
     project_admin,  # noqa: F401  (project deletions: same metadata)
     shares,  # noqa: F401  (share links: same metadata)
