@@ -159,7 +159,8 @@ class JobRunner:
         """Wait for the job's turn in its project (jobs of other processes included); False: it was failed meanwhile
         (its heartbeat went stale), and does not run."""
         while not self._stop.is_set():
-            turn = self.db.claim(job.id, job.project_id, _stale_before())
+            turn, reaped = self.db.claim(job.id, job.project_id, _stale_before())
+            self._announce_reaped(reaped)
             if turn == "running":
                 return True
             if turn == "gone":

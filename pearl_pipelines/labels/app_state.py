@@ -91,22 +91,22 @@ class AppState:
             select(JobRow).where(JobRow.project_id == project_id, JobRow.kind == kind, JobRow.state == "queued")
         )
 
-    def claim(self, job_id: str, project_id: int, stale_before: dt.datetime) -> str:
+    def claim(self, job_id: str, project_id: int, stale_before: dt.datetime) -> tuple[str, list[JobRow]]:
         """Mark the job running if no other job of its project runs and it is the oldest waiting one, after failing
         the project's jobs whose process stopped beating. "running": it is now; "wait": not its turn yet; "gone":
-        it is no longer waiting (failed meanwhile)."""
+        it is no longer waiting (failed meanwhile). With the jobs failed for their stale heartbeat, to announce."""
         with self.store.session() as s:
             self.store.locked_project(s, project_id)
-            self.fail_stale_in(s, stale_before, project_id=project_id)
+            reaped = self.fail_stale_in(s, stale_before, project_id=project_id)
             query = select(JobRow).where(JobRow.project_id == project_id, JobRow.state.in_(ACTIVE))
             jobs = list(s.scalars(query.order_by(JobRow.seq)))
             mine = next((j for j in jobs if j.id == job_id), None)
             if mine is None or mine.state != "queued":
-                return "gone"
+                return "gone", reaped
             if jobs[0] is not mine:
-                return "wait"
+                return "wait", reaped
             mine.state, mine.started_at, mine.heartbeat_at = "running", _now(), _now()
-            return "running"
+            return "running", reaped
 
     def save_job(self, job_id: str, **fields: Any) -> None:
         with self.store.session() as s:

@@ -137,15 +137,17 @@ class ProjectService:
         """First start: the demo project (local `demo` collection, chesapeake9, the starter model)."""
         if self.store.list_projects():
             return
-        self.create(
-            ProjectCreate(
-                name=DEMO_PROJECT,
-                imagery=LocalImagery(collection=DEMO_COLLECTION),
-                class_schema="chesapeake9",
-                base_model=DEFAULT_BASE_MODEL,
-            ),
-            readable=frozenset(),
+        demo = ProjectCreate(
+            name=DEMO_PROJECT,
+            imagery=LocalImagery(collection=DEMO_COLLECTION),
+            class_schema="chesapeake9",
+            base_model=DEFAULT_BASE_MODEL,
         )
+        try:
+            self.create(demo, readable=frozenset())
+        except LabelStoreError:
+            if not self.store.list_projects():  # not another app process starting at the same time: a real error
+                raise
 
     def create(self, req: ProjectCreate, *, readable: AbstractSet[int]) -> ProjectRow:
         """A new project. `readable`: the ids of the projects the caller has a role in, whose registered models it

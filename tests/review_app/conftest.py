@@ -5,6 +5,7 @@ app takes the local-model fallback exactly as it does on a laptop without MLflow
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from pearl_pipelines.settings import Settings
 from tests.conftest import SmallCatalog, free_port
+from tests.redis_local import RedisServer
 from tests.review_app.data import build_tiny_model
 from tests.review_app.idp import AUDIENCE, Issuer
 
@@ -137,3 +139,20 @@ def follow_job(client: TestClient, path: str, body: dict[str, Any] | None, on_pa
                 on_partial(event)
             if event["type"] == "job" and event["id"] == job_id and event["state"] in ("done", "failed"):
                 return events
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on loopback (tests/redis_local.py); skipped where it is not installed, failed instead
+    when PEARL_REQUIRE_REDIS is set (make test in CI)."""
+    binary = RedisServer.find()
+    if binary is None:
+        message = "redis-server not found: apt-get install redis-server"
+        if os.environ.get("PEARL_REQUIRE_REDIS", "") not in ("", "0"):
+            pytest.fail(f"{message} (PEARL_REQUIRE_REDIS is set)", pytrace=False)
+        pytest.skip(message)
+    server = RedisServer(binary, free_port()).start()
+    try:
+        yield server
+    finally:
+        server.cleanup()

@@ -8,7 +8,6 @@ redis-server runs on loopback; skipped only where it is not installed and PEARL_
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -23,21 +22,6 @@ from tests.redis_local import RedisServer
 from tests.review_app.conftest import new_home, wait_ready
 
 LIMIT = "5/minute"
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    binary = RedisServer.find()
-    if binary is None:
-        message = "redis-server not found: apt-get install redis-server"
-        if os.environ.get("PEARL_REQUIRE_REDIS", "") not in ("", "0"):
-            pytest.fail(f"{message} (PEARL_REQUIRE_REDIS is set)", pytrace=False)
-        pytest.skip(message)
-    server = RedisServer(binary, free_port()).start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture
