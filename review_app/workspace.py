@@ -80,6 +80,9 @@ class ProjectState(BaseModel):
     # Dagster loop keeps that backbone's caches (Layout.aoi_embeddings), one cache per AOI for both loops.
     # None (a base model that is not a registered version, or a project of before): under the project's folder.
     embeddings_slug: str | None = None
+    # The app process logging the project's versions to MLflow, until when (services/version_store.py): one at a time.
+    publisher: str | None = None
+    publisher_until: dt.datetime | None = None
 
 
 class StateStore:

@@ -15,9 +15,11 @@ the registered model `pearl-project-<id>` (the name the Dagster loop registers u
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import shutil
 import threading
+import uuid
 from collections.abc import Callable
 
 from pearl_pipelines.labels.patches import PatchStore
@@ -36,6 +38,7 @@ from review_app.workspace import ModelVersionInfo, StateStore
 
 log = logging.getLogger(__name__)
 RETRY_S = 15.0  # while versions wait for MLflow, try again this often
+PUBLISH_LEASE_S = 300.0  # a process that died while logging versions gives the others its turn after this
 KEEP_LOCAL = 5  # newest versions kept on disk besides the current one and the named checkpoints
 
 
@@ -59,6 +62,7 @@ class VersionPublisher:
         self._requested: set[int] = set()
         self._waiting: set[int] = set()  # projects whose versions wait for MLflow
         self._closed = False
+        self.owner = uuid.uuid4().hex  # this process, as the holder of publishing leases
         self._thread = threading.Thread(target=self._run, daemon=True, name="pearl-version-store")
         self._thread.start()
 
@@ -105,13 +109,36 @@ class VersionPublisher:
     def publish(self, project_id: int) -> int:
         """Log the project's finished versions that MLflow lacks (parents first), set its aliases, trim the local
         cache. Returns how many versions were logged; MlflowDown when the tracking server does not answer."""
-        from pearl_pipelines.ml.lineage import log_patches, register_version
         from pearl_pipelines.ml.tracking import mlflow_reachable
-        from pearl_pipelines.ml.versions import ModelVersion
 
         uri = self.settings.resolved_mlflow_uri
         if not mlflow_reachable(uri):
             raise MlflowDown(f"no answer from {uri}")
+        if not self._lease(project_id, PUBLISH_LEASE_S):
+            return 0  # another app process is logging this project's versions (each is logged once)
+        try:
+            return self._publish(project_id, uri)
+        finally:
+            self._lease(project_id, 0.0)
+
+    def _lease(self, project_id: int, seconds: float) -> bool:
+        """Take (seconds > 0) or give back (0) the project's publishing lease in the shared session state: one app
+        process at a time logs a project's versions. False: another process holds it and it has not expired."""
+        now = dt.datetime.now(dt.UTC)
+        with self.states.update(project_id) as state:
+            held = state.publisher is not None and state.publisher != self.owner
+            if seconds and held and state.publisher_until is not None and state.publisher_until > now:
+                return False
+            if seconds:
+                state.publisher, state.publisher_until = self.owner, now + dt.timedelta(seconds=seconds)
+            elif not held:
+                state.publisher, state.publisher_until = None, None
+            return True
+
+    def _publish(self, project_id: int, uri: str) -> int:
+        from pearl_pipelines.ml.lineage import log_patches, register_version
+        from pearl_pipelines.ml.versions import ModelVersion
+
         paths = self.states.paths(project_id)
         name = project_model_name(project_id)
         base_uri = self._base_uri(project_id)

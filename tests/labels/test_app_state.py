@@ -1,0 +1,126 @@
+"""Session state and jobs on the label store (pearl_pipelines/labels/app_state.py), on SQLite and PostgreSQL: what
+lets any number of review-app processes serve one project. Two StateStores/JobRunners stand for two processes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from pathlib import Path
+
+import pytest
+
+from pearl_pipelines.labels.app_state import AppState, JobRow
+from pearl_pipelines.labels.store import LabelStore, ProjectRow
+from review_app.events import EventHub
+from review_app.jobs import JobRunner
+from review_app.workspace import ModelVersionInfo, ProjectState, StateStore
+
+
+def test_a_change_through_one_process_is_read_by_another(
+    store: LabelStore, project: ProjectRow, tmp_path: Path
+) -> None:
+    one, two = StateStore(tmp_path, store), StateStore(tmp_path, LabelStore(store.url))
+    with one.update(project.id) as state:
+        state.models[3] = ModelVersionInfo(id=3, engine_id="abc", kind="retrain", n_labels=7)
+        state.current_model = 3
+    seen = two.get(project.id)
+    assert seen.current_model == 3 and seen.models[3].engine_id == "abc" and seen.models[3].n_labels == 7
+
+
+def test_racing_updates_from_two_processes_lose_nothing(store: LabelStore, project: ProjectRow, tmp_path: Path) -> None:
+    stores = [StateStore(tmp_path, store), StateStore(tmp_path, LabelStore(store.url))]
+
+    def bump(states: StateStore) -> None:
+        for _ in range(25):
+            with states.update(project.id) as state:
+                state.next_model_id += 1
+
+    threads = [threading.Thread(target=bump, args=(s,)) for s in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert stores[0].get(project.id).next_model_id == 50
+
+
+def test_a_failed_change_is_not_saved(store: LabelStore, project: ProjectRow, tmp_path: Path) -> None:
+    states = StateStore(tmp_path, store)
+    with pytest.raises(RuntimeError), states.update(project.id) as state:
+        state.strategy = "changed"
+        raise RuntimeError("the job failed half-way")
+    assert states.get(project.id).strategy == ProjectState().strategy
+
+
+def test_a_state_json_of_before_is_adopted(store: LabelStore, project: ProjectRow, tmp_path: Path) -> None:
+    states = StateStore(tmp_path, store)
+    legacy = ProjectState(current_model=2, next_model_id=3, strategy="legacy-strategy")
+    path = states.paths(project.id).state
+    path.parent.mkdir(parents=True)
+    path.write_text(legacy.model_dump_json())
+    assert states.get(project.id).current_model == 2
+    with states.update(project.id) as state:  # the first change writes it to the database
+        state.next_model_id += 1
+    path.unlink()
+    assert states.get(project.id).next_model_id == 4 and states.get(project.id).strategy == "legacy-strategy"
+
+
+def test_jobs_of_a_project_run_one_at_a_time_across_processes(store: LabelStore, project: ProjectRow) -> None:
+    runners = [JobRunner(EventHub(), AppState(store)), JobRunner(EventHub(), AppState(LabelStore(store.url)))]
+    running, overlaps = [0], []
+    guard = threading.Lock()
+
+    def body(ctx: object) -> str:
+        with guard:
+            running[0] += 1
+            overlaps.append(running[0])
+        threading.Event().wait(0.05)
+        with guard:
+            running[0] -= 1
+        return "ok"
+
+    try:
+        jobs = [runners[n % 2].submit(project.id, "restore", body) for n in range(6)]
+        for job in jobs:
+            runner = runners[jobs.index(job) % 2]
+            while runner.get(job.id).state not in ("done", "failed"):
+                threading.Event().wait(0.02)
+        assert [runners[0].get(j.id).state for j in jobs] == ["done"] * 6  # read through either process
+        assert max(overlaps) == 1
+        started = [runners[0].db.job(j.id).started_at for j in jobs]
+        assert started == sorted(started)  # oldest first
+    finally:
+        for runner in runners:
+            runner.shutdown()
+
+
+def test_a_dead_process_job_is_failed_and_the_next_one_runs(store: LabelStore, project: ProjectRow) -> None:
+    db = AppState(store)
+    with store.session() as s:  # a job of a process that stopped beating a minute ago
+        old = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+        s.add(
+            JobRow(
+                id="dead", project_id=project.id, kind="retrain", state="running", owner="gone:1:x", heartbeat_at=old
+            )
+        )
+    runner = JobRunner(EventHub(), db)
+    try:
+        job = runner.submit(project.id, "retrain", lambda ctx: "after")  # not joined to, nor queued behind, the dead
+        while runner.get(job.id).state not in ("done", "failed"):
+            threading.Event().wait(0.02)
+        assert runner.get(job.id).state == "done"
+        dead = runner.get("dead")
+        assert dead.state == "failed" and dead.error == "the app process running this retrain stopped; start it again"
+    finally:
+        runner.shutdown()
+
+
+def test_a_stopping_process_fails_its_unfinished_jobs(store: LabelStore, project: ProjectRow) -> None:
+    runner = JobRunner(EventHub(), AppState(store))
+    release = threading.Event()
+    first = runner.submit(project.id, "retrain", lambda ctx: str(release.wait(5)))
+    second = runner.submit(project.id, "retrain", lambda ctx: "never")
+    runner.shutdown()
+    rows = [AppState(store).job(j.id) for j in (first, second)]
+    release.set()
+    assert [r.state if r else None for r in rows] == ["failed", "failed"]
+    assert all("stopped before this job finished" in (r.error or "") for r in rows if r)
