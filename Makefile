@@ -66,7 +66,7 @@ typecheck: install
 # PEARL_REQUIRE_POSTGRES=1 / PEARL_REQUIRE_REDIS=1: the PostgreSQL and Redis cases fail, never skip, when the server
 # is missing.
 pytest: install chromium postgres redis
-	PEARL_REQUIRE_POSTGRES=$${PEARL_REQUIRE_POSTGRES:-1} PEARL_REQUIRE_REDIS=$${PEARL_REQUIRE_REDIS:-1} $(PY) -m pytest
+	PEARL_REQUIRE_POSTGRES=$${PEARL_REQUIRE_POSTGRES:-1} PEARL_REQUIRE_REDIS=$${PEARL_REQUIRE_REDIS:-1} PEARL_REQUIRE_S3=$${PEARL_REQUIRE_S3:-1} $(PY) -m pytest
 
 test: lint typecheck pytest
 

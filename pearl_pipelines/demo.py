@@ -158,7 +158,7 @@ def run_demo(settings: Settings, keep_running: bool = True) -> None:
         print("2/3 local services")
         stac = services.enter_context(StacServer(settings.catalog_dir, settings.stac_port))
         print(f"  STAC API     {stac.url}")
-        mlflow = mlflow_server(settings.home_abs, settings.mlflow_port)
+        mlflow = mlflow_server(settings.home_abs, settings.mlflow_port, storage_url=settings.storage_url)
         services.callback(mlflow.stop)  # registered first: a start that fails half-way is cleaned up too
         mlflow.start(timeout=120)
         mlflow_uri = settings.resolved_mlflow_uri

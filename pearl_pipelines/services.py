@@ -114,17 +114,31 @@ class Service:
         self.stop()
 
 
-def mlflow_server(home: Path, port: int, host: str = "127.0.0.1") -> Service:
-    """MLflow tracking server: sqlite backend store, artifacts proxied from a local folder."""
+def mlflow_server(
+    home: Path, port: int, host: str = "127.0.0.1", *, storage_url: str | None = None, env: dict[str, str] | None = None
+) -> Service:
+    """MLflow tracking server: sqlite backend store, artifacts proxied from a local folder, or with `storage_url`
+    (PEARL_STORAGE_URL=s3://bucket/prefix) from `s3://bucket/prefix/mlflow` of the object store (the server's boto3
+    reaches the endpoint AWS_ENDPOINT_URL with the AWS_* keys; clients only talk to the server)."""
     mlflow_dir = Path(home) / "mlflow"
     mlflow_dir.mkdir(parents=True, exist_ok=True)
+    artifacts = str(mlflow_dir / "artifacts")
+    server_env = dict(env or {})
+    if storage_url:
+        from pearl_pipelines.storage import parse_storage_url
+
+        bucket, prefix = parse_storage_url(storage_url)
+        artifacts = "/".join(("s3:/", bucket, *([prefix] if prefix else []), "mlflow"))
+        endpoint = server_env.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            server_env.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint)
     cmd = [
         venv_bin("mlflow"),
         "server",
         "--backend-store-uri",
         f"sqlite:///{mlflow_dir / 'mlflow.db'}",
         "--artifacts-destination",
-        str(mlflow_dir / "artifacts"),
+        artifacts,
         "--host",
         host,
         "--port",
@@ -132,7 +146,7 @@ def mlflow_server(home: Path, port: int, host: str = "127.0.0.1") -> Service:
         "--workers",
         "1",
     ]
-    return Service("MLflow", cmd, f"http://{host}:{port}/health", log_path=mlflow_dir / "server.log")
+    return Service("MLflow", cmd, f"http://{host}:{port}/health", env=server_env, log_path=mlflow_dir / "server.log")
 
 
 @contextlib.contextmanager
@@ -149,7 +163,7 @@ def ensure_mlflow(settings: Settings) -> Iterator[str]:
             f"MLflow tracking server {uri} does not answer; start it or unset PEARL_MLFLOW_TRACKING_URI"
         )
     print(f"starting a local MLflow server on {uri} (store under {settings.home_abs / 'mlflow'})")
-    with mlflow_server(settings.home_abs, settings.mlflow_port).start(timeout=120):
+    with mlflow_server(settings.home_abs, settings.mlflow_port, storage_url=settings.storage_url).start(timeout=120):
         yield uri
 
 

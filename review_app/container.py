@@ -9,6 +9,7 @@ from __future__ import annotations
 from pearl_pipelines.labels.accounts import Accounts, User
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.settings import Settings
+from pearl_pipelines.storage import ObjectStore
 from review_app.auth.identity import LOCAL_SUBJECT, Authenticator, check_settings
 from review_app.events import EventHub
 from review_app.jobs import Debouncer, JobRunner
@@ -40,6 +41,8 @@ class ReviewServices:
         # Shared infrastructure: the label DB, the per-project session state, websocket fan-out, the job pool.
         self.store = LabelStore(settings.resolved_label_store_url)
         self.states = StateStore(settings.home_abs, self.store)
+        # Published AOI maps also go to the object store, and tiles read them there (a bad URL stops the start).
+        self.states.objects = ObjectStore.from_settings(settings) if settings.storage_url else None
         self.accounts = Accounts(self.store, settings.auth_secret)
         self.auth = Authenticator(settings, self.accounts)
         self._known_projects: set[int] = set()

@@ -39,6 +39,7 @@ from pearl_pipelines.ml.metrics import MetricsReport
 from pearl_pipelines.ml.preview import inner_centre
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
+from pearl_pipelines.storage import MAP_FILES, older_versions
 from pearl_pipelines.worker.contracts import FirstBlockResult
 from review_app import remote_inference
 from review_app.imagery import (
@@ -115,6 +116,20 @@ def _finish_map(ws: ProjectWorkspace, aoi_id: int, version: int, geometry: Mappi
     ws.patch_map(aoi_id, version, geometry)  # the mapper's patches over the model's map (kept beside it)
 
 
+def _store_map(ws: ProjectWorkspace, aoi_id: int, version: int) -> None:
+    """With an object store (PEARL_STORAGE_URL=s3://...; `StateStore.objects`, set by the container), the map's class
+    and confidence COGs go to their layout keys before the layer is announced, and the objects of the versions that
+    `_publish_layer` deletes go too: the tile routes of every app process read the maps there (review_app/tiles.py)."""
+    objects = ws.states.objects
+    if objects is None or not objects.remote:
+        return
+    layout, out_dir = ws.paths.layout, ws.paths.prediction_dir(aoi_id, version)
+    for name in MAP_FILES:
+        objects.put_file(out_dir / name, layout.key(out_dir / name))
+    for old in older_versions(objects, layout.key(out_dir.parent), version - KEEP_LAYER_VERSIONS):
+        objects.delete(old)
+
+
 def _publish_layer(
     ctx: JobContext,
     ws: ProjectWorkspace,
@@ -134,6 +149,7 @@ def _publish_layer(
     the previous whole one (version - 1 and version - 2 are kept while `version` is shown). `geometry`: the AOI's
     lon/lat GeoJSON (`_finish_map`)."""
     _finish_map(ws, aoi_id, version, geometry)
+    _store_map(ws, aoi_id, version)
     with ws.update() as state:
         state.aois[aoi_id] = AoiLayer(
             version=version, model_version=model_version, embeddings=embeddings, partial=partial

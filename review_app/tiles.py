@@ -21,6 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from titiler.core.dependencies import BidxParams, DefaultDependency
 from titiler.core.factory import TilerFactory
 
+from pearl_pipelines.layout import Layout
+from pearl_pipelines.storage import ObjectStore
 from review_app.container import ReviewServices
 from review_app.gtiff_reader import GTiffReader
 from review_app.schemas import COMMON_ERRORS
@@ -63,13 +65,39 @@ def imagery_path(request: Request, project_id: IdParam) -> str:
     return _file(_services(request).states.imagery_path(_id(project_id)))
 
 
+def _object_store(request: Request) -> ObjectStore | None:
+    """The object store the AOI maps are published to (PEARL_STORAGE_URL=s3://...), or None: PEARL_HOME's files.
+    Set on the StateStore by the container, so that the jobs that upload a map and these routes share one store."""
+    return _services(request).states.objects
+
+
+def _map_file(request: Request, layout: Layout, path: Path) -> str:
+    """A published AOI map COG: the local file, or with an S3 store its object, which GDAL reads in place by range
+    requests (/vsis3/ under `store_gdal_env`); a missing object is the uniform 404 like a missing file."""
+    store = _object_store(request)
+    if store is None or not store.remote:
+        return _file(path)
+    key = layout.key(path)
+    if not store.exists(key):
+        raise _not_found()
+    return store.gdal_path(key)
+
+
+def store_gdal_env(request: Request) -> dict[str, Any]:
+    """The GDAL options of the tile routes' reads: the object store's endpoint and keys (none for local files)."""
+    store = _object_store(request)
+    return store.gdal_env() if store is not None else {}
+
+
 def classes_path(request: Request, project_id: IdParam, aoi_id: IdParam, version: IdParam) -> str:
     """(project, AOI, layer version) -> that prediction's class COG."""
-    return _file(_services(request).states.paths(_id(project_id)).classes_path(_id(aoi_id), _id(version)))
+    paths = _services(request).states.paths(_id(project_id))
+    return _map_file(request, paths.layout, paths.classes_path(_id(aoi_id), _id(version)))
 
 
 def confidence_path(request: Request, project_id: IdParam, aoi_id: IdParam, version: IdParam) -> str:
-    return _file(_services(request).states.paths(_id(project_id)).confidence_path(_id(aoi_id), _id(version)))
+    paths = _services(request).states.paths(_id(project_id))
+    return _map_file(request, paths.layout, paths.confidence_path(_id(aoi_id), _id(version)))
 
 
 def class_colormap(request: Request, project_id: IdParam) -> dict[int, tuple[int, int, int, int]]:
@@ -152,11 +180,15 @@ def tile_factory(
     *,
     reader: type[GTiffReader] = GTiffReader,
     factory: type[IdTilerFactory] = IdTilerFactory,
+    environment_dependency: Any | None = None,
 ) -> IdTilerFactory:
-    """A layer's tile routes under `prefix`, bounded (tile size, zoom, buffer, padding), GeoTIFFs only."""
+    """A layer's tile routes under `prefix`, bounded (tile size, zoom, buffer, padding), GeoTIFFs only.
+    `environment_dependency`: the GDAL options of its reads (e.g. `store_gdal_env`)."""
     kwargs: dict[str, Any] = {}
     if colormap_dependency is not None:
         kwargs["colormap_dependency"] = colormap_dependency
+    if environment_dependency is not None:
+        kwargs["environment_dependency"] = environment_dependency
     return factory(
         router=APIRouter(dependencies=[Depends(limit_tilesize), Depends(limit_zoom)]),
         router_prefix=prefix,
@@ -190,7 +222,10 @@ def mount_tiles(app: FastAPI) -> None:
             code: COMMON_ERRORS[code] for code in (401, 404, 422, 429)
         }  # tiles: a uniform 404 for the rest
         app.include_router(
-            tile_factory(prefix, path_dependency, colormap, bands).router, prefix=prefix, tags=[tag], responses=errors
+            tile_factory(prefix, path_dependency, colormap, bands, environment_dependency=store_gdal_env).router,
+            prefix=prefix,
+            tags=[tag],
+            responses=errors,
         )
 
 

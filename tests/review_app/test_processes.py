@@ -1,5 +1,6 @@
 """Three app processes, one team: three uvicorn processes over one PostgreSQL label store, one Redis (events and
-write limits) and one PEARL_HOME serve the same project as one service.
+write limits), one S3 server (the published maps, read by the tile routes in place) and one PEARL_HOME serve the
+same project as one service.
 
 Labels go through all three; a job started through one is seen, with its progress, on a websocket of another; the
 one-running-one-waiting limit holds across processes (a request joins the waiting job, or is refused); a process
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import morecantile
 import pytest
 from sqlalchemy import select
 from websockets.sync.client import connect
@@ -33,6 +35,7 @@ from tests.redis_local import RedisServer
 from tests.review_app.conftest import center, new_home, square
 from tests.review_app.data import class_places
 from tests.review_app.servers import ready_project, uvicorn
+from tests.s3_local import S3Server
 
 BIG = 0.0045  # ~0.8 x 1 km: its inference takes seconds, long enough to queue more jobs behind it and to kill it
 
@@ -43,8 +46,8 @@ def home(review_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Setti
 
 
 class Cluster:
-    def __init__(self, urls: list[str], processes: list[Any], store: LabelStore) -> None:
-        self.urls, self.processes, self.store = urls, processes, store
+    def __init__(self, urls: list[str], processes: list[Any], store: LabelStore, s3: S3Server) -> None:
+        self.urls, self.processes, self.store, self.s3 = urls, processes, store, s3
 
     def job(self, via: int, job_id: str) -> dict[str, Any]:
         response = httpx.get(f"{self.urls[via]}/api/jobs/{job_id}", timeout=10)
@@ -62,10 +65,17 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(home: Settings, postgres_server: PostgresServer, redis_server: RedisServer) -> Iterator[Cluster]:
+def cluster(
+    home: Settings, postgres_server: PostgresServer, redis_server: RedisServer, s3_server: S3Server
+) -> Iterator[Cluster]:
     store_url = postgres_server.new_database()
     redis_server.client().flushall()
-    env = {"PEARL_EVENTS_URL": redis_server.url(1), "PEARL_RATE_LIMIT_STORAGE": redis_server.url(0)}
+    env = {
+        "PEARL_EVENTS_URL": redis_server.url(1),
+        "PEARL_RATE_LIMIT_STORAGE": redis_server.url(0),
+        "PEARL_STORAGE_URL": s3_server.url("processes"),
+        **s3_server.env(),
+    }
     ports = [free_port() for _ in range(3)]
     with ExitStack() as stack:
         # All three start at once, as replicas of a Deployment do (one of them makes the demo project).
@@ -75,7 +85,7 @@ def cluster(home: Settings, postgres_server: PostgresServer, redis_server: Redis
             ready_project(url, 120)
         store = LabelStore(store_url)
         stack.callback(store.engine.dispose)
-        yield Cluster(urls, processes, store)
+        yield Cluster(urls, processes, store, s3_server)
 
 
 def _events(url: str, seen: list[dict[str, Any]], stop: threading.Event, connected: threading.Event) -> None:
@@ -136,7 +146,16 @@ def test_three_processes_serve_one_project(cluster: Cluster, home: Settings) -> 
         assert first["state"] == "done", first
         _wait_for(lambda: any(_is_job(e, first["id"], "done") for e in seen), "B's websocket sees A's retrain done")
         assert any(_is_job(e, first["id"], "running") for e in seen)
-        assert any(e["type"] == "prediction_updated" for e in seen)
+        layers = [e for e in seen if e["type"] == "prediction_updated" and e["aoi_id"] == aoi_id]
+        assert layers
+
+        # That map is in the object store, and every process serves its tiles from there (GDAL's /vsis3/).
+        listed = cluster.s3.client().list_objects_v2(Bucket=cluster.s3.bucket, Prefix="processes/review/projects/1/")
+        keys = [o["Key"] for o in listed.get("Contents", [])]
+        version = layers[-1]["version"]
+        assert any(k.endswith(f"v{version}/classes.tif") for k in keys), keys
+        tiles = [_map_tile(cluster.urls[via], aoi_id, version, lon, lat) for via in (a, b, c)]
+        assert tiles[0] == tiles[1] == tiles[2] and len(tiles[0]) > 100
 
         # A big AOI's inference through A runs for seconds; the limit holds across processes behind it.
         big = httpx.post(
@@ -196,6 +215,15 @@ def test_three_processes_serve_one_project(cluster: Cluster, home: Settings) -> 
     finally:
         stop.set()
         listener.join(5)
+
+
+def _map_tile(url: str, aoi_id: int, version: int, lon: float, lat: float) -> bytes:
+    """The AOI map's PNG tile at zoom 16 over lon/lat, through one process."""
+    tile = morecantile.tms.get("WebMercatorQuad").tile(lon, lat, 16)
+    path = f"/tiles/predictions/1/{aoi_id}/{version}/tiles/WebMercatorQuad/16/{tile.x}/{tile.y}.png"
+    response = httpx.get(f"{url}{path}", timeout=30)
+    assert response.status_code == 200, (path, response.text)
+    return response.content
 
 
 def _is_job(event: dict[str, Any], job_id: str, state: str) -> bool:
