@@ -297,7 +297,7 @@ def test_mlflow_answers_its_cluster_names(default: list[dict[str, Any]]) -> None
     assert service_port["port"] == uri.port
 
 
-def test_app_state_is_shared_through_secrets_not_a_volume(default: list[dict[str, Any]]) -> None:
+def test_app_connections_come_from_secrets_and_replicas_share_pearl_home(default: list[dict[str, Any]]) -> None:
     container = app_container(default)
     from_secret = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
     assert from_secret["PEARL_LABEL_STORE_URL"] == {"name": "pearl-label-store", "key": "url"}
@@ -306,10 +306,14 @@ def test_app_state_is_shared_through_secrets_not_a_volume(default: list[dict[str
     for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert from_secret[name]["name"] == "pearl-object-store"
     assert from_secret["PEARL_AUTH_SECRET"] == {"name": "pearl-auth", "key": "auth-secret"}
-    (volume,) = find(default, "Deployment")["spec"]["template"]["spec"]["volumes"]
-    assert "emptyDir" in volume  # no ReadWriteMany claim for the app when the files are in the bucket
+    # Imagery mosaics, embedding caches and versions are still files: every replica mounts the one claim.
+    claim = [{"name": "pearl-home", "persistentVolumeClaim": {"claimName": "pearl-home"}}]
+    assert find(default, "Deployment")["spec"]["template"]["spec"]["volumes"] == claim
     shared = find(objects(VARIANTS["shared-volume"]), "Deployment")["spec"]["template"]["spec"]["volumes"]
-    assert shared == [{"name": "pearl-home", "persistentVolumeClaim": {"claimName": "pearl-home"}}]
+    assert shared == claim
+    scratch = {"reviewApp": {"mountPearlHome": False}}
+    (volume,) = find(objects(scratch), "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert "emptyDir" in volume
 
 
 def test_every_secret_key_read_is_documented(default: list[dict[str, Any]]) -> None:
