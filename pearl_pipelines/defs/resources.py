@@ -162,6 +162,15 @@ class MlflowRegistry(dg.ConfigurableResource):
 
 
 DEFAULT_GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+# What a worker pod reads from the chart's Secrets (deploy/README.md): variable -> "secret/key". Optional refs: an
+# install without an object store (no such Secret) still starts its pods.
+DEFAULT_WORKER_SECRET_ENV = {
+    "PEARL_LABEL_STORE_URL": "pearl-label-store/url",
+    "PEARL_STORAGE_URL": "pearl-object-store/storage-url",
+    "AWS_ENDPOINT_URL": "pearl-object-store/endpoint-url",
+    "AWS_ACCESS_KEY_ID": "pearl-object-store/access-key-id",
+    "AWS_SECRET_ACCESS_KEY": "pearl-object-store/secret-access-key",
+}
 
 
 class GpuCompute(dg.ConfigurableResource):
@@ -188,6 +197,9 @@ class GpuCompute(dg.ConfigurableResource):
     memory_limit: str = "16Gi"
     node_selector: dict[str, str] = Field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
     tolerations: list[dict[str, str]] = Field(default_factory=lambda: [dict(t) for t in DEFAULT_GPU_TOLERATIONS])
+    # Variables the pod reads from Secrets ("secret/key"), never written into the pod spec: the database, the object
+    # store and its keys.
+    secret_env: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_WORKER_SECRET_ENV))
     pearl_home_claim: str = "pearl-home"  # PVC shared with the Dagster run pods, mounted as the pod's PEARL_HOME
     pearl_home_mount: str = "/data/pearl"
     mlflow_tracking_uri: str | None = None  # the tracking server as the pod sees it (cluster DNS)
@@ -214,6 +226,12 @@ class GpuCompute(dg.ConfigurableResource):
         }
         if self.mlflow_tracking_uri:
             container["env"].append({"name": "PEARL_MLFLOW_TRACKING_URI", "value": self.mlflow_tracking_uri})
+        for name, ref in sorted(self.secret_env.items()):
+            secret, _, key = ref.partition("/")
+            if not (secret and key):
+                raise ValueError(f"GpuCompute.secret_env[{name!r}] must be 'secret/key', not {ref!r}")
+            ref_spec = {"name": secret, "key": key, "optional": True}
+            container["env"].append({"name": name, "valueFrom": {"secretKeyRef": ref_spec}})
         spec: dict[str, Any] = {
             "restartPolicy": "Never",
             "containers": [container],

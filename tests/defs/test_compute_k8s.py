@@ -13,6 +13,7 @@ against a fake API server is in `test_compute_kmock.py`.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,8 +51,13 @@ def test_worker_pod_is_valid_for_kubernetes(task: str) -> None:
     assert container["image"] == "registry.example/pearl-worker:1.0"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     assert env["PEARL_HOME"] == "/data/pearl"
+    # The database, the object store and its keys come from the chart's Secrets, never as values in the pod spec.
+    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert secrets["PEARL_STORAGE_URL"] == {"name": "pearl-object-store", "key": "storage-url", "optional": True}
+    assert secrets["AWS_SECRET_ACCESS_KEY"]["name"] == "pearl-object-store"
+    assert secrets["PEARL_LABEL_STORE_URL"]["name"] == "pearl-label-store"
     assert env["PEARL_MLFLOW_TRACKING_URI"] == "http://mlflow.pearl.svc:5000"
     assert BOOTSTRAP.items() <= env.items()  # the Pipes bootstrap reaches the worker
     assert manifest["spec"]["restartPolicy"] == "Never"
@@ -91,3 +97,18 @@ def test_local_mode_runs_the_same_worker_command() -> None:
     local = GpuCompute()
     assert local.worker_command("predict")[1:] == gpu_compute().worker_command("predict")[1:]
     assert local.worker_command("predict")[0] == sys.executable
+
+
+def test_worker_secrets_are_the_documented_ones() -> None:
+    """Every Secret key a worker pod reads is one deploy/README.md tells the operator to create."""
+    readme = (Path(__file__).resolve().parents[2] / "deploy" / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z0-9-]+)` \| `([a-z0-9-]+)` \|", readme, flags=re.MULTILINE))
+    (container,) = gpu_compute().pod_spec()["containers"]
+    refs = {
+        (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in container["env"]
+        if "valueFrom" in e
+    }
+    assert refs and refs <= documented, refs - documented
+    with pytest.raises(ValueError, match="must be 'secret/key'"):
+        gpu_compute(secret_env={"PEARL_STORAGE_URL": "no-key"}).pod_spec()
