@@ -29,11 +29,8 @@ import itertools
 import json
 import random
 import shutil
-import subprocess
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,6 +41,7 @@ from _review import bench_settings, emit, ensure_predicted_aoi, free_port, log, 
 
 from pearl_pipelines.labels.pg_local import PostgresServer, find_bin_dir
 from pearl_pipelines.labels.store import LabelStore
+from pearl_pipelines.redis_local import RedisServer
 from pearl_pipelines.services import Service
 from pearl_pipelines.settings import get_settings
 
@@ -51,47 +49,6 @@ from pearl_pipelines.settings import get_settings
 # thread's connection to one process idles while it asks the others, and reusing one the server is just closing reads
 # as "connection reset" (a client artefact; a load balancer in front of replicas manages this for browsers).
 CLIENT_LIMITS = httpx.Limits(keepalive_expiry=4.0)
-
-
-class LocalRedis:
-    """A throwaway `redis-server` on 127.0.0.1 (nothing saved to disk), as tests/redis_local.py starts one."""
-
-    def __init__(self, binary: str) -> None:
-        self.binary, self.port = binary, free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="pearl-bench-redis-"))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def url(self, db: int) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def start(self, timeout: float = 20.0) -> LocalRedis:
-        import redis
-
-        args = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
-        with (self.dir / "redis.log").open("ab") as out:
-            self.process = subprocess.Popen([*args, "--dir", str(self.dir)], stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
-            try:
-                if redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2).ping():
-                    return self
-            except redis.RedisError:
-                time.sleep(0.05)
-        self.stop()
-        raise TimeoutError(f"redis-server on port {self.port} did not answer in {timeout} s")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-            self.process = None
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def tile_urls(url: str, project: dict[str, Any], aoi: dict[str, Any]) -> list[str]:
@@ -270,7 +227,7 @@ def main() -> None:
         )
     redis_binary = None if args.no_redis else shutil.which("redis-server")
     server = PostgresServer(bin_dir, durable=True).start()
-    redis_server: LocalRedis | None = None
+    redis_server: RedisServer | None = None
     apps: list[Service] = []
     results: dict[str, dict[str, Any]] = {}
     try:
@@ -286,7 +243,7 @@ def main() -> None:
         settings = home.model_copy(update={"label_store_url": store_url})
         env = {"PEARL_LABEL_STORE_URL": store_url, "PEARL_WRITE_RATE_LIMIT": "1000000/second"}
         if redis_binary:
-            redis_server = LocalRedis(redis_binary).start()
+            redis_server = RedisServer(redis_binary, free_port()).start()
             env.update({"PEARL_RATE_LIMIT_STORAGE": redis_server.url(0), "PEARL_EVENTS_URL": redis_server.url(1)})
             shared = f"redis (redis-server on {redis_server.port}: limits db 0, events db 1)"
         else:
@@ -314,7 +271,7 @@ def main() -> None:
             app.stop()
         server.stop()
         if redis_server is not None:
-            redis_server.stop()
+            redis_server.cleanup()
     first = results[str(args.processes[0])]
     out: dict[str, Any] = {
         key: first[key]

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from pearl_pipelines.redis_local import RedisServer
 from pearl_pipelines.settings import Settings
 from tests.conftest import SmallCatalog, free_port
-from tests.redis_local import RedisServer
 from tests.review_app.data import build_tiny_model
 from tests.review_app.idp import AUDIENCE, Issuer
 
@@ -143,8 +143,8 @@ def follow_job(client: TestClient, path: str, body: dict[str, Any] | None, on_pa
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    """A real redis-server on loopback (tests/redis_local.py); skipped where it is not installed, failed instead
-    when PEARL_REQUIRE_REDIS is set (make test in CI)."""
+    """A real redis-server on loopback (pearl_pipelines/redis_local.py); skipped where it is not installed, failed
+    instead when PEARL_REQUIRE_REDIS is set (make test in CI)."""
     binary = RedisServer.find()
     if binary is None:
         message = "redis-server not found: apt-get install redis-server"

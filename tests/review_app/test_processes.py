@@ -28,10 +28,10 @@ from websockets.sync.client import connect
 from pearl_pipelines.labels.app_state import JobRow
 from pearl_pipelines.labels.pg_local import PostgresServer
 from pearl_pipelines.labels.store import LabelRow, LabelStore
+from pearl_pipelines.redis_local import RedisServer
 from pearl_pipelines.settings import Settings
 from review_app.jobs import HEARTBEAT_S, STALE_S
 from tests.conftest import free_port
-from tests.redis_local import RedisServer
 from tests.review_app.conftest import center, new_home, square
 from tests.review_app.data import class_places
 from tests.review_app.servers import ready_project, uvicorn

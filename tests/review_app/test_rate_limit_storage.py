@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from pearl_pipelines.redis_local import RedisServer
 from pearl_pipelines.settings import Settings
 from review_app.rate_limits import RateLimitConfigError, WriteLimiter
 from tests.conftest import free_port
-from tests.redis_local import RedisServer
 from tests.review_app.conftest import new_home, wait_ready
 
 LIMIT = "5/minute"

@@ -1,4 +1,4 @@
-"""A throwaway Redis server for tests: Debian's `redis-server` on 127.0.0.1, nothing saved to disk.
+"""A throwaway Redis server for tests and benches: Debian's `redis-server` on 127.0.0.1, nothing saved to disk.
 
 `stop()` and `start()` again on the same port simulate Redis going away and coming back (empty: no persistence).
 """
