@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -37,6 +38,7 @@ SAVE_INTERVAL_S = 1.0  # progress reaches the database (other processes' GET /ap
 HEARTBEAT_S = 2.0
 STALE_S = 10.0  # a job whose process has not beaten for this long is failed
 CLAIM_POLL_S = 0.05  # how often a job waiting for another process's job of its project asks again
+JOB_ID = re.compile(r"[0-9a-f]{12}")  # what Job makes; anything else names no job
 
 
 class JobFailed(RuntimeError):
@@ -222,7 +224,7 @@ class JobRunner:
         job = self._jobs.get(job_id)
         if job is not None:
             return job
-        row = self.db.job(job_id) if len(job_id) <= 32 else None
+        row = self.db.job(job_id) if JOB_ID.fullmatch(job_id) else None  # e.g. a NUL: PostgreSQL refuses it
         if row is None:
             raise KeyError(f"no job {job_id!r}")
         return Job.of_row(row)

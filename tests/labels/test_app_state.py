@@ -99,7 +99,12 @@ def test_a_dead_process_job_is_failed_and_the_next_one_runs(store: LabelStore, p
         old = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
         s.add(
             JobRow(
-                id="dead", project_id=project.id, kind="retrain", state="running", owner="gone:1:x", heartbeat_at=old
+                id="dead00000000",
+                project_id=project.id,
+                kind="retrain",
+                state="running",
+                owner="gone:1:x",
+                heartbeat_at=old,
             )
         )
     runner = JobRunner(EventHub(), db)
@@ -108,7 +113,7 @@ def test_a_dead_process_job_is_failed_and_the_next_one_runs(store: LabelStore, p
         while runner.get(job.id).state not in ("done", "failed"):
             threading.Event().wait(0.02)
         assert runner.get(job.id).state == "done"
-        dead = runner.get("dead")
+        dead = runner.get("dead00000000")
         assert dead.state == "failed" and dead.error == "the app process running this retrain stopped; start it again"
     finally:
         runner.shutdown()
