@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterable, Iterator
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from pearl_pipelines.layout import CLASSES_FILE, CONFIDENCE_FILE
+from pearl_pipelines.layout import CLASSES_FILE, CONFIDENCE_FILE, Layout
 
 if TYPE_CHECKING:
     from pearl_pipelines.settings import Settings
@@ -312,3 +313,47 @@ def older_versions(store: ObjectStore, folder: str, last: int) -> list[str]:
         if name[:1] == "v" and name[1:].isdigit() and int(name[1:]) <= last:
             found.add(f"{folder}/{name}")
     return sorted(found)
+
+
+def publish_dir(store: ObjectStore, local_dir: str | Path, layout: Layout, *, last: Iterable[str] = ()) -> int:
+    """Upload every file under `local_dir` (a folder under `layout`'s root) to its layout key, the top-level files
+    named in `last` (a completion marker, e.g. a model version's version.json) after all the others; files being
+    written aside (`*.tmp`, `.*`) are left out. Returns how many files were uploaded."""
+    local_dir = Path(local_dir)
+    folder = check_key(layout.key(local_dir))  # ValueError outside the root, StorageError for a bad key
+    late = {local_dir / name for name in last}
+    files = [
+        path
+        for path in sorted(local_dir.rglob("*"))
+        if path.is_file() and not path.name.startswith(".") and not path.name.endswith(".tmp")
+    ]
+    for path in sorted(files, key=lambda p: p in late):  # stable: the marker(s) last
+        store.put_file(path, f"{folder}/{path.relative_to(local_dir).as_posix()}")
+    return len(files)
+
+
+def fetch_dir(store: ObjectStore, key: str, local_dir: str | Path, *, marker: str | None = None) -> bool:
+    """Download the folder `key` of the store into `local_dir` (absent here): written aside and moved into place
+    whole, so a reader never sees half of it. False when the store has no such folder (or lacks its `marker`, the
+    file written last: not complete there); True when `local_dir` is there afterwards."""
+    folder = check_key(key)
+    local_dir = Path(local_dir)
+    if marker is not None and not store.exists(f"{folder}/{check_key(marker)}"):
+        return False
+    names = [k[len(folder) + 1 :] for k in store.list(folder) if k.startswith(f"{folder}/")]
+    if not names:
+        return False
+    part = local_dir.with_name(f".{local_dir.name}.fetch-{uuid.uuid4().hex[:8]}")
+    try:
+        for name in names:
+            target = part.joinpath(*check_key(name).split("/"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(store.get_bytes(f"{folder}/{name}"))
+        try:
+            part.rename(local_dir)
+        except OSError:  # fetched meanwhile by another thread or process: theirs is the same folder
+            if not local_dir.is_dir():
+                raise
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
+    return True

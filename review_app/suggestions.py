@@ -65,8 +65,12 @@ def aoi_suggestions(
 
     Raises Conflict (AOI not predicted yet, no model), SuggestionError (bad n/method).
     """
-    layer = ws.state().aois.get(aoi_id)
-    directory = ws.embeddings_dir(aoi_id)
+    state = ws.state()
+    layer = state.aois.get(aoi_id)
+    # Another app process may have made the cache: from the object store's chunks when this disk lacks it.
+    directory = (
+        ws.ensure_local_cache(aoi_id, state) if layer is not None and layer.embeddings else ws.embeddings_dir(aoi_id)
+    )
     if layer is None or layer.version == 0 or not layer.embeddings or not cache_complete(directory):
         raise Conflict(
             f"AOI {aoi_id} has no prediction yet: run inference on it first "

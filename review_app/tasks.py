@@ -31,7 +31,7 @@ from pearl_pipelines.geo.masking import mask_outside
 from pearl_pipelines.geo.patching import unpatched_copy
 from pearl_pipelines.geo.stac import StacError
 from pearl_pipelines.labels.store import AoiRow, LabelStore
-from pearl_pipelines.layout import cache_complete
+from pearl_pipelines.layout import EMBEDDINGS_META, cache_complete
 from pearl_pipelines.ml import loop
 from pearl_pipelines.ml.base_model import BaseModel
 from pearl_pipelines.ml.errors import RetrainError
@@ -86,7 +86,9 @@ def build_imagery(ctx: JobContext, ws: ProjectWorkspace, *, source: dict[str, An
             counted.append(len(sources))
             build_mosaic(sources, tmp, clip_lonlat=clip, progress=lambda d, t: ctx.progress(d, t + 1, "mosaic"))
 
+        ws.states.fetch_mosaic(dst)  # another app process built it already: from the object store, if any
         built = shared_mosaic(dst, build)
+        ws.states.publish_mosaic(dst)
         bounds = lonlat_bounds(dst)
     except (ImageryError, StacError) as exc:  # no items, or the STAC API is down: the project page says which
         missing = "generate" in str(exc)
@@ -128,6 +130,37 @@ def _store_map(ws: ProjectWorkspace, aoi_id: int, version: int) -> None:
         objects.put_file(out_dir / name, layout.key(out_dir / name))
     for old in older_versions(objects, layout.key(out_dir.parent), version - KEEP_LAYER_VERSIONS):
         objects.delete(old)
+
+
+def _store_cache(ws: ProjectWorkspace, cache_dir: Path) -> None:
+    """With a remote object store, the AOI's complete embedding cache goes up as chunks (ml/chunked_cache.py) before
+    a layer with `embeddings=True` names it, unless the store holds this very cache already (the same metadata, byte
+    for byte: it was downloaded from there). Another cache there (another backbone's) is deleted first, so that no
+    reader ever mixes the chunks of two. Processes with disks of their own then read it
+    (ProjectWorkspace.ensure_local_cache)."""
+    from pearl_pipelines.ml.chunked_cache import upload_cache
+
+    objects = ws.states.remote
+    if objects is None or not cache_complete(cache_dir):
+        return
+    key = ws.paths.layout.key(cache_dir)
+    try:
+        stored: bytes | None = objects.get_bytes(f"{key}/{EMBEDDINGS_META}")
+    except FileNotFoundError:
+        stored = None
+    if stored == (cache_dir / EMBEDDINGS_META).read_bytes():
+        return
+    if stored is not None:
+        objects.delete(key)
+    started = time.perf_counter()
+    sent = upload_cache(cache_dir, objects, key)
+    log.info(
+        "project %s: cache %s uploaded (%.0f MB in %.1f s)",
+        ws.project_id,
+        key,
+        sent / 1e6,
+        time.perf_counter() - started,
+    )
 
 
 def _publish_layer(
@@ -190,12 +223,13 @@ def run_inference(
     aoi_id, paths = aoi.id, ws.paths
     state = ws.state()
     version = state.aois.get(aoi_id, AoiLayer()).version + 1
-    cache_dir = ws.embeddings_dir(aoi_id, state)
+    cache_dir = ws.ensure_local_cache(aoi_id, state)  # another process's cache (remote store): fetched
     if cache_complete(cache_dir) and loop.open_cache(cache_dir).meta.backbone_digest == current.version.base_model_id:
         # This backbone embedded the AOI already (the Dagster loop's onboarding, or an earlier inference): the head
         # over the cache is the whole prediction, no backbone pass.
         ctx.step(f"predicting {aoi.name} from its embedding cache", 0.0)
         loop.repredict(cache_dir, current.version, schema_of(), paths.prediction_dir(aoi_id, version))
+        _store_cache(ws, cache_dir)  # the Dagster loop's cache: not in the store yet
         _publish_layer(
             ctx, ws, aoi_id, version, geometry=aoi.geometry, model_version=state.current_model, embeddings=True
         )
@@ -243,6 +277,7 @@ def run_inference(
         full_version = version
     if current.version.needs_xy:  # the forward pass gave the embeddings; the spatial head applies to them
         loop.repredict(cache_dir, current.version, schema_of(), paths.prediction_dir(aoi_id, full_version))
+    _store_cache(ws, cache_dir)  # in the store before the layer says embeddings=True
     _publish_layer(
         ctx, ws, aoi_id, full_version, geometry=aoi.geometry, model_version=state.current_model, embeddings=True
     )
@@ -251,9 +286,14 @@ def run_inference(
     return f"{aoi.name} predicted in {result.seconds:.1f} s by {where} (pid {result.pid}){head}"
 
 
-def _cached_aois(ws: ProjectWorkspace) -> dict[int, Path]:
+def _cached_aois(ws: ProjectWorkspace, *, fetch: bool = True) -> dict[int, Path]:
+    """The AOIs with a complete embedding cache, and its folder here: with a remote store, one that only the store
+    has is downloaded (`fetch`), or (not `fetch`: a check before the job) counted without downloading."""
     state = ws.state()
-    caches = {aoi_id: ws.embeddings_dir(aoi_id, state) for aoi_id, layer in state.aois.items() if layer.embeddings}
+    embedded = [aoi_id for aoi_id, layer in state.aois.items() if layer.embeddings]
+    if not fetch:
+        return {aoi_id: ws.embeddings_dir(aoi_id, state) for aoi_id in embedded if ws.has_cache(aoi_id, state)}
+    caches = {aoi_id: ws.ensure_local_cache(aoi_id, state) for aoi_id in embedded}
     return {aoi_id: cache for aoi_id, cache in caches.items() if cache_complete(cache)}
 
 
@@ -262,7 +302,7 @@ def check_retrain(ws: ProjectWorkspace, *, store: LabelStore, model: ModelSlot) 
     labels = store.list_labels(ws.project_id)
     if not labels:
         raise RetrainError("there are no labels to retrain on: add points or polygons inside an AOI first")
-    cached = _cached_aois(ws)
+    cached = _cached_aois(ws, fetch=False)  # a request: the job downloads
     if not any(label.aoi_id in cached for label in labels):
         aois = sorted({label.aoi_id for label in labels if label.aoi_id is not None})
         raise RetrainError(
@@ -337,7 +377,7 @@ def _repredict(
     layer is published. Returns the seconds the block took, or None when there was none."""
     paths, state = ws.paths, ws.state()
     layer_version = state.aois.get(aoi_id, AoiLayer()).version + 1
-    cache, schema = loop.open_cache(ws.embeddings_dir(aoi_id, state)), schema_of()  # one schema: the same pixels
+    cache, schema = loop.open_cache(ws.ensure_local_cache(aoi_id, state)), schema_of()  # one schema: the same pixels
     window = loop.view_block(cache, block[0], centre=block[1]) if block is not None else None
     block_s = None
     if window is not None:
@@ -430,6 +470,7 @@ def run_retrain(
         shown.append(time.perf_counter() - started)
         # The version is current (and can be saved as a checkpoint) as soon as the map shows it.
         child.save(version_dir, labels=labels)
+        ws.publish_version(number)  # in the store before the state names it (remote store only)
         with ws.update() as state:
             state.models[number], state.current_model = info, number
 
@@ -466,6 +507,7 @@ def run_retrain(
         child = dataclasses.replace(child, metrics=evaluated.metrics, info={**child.info, "metric_notes": notes})
     model.set_version(child)
     child.save(version_dir, labels=labels)
+    ws.publish_version(number)
     metrics = metrics_out(child.metrics, number, notes)
     metrics.n_labels = info.n_labels
     with ws.update() as state:

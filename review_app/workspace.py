@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,9 +18,9 @@ from pydantic import BaseModel, Field
 
 from pearl_pipelines.labels.app_state import AppState
 from pearl_pipelines.labels.store import LabelStore
-from pearl_pipelines.layout import Layout, ProjectPaths
+from pearl_pipelines.layout import EMBEDDINGS_META, Layout, ProjectPaths, cache_complete
 from pearl_pipelines.ml.strategies import DEFAULT_STRATEGY
-from pearl_pipelines.storage import ObjectStore
+from pearl_pipelines.storage import ObjectStore, fetch_dir, publish_dir
 from review_app.schemas import MetricsOut
 
 IMAGERY_TTL_S = 2.0
@@ -95,8 +96,10 @@ class StateStore:
     def __init__(self, home: Path, store: LabelStore) -> None:
         self.home = Path(home)
         self.db = AppState(store)
-        # Where published AOI maps also go (PEARL_STORAGE_URL; set by the container); None: local files only.
+        # Where published AOI maps, model versions and AOI embedding caches also go (PEARL_STORAGE_URL; set by the
+        # container): app processes with disks of their own read there what another one wrote. None: local files only.
         self.objects: ObjectStore | None = None
+        self._fetching = threading.Lock()  # one download from the store at a time in this process (no doubles)
         # Tile requests ask for a project's imagery mosaic dozens of times a second: its name is kept for a moment.
         self._imagery: dict[int, tuple[float, Path]] = {}
         # Paints the project's map patches into a new AOI map (review_app/services/patches.py; set by the container):
@@ -105,6 +108,11 @@ class StateStore:
 
     def paths(self, project_id: int) -> ProjectPaths:
         return ProjectPaths.of(self.home, project_id)
+
+    @property
+    def remote(self) -> ObjectStore | None:
+        """The object store when it is remote (what other processes' disks share); None: local files only."""
+        return self.objects if self.objects is not None and self.objects.remote else None
 
     def workspace(self, project_id: int) -> ProjectWorkspace:
         return ProjectWorkspace(project_id, self.paths(project_id), self)
@@ -136,9 +144,30 @@ class StateStore:
         kept = self._imagery.get(project_id)
         if kept is not None and now - kept[0] < IMAGERY_TTL_S:
             return kept[1]
-        path = self.paths(project_id).imagery_mosaic(self.get(project_id).imagery.digest)
+        digest = self.get(project_id).imagery.digest
+        path = self.paths(project_id).imagery_mosaic(digest)
+        if digest is not None:  # a shared mosaic another process may have built: from the object store
+            self.fetch_mosaic(path)
         self._imagery[project_id] = (now, path)
         return path
+
+    def fetch_mosaic(self, path: Path) -> bool:
+        """A shared imagery mosaic (`Layout.shared_imagery`) missing on this disk, downloaded from the remote store
+        when another app process built and published it there (`publish_mosaic`). Whether it is here now."""
+        store = self.remote
+        if store is None or path.is_file():
+            return path.is_file()
+        with self._fetching:
+            if not path.is_file():
+                fetch_dir(store, Layout.at(self.home).key(path.parent), path.parent, marker=path.name)
+        return path.is_file()
+
+    def publish_mosaic(self, path: Path) -> None:
+        """A shared imagery mosaic this process built, to the remote store for the other processes (no-op locally)."""
+        store = self.remote
+        layout = Layout.at(self.home)
+        if store is not None and not store.exists(layout.key(path)):
+            publish_dir(store, path.parent, layout, last=(path.name,))
 
 
 @dataclass(frozen=True)
@@ -173,11 +202,67 @@ class ProjectWorkspace:
         return self.paths.layout.path(Layout.aoi_embeddings(slug, aoi_id))
 
     def checkpoint(self, version: int) -> ModelVersionInfo:
-        """A model version of the project with its files on disk or in MLflow, or KeyError."""
+        """A model version of the project with its files on disk, in the object store or in MLflow, or KeyError."""
         info = self.state().models.get(version)
-        if info is None or not (self.paths.version_dir(version).is_dir() or info.mlflow_version):
+        if info is None or not (self.has_version(version) or info.mlflow_version):
             raise KeyError(f"no checkpoint {version} in project {self.project_id}")
         return info
+
+    # -- with a remote object store, what one process writes the others read (each may have a disk of its own) ----
+    def publish_version(self, number: int) -> None:
+        """Upload model version `number`'s folder (just saved) to its layout keys, version.json last: before the
+        session state names it, so that another process can always fetch what the state names. No-op without a
+        remote store."""
+        from pearl_pipelines.ml.versions import VERSION_FILE
+
+        store = self.states.remote
+        if store is not None:
+            publish_dir(store, self.paths.version_dir(number), self.paths.layout, last=(VERSION_FILE,))
+
+    def local_version_dir(self, number: int) -> Path:
+        """Model version `number`'s folder here, fetched from the remote store first when it is not on this disk
+        (it may be in neither: the caller checks)."""
+        from pearl_pipelines.ml.versions import VERSION_FILE
+
+        directory = self.paths.version_dir(number)
+        store = self.states.remote
+        if store is not None and not directory.is_dir():
+            with self.states._fetching:
+                if not directory.is_dir():
+                    fetch_dir(store, self.paths.layout.key(directory), directory, marker=VERSION_FILE)
+        return directory
+
+    def has_version(self, number: int) -> bool:
+        """Model version `number`'s folder is on this disk or in the remote store (nothing downloaded)."""
+        from pearl_pipelines.ml.versions import VERSION_FILE
+
+        directory, store = self.paths.version_dir(number), self.states.remote
+        if directory.is_dir() or store is None:
+            return directory.is_dir()
+        return store.exists(f"{self.paths.layout.key(directory)}/{VERSION_FILE}")
+
+    def ensure_local_cache(self, aoi_id: int, state: ProjectState | None = None) -> Path:
+        """The AOI's embedding cache folder (`embeddings_dir`), downloaded from the remote store's chunks first when
+        it is not complete on this disk (ml/chunked_cache.py: the same memmap format, so `cache_complete` and
+        `loop.open_cache` read it unchanged). Where neither has it, the folder stays without a complete cache."""
+        directory = self.embeddings_dir(aoi_id, state)
+        store = self.states.remote
+        if store is None or cache_complete(directory):
+            return directory
+        from pearl_pipelines.ml.chunked_cache import download_cache
+
+        with self.states._fetching:
+            if not cache_complete(directory):
+                with contextlib.suppress(FileNotFoundError):  # not in the store either
+                    download_cache(store, self.paths.layout.key(directory), directory)
+        return directory
+
+    def has_cache(self, aoi_id: int, state: ProjectState | None = None) -> bool:
+        """The AOI's embedding cache is complete on this disk or in the remote store (nothing downloaded)."""
+        directory, store = self.embeddings_dir(aoi_id, state), self.states.remote
+        if cache_complete(directory) or store is None:
+            return cache_complete(directory)
+        return store.exists(f"{self.paths.layout.key(directory)}/{EMBEDDINGS_META}")
 
 
 class _StateUpdate:

@@ -34,7 +34,7 @@ from pearl_pipelines.geo.maps import MapError
 from pearl_pipelines.geo.masking import mask_outside
 from pearl_pipelines.geo.patching import model_file
 from pearl_pipelines.labels.store import AoiRow, LabelStore
-from pearl_pipelines.layout import CLASSES_FILE, cache_complete
+from pearl_pipelines.layout import CLASSES_FILE
 from pearl_pipelines.ml import loop
 from pearl_pipelines.settings import Settings
 from review_app.jobs import Job, JobContext, JobFailed, JobRunner
@@ -124,7 +124,7 @@ class CompareService:
         state = ws.state()
         layer = state.aois.get(side.aoi.id)
         cache = ws.embeddings_dir(side.aoi.id, state)
-        if layer is None or not layer.embeddings or not cache_complete(cache):
+        if layer is None or not layer.embeddings or not ws.has_cache(side.aoi.id, state):  # here or in the store
             raise Conflict(
                 f"AOI {side.aoi.id} ({side.aoi.name}) has no cached embeddings yet, so model v{side.version}'s map "
                 "of it cannot be made: predict the AOI first (Predict AOI)"
@@ -148,6 +148,7 @@ class CompareService:
                 continue
             ctx.step(f"predicting {side.aoi.name} with model v{side.version}", n / (len(caches) + 1))
             head = self.models.load_version(side.project_id, side.version)
+            self.states.workspace(side.project_id).ensure_local_cache(side.aoi.id)  # only in the store: downloaded
             cache = loop.open_cache(cache_dir)
             if cache.meta.backbone_digest != head.base_model_id:
                 raise JobFailed(

@@ -112,8 +112,10 @@ class ModelCache:
         model = self.require(project_id)
         state = self.states.get(project_id)
         info = state.models.get(state.current_model) if state.current_model is not None else None
-        folder = self.states.paths(project_id).version_dir(info.id) if info is not None else None
-        if info is None or info.engine_id == model.version.id or folder is None or not folder.is_dir():
+        if info is None or info.engine_id == model.version.id:
+            return model
+        folder = self.states.workspace(project_id).local_version_dir(info.id)  # another process's: fetched
+        if not folder.is_dir():
             return model
         version = ModelVersion.load(folder)
         self.set_version(project_id, version)
@@ -207,12 +209,13 @@ class ModelCache:
 
     def _current_version(self, project_id: int, base: BaseModel) -> ModelVersion:
         """The version the project's state names as current; the base model's own head (v0) the first time."""
-        paths = self.states.paths(project_id)
-        state = self.states.get(project_id)
-        if state.current_model is not None and paths.version_dir(state.current_model).is_dir():
-            return ModelVersion.load(paths.version_dir(state.current_model))
+        ws = self.states.workspace(project_id)
+        state = ws.state()
+        if state.current_model is not None and ws.local_version_dir(state.current_model).is_dir():
+            return ModelVersion.load(ws.paths.version_dir(state.current_model))
         root = base.root_version()
-        root.save(paths.version_dir(0))
+        root.save(ws.paths.version_dir(0))
+        ws.publish_version(0)  # in the store before the state names it (remote store only)
         with self.states.update(project_id) as st:
             st.models[0] = ModelVersionInfo(
                 id=0, engine_id=root.id, kind="base", name="starter (base model)", classes=root.schema.names

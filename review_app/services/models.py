@@ -91,8 +91,9 @@ class ModelService:
         )
 
     def load_version(self, project_id: int, number: int) -> ModelVersion:
-        """A version's head from the local cache, else from MLflow (put back into the cache)."""
-        directory = self.states.paths(project_id).version_dir(number)
+        """A version's head from the local cache (fetched from the remote object store when another process made
+        it), else from MLflow (put back into the cache)."""
+        directory = self.states.workspace(project_id).local_version_dir(number)
         if directory.is_dir():
             return ModelVersion.load(directory)
         info = self.checkpoint_info(project_id, number)

@@ -220,7 +220,7 @@ class PatchService:
         if (directory / CLASSES_FILE).is_file():
             return directory / CLASSES_FILE
         ws = self.states.workspace(project_id)
-        cache = ws.embeddings_dir(aoi_id)
+        cache = ws.ensure_local_cache(aoi_id)  # another process's cache (remote store): downloaded
         if not cache_complete(cache):
             return None
         from pearl_pipelines.ml import loop  # torch: imported where a checkpoint map is made

@@ -139,14 +139,14 @@ class VersionPublisher:
         from pearl_pipelines.ml.lineage import log_patches, register_version
         from pearl_pipelines.ml.versions import ModelVersion
 
-        paths = self.states.paths(project_id)
+        ws = self.states.workspace(project_id)
         name = project_model_name(project_id)
         base_uri = self._base_uri(project_id)
         published = 0
         for number in self.pending(project_id):
             models = self.states.get(project_id).models  # again each time: the parent was just logged
             info = models[number]
-            directory = paths.version_dir(number)
+            directory = ws.local_version_dir(number)  # another process's (remote store): fetched
             if not directory.is_dir():
                 continue
             parent = models.get(info.parent) if info.parent is not None else None
@@ -196,7 +196,8 @@ class VersionPublisher:
             return ref
 
     def _trim_local(self, project_id: int) -> None:
-        """Delete the local files of published versions that are neither recent, current nor named."""
+        """Delete the local files of published versions that are neither recent, current nor named. This disk's copy
+        only: the object store's (PEARL_STORAGE_URL) stays, the copy other processes fetch while the version exists."""
         state = self.states.get(project_id)
         keep = set(sorted(state.models)[-KEEP_LOCAL:]) | {state.current_model, 0}
         for number, info in state.models.items():

@@ -1,0 +1,131 @@
+"""What an app process with a disk of its own fetches from the object store (a real S3 server, and a local folder):
+a model version's folder (`publish_dir` / `fetch_dir`) and an AOI embedding cache (`download_cache`), each equal to
+what was written, moved into place whole; keys outside the store refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from affine import Affine
+
+from pearl_pipelines.layout import EMBEDDINGS_META, Layout, cache_complete
+from pearl_pipelines.ml import loop
+from pearl_pipelines.ml.chunked_cache import CHUNKS_INDEX, chunk_key, download_cache, upload_cache
+from pearl_pipelines.ml.embeddings import EmbeddingCache
+from pearl_pipelines.storage import ObjectStore, StorageError, fetch_dir, publish_dir
+from tests.s3_local import S3Server
+
+HEIGHT, WIDTH, CHANNELS, CHUNK = 300, 410, 9, 128
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ObjectStore:
+    if request.param == "local":
+        return ObjectStore.open(None, tmp_path / "bucket")
+    server: S3Server = request.getfixturevalue("s3_server")
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    return ObjectStore.open(server.url(f"fetch/{tmp_path.name}"), tmp_path)
+
+
+def _version_folder(home: Path) -> Path:
+    directory = Layout.at(home).project(3).version_dir(2)
+    (directory / "nested").mkdir(parents=True)
+    (directory / "head.npz").write_bytes(bytes(range(256)) * 40)
+    (directory / "labels.parquet").write_bytes(b"PAR1" + b"\0" * 999)
+    (directory / "nested" / "more.json").write_text('{"a": 1}')
+    (directory / "version.json").write_text('{"id": "v2"}')
+    (directory / "version.json.tmp").write_text("half written")  # written aside: never uploaded
+    return directory
+
+
+def test_publish_then_fetch_a_version_folder(store: ObjectStore, tmp_path: Path) -> None:
+    writer, reader = Layout.at(tmp_path / "pod-a"), Layout.at(tmp_path / "pod-b")
+    source = _version_folder(writer.root)
+    key = writer.key(source)
+    assert publish_dir(store, source, writer, last=("version.json",)) == 4
+    assert sorted(store.list(key)) == sorted(
+        f"{key}/{name}" for name in ("head.npz", "labels.parquet", "nested/more.json", "version.json")
+    )
+
+    target = reader.path(key)
+    assert fetch_dir(store, key, target, marker="version.json")
+    for name in ("head.npz", "labels.parquet", "nested/more.json", "version.json"):
+        assert (target / name).read_bytes() == (source / name).read_bytes()
+    assert not (target / "version.json.tmp").exists()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["v2"]  # nothing left aside
+    assert fetch_dir(store, key, target, marker="version.json")  # there already: kept
+
+    # Absent, or without its marker (not complete in the store): nothing fetched, nothing made.
+    missing = reader.project(3).version_dir(5)
+    assert not fetch_dir(store, reader.key(missing), missing, marker="version.json")
+    store.delete(f"{key}/version.json")
+    elsewhere = tmp_path / "pod-c" / "v2"
+    assert not fetch_dir(store, key, elsewhere, marker="version.json")
+    assert not elsewhere.exists()
+
+
+def test_keys_outside_the_store_are_refused(store: ObjectStore, tmp_path: Path) -> None:
+    layout = Layout.at(tmp_path / "pod-a")
+    for key in ("../outside", "/abs/path", "review/../../x", "a\\b"):
+        with pytest.raises(StorageError):
+            fetch_dir(store, key, tmp_path / "x")
+        with pytest.raises(StorageError):
+            download_cache(store, key, tmp_path / "y")
+    with pytest.raises(ValueError, match="is not under"):
+        publish_dir(store, tmp_path / "not-under-the-home", layout)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def _cache(home: Path) -> EmbeddingCache:
+    directory = home / Layout.aoi_embeddings("starter-v1", 4)
+    cache = EmbeddingCache.create(
+        directory,
+        crs="EPSG:32618",
+        transform=Affine(1.0, 0, 500_000, 0, -1.0, 4_400_000),
+        height=HEIGHT,
+        width=WIDTH,
+        channels=CHANNELS,
+        backbone_digest="bb-fetch",
+    )
+    rng = np.random.default_rng(5)
+    cache.array[:] = rng.normal(size=(HEIGHT, WIDTH, CHANNELS)).astype(np.float16)
+    cache.valid[:] = rng.integers(0, 2, size=(HEIGHT, WIDTH), dtype=np.uint8)
+    cache.meta.offset = [0.25] * CHANNELS
+    cache.flush()
+    return EmbeddingCache.open(directory)
+
+
+def test_download_cache_round_trip(store: ObjectStore, tmp_path: Path) -> None:
+    original = _cache(tmp_path / "pod-a")
+    key = Layout.aoi_embeddings("starter-v1", 4)
+    upload_cache(original.directory, store, key, chunk=CHUNK)
+
+    target = tmp_path / "pod-b" / key
+    assert not cache_complete(target)
+    fetched = download_cache(store, key, target)
+    assert fetched > HEIGHT * WIDTH * CHANNELS * 2  # every chunk (float16 + valid + npz headers)
+    assert cache_complete(target)
+    copy = loop.open_cache(target)  # the format ml/embeddings.py writes: opened as any local cache
+    assert isinstance(copy.array, np.memmap)
+    np.testing.assert_array_equal(copy.array, original.array)
+    np.testing.assert_array_equal(copy.valid, original.valid)
+    assert copy.array.dtype == np.float16 and copy.valid.dtype == np.uint8
+    assert copy.meta == original.meta
+    assert (target / EMBEDDINGS_META).read_bytes() == (original.directory / EMBEDDINGS_META).read_bytes()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["aoi-4"]  # nothing left aside
+
+    # A stale, incomplete copy there is replaced whole.
+    (target / EMBEDDINGS_META).unlink()
+    download_cache(store, key, target)
+    np.testing.assert_array_equal(loop.open_cache(target).array, original.array)
+
+    # The store without the metadata (written last): not a complete cache, nothing written here.
+    store.delete(f"{key}/{EMBEDDINGS_META}")
+    assert store.exists(f"{key}/{CHUNKS_INDEX}") and store.exists(chunk_key(key, 0, 0))
+    other = tmp_path / "pod-c" / key
+    with pytest.raises(FileNotFoundError, match="no complete chunked embedding cache"):
+        download_cache(store, key, other)
+    assert not other.parent.exists() or not any(other.parent.iterdir())
