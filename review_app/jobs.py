@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,7 +37,8 @@ PROGRESS_INTERVAL_S = 0.1
 SAVE_INTERVAL_S = 1.0  # progress reaches the database (other processes' GET /api/jobs) at most this often
 HEARTBEAT_S = 2.0
 STALE_S = 10.0  # a job whose process has not beaten for this long is failed
-CLAIM_POLL_S = 0.05  # how often a job waiting for another process's job of its project asks again
+# A waiting job asks again when a job of this process ends, and at least this often (another process's job ended).
+CLAIM_POLL_S = 0.2
 JOB_ID = re.compile(r"[0-9a-f]{12}")  # what Job makes; anything else names no job
 
 
@@ -124,7 +125,7 @@ class JobRunner:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pearl-job")
         self._jobs: OrderedDict[str, Job] = OrderedDict()  # this process's jobs (the freshest copy of each)
         self._saved: dict[str, tuple[float, JobState]] = {}  # job -> (when, state) of its last database write
-        self._locks: defaultdict[int, threading.Lock] = defaultdict(threading.Lock)
+        self._ended = threading.Condition()  # notified when a job of this process ends: the next may start
         self._guard = threading.Lock()
         self._stop = threading.Event()
         self._heart = threading.Thread(target=self._beat, daemon=True, name="pearl-job-heartbeat")
@@ -159,7 +160,8 @@ class JobRunner:
 
     def _claim(self, job: Job) -> bool:
         """Wait for the job's turn in its project (jobs of other processes included); False: it was failed meanwhile
-        (its heartbeat went stale), and does not run."""
+        (its heartbeat went stale), and does not run. The database alone decides the order: a lock in this process
+        too would let a younger job hold it while it waits for an older one (locks are not fair), for ever."""
         while not self._stop.is_set():
             turn, reaped = self.db.claim(job.id, job.project_id, _stale_before())
             self._announce_reaped(reaped)
@@ -169,32 +171,39 @@ class JobRunner:
                 row = self.db.job(job.id)
                 job.state, job.error = "failed", (row.error if row is not None else None) or "the job was cancelled"
                 return False
-            time.sleep(CLAIM_POLL_S)
+            with self._ended:
+                self._ended.wait(CLAIM_POLL_S)
         return False
 
     def _run(self, job: Job, body: JobBody) -> None:
-        with self._locks[job.project_id]:  # this process's jobs of the project queue here, without polling
-            if not self._claim(job):
-                self.announce(job)
-                return
-            job.state, job.started_at = "running", dt.datetime.now(dt.UTC)
+        try:
+            self._run_turn(job, body)
+        finally:
+            with self._ended:
+                self._ended.notify_all()
+
+    def _run_turn(self, job: Job, body: JobBody) -> None:
+        if not self._claim(job):
             self.announce(job)
-            try:
-                message = body(JobContext(self, job))
-                job.state, job.progress, job.message = "done", 1.0, message or job.message
-            except JobFailed as exc:
-                job.state, job.error = "failed", str(exc)
-            except (ValueError, KeyError, RuntimeError, OSError) as exc:
-                # Domain errors (RetrainError, ImageryError, AoiError...) carry a message meant for people.
-                log.warning("job %s (%s) failed: %s", job.id, job.kind, exc, exc_info=True)
-                job.state, job.error = "failed", exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            except Exception:
-                log.exception("job %s (%s) crashed", job.id, job.kind)
-                job.state, job.error = "failed", f"{job.kind} failed unexpectedly; the server log has the details"
-            job.finished_at = dt.datetime.now(dt.UTC)
-            self.announce(job)
-            if job.state == "failed":
-                self.hub.publish(job.project_id, ErrorEvent(job_id=job.id, message=job.error or ""))
+            return
+        job.state, job.started_at = "running", dt.datetime.now(dt.UTC)
+        self.announce(job)
+        try:
+            message = body(JobContext(self, job))
+            job.state, job.progress, job.message = "done", 1.0, message or job.message
+        except JobFailed as exc:
+            job.state, job.error = "failed", str(exc)
+        except (ValueError, KeyError, RuntimeError, OSError) as exc:
+            # Domain errors (RetrainError, ImageryError, AoiError...) carry a message meant for people.
+            log.warning("job %s (%s) failed: %s", job.id, job.kind, exc, exc_info=True)
+            job.state, job.error = "failed", exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        except Exception:
+            log.exception("job %s (%s) crashed", job.id, job.kind)
+            job.state, job.error = "failed", f"{job.kind} failed unexpectedly; the server log has the details"
+        job.finished_at = dt.datetime.now(dt.UTC)
+        self.announce(job)
+        if job.state == "failed":
+            self.hub.publish(job.project_id, ErrorEvent(job_id=job.id, message=job.error or ""))
 
     def announce(self, job: Job) -> None:
         self._save(job)

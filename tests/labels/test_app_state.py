@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,29 @@ def test_a_state_json_of_before_is_adopted(store: LabelStore, project: ProjectRo
     assert states.get(project.id).next_model_id == 4 and states.get(project.id).strategy == "legacy-strategy"
 
 
+def _wait_finished(runner: JobRunner, job_id: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while runner.get(job_id).state not in ("done", "failed"):
+        assert time.monotonic() < deadline, f"job {job_id} still {runner.get(job_id).state} after {timeout} s"
+        threading.Event().wait(0.02)
+
+
+def test_many_jobs_of_one_project_in_one_process_all_run(store: LabelStore, project: ProjectRow) -> None:
+    """More jobs than pool threads: each waits for the older ones, none for a younger one (no deadlock)."""
+    runner = JobRunner(EventHub(), AppState(store), workers=2)
+    try:
+        jobs = [
+            runner.submit(project.id, "restore", lambda ctx: threading.Event().wait(0.01) or "ok") for _ in range(8)
+        ]
+        for job in jobs:
+            _wait_finished(runner, job.id)
+        assert [runner.get(j.id).state for j in jobs] == ["done"] * 8
+        started = [runner.db.job(j.id).started_at for j in jobs]
+        assert started == sorted(started)
+    finally:
+        runner.shutdown()
+
+
 def test_jobs_of_a_project_run_one_at_a_time_across_processes(store: LabelStore, project: ProjectRow) -> None:
     runners = [JobRunner(EventHub(), AppState(store)), JobRunner(EventHub(), AppState(LabelStore(store.url)))]
     running, overlaps = [0], []
@@ -80,10 +104,8 @@ def test_jobs_of_a_project_run_one_at_a_time_across_processes(store: LabelStore,
 
     try:
         jobs = [runners[n % 2].submit(project.id, "restore", body) for n in range(6)]
-        for job in jobs:
-            runner = runners[jobs.index(job) % 2]
-            while runner.get(job.id).state not in ("done", "failed"):
-                threading.Event().wait(0.02)
+        for n, job in enumerate(jobs):
+            _wait_finished(runners[n % 2], job.id)
         assert [runners[0].get(j.id).state for j in jobs] == ["done"] * 6  # read through either process
         assert max(overlaps) == 1
         started = [runners[0].db.job(j.id).started_at for j in jobs]
@@ -110,8 +132,7 @@ def test_a_dead_process_job_is_failed_and_the_next_one_runs(store: LabelStore, p
     runner = JobRunner(EventHub(), db)
     try:
         job = runner.submit(project.id, "retrain", lambda ctx: "after")  # not joined to, nor queued behind, the dead
-        while runner.get(job.id).state not in ("done", "failed"):
-            threading.Event().wait(0.02)
+        _wait_finished(runner, job.id)
         assert runner.get(job.id).state == "done"
         dead = runner.get("dead00000000")
         assert dead.state == "failed" and dead.error == "the app process running this retrain stopped; start it again"
