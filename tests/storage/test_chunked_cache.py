@@ -7,35 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from affine import Affine
 
 from pearl_pipelines.layout import Layout
 from pearl_pipelines.ml.chunked_cache import ChunkedCache, chunk_key, upload_cache
 from pearl_pipelines.ml.embeddings import EmbeddingCache
 from pearl_pipelines.storage import ObjectStore, S3Store
 from tests.s3_local import CountingProxy, S3Server
+from tests.storage.caches import random_cache
 
 HEIGHT, WIDTH, CHANNELS, CHUNK = 600, 700, 12, 256
 
 
 @pytest.fixture(scope="module")
 def local_cache(tmp_path_factory: pytest.TempPathFactory) -> EmbeddingCache:
-    directory = tmp_path_factory.mktemp("home") / Layout.aoi_embeddings("starter-v1", 7)
-    cache = EmbeddingCache.create(
-        directory,
-        crs="EPSG:32618",
-        transform=Affine(1.0, 0, 500_000, 0, -1.0, 4_400_000),
-        height=HEIGHT,
-        width=WIDTH,
-        channels=CHANNELS,
-        backbone_digest="bb-test",
-    )
-    rng = np.random.default_rng(3)
-    cache.array[:] = rng.normal(size=(HEIGHT, WIDTH, CHANNELS)).astype(np.float16)
-    cache.valid[:] = rng.integers(0, 2, size=(HEIGHT, WIDTH), dtype=np.uint8)
-    cache.meta.offset = [0.5] * CHANNELS
-    cache.flush()
-    return EmbeddingCache.open(directory)
+    return random_cache(tmp_path_factory.mktemp("home"), 7, (HEIGHT, WIDTH, CHANNELS), seed=3)
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -55,7 +40,7 @@ def test_window_read_equals_the_memmap_and_fetches_only_its_chunks(
         proxy.requests.clear()
         chunked = ChunkedCache.open(store, key)
         assert chunked.shape == (HEIGHT, WIDTH) and chunked.channels == CHANNELS
-        assert chunked.meta["backbone_digest"] == "bb-test" and chunked.meta["offset"] == [0.5] * CHANNELS
+        assert chunked.meta["backbone_digest"] == "bb-3" and chunked.meta["offset"] == [0.5] * CHANNELS
         proxy.requests.clear()
 
         rows, cols = (100, 400), (250, 530)  # chunk rows 0-1, chunk cols 0-2: 6 of the 3 x 3 chunks

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from affine import Affine
 
 from pearl_pipelines.layout import EMBEDDINGS_META, Layout, cache_complete
 from pearl_pipelines.ml import loop
@@ -16,6 +15,7 @@ from pearl_pipelines.ml.chunked_cache import CHUNKS_INDEX, chunk_key, download_c
 from pearl_pipelines.ml.embeddings import EmbeddingCache
 from pearl_pipelines.storage import ObjectStore, StorageError, fetch_dir, publish_dir
 from tests.s3_local import S3Server
+from tests.storage.caches import random_cache
 
 HEIGHT, WIDTH, CHANNELS, CHUNK = 300, 410, 9, 128
 
@@ -80,22 +80,7 @@ def test_keys_outside_the_store_are_refused(store: ObjectStore, tmp_path: Path) 
 
 
 def _cache(home: Path) -> EmbeddingCache:
-    directory = home / Layout.aoi_embeddings("starter-v1", 4)
-    cache = EmbeddingCache.create(
-        directory,
-        crs="EPSG:32618",
-        transform=Affine(1.0, 0, 500_000, 0, -1.0, 4_400_000),
-        height=HEIGHT,
-        width=WIDTH,
-        channels=CHANNELS,
-        backbone_digest="bb-fetch",
-    )
-    rng = np.random.default_rng(5)
-    cache.array[:] = rng.normal(size=(HEIGHT, WIDTH, CHANNELS)).astype(np.float16)
-    cache.valid[:] = rng.integers(0, 2, size=(HEIGHT, WIDTH), dtype=np.uint8)
-    cache.meta.offset = [0.25] * CHANNELS
-    cache.flush()
-    return EmbeddingCache.open(directory)
+    return random_cache(home, 4, (HEIGHT, WIDTH, CHANNELS), seed=5)
 
 
 def test_download_cache_round_trip(store: ObjectStore, tmp_path: Path) -> None:
