@@ -132,3 +132,12 @@ def class_places(
     rng = np.random.default_rng(0)
     order = rng.permutation(len(places))[:n]
     return [places[i] for i in sorted(order)]
+
+
+def water_and_tree_points(
+    settings: Settings, lon: float, lat: float, d: float = 0.0015
+) -> list[tuple[str, tuple[float, float]]]:
+    """(class name, lon/lat point) label places of water and tree canopy within `d` degrees of lon/lat: two classes a
+    retrain can fit, by the reference labels."""
+    box = (lon - d, lat - d, lon + d, lat + d)
+    return [(name, place[0]) for name in ("water", "tree_canopy") for place in class_places(settings, box, name, n=3)]

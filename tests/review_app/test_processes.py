@@ -33,7 +33,7 @@ from pearl_pipelines.settings import Settings
 from review_app.jobs import HEARTBEAT_S, STALE_S
 from tests.conftest import free_port
 from tests.review_app.conftest import center, new_home, square
-from tests.review_app.data import class_places
+from tests.review_app.data import water_and_tree_points
 from tests.review_app.servers import ready_project, uvicorn
 from tests.s3_local import S3Server
 
@@ -121,12 +121,7 @@ def test_three_processes_serve_one_project(cluster: Cluster, home: Settings) -> 
         inference = httpx.post(f"{cluster.urls[c]}/api/projects/1/aois/{aoi_id}/inference")
         assert inference.status_code == 202, inference.text
         assert cluster.wait_job(a, inference.json()["id"])["state"] == "done"  # started through C, followed on A
-        d = 0.0015
-        places = [
-            (name, place[0])
-            for name in ("water", "tree_canopy")
-            for place in class_places(home, (lon - d, lat - d, lon + d, lat + d), name, n=3)
-        ]
+        places = water_and_tree_points(home, lon, lat)
         assert len(places) >= 4
         acknowledged: list[int] = []
         for n, (class_name, point) in enumerate(places):

@@ -25,7 +25,7 @@ from pearl_pipelines.redis_local import RedisServer
 from pearl_pipelines.settings import Settings
 from tests.conftest import free_port
 from tests.review_app.conftest import center, new_home, square
-from tests.review_app.data import class_places
+from tests.review_app.data import water_and_tree_points
 from tests.review_app.servers import log_path, ready_project, uvicorn
 from tests.s3_local import S3Server
 
@@ -142,11 +142,7 @@ def test_two_processes_with_separate_disks_serve_one_project(pods: Pods) -> None
 
     # Labels through B.
     d = 0.0015
-    places = [
-        (name, place[0])
-        for name in ("water", "tree_canopy")
-        for place in class_places(home_a, (lon - d, lat - d, lon + d, lat + d), name, n=3)
-    ]
+    places = water_and_tree_points(home_a, lon, lat)
     assert len(places) >= 4
     for class_name, point in places:
         body = {"class_name": class_name, "geometry": {"type": "Point", "coordinates": list(point)}, "aoi_id": aoi_id}
