@@ -23,7 +23,8 @@ def test_artifacts_go_to_the_bucket(s3_server: S3Server, tmp_path: Path, monkeyp
     prefix = f"mlflow-{tmp_path.name}"
     server = mlflow_server(tmp_path, port, storage_url=s3_server.url(prefix), env=s3_server.env())
     assert server.cmd[server.cmd.index("--artifacts-destination") + 1] == f"s3://pearl/{prefix}/mlflow"
-    with server.start(timeout=120):
+    server.start(timeout=120)  # not `with server.start()`: __enter__ starts it again and the first one leaks
+    try:
         uri = f"http://127.0.0.1:{port}"
         client = MlflowClient(uri)
         run = client.create_run(client.create_experiment("object-store"))
@@ -33,6 +34,8 @@ def test_artifacts_go_to_the_bucket(s3_server: S3Server, tmp_path: Path, monkeyp
             run_id=run.info.run_id, artifact_path="model/head.txt", dst_path=str(tmp_path / "dl"), tracking_uri=uri
         )
         assert Path(local).read_text() == "weights of a head"
+    finally:
+        server.stop()
     keys = [
         o["Key"] for o in s3_server.client().list_objects_v2(Bucket="pearl", Prefix=f"{prefix}/").get("Contents", [])
     ]
