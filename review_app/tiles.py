@@ -61,8 +61,13 @@ IdParam = Annotated[str, PathParam(description="numeric id")]
 
 
 def imagery_path(request: Request, project_id: IdParam) -> str:
-    """Project id -> the project's imagery mosaic COG (shared by the projects of one imagery source)."""
-    return _file(_services(request).states.imagery_path(_id(project_id)))
+    """Project id -> the project's imagery mosaic COG (shared by the projects of one imagery source): the local file,
+    or where this process has no copy, the object another process published, read in place (never downloaded)."""
+    states = _services(request).states
+    path = states.imagery_path(_id(project_id), fetch=False)
+    if path.is_file():
+        return str(path)
+    return _stored_file(request, Layout.at(states.home), path)
 
 
 def _object_store(request: Request) -> ObjectStore | None:
@@ -71,9 +76,9 @@ def _object_store(request: Request) -> ObjectStore | None:
     return _services(request).states.objects
 
 
-def _map_file(request: Request, layout: Layout, path: Path) -> str:
-    """A published AOI map COG: the local file, or with an S3 store its object, which GDAL reads in place by range
-    requests (/vsis3/ under `store_gdal_env`); a missing object is the uniform 404 like a missing file."""
+def _stored_file(request: Request, layout: Layout, path: Path) -> str:
+    """A published COG (an AOI map, a shared imagery mosaic): the local file, or with an S3 store its object, which
+    GDAL reads in place by range requests (/vsis3/ under `store_gdal_env`); a missing object is the uniform 404."""
     store = _object_store(request)
     if store is None or not store.remote:
         return _file(path)
@@ -92,12 +97,12 @@ def store_gdal_env(request: Request) -> dict[str, Any]:
 def classes_path(request: Request, project_id: IdParam, aoi_id: IdParam, version: IdParam) -> str:
     """(project, AOI, layer version) -> that prediction's class COG."""
     paths = _services(request).states.paths(_id(project_id))
-    return _map_file(request, paths.layout, paths.classes_path(_id(aoi_id), _id(version)))
+    return _stored_file(request, paths.layout, paths.classes_path(_id(aoi_id), _id(version)))
 
 
 def confidence_path(request: Request, project_id: IdParam, aoi_id: IdParam, version: IdParam) -> str:
     paths = _services(request).states.paths(_id(project_id))
-    return _map_file(request, paths.layout, paths.confidence_path(_id(aoi_id), _id(version)))
+    return _stored_file(request, paths.layout, paths.confidence_path(_id(aoi_id), _id(version)))
 
 
 def class_colormap(request: Request, project_id: IdParam) -> dict[int, tuple[int, int, int, int]]:

@@ -101,7 +101,7 @@ class StateStore:
         self.objects: ObjectStore | None = None
         self._fetching = threading.Lock()  # one download from the store at a time in this process (no doubles)
         # Tile requests ask for a project's imagery mosaic dozens of times a second: its name is kept for a moment.
-        self._imagery: dict[int, tuple[float, Path]] = {}
+        self._imagery: dict[int, tuple[float, Path, str | None]] = {}  # project -> (when, mosaic, its digest)
         # Paints the project's map patches into a new AOI map (review_app/services/patches.py; set by the container):
         # (project_id, aoi_id, layer version, AOI lon/lat GeoJSON) -> None. None: maps are published as predicted.
         self.map_patcher: Callable[[int, int, int, Mapping[str, Any]], None] | None = None
@@ -136,19 +136,20 @@ class StateStore:
     def update(self, project_id: int) -> _StateUpdate:
         return _StateUpdate(self, project_id)
 
-    def imagery_path(self, project_id: int) -> Path:
+    def imagery_path(self, project_id: int, *, fetch: bool = True) -> Path:
         """The imagery mosaic the project reads (shared by its source, or its own): what every reader of a project's
         imagery asks for (tile routes, inference). Cheap enough for every tile request: the answer is kept for
         IMAGERY_TTL_S (a mosaic is built once per source, so a new one shows on other processes within that)."""
         now = time.monotonic()
         kept = self._imagery.get(project_id)
         if kept is not None and now - kept[0] < IMAGERY_TTL_S:
-            return kept[1]
-        digest = self.get(project_id).imagery.digest
-        path = self.paths(project_id).imagery_mosaic(digest)
-        if digest is not None:  # a shared mosaic another process may have built: from the object store
-            self.fetch_mosaic(path)
-        self._imagery[project_id] = (now, path)
+            path, digest = kept[1], kept[2]
+        else:
+            digest = self.get(project_id).imagery.digest
+            path = self.paths(project_id).imagery_mosaic(digest)
+            self._imagery[project_id] = (now, path, digest)
+        if fetch and digest is not None:  # a shared mosaic another process built: from the object store (`fetch`:
+            self.fetch_mosaic(path)  # not for the tile routes, which read it there in place)
         return path
 
     def fetch_mosaic(self, path: Path) -> bool:

@@ -103,6 +103,14 @@ def _tile(url: str, aoi_id: int, version: int, lon: float, lat: float) -> bytes:
     return response.content
 
 
+def _imagery_tile(url: str, lon: float, lat: float) -> bytes:
+    tile = morecantile.tms.get("WebMercatorQuad").tile(lon, lat, 16)
+    path = f"/tiles/imagery/1/tiles/WebMercatorQuad/16/{tile.x}/{tile.y}.png?bidx=1&bidx=2&bidx=3"
+    response = httpx.get(f"{url}{path}", timeout=30)
+    assert response.status_code == 200, (path, response.text)
+    return response.content
+
+
 def _layer(url: str, aoi_id: int) -> dict[str, Any]:
     response = httpx.get(f"{url}/api/projects/1/aois/{aoi_id}", timeout=10)
     assert response.status_code == 200, response.text
@@ -198,10 +206,15 @@ def test_two_processes_with_separate_disks_serve_one_project(pods: Pods) -> None
     again = [_tile(url, aoi_id, layer["version"], lon, lat) for url in pods.urls]
     assert again[0] == again[1] == retrained[0]
 
-    # B never built the imagery mosaic: it fetched A's from the store, serves its tiles, and predicts a new AOI.
+    # B never built the imagery mosaic: its imagery tiles read A's published copy in place (nothing downloaded), and
+    # a new AOI's inference through B fetches it.
     [mosaic_a] = (home_a.home_abs / "review" / "imagery").rglob("mosaic.tif")
     mosaic_key = mosaic_a.relative_to(home_a.home_abs).as_posix()
     assert mosaic_key in pods.keys(mosaic_key.rsplit("/", 1)[0] + "/")
+    assert not (home_b.home_abs / mosaic_key).exists()
+    imagery = [_imagery_tile(url, lon, lat) for url in pods.urls]
+    assert imagery[0] == imagery[1] and len(imagery[0]) > 1000
+    assert not (home_b.home_abs / mosaic_key).exists()
     other = httpx.post(
         f"{pods.urls[b]}/api/projects/1/aois", json={"name": "through B", "geometry": square(lon + d, lat, 0.001)}
     )
