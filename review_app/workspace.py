@@ -128,11 +128,6 @@ class StateStore:
         path = self.paths(project_id).state
         return ProjectState.model_validate_json(path.read_text()) if path.is_file() else None
 
-    def save(self, project_id: int, state: ProjectState) -> None:
-        with self.update(project_id) as current:
-            for name in ProjectState.model_fields:
-                setattr(current, name, getattr(state, name))
-
     def update(self, project_id: int) -> _StateUpdate:
         return _StateUpdate(self, project_id)
 
