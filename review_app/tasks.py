@@ -37,6 +37,7 @@ from pearl_pipelines.ml.base_model import BaseModel
 from pearl_pipelines.ml.errors import RetrainError
 from pearl_pipelines.ml.metrics import MetricsReport
 from pearl_pipelines.ml.preview import inner_centre
+from pearl_pipelines.ml.priority import at_lower_priority
 from pearl_pipelines.ml.versions import ModelVersion
 from pearl_pipelines.settings import Settings
 from pearl_pipelines.storage import MAP_FILES, older_versions
@@ -397,7 +398,10 @@ def _repredict(
         on_shown()
         ctx.step(f"AOI {aoi_id}: the block in view is shown; re-predicting the rest of the AOI")
         layer_version += 1
-    loop.repredict(cache, version, schema, paths.prediction_dir(aoi_id, layer_version))
+        # The browser is fetching the block's tiles now: the rest of the AOI must not take their cores.
+        at_lower_priority(lambda: loop.repredict(cache, version, schema, paths.prediction_dir(aoi_id, layer_version)))
+    else:
+        loop.repredict(cache, version, schema, paths.prediction_dir(aoi_id, layer_version))
     _publish_layer(ctx, ws, aoi_id, layer_version, geometry=geometry, model_version=model_version, embeddings=True)
     if window is None:
         on_shown()

@@ -26,6 +26,7 @@ from pearl_pipelines.storage import ObjectStore
 from review_app.container import ReviewServices
 from review_app.gtiff_reader import GTiffReader
 from review_app.schemas import COMMON_ERRORS
+from review_app.tile_render import render_class_tile
 
 _ID = re.compile(r"^[1-9][0-9]{0,8}$")
 MAX_TILESIZE = 1024
@@ -188,10 +189,12 @@ def tile_factory(
     environment_dependency: Any | None = None,
 ) -> IdTilerFactory:
     """A layer's tile routes under `prefix`, bounded (tile size, zoom, buffer, padding), GeoTIFFs only.
-    `environment_dependency`: the GDAL options of its reads (e.g. `store_gdal_env`)."""
+    `environment_dependency`: the GDAL options of its reads (e.g. `store_gdal_env`). A layer with a colormap (a class
+    or confidence map: one byte per pixel) renders palette PNGs (tile_render.py)."""
     kwargs: dict[str, Any] = {}
     if colormap_dependency is not None:
         kwargs["colormap_dependency"] = colormap_dependency
+        kwargs["render_func"] = render_class_tile
     if environment_dependency is not None:
         kwargs["environment_dependency"] = environment_dependency
     return factory(
