@@ -278,22 +278,37 @@ def centred_logistic(
     mean, div = _standardiser(reference, channel_groups, group_weights)
     # The loss runs in float32 (half the time of float64 per step; the solver keeps its float64 state): L-BFGS
     # stops at a relative change of CENTRED_FTOL, far above float32's rounding.
+    # Class-major (K, N) arrays: every elementwise step and reduction runs along the N samples, and both matmuls
+    # read z once in its stored layout (0.75 ms a step instead of 1.27 ms for 3,700 samples x 228 channels).
     z = ((x - mean) / div).astype(np.float32)
-    offset = (x @ w0.T + b0).astype(np.float32)
-    onehot = np.eye(k, dtype=np.float32)[y]
+    offset = np.ascontiguousarray((x @ w0.T + b0).T, dtype=np.float32)
+    z_t = np.ascontiguousarray(z.T)
+    rows, samples = np.asarray(y), np.arange(len(y))
+    onehot = np.zeros((k, len(y)), dtype=np.float32)
+    onehot[rows, samples] = 1.0
     sw = np.asarray(sample_weight, np.float32)
     d = z.shape[1]
 
     def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
         a_w, a_b = params[: k * d].reshape(k, d).astype(np.float32), params[k * d : -1].astype(np.float32)
         s = float(params[-1])
-        logits = s * offset + z @ a_w.T + a_b
-        logits -= logits.max(axis=1, keepdims=True)
-        log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        grad = (np.exp(log_p) - onehot) * sw[:, None]
+        logits = a_w @ z_t
+        logits += s * offset
+        logits += a_b[:, None]
+        logits -= logits.max(axis=0)
+        prob = np.exp(logits)
+        total = prob.sum(axis=0)
+        log_total = np.log(total)
         penalty = float((a_w**2).sum() + (a_b**2).sum()) + (s - 1.0) ** 2
-        value = -float((sw * (log_p * onehot).sum(axis=1)).sum()) + 0.5 / C * penalty
-        grads = [(grad.T @ z + a_w / C).ravel(), grad.sum(axis=0) + a_b / C, [(grad * offset).sum() + (s - 1.0) / C]]
+        value = -float((sw * (logits[rows, samples] - log_total)).sum()) + 0.5 / C * penalty
+        prob /= total
+        prob -= onehot
+        prob *= sw  # the gradient of the data term w.r.t. the logits
+        grads = [
+            (prob @ z + a_w / C).ravel(),
+            prob.sum(axis=1) + a_b / C,
+            [float((prob * offset).sum()) + (s - 1.0) / C],
+        ]
         return value, np.concatenate(grads).astype(np.float64)
 
     params = np.concatenate([np.zeros(k * d + k), [1.0]]) if start is None else _centred_params(start, prior, mean, div)
