@@ -317,12 +317,13 @@ def check_retrain(ws: ProjectWorkspace, *, store: LabelStore, model: ModelSlot) 
         )
 
 
-def _labels(store: LabelStore, project_id: int, aoi_ids: list[int]) -> tuple[gpd.GeoDataFrame, str | None]:
-    """The labels inside the cached AOIs, and the label store's digest of the project's labels when that is all
-    of them (one snapshot: the digest names exactly the labels the head is fitted on)."""
+def _labels(store: LabelStore, project_id: int, aoi_ids: list[int]) -> tuple[gpd.GeoDataFrame, str | None, set[int]]:
+    """The labels inside the cached AOIs, the label store's digest of the project's labels when that is all of them
+    (one snapshot: the digest names exactly the labels the head is fitted on), and the AOIs holding any label."""
     rows = store.list_labels(project_id)
     used = [r for r in rows if r.aoi_id in aoi_ids]
-    return LabelStore.frame_of(used), LabelStore.digest_of(rows) if len(used) == len(rows) else None
+    digest = LabelStore.digest_of(rows) if len(used) == len(rows) else None
+    return LabelStore.frame_of(used), digest, {r.aoi_id for r in rows if r.aoi_id is not None}
 
 
 def metrics_out(report: MetricsReport | None, model_version: int, notes: list[str] | None = None) -> MetricsOut:
@@ -438,7 +439,7 @@ def run_retrain(
     current = model.require()
     schema = schema_of()
     caches = _cached_aois(ws)
-    labels, label_store_digest = _labels(store, project_id, list(caches))
+    labels, label_store_digest, labelled = _labels(store, project_id, list(caches))
     ctx.step("fitting the head on your labels", 0.1)
     cache_dirs = list(caches.values())
     strategy = ws.state().strategy
@@ -465,7 +466,6 @@ def run_retrain(
     )
     model.set_version(child)
     # The AOI in view first, then the other labelled AOIs, then the rest.
-    labelled = {r.aoi_id for r in store.list_labels(project_id)}
     order = sorted(caches, key=lambda a: (a != aoi_id, a not in labelled, a))
     geometries = {aid: store.get_aoi(aid).geometry for aid in order}  # AOIs never change: read once
     shown: list[float] = []  # seconds from the start to the first new layer (the block in view, or the whole AOI)
