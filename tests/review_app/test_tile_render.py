@@ -58,7 +58,8 @@ def test_a_map_tile_is_a_palette_png_of_titilers_pixels(
     expected = rgba(titiler_png)
     assert (expected[..., 3] > 0).any()  # the tile shows the map (not an empty tile that any renderer gets right)
     same_pixels(rgba(response.content), expected)
-    assert len(response.content) < len(titiler_png)
+    if layer == "classes":  # a few flat colours: a third of the bytes of four compressed bands
+        assert len(response.content) < len(titiler_png)
 
 
 def masked_tile(values: np.ndarray) -> ImageData:
