@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from pearl_pipelines.labels.app_state import AppState
 from pearl_pipelines.labels.store import LabelStore
-from pearl_pipelines.layout import EMBEDDINGS_META, Layout, ProjectPaths, cache_complete
+from pearl_pipelines.layout import CLASSES_FILE, EMBEDDINGS_META, Layout, ProjectPaths, cache_complete
 from pearl_pipelines.ml.strategies import DEFAULT_STRATEGY
 from pearl_pipelines.storage import ObjectStore, fetch_dir, publish_dir
 from review_app.schemas import MetricsOut
@@ -165,6 +165,43 @@ class StateStore:
         if store is not None and not store.exists(layout.key(path)):
             publish_dir(store, path.parent, layout, last=(path.name,))
 
+    # -- other folders of a project under PEARL_HOME (share snapshots, map folders, checkpoint maps) --------------
+    def stored_key(self, path: Path) -> str:
+        """The layout key of a path under PEARL_HOME."""
+        return Layout.at(self.home).key(path)
+
+    def publish_folder(self, directory: Path, *, last: tuple[str, ...] = ()) -> None:
+        """A folder this process wrote, to the remote store (the files named in `last` after the others), for the
+        processes with disks of their own. No-op without a remote store."""
+        store = self.remote
+        if store is not None and directory.is_dir():
+            publish_dir(store, directory, Layout.at(self.home), last=last)
+
+    def publish_files(self, directory: Path, names: tuple[str, ...]) -> None:
+        """The files `names` of a folder (those present) to the remote store; no-op without one."""
+        store = self.remote
+        if store is None:
+            return
+        for name in names:
+            if (directory / name).is_file():
+                store.put_file(directory / name, self.stored_key(directory / name))
+
+    def fetch_folder(self, directory: Path, *, marker: str | None = None) -> bool:
+        """A folder missing on this disk, downloaded whole from the remote store when another process published it
+        there (`marker`: its file written last). Whether it is here now."""
+        store = self.remote
+        if store is None or directory.is_dir():
+            return directory.is_dir()
+        with self._fetching:
+            if not directory.is_dir():
+                fetch_dir(store, self.stored_key(directory), directory, marker=marker)
+        return directory.is_dir()
+
+    def delete_stored(self, directory: Path) -> int:
+        """Remove the folder's objects from the remote store (how many); 0 without a remote store."""
+        store = self.remote
+        return store.delete(self.stored_key(directory)) if store is not None else 0
+
 
 @dataclass(frozen=True)
 class ProjectWorkspace:
@@ -236,6 +273,13 @@ class ProjectWorkspace:
         if directory.is_dir() or store is None:
             return directory.is_dir()
         return store.exists(f"{self.paths.layout.key(directory)}/{VERSION_FILE}")
+
+    def local_map_dir(self, aoi_id: int, version: int) -> Path:
+        """The AOI's map folder `version` here (class and confidence COGs, and the model's output kept beside a
+        patched map), fetched from the remote store first when it is not on this disk (it may be in neither)."""
+        directory = self.paths.prediction_dir(aoi_id, version)
+        self.states.fetch_folder(directory, marker=CLASSES_FILE)
+        return directory
 
     def ensure_local_cache(self, aoi_id: int, state: ProjectState | None = None) -> Path:
         """The AOI's embedding cache folder (`embeddings_dir`), downloaded from the remote store's chunks first when

@@ -32,7 +32,7 @@ from titiler.core.dependencies import BidxParams
 from review_app.deps import MAX_ID, ProjectId, UserDep
 from review_app.schemas import COMMON_ERRORS, ErrorOut, PublicMapOut, ShareCreate, ShareIssued, ShareOut, ShareView
 from review_app.services.shares import OpenShare, ShareNotFound, ShareService
-from review_app.tiles import GTiffReader, IdTilerFactory, TrueColorBidx, tile_factory
+from review_app.tiles import GTiffReader, IdTilerFactory, TrueColorBidx, store_gdal_env, tile_factory
 
 router = APIRouter(prefix="/api/projects/{project_id}/shares", tags=["shares"], responses=COMMON_ERRORS)
 link_router = APIRouter(tags=["shares"])  # scope "share" or "public": no sign-in, so none of the guard's errors
@@ -200,18 +200,18 @@ class BoundedImagery(GTiffReader):
 
 
 def share_imagery_path(request: Request, token: str) -> str:
+    """The project's mosaic (local, or read in place in the remote object store) with the shared AOIs' boxes."""
     try:
-        path, boxes = get_share_service(request).imagery(token)
+        source, boxes = get_share_service(request).imagery_source(token)
     except ShareNotFound:
         raise _not_found() from None
-    if not path.is_file():
-        raise _not_found()
-    return AllowedPath(str(path), boxes)
+    return AllowedPath(source, boxes)
 
 
 def share_map_path(request: Request, token: str, aoi_id: str) -> str:
+    """The frozen map's COG: local, or where another process made the share, its object read in place."""
     try:
-        return str(get_share_service(request).open(token).map_path(aoi_id))
+        return get_share_service(request).open(token).tile_source(aoi_id)
     except ShareNotFound:
         raise _not_found() from None
 
@@ -240,5 +240,13 @@ def mount_share_tiles(app: FastAPI) -> None:
         ("/tiles/shares/{token}/maps/{aoi_id}", share_map_path, GTiffReader, BidxParams, share_colormap),
     ]
     for prefix, path_dependency, reader, bands, colormap in layers:
-        factory = tile_factory(prefix, path_dependency, colormap, bands, reader=reader, factory=ShareTilerFactory)
+        factory = tile_factory(
+            prefix,
+            path_dependency,
+            colormap,
+            bands,
+            reader=reader,
+            factory=ShareTilerFactory,
+            environment_dependency=store_gdal_env,  # the object store's options where a COG is read there
+        )
         app.include_router(factory.router, prefix=prefix, tags=["tiles: shared maps"], responses=NOT_FOUND)

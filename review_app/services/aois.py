@@ -170,6 +170,8 @@ class AoiService:
         layer = self.states.get(project_id).aois.get(aoi_id)
         if layer is None or layer.version == 0:
             raise Conflict(f"AOI {aoi_id} has no prediction yet: run inference first")
+        # a map another app process published (remote object store only): its folder here first
+        self.states.workspace(project_id).local_map_dir(aoi_id, layer.version)
         return self.states.paths(project_id).classes_path(aoi_id, layer.version), layer.version
 
     def areas(self, project_id: int, aoi_id: int) -> tuple[list[list[object]], int]:

@@ -22,12 +22,13 @@ from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
 from pearl_pipelines.geo.grid import AoiError, aoi_to_lonlat
-from pearl_pipelines.geo.patching import MapPatch, apply_patches
+from pearl_pipelines.geo.patching import MapPatch, apply_patches, model_file
 from pearl_pipelines.labels.accounts import User, UserRow
 from pearl_pipelines.labels.patches import NewPatch, PatchRow, PatchStore
 from pearl_pipelines.labels.store import AoiRow, LabelRow, LabelStore, LabelStoreError
 from pearl_pipelines.layout import CLASSES_FILE, cache_complete
 from pearl_pipelines.settings import Settings
+from pearl_pipelines.storage import MAP_FILES
 from review_app import geometry, tasks
 from review_app.events import EventHub
 from review_app.geometry import MAX_VERTICES, _count_positions
@@ -186,9 +187,19 @@ class PatchService:
         if not aoi_ids:
             return None
         ws = self.states.workspace(project_id)
-        return self.runner.submit(
-            project_id, "patch", lambda ctx: tasks.run_repatch(ctx, ws, aoi_ids, store=self.store)
-        )
+
+        def repatch(ctx: Any) -> str:
+            # Maps another app process published (remote object store): their folders here first, with the model's
+            # output kept beside a patched map, so the patches are re-applied to the model's map, not on top of
+            # the patched one. Without a remote store this reads nothing more.
+            if self.states.remote is not None:
+                current = ws.state().aois
+                for aoi_id in aoi_ids:
+                    if aoi_id in current and current[aoi_id].version > 0:
+                        ws.local_map_dir(aoi_id, current[aoi_id].version)
+            return tasks.run_repatch(ctx, ws, aoi_ids, store=self.store)
+
+        return self.runner.submit(project_id, "patch", repatch)
 
     # -- the map step -------------------------------------------------------------------------------------------------
     def patch_map(self, project_id: int, aoi_id: int, version: int, aoi_geometry: Mapping[str, Any]) -> None:
@@ -208,7 +219,11 @@ class PatchService:
                 continue
             patches.append(MapPatch(row.geometry, source=source))
         paths = self.states.paths(project_id)
-        apply_patches(paths.prediction_dir(aoi_id, version), patches, aoi_geometry=aoi_geometry)
+        directory = paths.prediction_dir(aoi_id, version)
+        apply_patches(directory, patches, aoi_geometry=aoi_geometry)
+        # The model's output kept beside the patched map goes to the remote store with the map (which
+        # review_app/tasks.py `_store_map` uploads next): another process re-applies patches from it. No-op locally.
+        self.states.publish_files(directory, tuple(model_file(directory, n).name for n in MAP_FILES))
 
     def _checkpoint_map(self, project_id: int, aoi_id: int, number: int | None) -> Path | None:
         """Model version `number`'s class map of the AOI, predicted from its embedding cache (no backbone) once and
@@ -217,6 +232,7 @@ class PatchService:
             return None
         paths = self.states.paths(project_id)
         directory = paths.checkpoint_map_dir(aoi_id, number)
+        self.states.fetch_folder(directory, marker=CLASSES_FILE)  # another process made it (remote store only)
         if (directory / CLASSES_FILE).is_file():
             return directory / CLASSES_FILE
         ws = self.states.workspace(project_id)
@@ -231,4 +247,5 @@ class PatchService:
         loop.repredict(cache, version, self.classes.get(project_id), tmp)
         shutil.rmtree(directory, ignore_errors=True)
         tmp.rename(directory)
+        self.states.publish_folder(directory, last=(CLASSES_FILE,))  # for the other processes (remote store)
         return directory / CLASSES_FILE

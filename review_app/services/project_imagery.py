@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.settings import Settings
 from review_app import tasks
-from review_app.jobs import JobRunner
-from review_app.workspace import StateStore
+from review_app.jobs import JobContext, JobRunner
+from review_app.services.uploads import fetch_collection
+from review_app.workspace import ProjectWorkspace, StateStore
 
 IMAGERY_RETRY_S = 10.0
 
@@ -34,6 +36,10 @@ class ProjectImagery:
                 self._tried[project_id] = time.monotonic()
         if retry:
             ws, source = self.states.workspace(project_id), self.store.get_project(project_id).imagery
-            self.runner.submit(
-                project_id, "imagery", lambda ctx: tasks.build_imagery(ctx, ws, source=source, settings=self.settings)
-            )
+            self.runner.submit(project_id, "imagery", lambda ctx: self._build(ctx, ws, source))
+
+    def _build(self, ctx: JobContext, ws: ProjectWorkspace, source: dict[str, Any]) -> str:
+        if self.states.remote is not None and source.get("source", "local") == "local":
+            # an upload another app process ingested (remote object store): its collection into this catalog first
+            fetch_collection(self.states.remote, self.settings, str(source.get("collection", "")))
+        return tasks.build_imagery(ctx, ws, source=source, settings=self.settings)

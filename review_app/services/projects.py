@@ -8,6 +8,7 @@ import logging
 from collections import Counter
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
+from pathlib import Path
 from typing import cast
 
 from pearl_pipelines.classes import load_schema
@@ -100,6 +101,7 @@ class ProjectService:
         nothing of it is served from its old place."""
         self.admin.delete(project_id, by)
         root = self.states.paths(project_id).root
+        self._delete_stored(project_id, root)
         if not root.exists():
             return
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -109,6 +111,20 @@ class ProjectService:
             root.rename(aside)
         except OSError as exc:  # deleted all the same (the database says so); its files stay where they were
             log.warning("project %s deleted; moving its folder %s aside failed: %s", project_id, root, exc)
+
+    def _delete_stored(self, project_id: int, root: Path) -> None:
+        """With a remote object store, the project's objects (its keys under `review/projects/<id>/`: maps, versions,
+        its own embedding caches, share snapshots) are removed from the store. What other projects read stays: the
+        shared imagery mosaics (`review/imagery/`) and the caches of registered base models (`embeddings/`). The
+        local move aside below is what an operator restores from; a failure here is logged, the project is deleted
+        all the same (the database says so)."""
+        try:
+            removed = self.states.delete_stored(root)
+        except Exception:
+            log.exception("project %s deleted; removing its objects from the store failed", project_id)
+            return
+        if removed:
+            log.info("project %s deleted: %d objects removed from the store", project_id, removed)
 
     def list_items(self, rows: list[ProjectRow], roles: Mapping[int, Role]) -> list[ProjectListItem]:
         """The projects page's rows of `rows`, with the caller's `roles` (one query per table, whatever the count)."""

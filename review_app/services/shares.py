@@ -13,11 +13,16 @@ tile route of this share that answers only inside the shared AOIs' bounds (`Boun
 routers/shares.py).
 
 A link that is unknown, expired or revoked is the same 404 on every share route, with no hint which.
+
+With a remote object store (PEARL_STORAGE_URL=s3://...) the snapshot also goes to its layout keys before the row is
+committed, and revoking deletes them: an app process with a disk of its own copies the manifest when the link is
+first opened there, reads the frozen maps' tiles in place (/vsis3/) and downloads a COG only when it is asked for.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -31,6 +36,7 @@ from pearl_pipelines.geo.maps import MapError, class_areas
 from pearl_pipelines.labels.accounts import User
 from pearl_pipelines.labels.shares import NewShare, ShareRow, Shares
 from pearl_pipelines.labels.store import AoiRow, LabelStore
+from pearl_pipelines.layout import CLASSES_FILE
 from pearl_pipelines.settings import Settings
 from review_app.schemas import (
     PublicMapOut,
@@ -47,6 +53,8 @@ from review_app.services.classes import ClassSchemas
 from review_app.services.errors import Conflict
 from review_app.services.quotas import Quotas
 from review_app.workspace import AoiLayer, StateStore
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "share.json"
 TMS = "WebMercatorQuad"
@@ -84,11 +92,13 @@ class Snapshot(BaseModel):
 
 @dataclass(frozen=True)
 class OpenShare:
-    """A live share, as its link opens it."""
+    """A live share, as its link opens it. `states`: where a snapshot another app process made is read from (its
+    remote object store), when this disk has no copy of a map."""
 
     row: ShareRow
     folder: Path
     snapshot: Snapshot
+    states: StateStore | None = None
 
     def map(self, aoi_id: str | int) -> SnapshotMap:
         found = next((m for m in self.snapshot.maps if str(m.aoi_id) == str(aoi_id)), None)
@@ -97,10 +107,40 @@ class OpenShare:
         return found
 
     def map_path(self, aoi_id: str | int) -> Path:
+        """The frozen map's COG on this disk: downloaded from the remote store first where another process made the
+        share (a few MB)."""
         path = self.folder / self.map(aoi_id).file
+        store = self.states.remote if self.states is not None else None
+        if not path.is_file() and store is not None and self.states is not None:
+            try:
+                data = store.get_bytes(self.states.stored_key(path))
+            except FileNotFoundError:
+                raise ShareNotFound from None
+            _write_atomic(path, data)
         if not path.is_file():
             raise ShareNotFound
         return path
+
+    def tile_source(self, aoi_id: str | int) -> str:
+        """What the map's tiles read: the local COG, or where this disk has none, its object in the remote store,
+        read in place by GDAL (/vsis3/, never downloaded; review_app/tiles.py `store_gdal_env`)."""
+        path = self.folder / self.map(aoi_id).file
+        store = self.states.remote if self.states is not None else None
+        if path.is_file() or store is None or self.states is None:
+            if not path.is_file():
+                raise ShareNotFound
+            return str(path)
+        key = self.states.stored_key(path)
+        if not store.exists(key):
+            raise ShareNotFound
+        return store.gdal_path(key)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def share_url(token: str) -> str:
@@ -194,10 +234,14 @@ class ShareService:
                 folder = paths.share_dir(issued.row.id)
                 shutil.rmtree(folder, ignore_errors=True)  # a leftover of a database that was reset
                 staging.replace(folder)
+                # With a remote object store the snapshot goes there too (manifest last), before the row is
+                # committed: every app process can then open the link, whatever its disk holds.
+                self.states.publish_folder(folder, last=(MANIFEST,))
         except BaseException:  # nothing half-written: no row without its folder, no folder without its row
             shutil.rmtree(staging, ignore_errors=True)
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
+                self._delete_stored(folder)
             raise
         _manifest.cache_clear()
         out = share_out(issued.row).model_dump(exclude={"url"})
@@ -206,7 +250,8 @@ class ShareService:
     def _copy_map(
         self, project_id: int, aoi: AoiRow, layer: AoiLayer, staging: Path, legend: list[ShareClass]
     ) -> SnapshotMap:
-        source = self.states.paths(project_id).classes_path(aoi.id, layer.version)
+        # a map another app process published (remote object store only): its folder here first
+        source = self.states.workspace(project_id).local_map_dir(aoi.id, layer.version) / CLASSES_FILE
         geom = shape(aoi.geometry)
         entry = SnapshotMap(
             aoi_id=aoi.id,
@@ -232,7 +277,9 @@ class ShareService:
     def revoke(self, project_id: int, share_id: int) -> ShareOut:
         """Revoke the link (its page and tiles answer 404 from now on) and delete its copy of the maps."""
         row = self.shares.revoke(project_id, share_id)
-        shutil.rmtree(self.states.paths(project_id).share_dir(row.id), ignore_errors=True)
+        folder = self.states.paths(project_id).share_dir(row.id)
+        shutil.rmtree(folder, ignore_errors=True)
+        self._delete_stored(folder)
         _manifest.cache_clear()
         return share_out(row)
 
@@ -243,11 +290,33 @@ class ShareService:
         if row is None:
             raise ShareNotFound
         folder = self.states.paths(row.project_id).share_dir(row.id)
+        manifest = folder / MANIFEST
+        if not manifest.is_file():
+            self._fetch_manifest(manifest)
         try:
-            snapshot = _manifest(folder / MANIFEST)
+            snapshot = _manifest(manifest)
         except (OSError, ValueError):
             raise ShareNotFound from None
-        return OpenShare(row, folder, snapshot)
+        return OpenShare(row, folder, snapshot, self.states)
+
+    def _fetch_manifest(self, manifest: Path) -> None:
+        """A share another app process made (remote object store only): its manifest is copied to this disk (the
+        maps stay in the store: their tiles read them in place, a COG download fetches its one file)."""
+        store = self.states.remote
+        if store is None:
+            return
+        try:
+            data = store.get_bytes(self.states.stored_key(manifest))
+        except FileNotFoundError:
+            return
+        _write_atomic(manifest, data)
+
+    def _delete_stored(self, folder: Path) -> None:
+        """The share's objects in the remote store go with its folder (never fails the request: logged)."""
+        try:
+            self.states.delete_stored(folder)
+        except Exception:
+            log.exception("deleting the stored copy of share folder %s failed", folder)
 
     def view(self, token: str) -> ShareView:
         share = self.open(token)
@@ -271,10 +340,21 @@ class ShareService:
             imagery_tilejson=f"/tiles/shares/{token}/imagery/{TMS}/tilejson.json?minzoom=11&bidx=1&bidx=2&bidx=3",
         )
 
-    def imagery(self, token: str) -> tuple[Path, list[tuple[float, float, float, float]]]:
-        """The project's imagery mosaic and the lon/lat boxes of the shared AOIs (the only part served)."""
+    def imagery_source(self, token: str) -> tuple[str, list[tuple[float, float, float, float]]]:
+        """What the share's imagery tiles read, and the shared AOIs' boxes: the project's mosaic on this disk, or
+        where this process has none, the copy another process published, read in place (nothing downloaded)."""
         share = self.open(token)
-        return self.states.imagery_path(share.row.project_id), [m.bounds for m in share.snapshot.maps]
+        path = self.states.imagery_path(share.row.project_id, fetch=False)
+        boxes = [m.bounds for m in share.snapshot.maps]
+        store = self.states.remote
+        if path.is_file() or store is None:
+            if not path.is_file():
+                raise ShareNotFound
+            return str(path), boxes
+        key = self.states.stored_key(path)
+        if not store.exists(key):
+            raise ShareNotFound
+        return store.gdal_path(key), boxes
 
     def colormap(self, token: str) -> dict[int, tuple[int, int, int, int]]:
         """The frozen legend's colours (a later recolour in the project does not change a shared map)."""
@@ -285,8 +365,16 @@ class ShareService:
         return [
             PublicMapOut(title=r.title, area_ha=r.area_ha, created_at=r.created_at, url=share_url(r.public_token))
             for r in self.shares.listed()
-            if r.public_token and self.states.paths(r.project_id).share_dir(r.id).is_dir()  # its project not deleted
+            if r.public_token and self._has_snapshot(r)  # its project not deleted
         ]
+
+    def _has_snapshot(self, row: ShareRow) -> bool:
+        """The share's folder is on this disk, or (remote object store) its manifest is in the store."""
+        folder = self.states.paths(row.project_id).share_dir(row.id)
+        store = self.states.remote
+        if folder.is_dir() or store is None:
+            return folder.is_dir()
+        return store.exists(self.states.stored_key(folder / MANIFEST))
 
 
 def _rgb(color: str) -> tuple[int, int, int]:

@@ -13,6 +13,7 @@ only when every file succeeded (one rename and one collection save), so a failur
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import json
@@ -42,6 +43,7 @@ from pearl_pipelines.geo.catalog import load_collection_items, save_collection
 from pearl_pipelines.geo.ingest import SUPPORTED_DTYPES, IngestError, _resolve_band_map, ingest_files
 from pearl_pipelines.labels.accounts import User
 from pearl_pipelines.settings import Settings
+from pearl_pipelines.storage import ObjectStore, fetch_dir, publish_dir
 from review_app.imagery import MAX_MOSAIC_PIXELS
 from review_app.schemas import IngestOut, UploadCreate, UploadFileIngest, UploadInspection, UploadOut
 from review_app.services.errors import Conflict, QuotaExceeded
@@ -50,6 +52,7 @@ from review_app.services.quotas import Quotas, tree_bytes
 log = logging.getLogger(__name__)
 
 UPLOADS_KEY = "review/uploads"  # Layout key of every user's uploads
+STORED = "stored"  # in an upload's meta.json: it is in the remote object store (the store decides if it exists)
 STAGING_DIR = ".staging"  # under the catalog: a collection is built here, then moved in whole
 ACCEPTED = (
     "accepted: GeoTIFF files (.tif) with a coordinate reference system, at least 4 bands (red, green, blue, "
@@ -93,6 +96,45 @@ def check_imagery_owner(imagery: Mapping[str, Any], user_id: int) -> None:
         raise KeyError(f"no local collection {str(imagery.get('collection'))[:64]!r}")
 
 
+def publish_collection(store: ObjectStore | None, settings: Settings, collection: str) -> None:
+    """An uploaded collection just ingested, to the remote store (its collection.json last), so that a project of it
+    can be made through any app process (`fetch_collection`). No-op without a remote store."""
+    if store is not None and store.remote:
+        folder = settings.catalog_dir / collection  # not resolved: its key is under PEARL_HOME's catalog/
+        publish_dir(store, folder, settings.layout, last=("collection.json",))
+
+
+def fetch_collection(store: ObjectStore | None, settings: Settings, collection: str) -> bool:
+    """An uploaded collection another app process ingested (`publish_collection`), downloaded into this catalog when
+    it is not here, its absolute hrefs made this catalog's. Whether it is here now. Only uploaded collections
+    (`upload-<user>-<slug>`) travel: the operator's own collections are on every process's disk."""
+    final = settings.catalog_dir / collection
+    if store is None or not store.remote or (final / "collection.json").is_file():
+        return (final / "collection.json").is_file()
+    if collection_owner(collection) is None:
+        return False
+    staging = settings.catalog_dir / STAGING_DIR / f"fetch-{secrets.token_hex(8)}"
+    part = staging / collection
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        if not fetch_dir(store, settings.layout.key(final), part, marker="collection.json"):
+            return False
+        links = json.loads((part / "collection.json").read_text()).get("links", [])
+        self_href = next((link["href"] for link in links if link.get("rel") == "self"), None)
+        if self_href:  # the ingesting process's folder, named by every href: this catalog's instead
+            old, new = str(Path(self_href).parent), str(settings.catalog_dir.resolve() / collection)
+            for path in part.rglob("*.json"):
+                path.write_text(path.read_text().replace(old, new))
+        try:
+            os.rename(part, final)
+        except OSError:  # fetched meanwhile by another thread: theirs is the same collection
+            if not (final / "collection.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return (final / "collection.json").is_file()
+
+
 def _safe_stem(filename: str) -> str:
     """A file name's stem reduced to what a STAC item id may hold (ingest names the item after it)."""
     stem = Path(filename.replace("\\", "/")).name
@@ -113,11 +155,103 @@ class UploadTooLarge(UploadError):
 
 
 class UploadService:
+    """With a remote object store (PEARL_STORAGE_URL=s3://...), a complete upload (its file, then its meta.json) and
+    every ingest's progress go to their layout keys too, so that any app process serves them: one without a copy
+    reads the meta.json from the store, previews the file in place and downloads it to ingest it. The store is
+    the truth for complete uploads: one deleted (or ingested) through another process is gone here too. Chunks of an
+    upload still being received are written to the disk of the process that created it: they must reach that
+    process (the page sends them in order; a balancer keeps the connection's process)."""
+
     def __init__(self, *, settings: Settings, quotas: Quotas) -> None:
         self.settings, self.quotas = settings, quotas
         self.root = settings.layout.path(UPLOADS_KEY)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pearl-ingest")
         self._guard = threading.Lock()
+        store = ObjectStore.from_settings(settings) if settings.storage_url else None
+        self.remote: ObjectStore | None = store if store is not None and store.remote else None
+
+    # -- the remote object store (none: local files only, nothing else is read or written) --------------------
+
+    def _key(self, path: Path) -> str:
+        return self.settings.layout.key(path)
+
+    def _publish(self, folder: Path, meta: Mapping[str, Any]) -> None:
+        """A complete upload to the store: its file (when kept), then its meta.json (marked `stored`)."""
+        if self.remote is None:
+            return
+        data = self._data(folder, meta)
+        if data.is_file():
+            self.remote.put_file(data, self._key(data))
+        self.remote.put_bytes(json.dumps({**meta, STORED: True}).encode(), self._key(folder / "meta.json"))
+
+    def _fetch_meta(self, folder: Path) -> bool:
+        """An upload another process accepted: its meta.json from the store to this disk (not its file). Whether
+        the store has it."""
+        if self.remote is None:
+            return False
+        try:
+            data = self.remote.get_bytes(self._key(folder / "meta.json"))
+        except FileNotFoundError:
+            return False
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"meta.json.{secrets.token_hex(4)}.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(folder / "meta.json")
+        return True
+
+    def _stale(self, folder: Path) -> bool:
+        """A stored upload whose objects are gone (deleted or ingested through another process): removed here."""
+        try:
+            if self.remote is None or not self._meta(folder).get(STORED):
+                return False
+        except (OSError, ValueError):  # being deleted meanwhile: the caller's reads answer for it
+            return False
+        if self.remote.exists(self._key(folder / "meta.json")):
+            return False
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+
+    def _sync(self, user: User) -> None:
+        """This disk's copy of the user's complete uploads made what the store holds (remote store only)."""
+        if self.remote is None:
+            return
+        folder = self._user_dir(user)
+        stored = {
+            key.rsplit("/", 2)[-2]
+            for key in self.remote.list(self._key(folder))
+            if key.endswith("/meta.json") and UPLOAD_ID.fullmatch(key.rsplit("/", 2)[-2])
+        }
+        for upload_id in stored:
+            if not (folder / upload_id / "meta.json").is_file():
+                self._fetch_meta(folder / upload_id)
+        for child in folder.iterdir() if folder.is_dir() else ():
+            if UPLOAD_ID.fullmatch(child.name) and child.name not in stored and (child / "meta.json").is_file():
+                try:
+                    if self._meta(child).get(STORED):
+                        shutil.rmtree(child, ignore_errors=True)
+                except (OSError, ValueError):
+                    continue
+
+    def _delete_stored(self, folder: Path) -> None:
+        if self.remote is not None:
+            self.remote.delete(self._key(folder))
+
+    def _local_data(self, folder: Path, meta: Mapping[str, Any]) -> Path:
+        """The upload's file on this disk: downloaded from the store (in pieces, written aside) when another process
+        accepted it."""
+        data = self._data(folder, meta)
+        if data.is_file() or self.remote is None:
+            return data
+        size, step = int(meta["size"]), 64 << 20
+        tmp = data.with_name(f".{data.name}.{secrets.token_hex(4)}.part")
+        try:
+            with open(tmp, "wb") as out:
+                for start in range(0, size, step):
+                    out.write(self.remote.get_bytes(self._key(data), start, min(size, start + step)))
+            tmp.replace(data)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return data
 
     # -- where things are ------------------------------------------------------------------------------------
 
@@ -128,7 +262,9 @@ class UploadService:
         if not UPLOAD_ID.fullmatch(upload_id):
             raise KeyError(f"no upload {upload_id[:40]!r}")
         folder = self._user_dir(user) / upload_id
-        if not (folder / "meta.json").is_file():
+        if not (folder / "meta.json").is_file() and not self._fetch_meta(folder):
+            raise KeyError(f"no upload {upload_id!r}")
+        if self._stale(folder):
             raise KeyError(f"no upload {upload_id!r}")
         return folder
 
@@ -190,6 +326,7 @@ class UploadService:
             )
 
     def _metas(self, user: User) -> Iterator[dict[str, Any]]:
+        self._sync(user)
         folder = self._user_dir(user)
         if not folder.is_dir():
             return
@@ -238,7 +375,9 @@ class UploadService:
         return sorted(found, key=lambda u: u.created_at)
 
     def delete(self, user: User, upload_id: str) -> None:
-        shutil.rmtree(self._dir(user, upload_id), ignore_errors=True)
+        folder = self._dir(user, upload_id)
+        self._delete_stored(folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
     @contextmanager
     def _locked(self, folder: Path) -> Iterator[None]:
@@ -302,6 +441,12 @@ class UploadService:
             log.exception("checking upload %s failed", folder.name)
             meta["state"], meta["error"] = "rejected", f"{meta['filename']} could not be checked; {ACCEPTED}"
             data.unlink(missing_ok=True)
+        if self.remote is not None:
+            try:
+                self._publish(folder, meta)
+                meta[STORED] = True
+            except Exception:  # kept on this disk only: still usable through this process
+                log.exception("upload %s: storing it in the object store failed", folder.name)
         self._save_meta(folder, meta)
 
     # -- preview ---------------------------------------------------------------------------------------------
@@ -319,7 +464,11 @@ class UploadService:
         indexes = list(bands) if bands else list((inspection.get("band_map") or [1, 2, 3])[:3])
         if len(indexes) != 3 or not all(1 <= b <= count for b in indexes):
             raise UploadError(f"preview bands must be three band numbers between 1 and {count}, e.g. 3,2,1")
-        with GTiffReader(str(self._data(folder, meta))) as reader:
+        data, env = self._data(folder, meta), {}
+        source = str(data)
+        if not data.is_file() and self.remote is not None:  # another process's upload: read in place in the store
+            source, env = self.remote.gdal_path(self._key(data)), self.remote.gdal_env()
+        with rasterio.Env(**env), GTiffReader(source) as reader:
             image = reader.preview(indexes=indexes, max_size=PREVIEW_SIZE)
         if np.ma.getmaskarray(image.array).all():  # e.g. NIR flagged as alpha: show the pixels, not that "mask"
             image = ImageData(np.ma.MaskedArray(image.array.data, mask=False), bounds=image.bounds, crs=image.crs)
@@ -340,6 +489,11 @@ class UploadService:
 
     def get_ingest(self, user: User, ingest_id: str) -> IngestOut:
         path = self._ingest_file(user, ingest_id)
+        if self.remote is not None:  # the process running it writes its progress there
+            try:
+                return IngestOut.model_validate_json(self.remote.get_bytes(self._key(path)))
+            except FileNotFoundError:
+                pass
         if not path.is_file():
             raise KeyError(f"no imagery ingest {ingest_id!r}")
         return IngestOut.model_validate_json(path.read_text())
@@ -350,6 +504,8 @@ class UploadService:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(job.model_dump_json())
         tmp.replace(path)
+        if self.remote is not None:
+            self.remote.put_bytes(job.model_dump_json().encode(), self._key(path))
 
     def start_ingest(self, user: User, name: str, files: Sequence[UploadFileIngest]) -> IngestOut:
         """Check the request now (400/404/409), then ingest in the background; the answer says how to follow it."""
@@ -357,7 +513,10 @@ class UploadService:
             collection = upload_collection(user.id, name)
         except ValueError as exc:
             raise UploadError(str(exc)) from None
-        if (self.settings.catalog_dir / collection).exists():
+        if (self.settings.catalog_dir / collection).exists() or (
+            self.remote is not None
+            and self.remote.exists(f"{self._key(self.settings.catalog_dir / collection)}/collection.json")
+        ):
             raise Conflict(f"you already have imagery named {name!r} ({collection}); choose another name")
         plan: list[tuple[Path, tuple[int, int, int, int], str]] = []
         stems: dict[str, str] = {}
@@ -395,14 +554,16 @@ class UploadService:
         staging = catalog / STAGING_DIR / job.id
         job.state = "running"
         try:
-            for index, (path, band_map, _) in enumerate(plan):
-                job.progress, job.message = index / (len(plan) + 1), f"file {index + 1} of {len(plan)}: {path.name}"
+            for index, (planned, band_map, _) in enumerate(plan):
+                job.progress, job.message = index / (len(plan) + 1), f"file {index + 1} of {len(plan)}: {planned.name}"
                 self._save_ingest(user, job)
+                path = self._local_data(planned.parent, self._meta(planned.parent))  # another process's: fetched
                 # `pearl ingest`'s own code: checks, band mapping, stretch, COG, STAC item (into the staging catalog)
                 ingest_files([path], staging, job.collection, band_map=band_map)
             job.progress, job.message = len(plan) / (len(plan) + 1), "adding the collection to the catalog"
             self._save_ingest(user, job)
             self._move_in(staging, job.collection, name)
+            publish_collection(self.remote, self.settings, job.collection)  # for the other processes (remote store)
         except (IngestError, RasterioError, OSError, ValueError) as exc:
             if isinstance(exc, RasterioError):
                 message = (
@@ -418,6 +579,8 @@ class UploadService:
         else:
             job.state, job.progress, job.message = "done", 1.0, f"{len(plan)} file(s) ingested into {job.collection}"
             for _, _, upload_id in plan:  # the COGs are in the catalog now: the raw files only cost quota
+                with contextlib.suppress(Exception):
+                    self._delete_stored(self._user_dir(user) / upload_id)
                 shutil.rmtree(self._user_dir(user) / upload_id, ignore_errors=True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
