@@ -48,7 +48,7 @@ class ReviewServices:
         self._known_projects: set[int] = set()
         self.hub = EventHub(settings.events_url)
         self.runner = JobRunner(self.hub, self.states.db)
-        self.label_runs = Debouncer(lambda project_id: submit_label_run(project_id, settings, self.store))
+        self.label_runs = Debouncer(lambda project_id: submit_label_run(project_id, settings, self.store, self.states))
         # MLflow is the version store; a version it logged is Dagster's cue: its label run adopts the version.
         self.publisher = VersionPublisher(
             settings=settings, store=self.store, states=self.states, on_published=self.label_runs.touch

@@ -6,14 +6,39 @@ import logging
 
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.settings import Settings
+from review_app.workspace import ProjectState, StateStore
 
 log = logging.getLogger(__name__)
 
 
-def submit_label_run(project_id: int, settings: Settings, store: LabelStore) -> None:
-    """Direct run submission. Dagster not reachable: logged; its label sensor catches up."""
+def _seen(state: ProjectState, events: int) -> str:
+    """What a label run submitted now would see: the project's label events and its newest version in MLflow
+    (a version logged after the labels is what the run adopts)."""
+    logged = max((number for number, info in state.models.items() if info.mlflow_version), default=0)
+    return f"{events}/{logged}"
+
+
+def claim_label_run(project_id: int, store: LabelStore, states: StateStore) -> bool:
+    """Whether this process submits the project's label run now: yes for the first app process to ask since the
+    labels or the logged versions changed. Each process debounces its own clicks (jobs.Debouncer); the claim, made
+    under the project's row lock, keeps a burst spread over several processes to one Dagster run."""
+    events = store.max_event_id(project_id)
+    with states.update(project_id) as state:
+        seen = _seen(state, events)
+        if state.label_run == seen:
+            return False
+        state.label_run = seen
+    return True
+
+
+def submit_label_run(project_id: int, settings: Settings, store: LabelStore, states: StateStore) -> None:
+    """Direct run submission, once per change across app processes. Dagster not reachable: logged; its label sensor
+    catches up."""
     from pearl_pipelines.trigger import TriggerError, submit_label_run
 
+    if not claim_label_run(project_id, store, states):
+        log.info("label run for project %s: another app process submitted it for these labels", project_id)
+        return
     try:
         run_id = submit_label_run(project_id, settings=settings, store=store)
     except TriggerError as exc:

@@ -85,6 +85,9 @@ class ProjectState(BaseModel):
     # The app process logging the project's versions to MLflow, until when (services/version_store.py): one at a time.
     publisher: str | None = None
     publisher_until: dt.datetime | None = None
+    # What the last label run submitted to Dagster saw ("<label event id>/<newest version logged to MLflow>",
+    # review_app/label_runs.py): a burst of labels through several app processes submits one run.
+    label_run: str | None = None
 
 
 class StateStore:

@@ -150,3 +150,24 @@ def test_a_stopping_process_fails_its_unfinished_jobs(store: LabelStore, project
     release.set()
     assert [r.state if r else None for r in rows] == ["failed", "failed"]
     assert all("stopped before this job finished" in (r.error or "") for r in rows if r)
+
+
+def test_a_burst_through_several_processes_claims_one_label_run(
+    store: LabelStore, project: ProjectRow, tmp_path: Path
+) -> None:
+    """Each process debounces its own clicks; the first to fire after a change submits the label run, the others see
+    that it covers the same labels (review_app/label_runs.py)."""
+    from shapely.geometry import Point
+
+    from review_app.label_runs import claim_label_run
+
+    one, two = StateStore(tmp_path, store), StateStore(tmp_path, LabelStore(store.url))
+    store.add_labels(project.id, [("water", Point(4.47, 51.92)), ("tree_canopy", Point(4.471, 51.921))])
+    assert claim_label_run(project.id, store, one) is True
+    assert claim_label_run(project.id, store, two) is False
+    assert claim_label_run(project.id, store, one) is False
+    store.add_labels(project.id, [("water", Point(4.472, 51.922))])  # a later burst: one run more
+    assert [claim_label_run(project.id, store, s) for s in (two, one)] == [True, False]
+    with one.update(project.id) as state:  # a retrain's version reached MLflow: the run that adopts it is due
+        state.models[1] = ModelVersionInfo(id=1, engine_id="v1", kind="retrain", mlflow_version="4")
+    assert [claim_label_run(project.id, store, s) for s in (one, two)] == [True, False]
