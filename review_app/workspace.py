@@ -102,7 +102,10 @@ class StateStore:
         # Where published AOI maps, model versions and AOI embedding caches also go (PEARL_STORAGE_URL; set by the
         # container): app processes with disks of their own read there what another one wrote. None: local files only.
         self.objects: ObjectStore | None = None
-        self._fetching = threading.Lock()  # one download from the store at a time in this process (no doubles)
+        # One download of a folder at a time in this process (no doubles); downloads of different folders (an AOI's
+        # cache, a mosaic, a model version) run side by side.
+        self._fetch_locks: dict[Path, threading.Lock] = {}
+        self._fetch_guard = threading.Lock()
         # Tile requests ask for a project's imagery mosaic dozens of times a second: its name is kept for a moment.
         self._imagery: dict[int, tuple[float, Path, str | None]] = {}  # project -> (when, mosaic, its digest)
         # Paints the project's map patches into a new AOI map (review_app/services/patches.py; set by the container):
@@ -111,6 +114,11 @@ class StateStore:
 
     def paths(self, project_id: int) -> ProjectPaths:
         return ProjectPaths.of(self.home, project_id)
+
+    def fetching(self, directory: Path) -> threading.Lock:
+        """The lock of downloads into `directory` (one per folder, kept: a project has a bounded number of them)."""
+        with self._fetch_guard:
+            return self._fetch_locks.setdefault(Path(directory), threading.Lock())
 
     @property
     def remote(self) -> ObjectStore | None:
@@ -156,7 +164,7 @@ class StateStore:
         store = self.remote
         if store is None or path.is_file():
             return path.is_file()
-        with self._fetching:
+        with self.fetching(path.parent):
             if not path.is_file():
                 fetch_dir(store, Layout.at(self.home).key(path.parent), path.parent, marker=path.name)
         return path.is_file()
@@ -195,7 +203,7 @@ class StateStore:
         store = self.remote
         if store is None or directory.is_dir():
             return directory.is_dir()
-        with self._fetching:
+        with self.fetching(directory):
             if not directory.is_dir():
                 fetch_dir(store, self.stored_key(directory), directory, marker=marker)
         return directory.is_dir()
@@ -263,7 +271,7 @@ class ProjectWorkspace:
         directory = self.paths.version_dir(number)
         store = self.states.remote
         if store is not None and not directory.is_dir():
-            with self.states._fetching:
+            with self.states.fetching(directory):
                 if not directory.is_dir():
                     fetch_dir(store, self.paths.layout.key(directory), directory, marker=VERSION_FILE)
         return directory
@@ -294,7 +302,7 @@ class ProjectWorkspace:
             return directory
         from pearl_pipelines.ml.chunked_cache import download_cache
 
-        with self.states._fetching:
+        with self.states.fetching(directory):
             if not cache_complete(directory):
                 with contextlib.suppress(FileNotFoundError):  # not in the store either
                     download_cache(store, self.paths.layout.key(directory), directory)

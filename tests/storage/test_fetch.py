@@ -114,3 +114,33 @@ def test_download_cache_round_trip(store: ObjectStore, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no complete chunked embedding cache"):
         download_cache(store, key, other)
     assert not other.parent.exists() or not any(other.parent.iterdir())
+
+
+def test_a_download_in_progress_delays_only_its_own_folder(store: ObjectStore, tmp_path: Path) -> None:
+    """An app process fetches a model version while another thread of it is still downloading a big AOI cache: only a
+    second download of that same cache waits (review_app/workspace.py `StateStore.fetching`)."""
+    import threading
+
+    from pearl_pipelines.labels.store import LabelStore
+    from review_app.workspace import StateStore
+
+    if not store.remote:
+        pytest.skip("a local store is every process's own disk: nothing is fetched")
+    writer = Layout.at(tmp_path / "pod-a")
+    source = _version_folder(writer.root)
+    publish_dir(store, source, writer, last=("version.json",))
+    states = StateStore(tmp_path / "pod-b", LabelStore(f"sqlite:///{tmp_path / 'labels.db'}"))
+    states.objects = store
+    cache_dir = states.paths(3).embeddings_dir(7)
+    version_dir = states.paths(3).version_dir(2)
+    with states.fetching(cache_dir):  # the cache's download is running
+        fetched = threading.Thread(target=states.fetch_folder, args=(version_dir,), kwargs={"marker": "version.json"})
+        fetched.start()
+        fetched.join(timeout=30)
+        assert not fetched.is_alive()  # the version came without waiting for the cache
+        second = threading.Thread(target=states.fetch_folder, args=(cache_dir,))
+        second.start()
+        second.join(timeout=0.5)
+        assert second.is_alive()  # the same cache: waits for the download in progress
+    second.join(timeout=30)
+    assert (version_dir / "version.json").read_bytes() == (source / "version.json").read_bytes()
