@@ -14,6 +14,16 @@ from pearl_pipelines.defs.events import materialization_in_run, upstream_metadat
 from pearl_pipelines.defs.imagery import load_region_or_fail
 from pearl_pipelines.defs.partitions import region_partitions
 from pearl_pipelines.geo.cog import validate_cog
+from pearl_pipelines.settings import get_settings
+from pearl_pipelines.stored_files import StoredFiles
+
+
+def _local(uri: object) -> Path:
+    """A file another run's pod wrote (metadata `uri`), fetched by its key from PEARL_STORAGE_URL's store when this
+    PEARL_HOME lacks it; as it is without a store."""
+    settings = get_settings()
+    return StoredFiles.open(settings.storage_url, settings.home_abs).local(Path(str(uri)))
+
 
 # A candidate may be this much worse (macro F1 on held-out labels) and still count as "not worse": two
 # heads fitted on the same embeddings differ by about this much from sampling noise alone.
@@ -61,7 +71,7 @@ def label_set_geometry_valid(context: dg.AssetCheckExecutionContext) -> dg.Asset
     meta = upstream_metadata(context, dg.AssetKey("label_set"))
     if meta is None:
         return dg.AssetCheckResult(passed=False, description="no label_set materialization to check")
-    frame = gpd.read_parquet(Path(str(meta["uri"])))
+    frame = gpd.read_parquet(_local(meta["uri"]))
     bad_geom = frame[~frame.geometry.is_valid | frame.geometry.is_empty | ~frame.geom_type.isin(["Point", "Polygon"])]
     minx, miny, maxx, maxy = frame.total_bounds if len(frame) else (0, 0, 0, 0)
     lonlat = -180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90
@@ -104,7 +114,7 @@ def imagery_index_covers_region(context: dg.AssetCheckExecutionContext) -> dg.As
     if meta is None or partition is None:
         return dg.AssetCheckResult(passed=False, description="no imagery_index materialization in this run")
     region = load_region_or_fail(partition)
-    frame = gpd.read_parquet(Path(str(meta["uri"])))
+    frame = gpd.read_parquet(_local(meta["uri"]))
     from shapely.geometry import shape
 
     invalid = int((~frame.geometry.is_valid).sum())

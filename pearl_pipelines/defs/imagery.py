@@ -57,12 +57,23 @@ def fetch_tiles(
     """Cut the tiles that need it; yields (key, materialization metadata) per tile written, in key order.
 
     Tiles no imagery covers are skipped and appended to `without_imagery` (an AOI may reach past the imagery).
+    With an object store, a tile only the store has is fetched first (to compare its sources), and each tile
+    written is published to its key.
     """
-    for key, cut in cut_tiles(keys, sources_for, rasters.tile_path, force=force):
+    files = rasters.files
+
+    def path_for(key: str) -> Path:
+        path = rasters.tile_path(key)
+        if files.remote and not force:
+            files.try_local(path)
+        return path
+
+    for key, cut in cut_tiles(keys, sources_for, path_for if files.remote else rasters.tile_path, force=force):
         if cut is None:
             if without_imagery is not None:
                 without_imagery.append(key)
             continue
+        files.publish(cut.path)
         yield (
             key,
             {
@@ -112,6 +123,7 @@ def imagery_index(
     path = rasters.index_path(region.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path)
+    rasters.files.publish(path)
     fetched = 0
 
     def sources_for(key: str) -> list[tuple[str, str]]:

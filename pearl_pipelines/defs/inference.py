@@ -30,7 +30,7 @@ from pearl_pipelines.defs.resources import (
 from pearl_pipelines.geo.cog import validate_cog
 from pearl_pipelines.geo.maps import class_counts
 from pearl_pipelines.geo.tiles import search_tile_sources
-from pearl_pipelines.layout import CLASSES_FILE, CONFIDENCE_FILE, cache_complete, prediction_is_fresh
+from pearl_pipelines.layout import CLASSES_FILE, CONFIDENCE_FILE, PREDICTION_META, prediction_is_fresh
 from pearl_pipelines.ml.refs import starter_model_name
 from pearl_pipelines.worker.contracts import EmbedAoi, EmbedInput, PredictInput, Tile
 
@@ -54,7 +54,7 @@ def ensure_tiles(
 ) -> int:
     """Cut the imagery tiles that are missing (STAC search per tile); each is reported as an `imagery_tiles`
     partition. Returns how many were cut."""
-    missing = [k for k in keys if not rasters.tile_path(k).is_file()]
+    missing = [k for k in keys if not rasters.has_tile(k)]
     if not missing:
         return 0
     register_tile_keys(context.instance, missing)
@@ -108,8 +108,8 @@ def embeddings(
     keys = sorted({k for a in aois for k in a.tile_keys})
     register_tile_keys(context.instance, keys)
     fetched = ensure_tiles(context, stac, rasters, keys, project_collections(project))
-    todo = [a for a in aois if config.refresh or not cache_complete(rasters.embeddings_dir(base.slug, a.id))]
-    blind = [a.id for a in todo if not any(rasters.tile_path(k).is_file() for k in a.tile_keys)]
+    todo = [a for a in aois if config.refresh or not rasters.cache_ready(rasters.embeddings_dir(base.slug, a.id))]
+    blind = [a.id for a in todo if not any(rasters.has_tile(k) for k in a.tile_keys)]
     if blind:
         raise dg.Failure(
             description=f"no imagery under AOIs {blind} of project {config.project_id}: the STAC API "
@@ -127,9 +127,7 @@ def embeddings(
                 EmbedAoi(
                     aoi_id=a.id,
                     geometry=a.geometry,
-                    tile_paths=[
-                        rasters.rel(rasters.tile_path(k)) for k in a.tile_keys if rasters.tile_path(k).is_file()
-                    ],
+                    tile_paths=[rasters.rel(rasters.tile_path(k)) for k in a.tile_keys if rasters.has_tile(k)],
                     cache_dir=rasters.rel(rasters.embeddings_dir(base.slug, a.id)),
                     predictions_dir=rasters.rel(rasters.aoi_predictions_dir(base.slug, a.id)),
                 )
@@ -224,12 +222,24 @@ def split_fresh(
     """
     if force:
         return [], list(keys)
+    if rasters.files.remote:  # another pod's predictions: fetched from the store, complete ones only
+        for k in keys:
+            rasters.files.try_local(rasters.predictions_dir(model.slug, k), marker=PREDICTION_META)
     fresh = [
         k
         for k in keys
         if prediction_is_fresh(rasters.predictions_dir(model.slug, k), rasters.tile_path(k), whole_tile=whole_tile)
     ]
     return fresh, [k for k in keys if k not in set(fresh)]
+
+
+def _classes_here(rasters: RasterStore, model: ModelRef, result: dict[str, Any]) -> Path:
+    """A tile result's classes COG in this process's PEARL_HOME: with an object store, the worker's pod wrote it in
+    its own PEARL_HOME and published it, and it is fetched from the store."""
+    if not rasters.files.remote:
+        return Path(result["classes"])
+    folder = rasters.files.local(rasters.predictions_dir(model.slug, result["tile_key"]), marker=PREDICTION_META)
+    return folder / CLASSES_FILE
 
 
 def tile_metadata(result: dict[str, Any], model: ModelRef, **extra: Any) -> dict[str, Any]:
@@ -298,7 +308,7 @@ def predictions(
         model = ModelRef(str(trained["model_name"]), str(trained["model_version"])) if trained else latest
         for aoi in label_store.store().list_aois(config.project_id):
             cache = rasters.embeddings_dir(base.slug, aoi.id)
-            if cache_complete(cache):
+            if rasters.cache_ready(cache):
                 for key in aoi.tile_keys:
                     tile_cache.setdefault(key, rasters.rel(cache))
     else:
@@ -310,7 +320,7 @@ def predictions(
             )
         model = found
     ensure_tiles(context, stac, rasters, keys, project_collections(project))
-    keys = [k for k in keys if rasters.tile_path(k).is_file()]  # tiles without imagery cannot be predicted
+    keys = [k for k in keys if rasters.has_tile(k)]  # tiles without imagery cannot be predicted
     fresh, todo = split_fresh(rasters, model, keys, force=config.repredict)
     results = [existing_prediction(rasters, model, k) for k in fresh]
     pipes_results: list[Any] = []
@@ -334,7 +344,7 @@ def predictions(
     if pipes_results:
         yield from pipes_results
     else:
-        invalid = [r["tile_key"] for r in results if not validate_cog(Path(r["classes"]))[0]]
+        invalid = [r["tile_key"] for r in results if not validate_cog(_classes_here(rasters, model, r))[0]]
         yield dg.AssetCheckResult(
             check_name=PREDICTIONS_COG_CHECK,
             passed=not invalid,

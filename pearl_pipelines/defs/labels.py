@@ -40,6 +40,9 @@ def label_set(
         tmp = path.with_suffix(".tmp")
         frame.to_parquet(tmp)
         tmp.replace(path)
+        rasters.files.publish(path)
+    elif rasters.files.remote and not rasters.files.stored(path):
+        rasters.files.publish(path)  # written before this PEARL_HOME had an object store
     counts = frame["class_name"].value_counts().sort_index()
     table = "\n".join(["| class | labels |", "|---|---|", *(f"| {name} | {n} |" for name, n in counts.items())])
     context.log.info(f"project {project.name}: {len(frame)} labels in {len(counts)} classes -> {path}")

@@ -12,7 +12,7 @@ from pearl_pipelines.defs.partitions import region_partitions
 from pearl_pipelines.defs.resources import GpuCompute, MlflowRegistry, RasterStore
 from pearl_pipelines.geo.grid import aoi_to_tile_keys
 from pearl_pipelines.geo.maps import MapError, write_region_map
-from pearl_pipelines.layout import CLASSES_FILE, CONFIDENCE_FILE
+from pearl_pipelines.layout import CLASSES_FILE, CONFIDENCE_FILE, PREDICTION_META
 from pearl_pipelines.ml.refs import starter_model_name
 
 
@@ -48,7 +48,7 @@ def landcover_map(
         raise dg.Failure(
             description=f"{name} has no champion yet; materialize starter_model first", allow_retries=False
         )
-    keys = [k for k in aoi_to_tile_keys(region.geometry) if rasters.tile_path(k).is_file()]
+    keys = [k for k in aoi_to_tile_keys(region.geometry) if rasters.has_tile(k)]
     if not keys:
         raise dg.Failure(
             description=f"no imagery tiles for region {region.name}; materialize imagery_index[{region.name}] first",
@@ -73,7 +73,11 @@ def landcover_map(
                     metadata=tile_metadata(result, model, region=region.name, via="landcover_map"),
                 )
             )
-    predicted = [rasters.predictions_dir(model.slug, k) for k in keys]
+    # The worker's predictions, fetched from the object store where it runs in a pod of its own.
+    try:
+        predicted = [rasters.files.local(rasters.predictions_dir(model.slug, k), marker=PREDICTION_META) for k in keys]
+    except FileNotFoundError as exc:
+        raise dg.Failure(description=f"a tile prediction of {model.uri} is missing: {exc}") from exc
     try:
         built = write_region_map(
             region,
@@ -85,6 +89,7 @@ def landcover_map(
         )
     except MapError as exc:
         raise dg.Failure(description=str(exc)) from exc
+    rasters.files.publish(rasters.map_dir(region.name, model.slug), last=(built.item_path.name,))
     total = sum(built.areas.values()) or 1.0
     table = "\n".join(
         ["| class | hectares | share |", "|---|---|---|"]

@@ -20,7 +20,7 @@ from pearl_pipelines.defs.resources import (
     MlflowRegistry,
     RasterStore,
 )
-from pearl_pipelines.layout import cache_complete, model_slug
+from pearl_pipelines.layout import model_slug
 from pearl_pipelines.ml.lineage import Lineage
 from pearl_pipelines.ml.refs import CHAMPION_ALIAS, CURRENT_ALIAS, project_model_name, starter_model_name
 from pearl_pipelines.worker.contracts import RegisteredRef, RetrainInput, Tile, TrainStarterInput
@@ -199,7 +199,7 @@ def landcover_model(
     )
     aois = label_store.store().list_aois(config.project_id)
     all_caches = [rasters.embeddings_dir(base.slug, a.id) for a in aois]
-    caches = [c for c in all_caches if cache_complete(c)]
+    caches = [c for c in all_caches if rasters.cache_ready(c)]
     if not caches:
         raise dg.Failure(
             description=f"project {config.project_id} has no embedding caches for {base.uri}; "
@@ -211,7 +211,8 @@ def landcover_model(
         dagster_run_id=context.run.run_id,
         mlflow_uri=mlflow.tracking_uri,
         project_id=config.project_id,
-        label_set=rasters.rel(labels["uri"]),
+        # By its key (layout.py), not the path the label_set step's pod wrote it at: the worker fetches it by key.
+        label_set=rasters.rel(rasters.label_set_path(config.project_id, str(labels["label_set_digest"]))),
         label_set_digest=labels["label_set_digest"],
         schema=label_store.store().schema(config.project_id),
         parent=parent.ref(),
@@ -227,9 +228,9 @@ def landcover_model(
         predict_tiles=[
             Tile(key=k, cache_dir=rasters.rel(cache), tile_path=rasters.rel(rasters.tile_path(k)))
             for aoi, cache in zip(aois, all_caches, strict=True)
-            if cache_complete(cache)
+            if rasters.cache_ready(cache)
             for k in aoi.tile_keys
-            if rasters.tile_path(k).is_file()
+            if rasters.has_tile(k)
         ],
     )
     result = compute.run(context, "retrain", task.extras()).get_materialize_result()

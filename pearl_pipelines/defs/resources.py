@@ -17,10 +17,11 @@ from pydantic import Field, PrivateAttr
 
 from pearl_pipelines.geo.stac import StacCatalog
 from pearl_pipelines.labels.store import LabelStore
-from pearl_pipelines.layout import Layout
+from pearl_pipelines.layout import EMBEDDINGS_META, Layout, cache_complete
 from pearl_pipelines.ml.lineage import ModelRegistry
 from pearl_pipelines.ml.refs import parse_model_uri
 from pearl_pipelines.settings import Settings, get_settings
+from pearl_pipelines.stored_files import StoredFiles
 from pearl_pipelines.worker.run import NICE_ENV
 
 WORKER_MODULE = "pearl_pipelines.worker"
@@ -30,10 +31,32 @@ class RasterStore(dg.ConfigurableResource):
     """Where the file outputs live: one tree under PEARL_HOME (`pearl_pipelines.layout`), addressed by ids.
 
     Paths handed to the worker are keys relative to this root, so a pod that mounts PEARL_HOME elsewhere
-    resolves them against its own PEARL_HOME.
+    resolves them against its own PEARL_HOME. With `storage_url` (PEARL_STORAGE_URL, s3://bucket/prefix) the files
+    the assets write are also published to their keys in that store, and what a step reads is fetched from it when
+    this PEARL_HOME lacks it (`files`): the run pod and the worker pods then share the store, not a volume.
     """
 
     home: str
+    storage_url: str | None = None
+    _files: StoredFiles | None = PrivateAttr(default=None)
+
+    @property
+    def files(self) -> StoredFiles:
+        """This PEARL_HOME's files, mirrored to the store of `storage_url` (none: local files only)."""
+        if self._files is None:
+            self._files = StoredFiles.open(self.storage_url, self.home)
+        return self._files
+
+    def cache_ready(self, directory: Path) -> bool:
+        """Whether a complete embedding cache is here or (as chunks, ml/chunked_cache.py) in the store."""
+        if cache_complete(directory) or not self.files.remote:
+            return cache_complete(directory)
+        assert self.files.store is not None
+        return self.files.store.exists(f"{self.files.key(directory)}/{EMBEDDINGS_META}")
+
+    def has_tile(self, key: str) -> bool:
+        """Whether tile `key`'s imagery is here or in the store (not fetched)."""
+        return self.files.exists(self.tile_path(key))
 
     @property
     def layout(self) -> Layout:
@@ -200,7 +223,9 @@ class GpuCompute(dg.ConfigurableResource):
     # Variables the pod reads from Secrets ("secret/key"), never written into the pod spec: the database, the object
     # store and its keys.
     secret_env: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_WORKER_SECRET_ENV))
-    pearl_home_claim: str = "pearl-home"  # PVC shared with the Dagster run pods, mounted as the pod's PEARL_HOME
+    # PVC shared with the Dagster run pods, mounted as the pod's PEARL_HOME; "none": a PEARL_HOME of the pod's own
+    # (emptyDir), where the pods share only the object store of PEARL_STORAGE_URL (pearl_pipelines/stored_files.py).
+    pearl_home_claim: str = "pearl-home"
     pearl_home_mount: str = "/data/pearl"
     mlflow_tracking_uri: str | None = None  # the tracking server as the pod sees it (cluster DNS)
     kubeconfig_file: str | None = None
@@ -237,11 +262,16 @@ class GpuCompute(dg.ConfigurableResource):
             "containers": [container],
             "nodeSelector": dict(self.node_selector),
             "tolerations": [dict(t) for t in self.tolerations],
-            "volumes": [{"name": "pearl-home", "persistentVolumeClaim": {"claimName": self.pearl_home_claim}}],
+            "volumes": [{"name": "pearl-home", **self._home_volume()}],
         }
         if self.service_account:
             spec["serviceAccountName"] = self.service_account
         return spec
+
+    def _home_volume(self) -> dict[str, Any]:
+        if self.pearl_home_claim in ("", "none"):
+            return {"emptyDir": {}}
+        return {"persistentVolumeClaim": {"claimName": self.pearl_home_claim}}
 
     def pod_meta(self, task: str) -> dict[str, Any]:
         return {"labels": {"app.kubernetes.io/name": "pearl-worker", "pearl/task": task}}
@@ -328,7 +358,10 @@ def gpu_compute(settings: Settings | None = None) -> GpuCompute:
             mlflow_tracking_uri=dg.EnvVar("PEARL_K8S_MLFLOW_URI").get_value() or None,
             load_incluster_config=True,
         )
-    return GpuCompute(env={"PEARL_HOME": str(settings.home_abs)})
+    env = {"PEARL_HOME": str(settings.home_abs)}
+    if settings.storage_url:  # the worker publishes its outputs and fetches its inputs there (stored_files.py)
+        env["PEARL_STORAGE_URL"] = settings.storage_url
+    return GpuCompute(env=env)
 
 
 def build_resources(settings: Settings | None = None) -> dict[str, Any]:
@@ -340,7 +373,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
         "stac": StacResource(
             url=settings.resolved_stac_url, source=settings.stac_source, collection=settings.stac_collection
         ),
-        "rasters": RasterStore(home=home),
+        "rasters": RasterStore(home=home, storage_url=settings.storage_url),
         "label_store": LabelStoreResource(url=settings.resolved_label_store_url),
         "mlflow": MlflowRegistry(tracking_uri=settings.resolved_mlflow_uri),
         "compute": compute,

@@ -22,13 +22,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from dagster_pipes import PipesContext
 
-from pearl_pipelines.layout import Layout
+from pearl_pipelines.layout import PREDICTION_META, Layout, cache_complete
 from pearl_pipelines.settings import get_settings
+from pearl_pipelines.stored_files import StoredFiles
 from pearl_pipelines.worker.contracts import (
     AoiProgress,
     AoiSummary,
@@ -60,6 +62,48 @@ if TYPE_CHECKING:  # for annotations only: each task imports the engine modules 
 def _path(rel: str | Path) -> Path:
     """Paths in the extras are relative to PEARL_HOME (absolute ones are taken as they are)."""
     return get_settings().home_abs / rel
+
+
+@lru_cache(maxsize=4)
+def _stored_files(url: str | None, home: Path) -> StoredFiles:
+    return StoredFiles.open(url, home)
+
+
+def _files() -> StoredFiles:
+    """This pod's PEARL_HOME, mirrored to the store of PEARL_STORAGE_URL (unset: local files only, as shared)."""
+    settings = get_settings()
+    return _stored_files(settings.storage_url, settings.home_abs)
+
+
+def _input(rel: str | Path, *, marker: str | None = None) -> Path:
+    """`_path` of an input the Dagster run names by key, fetched from the object store when this pod lacks it."""
+    return _files().local(_path(rel), marker=marker)
+
+
+def _input_cache(rel: str | Path) -> Path:
+    """An embedding cache's folder, downloaded from its chunks in the object store when this pod lacks it."""
+    path, files = _path(rel), _files()
+    if files.remote and not cache_complete(path):
+        from pearl_pipelines.ml.chunked_cache import download_cache
+
+        assert files.store is not None
+        download_cache(files.store, files.key(path), path)
+    return path
+
+
+def _publish(path: Path, *, last: tuple[str, ...] = ()) -> None:
+    """Upload an output file or folder to its key (nothing without an object store)."""
+    _files().publish(path, last=last)
+
+
+def _publish_cache(path: Path) -> None:
+    """Upload a complete embedding cache as chunks (nothing without an object store)."""
+    files = _files()
+    if files.remote and cache_complete(path):
+        from pearl_pipelines.ml.chunked_cache import upload_cache
+
+        assert files.store is not None
+        upload_cache(path, files.store, files.key(path))
 
 
 def _models_cache() -> Path:
@@ -95,6 +139,8 @@ def train_starter(pipes: PipesContext, inp: TrainStarterInput) -> None:
     from pearl_pipelines.worker.starter import train_and_register
 
     result = train_and_register(inp, tags=inp.run_tags("train-starter"), log=pipes.log.info)
+    if _path(inp.report_dir).is_dir():
+        _publish(_path(inp.report_dir))
     pipes.report_asset_materialization(metadata=result, data_version=str(result["model_version"]))
 
 
@@ -112,7 +158,7 @@ def embed(pipes: PipesContext, inp: EmbedInput) -> None:
     pixels = 0
     with tempfile.TemporaryDirectory(prefix="pearl-embed-") as tmp:
         for aoi in inp.aois:
-            mosaic = one_grid_mosaic([_path(p) for p in aoi.tile_paths], Path(tmp) / f"aoi-{aoi.aoi_id}{GTI_SUFFIX}")
+            mosaic = one_grid_mosaic([_input(p) for p in aoi.tile_paths], Path(tmp) / f"aoi-{aoi.aoi_id}{GTI_SUFFIX}")
             result = predict_aoi(
                 model,
                 mosaic,
@@ -121,6 +167,9 @@ def embed(pipes: PipesContext, inp: EmbedInput) -> None:
                 _path(aoi.cache_dir),
                 model_id=f"{name}/{version}",
             )
+            _publish_cache(_path(aoi.cache_dir))
+            if _path(aoi.predictions_dir).is_dir():
+                _publish(_path(aoi.predictions_dir))
             pixels += result.height * result.width
             pipes.report_custom_message(
                 {
@@ -191,7 +240,7 @@ def _load_retrain_inputs(inp: RetrainInput) -> RetrainInputs:
     from pearl_pipelines.ml.registry import find_replay, load_registered, version_of
 
     uri, parent_ref, base = inp.mlflow_uri, inp.parent, inp.base_ref
-    labels = gpd.read_parquet(_path(inp.label_set))
+    labels = gpd.read_parquet(_input(inp.label_set))
     parent_model = load_registered(uri, parent_ref.name, parent_ref.version, _models_cache())
     held_out = holdout_mask(labels, inp.holdout_fraction)
     return RetrainInputs(
@@ -200,7 +249,7 @@ def _load_retrain_inputs(inp: RetrainInput) -> RetrainInputs:
         holdout_labels=labels[held_out],
         parent_model=parent_model,
         parent=version_of(parent_model, uri, parent_ref.name, parent_ref.version),
-        caches=[EmbeddingCache.open(_path(d)) for d in inp.caches],
+        caches=[EmbeddingCache.open(_input_cache(d)) for d in inp.caches],
         replay=find_replay(uri, base.name, base.version, _models_cache()),
     )
 
@@ -322,6 +371,7 @@ def _retrain_metadata(
         confusion_path = _path(inp.report_dir) / f"confusion-v{registered.version}.png"
         confusion_path.parent.mkdir(parents=True, exist_ok=True)
         confusion_figure(version.metrics, confusion_path)
+        _publish(confusion_path)
         metadata["cv_f1_per_class"] = _md(f1_table(version.metrics))
         metadata["confusion_matrix"] = _md(f"![confusion matrix]({confusion_path})")
         metadata["confusion_matrix_path"] = _path_meta(confusion_path)
@@ -415,7 +465,7 @@ def predict_tile_list(
     with tempfile.TemporaryDirectory(prefix="pearl-predict-") as tmp:
         need_full = [t for t in tiles if not t.cache_dir]
         mosaic = (
-            one_grid_mosaic([_path(t.tile_path) for t in need_full], Path(tmp) / f"tiles{GTI_SUFFIX}")
+            one_grid_mosaic([_input(t.tile_path) for t in need_full], Path(tmp) / f"tiles{GTI_SUFFIX}")
             if need_full
             else None
         )
@@ -427,7 +477,7 @@ def predict_tile_list(
             mode = "full"
             result = None
             if tile.cache_dir:
-                cache = caches.get(tile.cache_dir) or EmbeddingCache.open(_path(tile.cache_dir))
+                cache = caches.get(tile.cache_dir) or EmbeddingCache.open(_input_cache(tile.cache_dir))
                 caches[tile.cache_dir] = cache
                 window = cache.lonlat_window(tile_geometry(tile.key))
                 if window is not None:
@@ -436,12 +486,13 @@ def predict_tile_list(
             if result is None:
                 imagery = mosaic
                 if tile.cache_dir:  # a cache was given but does not cover the tile: not in the mosaic either
-                    imagery = one_grid_mosaic([_path(tile.tile_path)], Path(tmp) / f"tile-{i}{GTI_SUFFIX}")
+                    imagery = one_grid_mosaic([_input(tile.tile_path)], Path(tmp) / f"tile-{i}{GTI_SUFFIX}")
                 result = full_predict(
                     model, imagery, out_dir, aoi=tile_geometry(tile.key), aoi_crs="EPSG:4326", model_id=model_id
                 )
             counts[mode] += 1
             write_prediction_meta(out_dir, model=model_id, mode=mode, tile_key=tile.key)
+            _publish(out_dir, last=(PREDICTION_META,))  # the completion marker last (layout.prediction_is_fresh)
             ok, errors, _ = validate_cog(result.classes_path)
             if not ok:
                 invalid.append(f"{tile.key}: {'; '.join(errors)}")
