@@ -106,8 +106,13 @@ class Layout:
 
     # -- labels, models, reports ---------------------------------------------------------------------------
     @staticmethod
-    def label_set(project_id: int, digest: str) -> str:
-        return f"label_sets/project-{int(project_id)}/{digest}.parquet"
+    def label_sets_of(project_id: int) -> str:
+        """The folder of a project's label-set snapshots."""
+        return f"label_sets/project-{int(project_id)}"
+
+    @classmethod
+    def label_set(cls, project_id: int, digest: str) -> str:
+        return f"{cls.label_sets_of(project_id)}/{digest}.parquet"
 
     models = "models"
     registry_cache = "models/registry-cache"  # registered versions downloaded from MLflow, reused after

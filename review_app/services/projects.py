@@ -113,13 +113,19 @@ class ProjectService:
             log.warning("project %s deleted; moving its folder %s aside failed: %s", project_id, root, exc)
 
     def _delete_stored(self, project_id: int, root: Path) -> None:
-        """With a remote object store, the project's objects (its keys under `review/projects/<id>/`: maps, versions,
-        its own embedding caches, share snapshots) are removed from the store. What other projects read stays: the
-        shared imagery mosaics (`review/imagery/`) and the caches of registered base models (`embeddings/`). The
+        """With a remote object store, the project's objects are removed from the store: its keys under
+        `review/projects/<id>/` (maps, versions, its own embedding caches, share snapshots), the label-set snapshots
+        of its Dagster runs and its AOIs' caches under a registered base model's folder. What other projects read
+        stays: the shared imagery mosaics (`review/imagery/`) and the other AOIs' caches. The
         local move aside below is what an operator restores from; a failure here is logged, the project is deleted
         all the same (the database says so)."""
+        layout = self.states.paths(project_id).layout
+        slug = self.states.get(project_id).embeddings_slug
+        folders = [root, layout.path(Layout.label_sets_of(project_id))]  # + the label-set snapshots of its runs
+        if slug is not None:  # its AOIs' caches where the Dagster loop shares them (AOI ids belong to one project)
+            folders += [layout.path(Layout.aoi_embeddings(slug, aoi.id)) for aoi in self.store.list_aois(project_id)]
         try:
-            removed = self.states.delete_stored(root)
+            removed = sum(self.states.delete_stored(folder) for folder in folders)
         except Exception:
             log.exception("project %s deleted; removing its objects from the store failed", project_id)
             return

@@ -255,10 +255,18 @@ def test_shares_patches_uploads_and_deletion_across_separate_disks(pods: Pods, t
     kept_before = pods.keys("review/projects/1/")
     mosaics = pods.keys("review/imagery/")
     assert kept_before and mosaics
+    # The label-set snapshots its Dagster runs published sit outside its folder, beside other projects' snapshots.
+    client = pods.s3.client()
+    for owner in (pid, 1):
+        key = f"{PREFIX}/label_sets/project-{owner}/{'0' * 16}.parquet"
+        client.put_object(Bucket=pods.s3.bucket, Key=key, Body=b"PAR1")
+    assert pods.keys(f"label_sets/project-{pid}/")
     assert not (home_b / doomed_prefix).exists()
     _ok(httpx.delete(f"{url_b}/api/projects/{pid}", params={"confirm": "doomed"}, timeout=30))
     assert pods.keys(doomed_prefix) == []
     assert pods.keys("review/projects/1/") == kept_before
     assert pods.keys("review/imagery/") == mosaics
+    assert pods.keys(f"label_sets/project-{pid}/") == []
+    assert pods.keys("label_sets/project-1/") == [f"label_sets/project-1/{'0' * 16}.parquet"]
     assert httpx.get(f"{url_a}/api/projects/{pid}", timeout=10).status_code == 404
     assert _export(url_b, aoi["id"]) == _export(url_a, aoi["id"])  # project 1 still served on both
