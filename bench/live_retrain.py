@@ -7,7 +7,8 @@ embeddings were cached by one inference (reused across runs); the app's base mod
 reference classes, new places each round), asks for a retrain of the AOI, waits for the websocket's
 `prediction_updated`, fetches the new layer's TileJSON and its first tile, and stops the clock there.
 The app computes metrics (grouped CV) after announcing the layer; a round waits for the job to end
-before the next one starts, outside the clock.
+before the next one starts, outside the clock. Every run starts from the same labels: the project's labels of
+earlier runs are deleted and 50 reference points per class put in the AOI (100 + 4 per round).
 
 The rounds run three times: quiet, then with a label run beside them at the app's priority, then with it at
 the niceness Dagster's local worker runs take (`GpuCompute.nice`, default 10), so the figure says what niceness
@@ -41,6 +42,7 @@ from _review import arguments, bench_settings, emit, ensure_predicted_aoi, log, 
 from websockets.sync.client import connect
 
 ROUNDS = 7
+SEED_PER_CLASS = 50  # labels per class a run starts from (a mapper's first hour on an AOI)
 CLASSES = ["water", "tree_canopy"]
 LABEL_RUN = (
     "background label run: ml.loop.retrain_version(evaluate=True) + ml.loop.repredict on the AOI's embedding cache "
@@ -104,6 +106,22 @@ def start_label_run(settings: Any, aoi_id: int, status: Path, nice: int) -> subp
     return process
 
 
+def reset_labels(settings: Any, aoi: dict, bounds: list[float]) -> int:
+    """Start every run from the same labels: the project's labels of earlier runs are deleted (each run adds 84, and
+    a fit over 1,200 labels is slower than over 200: runs were not comparable) and SEED_PER_CLASS reference points
+    per class put back in the AOI. Returns the labels the first round starts from."""
+    from shapely.geometry import Point
+
+    from pearl_pipelines.labels.store import LabelStore
+
+    store = LabelStore(settings.resolved_label_store_url)
+    for row in store.list_labels(1):
+        store.delete_label(1, row.id)
+    seed = reference_points(settings, bounds, CLASSES, per_class=SEED_PER_CLASS, seed=7, within=aoi["geometry"])
+    store.add_labels(1, [(name, Point(lon, lat)) for name, lon, lat in seed], aoi_id=aoi["id"])
+    return len(store.list_labels(1))
+
+
 def run_rounds(
     client: httpx.Client, ws: Any, settings: Any, aoi: dict, bounds: list[float], tile: Any, seeds: range, phase: str
 ) -> list[float]:
@@ -153,7 +171,11 @@ def main() -> None:
         bounds = [min(p[0] for p in ring), min(p[1] for p in ring), max(p[0] for p in ring), max(p[1] for p in ring)]
         center = ((bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2)
         tile = morecantile.tms.get("WebMercatorQuad").tile(*center, 16)
-        log(f"AOI {aoi['id']}: {aoi['area_km2']:.2f} km^2, 3 x {ROUNDS} rounds of 4 labels + retrain")
+        start_labels = reset_labels(settings, aoi, bounds)
+        log(
+            f"AOI {aoi['id']}: {aoi['area_km2']:.2f} km^2, {start_labels} labels to start with, 3 x {ROUNDS} rounds of"
+            " 4 labels + retrain"
+        )
         client = httpx.Client(base_url=url, timeout=30)
         with (
             connect(f"ws://127.0.0.1:{url.rsplit(':', 1)[1]}/api/projects/1/ws") as ws,
@@ -198,6 +220,7 @@ def main() -> None:
             "label_runs": len(runs),
             "label_run_s": statistics.median(runs) if runs else None,
             "label_run": LABEL_RUN,
+            "start_labels": start_labels,
             **info,
         }
     )

@@ -184,6 +184,6 @@ def build_mosaic(
     )
 
 
-def lonlat_bounds(path: Path) -> tuple[float, float, float, float]:
+def lonlat_bounds(path: str | Path) -> tuple[float, float, float, float]:
     with rasterio.open(path) as src:
         return tuple(transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21))  # type: ignore[return-value]

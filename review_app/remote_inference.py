@@ -91,7 +91,8 @@ def predict_aoi(
     task = PredictAoiInput(
         base_model=key(project_base_file(settings, ws.paths.base_model_dir)),  # the copy it maps with
         version_dir=key(version_folder(ws, version)),
-        imagery=key(ws.imagery_path()),
+        # Not fetched: a mosaic another process published is read in place by the worker (only the AOI's windows).
+        imagery=key(ws.states.imagery_path(ws.project_id)),
         aoi=dict(geometry),
         out_dir=key(out_dir),
         embeddings_dir=key(embeddings_dir),

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
+import rasterio
 from shapely.geometry import shape
 
 from pearl_pipelines.classes import ClassSchema
@@ -87,10 +88,15 @@ def build_imagery(ctx: JobContext, ws: ProjectWorkspace, *, source: dict[str, An
             counted.append(len(sources))
             build_mosaic(sources, tmp, clip_lonlat=clip, progress=lambda d, t: ctx.progress(d, t + 1, "mosaic"))
 
-        ws.states.fetch_mosaic(dst)  # another app process built it already: from the object store, if any
-        built = shared_mosaic(dst, build)
-        ws.states.publish_mosaic(dst)
-        bounds = lonlat_bounds(dst)
+        stored = ws.states.stored_mosaic(dst)
+        if stored is not None:  # another app process built it: read in place in the object store, not downloaded
+            built = False
+            with rasterio.Env(**ws.states.remote.gdal_env()):  # type: ignore[union-attr]
+                bounds = lonlat_bounds(stored)
+        else:
+            built = shared_mosaic(dst, build)
+            ws.states.publish_mosaic(dst)
+            bounds = lonlat_bounds(dst)
     except (ImageryError, StacError) as exc:  # no items, or the STAC API is down: the project page says which
         missing = "generate" in str(exc)
         with ws.update() as state:

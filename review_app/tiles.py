@@ -65,7 +65,7 @@ def imagery_path(request: Request, project_id: IdParam) -> str:
     """Project id -> the project's imagery mosaic COG (shared by the projects of one imagery source): the local file,
     or where this process has no copy, the object another process published, read in place (never downloaded)."""
     states = _services(request).states
-    path = states.imagery_path(_id(project_id), fetch=False)
+    path = states.imagery_path(_id(project_id))
     if path.is_file():
         return str(path)
     return _stored_file(request, Layout.at(states.home), path)

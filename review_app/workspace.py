@@ -142,32 +142,29 @@ class StateStore:
     def update(self, project_id: int) -> _StateUpdate:
         return _StateUpdate(self, project_id)
 
-    def imagery_path(self, project_id: int, *, fetch: bool = True) -> Path:
+    def imagery_path(self, project_id: int) -> Path:
         """The imagery mosaic the project reads (shared by its source, or its own): what every reader of a project's
         imagery asks for (tile routes, inference). Cheap enough for every tile request: the answer is kept for
-        IMAGERY_TTL_S (a mosaic is built once per source, so a new one shows on other processes within that)."""
+        IMAGERY_TTL_S (a mosaic is built once per source, so a new one shows on other processes within that). A
+        shared mosaic another process built may be only in the object store: readers read it there in place
+        (`stored_mosaic`), it is never downloaded whole."""
         now = time.monotonic()
         kept = self._imagery.get(project_id)
         if kept is not None and now - kept[0] < IMAGERY_TTL_S:
-            path, digest = kept[1], kept[2]
-        else:
-            digest = self.get(project_id).imagery.digest
-            path = self.paths(project_id).imagery_mosaic(digest)
-            self._imagery[project_id] = (now, path, digest)
-        if fetch and digest is not None:  # a shared mosaic another process built: from the object store (`fetch`:
-            self.fetch_mosaic(path)  # not for the tile routes, which read it there in place)
+            return kept[1]
+        digest = self.get(project_id).imagery.digest
+        path = self.paths(project_id).imagery_mosaic(digest)
+        self._imagery[project_id] = (now, path, digest)
         return path
 
-    def fetch_mosaic(self, path: Path) -> bool:
-        """A shared imagery mosaic (`Layout.shared_imagery`) missing on this disk, downloaded from the remote store
-        when another app process built and published it there (`publish_mosaic`). Whether it is here now."""
+    def stored_mosaic(self, path: Path) -> str | None:
+        """A shared imagery mosaic missing on this disk that another app process published to the remote store: the
+        name GDAL reads it by in place (/vsis3/..., under `remote.gdal_env()`); None when it is here or not there."""
         store = self.remote
         if store is None or path.is_file():
-            return path.is_file()
-        with self.fetching(path.parent):
-            if not path.is_file():
-                fetch_dir(store, Layout.at(self.home).key(path.parent), path.parent, marker=path.name)
-        return path.is_file()
+            return None
+        key = Layout.at(self.home).key(path)
+        return store.gdal_path(key) if store.exists(key) else None
 
     def publish_mosaic(self, path: Path) -> None:
         """A shared imagery mosaic this process built, to the remote store for the other processes (no-op locally)."""
@@ -227,10 +224,6 @@ class ProjectWorkspace:
 
     def update(self) -> _StateUpdate:
         return self.states.update(self.project_id)
-
-    def imagery_path(self) -> Path:
-        """The project's imagery mosaic (StateStore.imagery_path)."""
-        return self.states.imagery_path(self.project_id)
 
     def patch_map(self, aoi_id: int, version: int, geometry: Mapping[str, Any]) -> None:
         """Paint the project's map patches into the AOI's map `version` before it is published (`map_patcher`)."""

@@ -68,7 +68,7 @@ def version_model(version: ModelVersion, base: BaseModel) -> LandcoverModel:
 # -- embed and predict --------------------------------------------------------------------------------------------
 def predict_aoi(
     model: LandcoverModel,
-    imagery: Path,
+    imagery: str | Path,
     aoi_lonlat: Any,
     out_dir: Path,
     embeddings_dir: Path,

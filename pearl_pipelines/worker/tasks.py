@@ -16,11 +16,12 @@ materializations of the tile partitions. Every task is one MLflow run tagged wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -89,6 +90,22 @@ def _input_cache(rel: str | Path) -> Path:
         assert files.store is not None
         download_cache(files.store, files.key(path), path)
     return path
+
+
+@contextlib.contextmanager
+def _raster_in_place(rel: str | Path) -> Iterator[str | Path]:
+    """A raster the task reads by windows (an AOI out of a project's imagery mosaic): the local file, or where this
+    pod lacks it and the object store has it, the object itself, read in place by GDAL's range requests (/vsis3/):
+    only the windows the task reads travel, never the whole mosaic."""
+    import rasterio
+
+    path, files = _path(rel), _files()
+    if path.is_file() or not files.stored(path):
+        yield path
+        return
+    assert files.store is not None
+    with rasterio.Env(**files.store.gdal_env()):
+        yield files.store.gdal_path(files.key(path))
 
 
 def _publish(path: Path, *, last: tuple[str, ...] = ()) -> None:
@@ -547,12 +564,9 @@ def predict_aoi(pipes: PipesContext, inp: PredictAoiInput) -> None:
     With `first_out_dir`, the AOI's first block (ml/preview.py: one window near the mapper's view) is predicted
     and announced (`first_block` message) before the whole AOI, so the map shows something within seconds.
     """
-    import torch
-
     from pearl_pipelines.ml import loop
     from pearl_pipelines.ml.base_model import BaseModel
     from pearl_pipelines.ml.models import load_model
-    from pearl_pipelines.ml.preview import LONLAT, predict_first_block
     from pearl_pipelines.ml.versions import ModelVersion
 
     base = BaseModel(load_model(_path(inp.base_model)), None, inp.base_model)
@@ -571,10 +585,26 @@ def predict_aoi(pipes: PipesContext, inp: PredictAoiInput) -> None:
 
         return progress
 
+    with _raster_in_place(inp.imagery) as imagery:
+        _predict_aoi_from(pipes, inp, model, imagery, reporter)
+
+
+def _predict_aoi_from(
+    pipes: PipesContext,
+    inp: PredictAoiInput,
+    model: Any,
+    imagery: str | Path,
+    reporter: Callable[[Literal["first_block", "aoi"]], Callable[[int, int], None]],
+) -> None:
+    import torch
+
+    from pearl_pipelines.ml import loop
+    from pearl_pipelines.ml.preview import LONLAT, predict_first_block
+
     if inp.first_out_dir is not None:
         first = predict_first_block(
             model,
-            _path(inp.imagery),
+            imagery,
             inp.aoi,
             _path(inp.first_out_dir),
             aoi_crs=LONLAT,
@@ -592,7 +622,7 @@ def predict_aoi(pipes: PipesContext, inp: PredictAoiInput) -> None:
             pipes.report_custom_message(block.model_dump(mode="json"))
     result = loop.predict_aoi(
         model,
-        _path(inp.imagery),
+        imagery,
         inp.aoi,
         _path(inp.out_dir),
         _path(inp.embeddings_dir),

@@ -80,7 +80,7 @@ class Quotas:
             workspace = self.states.workspace(project_id)
             state = workspace.state()
             paths.add(workspace.paths.root)
-            paths.add(self.states.imagery_path(project_id, fetch=False))  # counted, not downloaded
+            paths.add(self.states.imagery_path(project_id))  # counted, not downloaded
             paths.update(workspace.embeddings_dir(aoi_id, state) for aoi_id in state.aois)
         # A path inside another one (a per-project mosaic or cache under the project's folder) counts once.
         outer = [p for p in paths if not any(q != p and p.is_relative_to(q) for q in paths)]

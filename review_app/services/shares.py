@@ -344,7 +344,7 @@ class ShareService:
         """What the share's imagery tiles read, and the shared AOIs' boxes: the project's mosaic on this disk, or
         where this process has none, the copy another process published, read in place (nothing downloaded)."""
         share = self.open(token)
-        path = self.states.imagery_path(share.row.project_id, fetch=False)
+        path = self.states.imagery_path(share.row.project_id)
         boxes = [m.bounds for m in share.snapshot.maps]
         store = self.states.remote
         if path.is_file() or store is None:

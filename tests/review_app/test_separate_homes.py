@@ -206,8 +206,8 @@ def test_two_processes_with_separate_disks_serve_one_project(pods: Pods) -> None
     again = [_tile(url, aoi_id, layer["version"], lon, lat) for url in pods.urls]
     assert again[0] == again[1] == retrained[0]
 
-    # B never built the imagery mosaic: its imagery tiles read A's published copy in place (nothing downloaded), and
-    # a new AOI's inference through B fetches it.
+    # B never built the imagery mosaic: its imagery tiles, and a new AOI's inference through B (the worker reads the
+    # AOI's windows), read A's published copy in place; nothing downloads it.
     [mosaic_a] = (home_a.home_abs / "review" / "imagery").rglob("mosaic.tif")
     mosaic_key = mosaic_a.relative_to(home_a.home_abs).as_posix()
     assert mosaic_key in pods.keys(mosaic_key.rsplit("/", 1)[0] + "/")
@@ -222,4 +222,6 @@ def test_two_processes_with_separate_disks_serve_one_project(pods: Pods) -> None
     predicted = httpx.post(f"{pods.urls[b]}/api/projects/1/aois/{other.json()['id']}/inference")
     assert predicted.status_code == 202, predicted.text
     assert pods.wait_job(a, predicted.json()["id"])["state"] == "done", pods.logs()
-    assert (home_b.home_abs / mosaic_key).read_bytes() == mosaic_a.read_bytes()
+    assert not (home_b.home_abs / mosaic_key).exists()
+    layers = [_layer(url, other.json()["id"]) for url in pods.urls]
+    assert layers[0] == layers[1] and layers[0]["embeddings"]
