@@ -63,7 +63,7 @@ from review_app.schemas import (
     PredictionUpdatedEvent,
 )
 from review_app.services.model_cache import ModelSlot
-from review_app.workspace import AoiLayer, ImageryInfo, ModelVersionInfo, ProjectWorkspace
+from review_app.workspace import AoiLayer, ImageryInfo, ModelVersionInfo, ProjectState, ProjectWorkspace
 
 log = logging.getLogger(__name__)
 SchemaOf = Callable[[], ClassSchema]  # the project's class schema as it is now
@@ -293,10 +293,11 @@ def run_inference(
     return f"{aoi.name} predicted in {result.seconds:.1f} s by {where} (pid {result.pid}){head}"
 
 
-def _cached_aois(ws: ProjectWorkspace, *, fetch: bool = True) -> dict[int, Path]:
+def _cached_aois(ws: ProjectWorkspace, *, fetch: bool = True, state: ProjectState | None = None) -> dict[int, Path]:
     """The AOIs with a complete embedding cache, and its folder here: with a remote store, one that only the store
-    has is downloaded (`fetch`), or (not `fetch`: a check before the job) counted without downloading."""
-    state = ws.state()
+    has is downloaded (`fetch`), or (not `fetch`: a check before the job) counted without downloading. `state`: the
+    project state the caller read already."""
+    state = state or ws.state()
     embedded = [aoi_id for aoi_id, layer in state.aois.items() if layer.embeddings]
     if not fetch:
         return {aoi_id: ws.embeddings_dir(aoi_id, state) for aoi_id in embedded if ws.has_cache(aoi_id, state)}
@@ -378,12 +379,14 @@ def _repredict(
     schema_of: SchemaOf,
     block: tuple[Sequence[float] | None, Sequence[float] | None] | None = None,
     on_shown: Callable[[], None] = lambda: None,
+    state: ProjectState | None = None,
 ) -> float | None:
     """Re-predict the AOI from its cache as its next layer version. With `block` (the mapper's lon/lat view, the
     AOI's lon/lat centre) and a large AOI, the block around the view's centre (`loop.view_block`) is re-predicted
     and published first as a partial version, then the whole AOI as the one after. `on_shown` runs once the first
-    layer is published. Returns the seconds the block took, or None when there was none."""
-    paths, state = ws.paths, ws.state()
+    layer is published. Returns the seconds the block took, or None when there was none. `state`: the project state
+    the caller read already (its AOI layers as they are now: a project's jobs run one at a time)."""
+    paths, state = ws.paths, state or ws.state()
     layer_version = state.aois.get(aoi_id, AoiLayer()).version + 1
     cache, schema = loop.open_cache(ws.ensure_local_cache(aoi_id, state)), schema_of()  # one schema: the same pixels
     window = loop.view_block(cache, block[0], centre=block[1]) if block is not None else None
@@ -444,11 +447,13 @@ def run_retrain(
     project_id = ws.project_id
     current = model.require()
     schema = schema_of()
-    caches = _cached_aois(ws)
+    # One read of the session state on the live path: a project's document grows with its versions.
+    state = ws.state()
+    caches = _cached_aois(ws, state=state)
     labels, label_store_digest, labelled = _labels(store, project_id, list(caches))
     ctx.step("fitting the head on your labels", 0.1)
     cache_dirs = list(caches.values())
-    strategy = ws.state().strategy
+    strategy = state.strategy
     # The live fit reuses the replay share the last cross-validation chose; the metrics pass below chooses again.
     live_scale = 1.0 if current.version.replay_scale is None else current.version.replay_scale
     fit = functools.partial(
@@ -500,6 +505,7 @@ def run_retrain(
                 schema_of=schema_of,
                 block=block,
                 on_shown=make_current,
+                state=state,
             )
             first_layer_s = time.perf_counter() - started
         else:
