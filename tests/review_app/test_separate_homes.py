@@ -9,6 +9,7 @@ B's version works (A fetches it)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -76,6 +77,17 @@ def pods(
 ) -> Iterator[Pods]:
     homes = [new_home(tmp_path_factory, review_assets) for _ in range(2)]
     assert homes[0].home_abs != homes[1].home_abs
+    with start_pods(homes, postgres_server, redis_server, s3_server) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def start_pods(
+    homes: list[Settings], postgres_server: PostgresServer, redis_server: RedisServer, s3_server: S3Server
+) -> Iterator[Pods]:
+    """An app process per home on one new PostgreSQL database, one Redis and one S3 prefix. A first: it makes the
+    project, builds the imagery mosaic on its disk and publishes it to the store; B then finds the imagery ready and
+    builds none: it reads A's mosaic in the store."""
     store_url = postgres_server.new_database()
     redis_server.client().flushall()
     env = {
@@ -87,8 +99,6 @@ def pods(
     ports = [free_port() for _ in homes]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     with ExitStack() as stack:
-        # A first: it makes the project, builds the imagery mosaic on its disk and publishes it to the store. B then
-        # finds the imagery ready and builds none: it fetches A's mosaic from the store when it first needs it.
         for url, home, port in zip(urls, homes, ports, strict=True):
             process = stack.enter_context(uvicorn(home, port, store_url=store_url, env=env))
             ready_project(url, 120, process=process, log=log_path(home, port))

@@ -14,7 +14,6 @@ import contextlib
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,9 @@ from pearl_pipelines.geo.patching import MODEL_PREFIX
 from pearl_pipelines.labels.pg_local import PostgresServer
 from pearl_pipelines.layout import CLASSES_FILE, ProjectPaths
 from pearl_pipelines.redis_local import RedisServer
-from tests.conftest import free_port
 from tests.review_app.conftest import center, new_home, square, wait_ready
-from tests.review_app.servers import log_path, ready_project, uvicorn
 from tests.review_app.test_patches import Map
-from tests.review_app.test_separate_homes import PREFIX, Pods, _caches, _layer
+from tests.review_app.test_separate_homes import PREFIX, Pods, _caches, _layer, start_pods
 from tests.review_app.test_uploads import geotiff, unique, upload, wait_ingest
 from tests.s3_local import S3Server
 
@@ -53,21 +50,8 @@ def pods(
     homes = [new_home(tmp_path_factory, review_assets) for _ in range(2)]
     (homes[1].home_abs / "catalog").unlink()
     (homes[1].home_abs / "catalog").mkdir()
-    store_url = postgres_server.new_database()
-    redis_server.client().flushall()
-    env = {
-        "PEARL_EVENTS_URL": redis_server.url(1),
-        "PEARL_RATE_LIMIT_STORAGE": redis_server.url(0),
-        "PEARL_STORAGE_URL": s3_server.url(PREFIX),
-        **s3_server.env(),
-    }
-    ports = [free_port() for _ in homes]
-    urls = [f"http://127.0.0.1:{port}" for port in ports]
-    with ExitStack() as stack:
-        for url, home, port in zip(urls, homes, ports, strict=True):  # A first: it builds the mosaic
-            process = stack.enter_context(uvicorn(home, port, store_url=store_url, env=env))
-            ready_project(url, 120, process=process, log=log_path(home, port))
-        yield Pods(urls, homes, s3_server)
+    with start_pods(homes, postgres_server, redis_server, s3_server) as started:
+        yield started
 
 
 def _ok(response: httpx.Response, code: int = 200) -> httpx.Response:
