@@ -116,6 +116,8 @@ class FakeCluster:
         mounts = {m.mount_path: self.home / m.name for m in container.volume_mounts or []}
         env = {}
         for var in container.env or []:
+            if var.value is None:  # from a Secret this fake cluster lacks (optional refs): unset, as the kubelet does
+                continue
             env[var.name] = str(mounts.get(var.value, var.value))
         for path in mounts.values():
             path.mkdir(parents=True, exist_ok=True)
