@@ -511,8 +511,9 @@ def run_retrain(
         else:
             _repredict(ctx, ws, aid, child, geometry=geometries[aid], model_version=number, schema_of=schema_of)
     ctx.step("computing metrics (grouped cross-validation)", 0.9)
-    # Off the live path: the same fit again (deterministic) plus the cross-validation folds.
-    evaluated = fit(evaluate=True)
+    # Off the live path: the same fit again (deterministic) plus the cross-validation folds, at a lower priority than
+    # the requests for the tiles just announced.
+    evaluated = at_lower_priority(lambda: fit(evaluate=True))
     notes = evaluated.info.get("metric_notes", [])
     # CV chose another replay share than the live fit used: its head replaces the live one.
     if evaluated.replay_scale != child.replay_scale:
