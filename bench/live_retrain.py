@@ -21,7 +21,8 @@ of the cache), back to back for the whole loaded phase (one label run per burst 
 round), with all cores as the worker would.
 
 Last line: {"median_s" (quiet, target < 2 s), "median_s_with_label_run" (niceness 0),
-"median_s_with_niced_label_run", min/max of each, "label_runs", "label_run_s", "model", "machine"}.
+"median_s_with_niced_label_run", min/max of each, "label_runs", "label_run_s", "model_versions_before" (the
+project's versions when the run began: the loop must not slow as they pile up), "model", "machine"}.
 """
 
 from __future__ import annotations
@@ -151,6 +152,14 @@ def run_rounds(
     return totals
 
 
+def model_versions(settings: Any) -> int:
+    """How many model versions the bench project has made (its home is reused: every run adds its retrains)."""
+    from pearl_pipelines.labels.store import LabelStore
+    from review_app.workspace import StateStore
+
+    return len(StateStore(settings.home_abs, LabelStore(settings.resolved_label_store_url)).version_entries(1))
+
+
 def main() -> None:
     if len(sys.argv) == 6 and sys.argv[1] == "--label-run":
         label_run_loop(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
@@ -172,9 +181,10 @@ def main() -> None:
         center = ((bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2)
         tile = morecantile.tms.get("WebMercatorQuad").tile(*center, 16)
         start_labels = reset_labels(settings, aoi, bounds)
+        versions = model_versions(settings)
         log(
-            f"AOI {aoi['id']}: {aoi['area_km2']:.2f} km^2, {start_labels} labels to start with, 3 x {ROUNDS} rounds of"
-            " 4 labels + retrain"
+            f"AOI {aoi['id']}: {aoi['area_km2']:.2f} km^2, {start_labels} labels to start with, {versions} model "
+            f"versions made before (each run adds {3 * ROUNDS}), 3 x {ROUNDS} rounds of 4 labels + retrain"
         )
         client = httpx.Client(base_url=url, timeout=30)
         with (
@@ -221,6 +231,7 @@ def main() -> None:
             "label_run_s": statistics.median(runs) if runs else None,
             "label_run": LABEL_RUN,
             "start_labels": start_labels,
+            "model_versions_before": versions,
             **info,
         }
     )

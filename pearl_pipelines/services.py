@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 
+from pearl_pipelines.http_probe import probe
+
 if TYPE_CHECKING:
     from pearl_pipelines.settings import Settings
 
@@ -65,7 +67,7 @@ class Service:
 
     def healthy(self) -> bool:
         try:
-            return httpx.get(self.health_url, timeout=1.0).status_code == 200
+            return probe(self.health_url, 1.0).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from pearl_pipelines.http_probe import probe
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.settings import Settings, get_settings
 
@@ -96,7 +97,7 @@ def submit_label_run(
     if not keys:
         raise TriggerError(f"project {project_id} has no AOI: draw one before retraining")
     try:  # a quick probe first: a refused connection would otherwise surface as an opaque GraphQL error
-        httpx.get(f"http://{host}:{port}/server_info", timeout=3.0).raise_for_status()
+        probe(f"http://{host}:{port}/server_info", 3.0).raise_for_status()
     except httpx.HTTPError as exc:
         raise TriggerError(
             f"Dagster webserver at http://{host}:{port} is not reachable ({exc.__class__.__name__}); "

@@ -6,15 +6,15 @@ import logging
 
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.settings import Settings
-from review_app.workspace import ProjectState, StateStore
+from review_app.workspace import StateChange, StateStore
 
 log = logging.getLogger(__name__)
 
 
-def _seen(state: ProjectState, events: int) -> str:
+def _seen(change: StateChange, events: int) -> str:
     """What a label run submitted now would see: the project's label events and its newest version in MLflow
     (a version logged after the labels is what the run adopts)."""
-    logged = max((number for number, info in state.models.items() if info.mlflow_version), default=0)
+    logged = max((e.number for e in change.version_entries() if e.mlflow_version), default=0)
     return f"{events}/{logged}"
 
 
@@ -23,11 +23,11 @@ def claim_label_run(project_id: int, store: LabelStore, states: StateStore) -> b
     labels or the logged versions changed. Each process debounces its own clicks (jobs.Debouncer); the claim, made
     under the project's row lock, keeps a burst spread over several processes to one Dagster run."""
     events = store.max_event_id(project_id)
-    with states.update(project_id) as state:
-        seen = _seen(state, events)
-        if state.label_run == seen:
+    with states.change(project_id) as change:
+        seen = _seen(change, events)
+        if change.state.label_run == seen:
             return False
-        state.label_run = seen
+        change.state.label_run = seen
     return True
 
 

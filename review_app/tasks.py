@@ -486,8 +486,9 @@ def run_retrain(
         # The version is current (and can be saved as a checkpoint) as soon as the map shows it.
         child.save(version_dir, labels=labels)
         ws.publish_version(number)  # in the store before the state names it (remote store only)
-        with ws.update() as state:
-            state.models[number], state.current_model = info, number
+        with ws.change() as change:
+            change.put_version(info)
+            change.state.current_model = number
 
     first_layer_s, block_s = 0.0, None
     for n, aid in enumerate(order):
@@ -527,8 +528,9 @@ def run_retrain(
     ws.publish_version(number)
     metrics = metrics_out(child.metrics, number, notes)
     metrics.n_labels = info.n_labels
-    with ws.update() as state:
-        state.models[number].metrics = metrics
+    with ws.change() as change:  # as saved (a checkpoint's name may have been given meanwhile), with its metrics
+        saved = change.version(number) or info
+        change.put_version(saved.model_copy(update={"metrics": metrics}))
     _score_base(ws, base=current.base, schema=schema, caches=cache_dirs, labels=labels)
     ctx.publish(MetricsUpdatedEvent(model_version=number))
     finished()
@@ -553,9 +555,10 @@ def _score_base(
         return
     scored = metrics_out(report, 0)
     scored.n_labels = len(labels)
-    with ws.update() as state:
-        if 0 in state.models:
-            state.models[0].metrics = scored
+    with ws.change() as change:
+        base_info = change.version(0)
+        if base_info is not None:
+            change.put_version(base_info.model_copy(update={"metrics": scored}))
 
 
 def run_restore(

@@ -1,22 +1,26 @@
-"""The project's session state (model versions, layer versions); its files are `layout.ProjectPaths`.
+"""The project's session state (layer versions, current model) and model versions; its files are
+`layout.ProjectPaths`.
 
-The state is a small JSON document per project on the label store's database: any number of app processes share it.
+The state is a small JSON document per project on the label store's database, the model versions are rows beside it
+(a project makes one per retrain; the document most requests read stays small): any number of app processes share
+them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
-from pearl_pipelines.labels.app_state import AppState
+from pearl_pipelines.labels.app_state import AppState, VersionEntry, VersionWrite
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.layout import CLASSES_FILE, EMBEDDINGS_META, Layout, ProjectPaths, cache_complete
 from pearl_pipelines.ml.strategies import DEFAULT_STRATEGY
@@ -24,6 +28,7 @@ from pearl_pipelines.storage import ObjectStore, fetch_dir, publish_dir
 from review_app.schemas import MetricsOut
 
 IMAGERY_TTL_S = 2.0
+T = TypeVar("T")
 
 
 def _now() -> dt.datetime:
@@ -74,7 +79,7 @@ class ImageryInfo(BaseModel):
 class ProjectState(BaseModel):
     current_model: int | None = None
     next_model_id: int = 0
-    models: dict[int, ModelVersionInfo] = Field(default_factory=dict)
+    # (The model versions are rows of their own: StateStore.version / versions / change.)
     aois: dict[int, AoiLayer] = Field(default_factory=dict)
     imagery: ImageryInfo = Field(default_factory=ImageryInfo)
     strategy: str = DEFAULT_STRATEGY  # ml.strategies name used by this project's retrains
@@ -132,15 +137,51 @@ class StateStore:
         document = self.db.document(project_id)
         if document is not None:
             return ProjectState.model_validate(document)
-        return self._legacy(project_id) or ProjectState()
+        if self.paths(project_id).state.is_file():  # a project of before: its state.json goes to the database
+            with self.update(project_id) as state:
+                return state
+        return ProjectState()
 
-    def _legacy(self, project_id: int) -> ProjectState | None:
-        """The state.json a project of before kept in its folder (adopted into the database by the next save)."""
+    def _legacy(self, project_id: int) -> tuple[ProjectState, list[ModelVersionInfo]] | None:
+        """The state.json a project of before kept in its folder, and the model versions it held (adopted into the
+        database by the next save)."""
         path = self.paths(project_id).state
-        return ProjectState.model_validate_json(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        state = ProjectState.model_validate_json(path.read_text())
+        models = json.loads(path.read_text()).get("models") or {}
+        return state, [ModelVersionInfo.model_validate(info) for info in models.values()]
 
-    def update(self, project_id: int) -> _StateUpdate:
-        return _StateUpdate(self, project_id)
+    def update(self, project_id: int) -> _StateUpdate[ProjectState]:
+        """`with update(pid) as state:` the session state under the project's row lock, saved on a clean exit."""
+        return _StateUpdate(self, project_id, lambda change: change.state)
+
+    def change(self, project_id: int) -> _StateUpdate[StateChange]:
+        """`update`, with the project's model versions to read and write in the same transaction."""
+        return _StateUpdate(self, project_id, lambda change: change)
+
+    # -- model versions -----------------------------------------------------------------------------------------
+    def version(self, project_id: int, number: int | None) -> ModelVersionInfo | None:
+        """Model version `number` of the project; None when it has none of that number (or `number` is None)."""
+        document = self.db.version(project_id, number) if number is not None else None
+        return ModelVersionInfo.model_validate(document) if document is not None else None
+
+    def current_version(self, project_id: int, state: ProjectState | None = None) -> ModelVersionInfo | None:
+        """The version the session state names as current (`state`: the one the caller read already)."""
+        return self.version(project_id, (state or self.get(project_id)).current_model)
+
+    def versions(self, project_id: int, *, named: bool = False) -> dict[int, ModelVersionInfo]:
+        """The project's model versions by number, oldest first (`named`: checkpoints only)."""
+        infos = (ModelVersionInfo.model_validate(d) for d in self.db.versions(project_id, named=named))
+        return {info.id: info for info in infos}
+
+    def version_entries(self, project_id: int) -> list[VersionEntry]:
+        """Number, name, MLflow version and whether final of each model version (no documents read), oldest first."""
+        return self.db.version_entries(project_id)
+
+    def newest_logged(self, project_id: int) -> int:
+        """The highest version number logged to MLflow; 0 when none is."""
+        return self.db.newest_logged(project_id)
 
     def imagery_path(self, project_id: int) -> Path:
         """The imagery mosaic the project reads (shared by its source, or its own): what every reader of a project's
@@ -222,7 +263,7 @@ class ProjectWorkspace:
     def state(self) -> ProjectState:
         return self.states.get(self.project_id)
 
-    def update(self) -> _StateUpdate:
+    def update(self) -> _StateUpdate[ProjectState]:
         return self.states.update(self.project_id)
 
     def patch_map(self, aoi_id: int, version: int, geometry: Mapping[str, Any]) -> None:
@@ -238,9 +279,12 @@ class ProjectWorkspace:
             return self.paths.embeddings_dir(aoi_id)
         return self.paths.layout.path(Layout.aoi_embeddings(slug, aoi_id))
 
+    def change(self) -> _StateUpdate[StateChange]:
+        return self.states.change(self.project_id)
+
     def checkpoint(self, version: int) -> ModelVersionInfo:
         """A model version of the project with its files on disk, in the object store or in MLflow, or KeyError."""
-        info = self.state().models.get(version)
+        info = self.states.version(self.project_id, version)
         if info is None or not (self.has_version(version) or info.mlflow_version):
             raise KeyError(f"no checkpoint {version} in project {self.project_id}")
         return info
@@ -309,27 +353,52 @@ class ProjectWorkspace:
         return store.exists(f"{self.paths.layout.key(directory)}/{EMBEDDINGS_META}")
 
 
-class _StateUpdate:
-    """`with store.update(pid) as state: ...` -> saved on a clean exit, discarded on an exception. The project's row
-    lock is held from the read to the write (keep the block short: no slow work, no other database writes)."""
+class StateChange:
+    """A project's session state and model versions under its row lock (`StateStore.change`): what is read here is
+    what the change is made to; versions put are written with the state, when the block ends without error."""
 
-    def __init__(self, store: StateStore, project_id: int) -> None:
-        self.store, self.project_id = store, project_id
+    def __init__(self, state: ProjectState, locked: Any) -> None:
+        self.state, self._locked = state, locked
+
+    def version(self, number: int | None) -> ModelVersionInfo | None:
+        document = self._locked.version(number) if number is not None else None
+        return ModelVersionInfo.model_validate(document) if document is not None else None
+
+    def version_entries(self) -> list[VersionEntry]:
+        return list(self._locked.version_entries())
+
+    def put_version(self, info: ModelVersionInfo) -> None:
+        """Insert version `info.id`, or replace it (a version read here, changed and put back)."""
+        document = info.model_dump(mode="json")
+        self._locked.put_version(VersionWrite(info.id, document, info.name, info.mlflow_version, info.final))
+
+
+class _StateUpdate(Generic[T]):
+    """`with store.update(pid) as state: ...` (or `store.change(pid) as change`) -> saved on a clean exit, discarded
+    on an exception. The project's row lock is held from the read to the write (keep the block short: no slow work,
+    no other database writes)."""
+
+    def __init__(self, store: StateStore, project_id: int, give: Callable[[StateChange], T]) -> None:
+        self.store, self.project_id, self._give = store, project_id, give
         self._locked: contextlib.AbstractContextManager[Any] | None = None
 
-    def __enter__(self) -> ProjectState:
+    def __enter__(self) -> T:
         self._locked = self.store.db.locked_document(self.project_id)
         document = self._locked.__enter__()
         self._document = document
         if document.document is not None:
-            self.state = ProjectState.model_validate(document.document)
+            state = ProjectState.model_validate(document.document)
+            self.change = StateChange(state, document)
         else:
-            self.state = self.store._legacy(self.project_id) or ProjectState()
-        return self.state
+            legacy = self.store._legacy(self.project_id)
+            self.change = StateChange(legacy[0] if legacy else ProjectState(), document)
+            for info in legacy[1] if legacy else []:
+                self.change.put_version(info)
+        return self._give(self.change)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         assert self._locked is not None
         if exc_type is None:
-            self._document.save(self.state.model_dump(mode="json"))
+            self._document.save(self.change.state.model_dump(mode="json"))
             self.store._imagery.pop(self.project_id, None)
         self._locked.__exit__(exc_type, exc, tb)

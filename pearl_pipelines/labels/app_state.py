@@ -1,6 +1,7 @@
 """What the review app used to keep in one process's memory, on the label store's database so any number of app
-processes serve the same projects: each project's session document (model versions, layer versions, strategy)
-and the background jobs (retrain, inference, ...) with the process that runs them.
+processes serve the same projects: each project's session document (layer versions, strategy, current model), its
+model versions (rows of their own: a project makes hundreds, and the document most requests read stays small) and
+the background jobs (retrain, inference, ...) with the process that runs them.
 
 Every read-modify-write takes the project's row lock (`LabelStore.locked_project`: BEGIN IMMEDIATE on SQLite,
 SELECT ... FOR UPDATE on PostgreSQL), so two processes never lose each other's change. Jobs carry their process's
@@ -12,12 +13,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, select, update
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, func, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from pearl_pipelines.labels.store import Base, LabelStore, UtcDateTime, known_id
+from pearl_pipelines.labels.store import MAX_ID, Base, LabelStore, UtcDateTime, known_id
 
 ACTIVE = ("queued", "running")
 
@@ -34,6 +35,41 @@ class ProjectSessionRow(Base):
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
     revision: Mapped[int] = mapped_column(Integer, default=1)
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=_now)
+
+
+class ModelVersionRow(Base):
+    """One model version of a project (review_app.workspace.ModelVersionInfo as JSON), with the fields that lists
+    filter on as columns: a project makes one per retrain, and listing or counting them reads no JSON."""
+
+    __tablename__ = "model_versions"
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    name: Mapped[str | None] = mapped_column(Text, nullable=True)  # a checkpoint's name
+    mlflow_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    final: Mapped[bool] = mapped_column(Boolean, default=False)  # its metrics are in: it will not change any more
+
+
+class VersionEntry(NamedTuple):
+    """A model version's columns without its document: what lists, counts and the MLflow publisher read."""
+
+    number: int
+    name: str | None
+    mlflow_version: str | None
+    final: bool
+
+
+class VersionWrite(NamedTuple):
+    """A model version to insert or replace: its document and the columns taken from it."""
+
+    number: int
+    document: dict[str, Any]
+    name: str | None
+    mlflow_version: str | None
+    final: bool
+
+
+_ENTRY = (ModelVersionRow.number, ModelVersionRow.name, ModelVersionRow.mlflow_version, ModelVersionRow.final)
 
 
 class JobRow(Base):
@@ -72,17 +108,55 @@ class AppState:
 
     @contextmanager
     def locked_document(self, project_id: int) -> Iterator[_LockedDocument]:
-        """The document under the project's row lock; `.save(doc)` writes it when the block ends without error."""
+        """The document under the project's row lock; `.save(doc)` and `.put_version(...)` write when the block ends
+        without error (one transaction)."""
         with self.store.session() as s:
             self.store.locked_project(s, project_id)
             row = s.get(ProjectSessionRow, project_id)
-            locked = _LockedDocument(row.document if row is not None else None)
+            locked = _LockedDocument(s, project_id, row.document if row is not None else None)
             yield locked
             if locked.new is not None:
                 if row is None:
                     s.add(ProjectSessionRow(project_id=project_id, document=locked.new, revision=1))
                 else:
                     row.document, row.revision, row.updated_at = locked.new, row.revision + 1, _now()
+            for write in locked.writes.values():
+                s.merge(ModelVersionRow(project_id=project_id, **write._asdict()))
+
+    # -- model versions -----------------------------------------------------------------------------------------
+    def version(self, project_id: int, number: int) -> dict[str, Any] | None:
+        """Model version `number`'s document, None when the project has none of that number."""
+        if not known_id(project_id) or not _known_number(number):
+            return None
+        with self.store.session() as s:
+            return _version(s, project_id, number)
+
+    def versions(self, project_id: int, *, named: bool = False) -> list[dict[str, Any]]:
+        """The project's model versions' documents (`named`: checkpoints only), oldest first."""
+        if not known_id(project_id):
+            return []
+        query = select(ModelVersionRow.document).where(ModelVersionRow.project_id == project_id)
+        if named:
+            query = query.where(ModelVersionRow.name.is_not(None))
+        with self.store.session() as s:
+            return list(s.scalars(query.order_by(ModelVersionRow.number)))
+
+    def version_entries(self, project_id: int) -> list[VersionEntry]:
+        """The project's model versions without their documents, oldest first."""
+        if not known_id(project_id):
+            return []
+        with self.store.session() as s:
+            return _entries(s, project_id)
+
+    def newest_logged(self, project_id: int) -> int:
+        """The highest version number logged to MLflow; 0 when none is."""
+        if not known_id(project_id):
+            return 0
+        query = select(func.max(ModelVersionRow.number)).where(
+            ModelVersionRow.project_id == project_id, ModelVersionRow.mlflow_version.is_not(None)
+        )
+        with self.store.session() as s:
+            return int(s.scalar(query) or 0)
 
     # -- jobs ---------------------------------------------------------------------------------------------------
     def waiting_job(self, s: Session, project_id: int, kind: str) -> JobRow | None:
@@ -162,10 +236,44 @@ def _write_lock(s: Session) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _known_number(number: int) -> bool:
+    """A version number a row can hold (0 is the base model's)."""
+    return 0 <= number <= MAX_ID
+
+
+def _version(s: Session, project_id: int, number: int) -> dict[str, Any] | None:
+    query = select(ModelVersionRow.document).where(
+        ModelVersionRow.project_id == project_id, ModelVersionRow.number == number
+    )
+    return s.scalar(query)
+
+
+def _entries(s: Session, project_id: int) -> list[VersionEntry]:
+    query = select(*_ENTRY).where(ModelVersionRow.project_id == project_id).order_by(ModelVersionRow.number)
+    return [VersionEntry(*row) for row in s.execute(query)]
+
+
 class _LockedDocument:
-    def __init__(self, document: dict[str, Any] | None) -> None:
+    """A project's session document and model versions inside the transaction that holds the project's row lock."""
+
+    def __init__(self, session: Session, project_id: int, document: dict[str, Any] | None) -> None:
+        self._session, self._project_id = session, project_id
         self.document = document
         self.new: dict[str, Any] | None = None
+        self.writes: dict[int, VersionWrite] = {}
 
     def save(self, document: dict[str, Any]) -> None:
         self.new = document
+
+    def version(self, number: int) -> dict[str, Any] | None:
+        if number in self.writes:
+            return self.writes[number].document
+        return _version(self._session, self._project_id, number) if _known_number(number) else None
+
+    def version_entries(self) -> list[VersionEntry]:
+        entries = {e.number: e for e in _entries(self._session, self._project_id)}
+        entries.update({n: VersionEntry(n, w.name, w.mlflow_version, w.final) for n, w in self.writes.items()})
+        return [entries[n] for n in sorted(entries)]
+
+    def put_version(self, write: VersionWrite) -> None:
+        self.writes[write.number] = write

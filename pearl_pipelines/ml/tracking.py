@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 from mlflow.entities import Metric, Param
 
+from pearl_pipelines.http_probe import probe
 from pearl_pipelines.ml.lineage import (  # noqa: F401  (re-exported: ml.lineage owns a version's runs and tags)
     CHECKPOINT_ARTIFACT_DIR,
     CONFUSION_ARTIFACT,
@@ -43,7 +44,7 @@ def mlflow_reachable(uri: str, timeout: float = 1.0) -> bool:
     if not uri.startswith("http"):
         return True
     try:
-        return httpx.get(f"{uri.rstrip('/')}/health", timeout=timeout).status_code == 200
+        return probe(f"{uri.rstrip('/')}/health", timeout).status_code == 200
     except httpx.HTTPError:
         return False
 

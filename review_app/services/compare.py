@@ -93,7 +93,7 @@ class CompareService:
             try:
                 self.models.checkpoint_info(project, number)
             except KeyError:
-                versions = ", ".join(map(str, sorted(self.states.get(project).models))) or "none yet"
+                versions = ", ".join(str(e.number) for e in self.states.version_entries(project)) or "none yet"
                 raise KeyError(
                     f"version {which}={number} is unknown in project {project}; its model versions are: {versions}"
                 ) from None

@@ -110,8 +110,7 @@ class ModelCache:
         retrained or restored since this one last looked. For job bodies: a project's jobs run one at a time across
         processes, so the state cannot move under them."""
         model = self.require(project_id)
-        state = self.states.get(project_id)
-        info = state.models.get(state.current_model) if state.current_model is not None else None
+        info = self.states.current_version(project_id)
         if info is None or info.engine_id == model.version.id:
             return model
         folder = self.states.workspace(project_id).local_version_dir(info.id)  # another process's: fetched
@@ -216,10 +215,13 @@ class ModelCache:
         root = base.root_version()
         root.save(ws.paths.version_dir(0))
         ws.publish_version(0)  # in the store before the state names it (remote store only)
-        with self.states.update(project_id) as st:
-            st.models[0] = ModelVersionInfo(
-                id=0, engine_id=root.id, kind="base", name="starter (base model)", classes=root.schema.names
+        with self.states.change(project_id) as change:
+            change.put_version(
+                ModelVersionInfo(
+                    id=0, engine_id=root.id, kind="base", name="starter (base model)", classes=root.schema.names
+                )
             )
+            st = change.state
             st.current_model, st.next_model_id = 0, max(st.next_model_id, 1)
         return root
 

@@ -123,14 +123,17 @@ class ModelService:
     def checkpoints(self, project_id: int, *, all_versions: bool = False) -> list[ModelVersionInfo]:
         """Saved checkpoints (and the base model), newest first, with the current model always among them;
         `all_versions` adds the unnamed retrain versions."""
-        state = self.states.get(project_id)
-        infos = sorted(state.models.values(), key=lambda m: m.id, reverse=True)
-        return [m for m in infos if all_versions or m.name is not None or m.id == state.current_model]
+        current = self.states.get(project_id).current_model
+        versions = self.states.versions(project_id, named=not all_versions)
+        if current is not None and current not in versions:
+            info = self.states.version(project_id, current)
+            versions.update({current: info} if info is not None else {})
+        return sorted(versions.values(), key=lambda m: m.id, reverse=True)
 
     def metrics(self, project_id: int) -> MetricsOut:
         """The current model's metrics, or empty ones saying what is missing."""
         state = self.states.get(project_id)
-        info = state.models.get(state.current_model) if state.current_model is not None else None
+        info = self.states.current_version(project_id, state)
         if info is not None and info.metrics is not None:
             return info.metrics
         return MetricsOut.empty(
@@ -147,12 +150,13 @@ class ModelService:
         name = name.strip()
         if not name:
             raise LabelStoreError("a checkpoint needs a name")
-        with self.states.update(project_id) as state:
-            if state.current_model is None:
+        with self.states.change(project_id) as change:
+            info = change.version(change.state.current_model)
+            if info is None:
                 raise Conflict("there is no model to save yet")
-            if any(m.name and checkpoint_alias(m.name) == checkpoint_alias(name) for m in state.models.values()):
+            if any(e.name and checkpoint_alias(e.name) == checkpoint_alias(name) for e in change.version_entries()):
                 raise LabelStoreError(f"a checkpoint named {name!r} exists already; pick another name")
-            info = state.models[state.current_model]
             info.name = name
+            change.put_version(info)
         self.publisher.request(project_id)  # the checkpoint's alias in MLflow (once the version is there)
         return info

@@ -115,7 +115,7 @@ class PatchService:
         else:
             if req.checkpoint is None or req.class_name is not None:
                 raise LabelStoreError("a checkpoint patch takes `checkpoint` (a model version number) only")
-            known = sorted(self.states.get(project_id).models)
+            known = [e.number for e in self.states.version_entries(project_id)]
             try:
                 self.models.checkpoint_info(project_id, req.checkpoint)
             except KeyError:

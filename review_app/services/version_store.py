@@ -34,7 +34,7 @@ from pearl_pipelines.ml.refs import (
     project_model_name,
 )
 from pearl_pipelines.settings import Settings
-from review_app.workspace import ModelVersionInfo, StateStore
+from review_app.workspace import StateStore
 
 log = logging.getLogger(__name__)
 RETRY_S = 15.0  # while versions wait for MLflow, try again this often
@@ -74,7 +74,7 @@ class VersionPublisher:
 
     def pending(self, project_id: int) -> list[int]:
         """App version numbers of the project that are finished but not in MLflow yet."""
-        return [i for i, info in sorted(self.states.get(project_id).models.items()) if _pending(info)]
+        return [e.number for e in self.states.version_entries(project_id) if e.final and e.mlflow_version is None]
 
     def close(self) -> None:
         with self._wake:
@@ -144,12 +144,11 @@ class VersionPublisher:
         base_uri = self._base_uri(project_id)
         published = 0
         for number in self.pending(project_id):
-            models = self.states.get(project_id).models  # again each time: the parent was just logged
-            info = models[number]
+            info = self.states.version(project_id, number)
             directory = ws.local_version_dir(number)  # another process's (remote store): fetched
-            if not directory.is_dir():
+            if info is None or not directory.is_dir():
                 continue
-            parent = models.get(info.parent) if info.parent is not None else None
+            parent = self.states.version(project_id, info.parent)  # again each time: the parent was just logged
             parent_uri = model_uri(name, parent.mlflow_version) if parent and parent.mlflow_version else base_uri
             # The map patches in force when the version was made: drawn over its maps (services/patches.py).
             patches = PatchStore(self.store).live(project_id, at=info.created_at)
@@ -170,17 +169,18 @@ class VersionPublisher:
             )
             if patches and registered.run_id:
                 log_patches(uri, registered.run_id, PatchStore.geojson_of(patches))
-            with self.states.update(project_id) as state:
-                state.models[number].mlflow_version = str(registered.version)
+            with self.states.change(project_id) as change:
+                logged = change.version(number)
+                if logged is not None:
+                    change.put_version(logged.model_copy(update={"mlflow_version": str(registered.version)}))
             published += 1
-        state = self.states.get(project_id)
         registry = ModelRegistry(uri)
-        current = state.models.get(state.current_model) if state.current_model is not None else None
+        current = self.states.current_version(project_id)
         if current is not None and current.mlflow_version:
             registry.set_alias(name, CURRENT_ALIAS, current.mlflow_version)
-        for info in state.models.values():
-            if info.name and info.mlflow_version:
-                registry.set_alias(name, checkpoint_alias(info.name), info.mlflow_version)
+        for entry in self.states.version_entries(project_id):
+            if entry.name and entry.mlflow_version:
+                registry.set_alias(name, checkpoint_alias(entry.name), entry.mlflow_version)
         self._trim_local(project_id)
         return published
 
@@ -198,12 +198,8 @@ class VersionPublisher:
     def _trim_local(self, project_id: int) -> None:
         """Delete the local files of published versions that are neither recent, current nor named. This disk's copy
         only: the object store's (PEARL_STORAGE_URL) stays, the copy other processes fetch while the version exists."""
-        state = self.states.get(project_id)
-        keep = set(sorted(state.models)[-KEEP_LOCAL:]) | {state.current_model, 0}
-        for number, info in state.models.items():
-            if number not in keep and info.mlflow_version and not info.name:
-                shutil.rmtree(self.states.paths(project_id).version_dir(number), ignore_errors=True)
-
-
-def _pending(info: ModelVersionInfo) -> bool:
-    return info.final and info.mlflow_version is None
+        entries = self.states.version_entries(project_id)
+        keep = {e.number for e in entries[-KEEP_LOCAL:]} | {self.states.get(project_id).current_model, 0}
+        for entry in entries:
+            if entry.number not in keep and entry.mlflow_version and not entry.name:
+                shutil.rmtree(self.states.paths(project_id).version_dir(entry.number), ignore_errors=True)

@@ -4,6 +4,7 @@ lets any number of review-app processes serve one project. Two StateStores/JobRu
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from pearl_pipelines.labels.app_state import AppState, JobRow
 from pearl_pipelines.labels.store import LabelStore, ProjectRow
 from review_app.events import EventHub
 from review_app.jobs import JobRunner
+from review_app.schemas import MetricsOut
 from review_app.workspace import ModelVersionInfo, ProjectState, StateStore
 
 
@@ -21,11 +23,13 @@ def test_a_change_through_one_process_is_read_by_another(
     store: LabelStore, project: ProjectRow, tmp_path: Path
 ) -> None:
     one, two = StateStore(tmp_path, store), StateStore(tmp_path, LabelStore(store.url))
-    with one.update(project.id) as state:
-        state.models[3] = ModelVersionInfo(id=3, engine_id="abc", kind="retrain", n_labels=7)
-        state.current_model = 3
+    with one.change(project.id) as change:
+        change.put_version(ModelVersionInfo(id=3, engine_id="abc", kind="retrain", n_labels=7))
+        change.state.current_model = 3
     seen = two.get(project.id)
-    assert seen.current_model == 3 and seen.models[3].engine_id == "abc" and seen.models[3].n_labels == 7
+    assert seen.current_model == 3
+    info = two.current_version(project.id)
+    assert info is not None and info.engine_id == "abc" and info.n_labels == 7
 
 
 def test_racing_updates_from_two_processes_lose_nothing(store: LabelStore, project: ProjectRow, tmp_path: Path) -> None:
@@ -168,6 +172,68 @@ def test_a_burst_through_several_processes_claims_one_label_run(
     assert claim_label_run(project.id, store, one) is False
     store.add_labels(project.id, [("water", Point(4.472, 51.922))])  # a later burst: one run more
     assert [claim_label_run(project.id, store, s) for s in (two, one)] == [True, False]
-    with one.update(project.id) as state:  # a retrain's version reached MLflow: the run that adopts it is due
-        state.models[1] = ModelVersionInfo(id=1, engine_id="v1", kind="retrain", mlflow_version="4")
+    with one.change(project.id) as change:  # a retrain's version reached MLflow: the run that adopts it is due
+        change.put_version(ModelVersionInfo(id=1, engine_id="v1", kind="retrain", mlflow_version="4"))
     assert [claim_label_run(project.id, store, s) for s in (one, two)] == [True, False]
+
+
+def test_model_versions_are_rows_beside_a_small_session_document(
+    store: LabelStore, project: ProjectRow, tmp_path: Path
+) -> None:
+    """A project's versions do not grow the document every request reads: 300 retrains later it is as small as
+    before, and each list reads what it needs (entries without documents, checkpoints only, one version)."""
+    states = StateStore(tmp_path, store)
+    with states.update(project.id) as state:
+        state.strategy = "before"
+    small = len(json.dumps(AppState(store).document(project.id)))
+    for number in range(300):
+        with states.change(project.id) as change:
+            metrics = MetricsOut.empty(number, n_labels=number, message="")
+            info = ModelVersionInfo(id=number, engine_id=f"e{number}", kind="retrain", parent=number - 1)
+            logged = str(number) if 0 < number < 5 else None
+            change.put_version(info.model_copy(update={"metrics": metrics, "mlflow_version": logged}))
+            change.state.current_model = number
+    document = AppState(store).document(project.id)
+    assert document is not None and "models" not in document
+    assert len(json.dumps(document)) <= small + 4  # current_model's digits only
+    other = StateStore(tmp_path, LabelStore(store.url))  # another process
+    assert list(other.versions(project.id)) == list(range(300))
+    entries = other.version_entries(project.id)
+    assert [e.number for e in entries] == list(range(300)) and all(e.final for e in entries)
+    assert other.newest_logged(project.id) == 4
+    assert [e.number for e in entries if e.mlflow_version] == [1, 2, 3, 4]
+    current = other.current_version(project.id)
+    assert current is not None and (current.id, current.engine_id, current.parent) == (299, "e299", 298)
+    assert other.version(project.id, 300) is None and other.version(project.id, -1) is None
+    assert other.versions(project.id, named=True) == {}
+    with other.change(project.id) as change:
+        named = change.version(7)
+        assert named is not None
+        change.put_version(named.model_copy(update={"name": "seven"}))
+        assert [e.number for e in change.version_entries() if e.name] == [7]  # what the change put, read back
+    assert list(states.versions(project.id, named=True)) == [7]
+    assert states.version(project.id, 7).name == "seven"  # type: ignore[union-attr]
+
+
+def test_a_failed_change_writes_no_version(store: LabelStore, project: ProjectRow, tmp_path: Path) -> None:
+    states = StateStore(tmp_path, store)
+    with pytest.raises(RuntimeError), states.change(project.id) as change:
+        change.put_version(ModelVersionInfo(id=1, engine_id="half", kind="retrain"))
+        change.state.current_model = 1
+        raise RuntimeError("the retrain failed before the map showed it")
+    assert states.version(project.id, 1) is None and states.get(project.id).current_model is None
+
+
+def test_a_state_json_of_before_brings_its_model_versions(
+    store: LabelStore, project: ProjectRow, tmp_path: Path
+) -> None:
+    states = StateStore(tmp_path, store)
+    path = states.paths(project.id).state
+    path.parent.mkdir(parents=True)
+    versions = {n: ModelVersionInfo(id=n, engine_id=f"old{n}", kind="base" if n == 0 else "retrain") for n in (0, 1)}
+    models = {str(n): v.model_dump(mode="json") for n, v in versions.items()}
+    legacy = {"current_model": 1, "next_model_id": 2, "models": models}
+    path.write_text(json.dumps(legacy))
+    assert states.current_version(project.id) == versions[1]  # the first read adopts it
+    path.unlink()
+    assert StateStore(tmp_path, LabelStore(store.url)).versions(project.id) == versions

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -13,7 +15,7 @@ from sqlalchemy import MetaData, create_engine, inspect, text
 
 from pearl_pipelines.classes import load_schema
 from pearl_pipelines.labels import (
-    app_state,  # noqa: F401  (session documents and jobs: compare_metadata sees them)
+    app_state,  # (session documents, model versions, jobs: compare_metadata sees them; the last test reads it)
     migrate,
     patches,  # noqa: F401  (its tables: compare_metadata sees them)
     project_admin,  # noqa: F401  (project deletions: compare_metadata sees them)
@@ -113,4 +115,54 @@ def test_half_made_database_is_refused(store_url: str) -> None:
     Base.metadata.create_all(engine, tables=[ProjectRow.__table__])  # type: ignore[list-item]
     with pytest.raises(migrate.MigrationError, match="repair"):
         migrate.upgrade(engine)
+    engine.dispose()
+
+
+def test_model_versions_leave_the_session_documents_and_come_back(store_url: str, tmp_path: Path) -> None:
+    """Revision 0008 moves each session document's "models" into model_versions rows (their columns from the
+    documents) and leaves the rest of the document; downgrading puts them back."""
+    engine = create_engine(store_url)
+    migrate.upgrade(engine, "0007")
+    from review_app.schemas import MetricsOut
+    from review_app.workspace import StateStore
+
+    metrics = MetricsOut.empty(2, n_labels=9, message="too few").model_dump(mode="json")
+    models = {
+        "0": {"id": 0, "engine_id": "root", "kind": "base", "name": "starter (base model)"},
+        "2": {"id": 2, "engine_id": "e2", "kind": "retrain", "parent": 0, "metrics": metrics, "mlflow_version": "5"},
+        "3": {"id": 3, "engine_id": "e3", "kind": "retrain", "parent": 2},
+    }
+    with engine.begin() as conn:
+        tables = MetaData()
+        tables.reflect(conn)
+        now = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
+        schema = load_schema("chesapeake9").model_dump(by_alias=True)
+        conn.execute(tables.tables["projects"].insert().values(
+            id=1, name="p", imagery={}, class_schema=schema, base_model="m:/x", created_at=now,
+        ))  # fmt: skip
+        document = {"current_model": 3, "next_model_id": 4, "strategy": "s", "models": models}
+        conn.execute(tables.tables["project_sessions"].insert().values(
+            project_id=1, document=document, revision=7, updated_at=now,
+        ))  # fmt: skip
+    assert migrate.upgrade(engine) == migrate.head_revision()
+    with engine.connect() as conn:
+        moved = conn.execute(text("SELECT number, name, mlflow_version, final FROM model_versions ORDER BY number"))
+        assert [tuple(row) for row in moved] == [(0, "starter (base model)", None, False), (2, None, "5", True),
+                                                 (3, None, None, False)]  # fmt: skip
+    store = LabelStore(store_url)
+    states = StateStore(tmp_path, store)
+    assert states.get(1).current_model == 3 and states.get(1).strategy == "s"
+    assert app_state.AppState(store).document(1) == {"current_model": 3, "next_model_id": 4, "strategy": "s"}
+    assert states.version(1, 2).metrics.n_labels == 9  # type: ignore[union-attr]
+    assert [e.number for e in states.version_entries(1)] == [0, 2, 3]
+    store.engine.dispose()
+    with engine.begin() as conn:
+        config = migrate.alembic_config()
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0007")
+    with engine.connect() as conn:
+        (back,) = conn.execute(text("SELECT document FROM project_sessions")).scalars()
+        back = json.loads(back) if isinstance(back, str) else back
+        assert back == {**document, "models": models}
+        assert "model_versions" not in inspect(conn).get_table_names()
     engine.dispose()
