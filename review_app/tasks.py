@@ -90,9 +90,9 @@ def build_imagery(ctx: JobContext, ws: ProjectWorkspace, *, source: dict[str, An
 
         stored = ws.states.stored_mosaic(dst)
         if stored is not None:  # another app process built it: read in place in the object store, not downloaded
-            built = False
-            with rasterio.Env(**ws.states.remote.gdal_env()):  # type: ignore[union-attr]
-                bounds = lonlat_bounds(stored)
+            built, (name, gdal_env) = False, stored
+            with rasterio.Env(**gdal_env):
+                bounds = lonlat_bounds(name)
         else:
             built = shared_mosaic(dst, build)
             ws.states.publish_mosaic(dst)

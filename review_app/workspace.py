@@ -24,7 +24,8 @@ from pearl_pipelines.labels.app_state import AppState, VersionEntry, VersionWrit
 from pearl_pipelines.labels.store import LabelStore
 from pearl_pipelines.layout import CLASSES_FILE, EMBEDDINGS_META, Layout, ProjectPaths, cache_complete
 from pearl_pipelines.ml.strategies import DEFAULT_STRATEGY
-from pearl_pipelines.storage import ObjectStore, fetch_dir, publish_dir
+from pearl_pipelines.storage import ObjectStore
+from pearl_pipelines.stored_files import StoredFiles
 from review_app.schemas import MetricsOut
 
 IMAGERY_TTL_S = 2.0
@@ -130,6 +131,11 @@ class StateStore:
         """The object store when it is remote (what other processes' disks share); None: local files only."""
         return self.objects if self.objects is not None and self.objects.remote else None
 
+    @property
+    def files(self) -> StoredFiles:
+        """This PEARL_HOME's files mirrored to the remote store: the Dagster loop's mechanism, shared."""
+        return StoredFiles(Layout.at(self.home), self.remote)
+
     def workspace(self, project_id: int) -> ProjectWorkspace:
         return ProjectWorkspace(project_id, self.paths(project_id), self)
 
@@ -198,52 +204,46 @@ class StateStore:
         self._imagery[project_id] = (now, path, digest)
         return path
 
-    def stored_mosaic(self, path: Path) -> str | None:
+    def stored_mosaic(self, path: Path) -> tuple[str, dict[str, Any]] | None:
         """A shared imagery mosaic missing on this disk that another app process published to the remote store: the
-        name GDAL reads it by in place (/vsis3/..., under `remote.gdal_env()`); None when it is here or not there."""
+        name GDAL reads it by in place (/vsis3/...) and the `rasterio.Env` options it reads under; None when it is
+        here or not there."""
         store = self.remote
-        if store is None or path.is_file():
+        if store is None or path.is_file() or not self.files.stored(path):
             return None
-        key = Layout.at(self.home).key(path)
-        return store.gdal_path(key) if store.exists(key) else None
+        return store.gdal_path(self.stored_key(path)), store.gdal_env()
 
     def publish_mosaic(self, path: Path) -> None:
         """A shared imagery mosaic this process built, to the remote store for the other processes (no-op locally)."""
-        store = self.remote
-        layout = Layout.at(self.home)
-        if store is not None and not store.exists(layout.key(path)):
-            publish_dir(store, path.parent, layout, last=(path.name,))
+        if self.remote is not None and not self.files.stored(path):
+            self.files.publish(path.parent, last=(path.name,))
 
     # -- other folders of a project under PEARL_HOME (share snapshots, map folders, checkpoint maps) --------------
     def stored_key(self, path: Path) -> str:
         """The layout key of a path under PEARL_HOME."""
-        return Layout.at(self.home).key(path)
+        return self.files.key(path)
 
     def publish_folder(self, directory: Path, *, last: tuple[str, ...] = ()) -> None:
         """A folder this process wrote, to the remote store (the files named in `last` after the others), for the
         processes with disks of their own. No-op without a remote store."""
-        store = self.remote
-        if store is not None and directory.is_dir():
-            publish_dir(store, directory, Layout.at(self.home), last=last)
+        if directory.is_dir():
+            self.files.publish(directory, last=last)
 
     def publish_files(self, directory: Path, names: tuple[str, ...]) -> None:
         """The files `names` of a folder (those present) to the remote store; no-op without one."""
-        store = self.remote
-        if store is None:
-            return
         for name in names:
             if (directory / name).is_file():
-                store.put_file(directory / name, self.stored_key(directory / name))
+                self.files.publish(directory / name)
 
     def fetch_folder(self, directory: Path, *, marker: str | None = None) -> bool:
         """A folder missing on this disk, downloaded whole from the remote store when another process published it
-        there (`marker`: its file written last). Whether it is here now."""
-        store = self.remote
-        if store is None or directory.is_dir():
+        there (`marker`: its file written last). Whether it is here now. A folder here counts as here, with or
+        without its marker: this process may be writing it."""
+        if self.remote is None or directory.is_dir():
             return directory.is_dir()
         with self.fetching(directory):
             if not directory.is_dir():
-                fetch_dir(store, self.stored_key(directory), directory, marker=marker)
+                self.files.try_local(directory, marker=marker)
         return directory.is_dir()
 
     def delete_stored(self, directory: Path) -> int:
@@ -296,9 +296,7 @@ class ProjectWorkspace:
         remote store."""
         from pearl_pipelines.ml.versions import VERSION_FILE
 
-        store = self.states.remote
-        if store is not None:
-            publish_dir(store, self.paths.version_dir(number), self.paths.layout, last=(VERSION_FILE,))
+        self.states.publish_folder(self.paths.version_dir(number), last=(VERSION_FILE,))
 
     def local_version_dir(self, number: int) -> Path:
         """Model version `number`'s folder here, fetched from the remote store first when it is not on this disk
@@ -306,21 +304,15 @@ class ProjectWorkspace:
         from pearl_pipelines.ml.versions import VERSION_FILE
 
         directory = self.paths.version_dir(number)
-        store = self.states.remote
-        if store is not None and not directory.is_dir():
-            with self.states.fetching(directory):
-                if not directory.is_dir():
-                    fetch_dir(store, self.paths.layout.key(directory), directory, marker=VERSION_FILE)
+        self.states.fetch_folder(directory, marker=VERSION_FILE)
         return directory
 
     def has_version(self, number: int) -> bool:
         """Model version `number`'s folder is on this disk or in the remote store (nothing downloaded)."""
         from pearl_pipelines.ml.versions import VERSION_FILE
 
-        directory, store = self.paths.version_dir(number), self.states.remote
-        if directory.is_dir() or store is None:
-            return directory.is_dir()
-        return store.exists(f"{self.paths.layout.key(directory)}/{VERSION_FILE}")
+        directory = self.paths.version_dir(number)
+        return directory.is_dir() or self.states.files.stored(directory / VERSION_FILE)
 
     def local_map_dir(self, aoi_id: int, version: int) -> Path:
         """The AOI's map folder `version` here (class and confidence COGs, and the model's output kept beside a
