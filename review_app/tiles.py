@@ -68,7 +68,7 @@ def imagery_path(request: Request, project_id: IdParam) -> str:
     path = states.imagery_path(_id(project_id))
     if path.is_file():
         return str(path)
-    return _stored_file(request, Layout.at(states.home), path)
+    return _stored_file(request, states.layout, path)
 
 
 def _object_store(request: Request) -> ObjectStore | None:

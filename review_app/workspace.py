@@ -104,6 +104,7 @@ class StateStore:
 
     def __init__(self, home: Path, store: LabelStore) -> None:
         self.home = Path(home)
+        self.layout = Layout.at(self.home)
         self.db = AppState(store)
         # Where published AOI maps, model versions and AOI embedding caches also go (PEARL_STORAGE_URL; set by the
         # container): app processes with disks of their own read there what another one wrote. None: local files only.
@@ -134,7 +135,7 @@ class StateStore:
     @property
     def files(self) -> StoredFiles:
         """This PEARL_HOME's files mirrored to the remote store: the Dagster loop's mechanism, shared."""
-        return StoredFiles(Layout.at(self.home), self.remote)
+        return StoredFiles(self.layout, self.remote)
 
     def workspace(self, project_id: int) -> ProjectWorkspace:
         return ProjectWorkspace(project_id, self.paths(project_id), self)
@@ -154,9 +155,9 @@ class StateStore:
         path = self.paths(project_id).state
         if not path.is_file():
             return None
-        state = ProjectState.model_validate_json(path.read_text())
-        models = json.loads(path.read_text()).get("models") or {}
-        return state, [ModelVersionInfo.model_validate(info) for info in models.values()]
+        document = json.loads(path.read_text())
+        models = document.pop("models", None) or {}
+        return ProjectState.model_validate(document), [ModelVersionInfo.model_validate(m) for m in models.values()]
 
     def update(self, project_id: int) -> _StateUpdate[ProjectState]:
         """`with update(pid) as state:` the session state under the project's row lock, saved on a clean exit."""
@@ -184,10 +185,6 @@ class StateStore:
     def version_entries(self, project_id: int) -> list[VersionEntry]:
         """Number, name, MLflow version and whether final of each model version (no documents read), oldest first."""
         return self.db.version_entries(project_id)
-
-    def newest_logged(self, project_id: int) -> int:
-        """The highest version number logged to MLflow; 0 when none is."""
-        return self.db.newest_logged(project_id)
 
     def imagery_path(self, project_id: int) -> Path:
         """The imagery mosaic the project reads (shared by its source, or its own): what every reader of a project's

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, func, select, update
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from pearl_pipelines.labels.store import MAX_ID, Base, LabelStore, UtcDateTime, known_id
@@ -147,16 +147,6 @@ class AppState:
             return []
         with self.store.session() as s:
             return _entries(s, project_id)
-
-    def newest_logged(self, project_id: int) -> int:
-        """The highest version number logged to MLflow; 0 when none is."""
-        if not known_id(project_id):
-            return 0
-        query = select(func.max(ModelVersionRow.number)).where(
-            ModelVersionRow.project_id == project_id, ModelVersionRow.mlflow_version.is_not(None)
-        )
-        with self.store.session() as s:
-            return int(s.scalar(query) or 0)
 
     # -- jobs ---------------------------------------------------------------------------------------------------
     def waiting_job(self, s: Session, project_id: int, kind: str) -> JobRow | None:
