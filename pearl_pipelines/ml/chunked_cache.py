@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from pearl_pipelines.layout import EMBEDDINGS_META
+from pearl_pipelines.ml import npy
 from pearl_pipelines.storage import ObjectStore, check_key
 
 CHUNK = 128  # pixels a side of one chunk object (see above)
@@ -54,8 +55,8 @@ def _encode(embeddings: np.ndarray, valid: np.ndarray) -> bytes:
 
 
 def _decode(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(io.BytesIO(data)) as npz:
-        return npz["embeddings"], npz["valid"]
+    arrays = npy.load_all(io.BytesIO(data))
+    return arrays["embeddings"], arrays["valid"]
 
 
 def upload_cache(directory: Path, store: ObjectStore, key: str, *, chunk: int = CHUNK, workers: int = WORKERS) -> int:

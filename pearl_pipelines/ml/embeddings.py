@@ -44,6 +44,7 @@ from shapely.geometry.base import BaseGeometry
 
 from pearl_pipelines.classes import ClassSchema
 from pearl_pipelines.layout import EMBEDDINGS_META as META_FILE
+from pearl_pipelines.ml import npy
 from pearl_pipelines.ml.heads import head_kind, head_logits, input_channels
 from pearl_pipelines.ml.models import LandcoverModel
 from pearl_pipelines.ml.outputs import ClassRasterWriter, PredictionResult, classify_block
@@ -140,8 +141,8 @@ class EmbeddingCache:
         if not meta_path.is_file():
             raise FileNotFoundError(f"no complete embedding cache in {directory} (missing {META_FILE})")
         meta = EmbeddingMeta.model_validate_json(meta_path.read_text())
-        array = np.load(directory / ARRAY_FILE, mmap_mode="r")
-        valid = np.load(directory / VALID_FILE, mmap_mode="r")
+        array = npy.load(directory / ARRAY_FILE, mmap_mode="r")
+        valid = npy.load(directory / VALID_FILE, mmap_mode="r")
         return cls(directory, meta, array, valid)
 
     @property

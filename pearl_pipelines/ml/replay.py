@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from pearl_pipelines.classes import NODATA_CLASS
+from pearl_pipelines.ml import npy
 from pearl_pipelines.ml.embeddings import backbone_digest
 from pearl_pipelines.ml.inference import Region, WindowPlan, band_columns, inference_copy, run_windows
 from pearl_pipelines.ml.models import LandcoverModel, pick_device
@@ -73,15 +74,15 @@ class ReplaySet:
 
     @classmethod
     def load(cls, path: Path) -> ReplaySet:
-        with np.load(path) as data:
-            return cls(
-                embeddings=data["embeddings"],
-                labels=data["labels"].astype(np.int64),
-                class_names=data["class_names"].tolist(),
-                backbone_digest=str(data["backbone_digest"]),
-                prior_weight=data["prior_weight"] if "prior_weight" in data.files else None,
-                prior_bias=data["prior_bias"] if "prior_bias" in data.files else None,
-            )
+        data = npy.load_all(path)
+        return cls(
+            embeddings=data["embeddings"],
+            labels=data["labels"].astype(np.int64),
+            class_names=data["class_names"].tolist(),
+            backbone_digest=str(data["backbone_digest"]),
+            prior_weight=data.get("prior_weight"),
+            prior_bias=data.get("prior_bias"),
+        )
 
 
 def _pick_pixels(

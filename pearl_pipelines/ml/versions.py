@@ -22,6 +22,7 @@ import numpy as np
 import shapely
 
 from pearl_pipelines.classes import ClassSchema
+from pearl_pipelines.ml import npy
 from pearl_pipelines.ml.embeddings import backbone_digest
 from pearl_pipelines.ml.heads import head_kind, head_logits, head_module
 from pearl_pipelines.ml.metrics import MetricsReport
@@ -161,9 +162,9 @@ class ModelVersion:
         if not (directory / VERSION_FILE).is_file():
             raise FileNotFoundError(f"no model version checkpoint in {directory} (missing {VERSION_FILE})")
         manifest = json.loads((directory / VERSION_FILE).read_text())
-        with np.load(directory / HEAD_FILE) as head:
-            weight, bias = head["weight"], head["bias"]
-            extra = {k.removeprefix(EXTRA_PREFIX): head[k] for k in head.files if k.startswith(EXTRA_PREFIX)}
+        head = npy.load_all(directory / HEAD_FILE)
+        weight, bias = head["weight"], head["bias"]
+        extra = {k.removeprefix(EXTRA_PREFIX): v for k, v in head.items() if k.startswith(EXTRA_PREFIX)}
         metrics = manifest.pop("metrics")
         schema = ClassSchema.model_validate(manifest.pop("schema"))
         created = dt.datetime.fromisoformat(manifest.pop("created"))
