@@ -170,8 +170,7 @@ class StateStore:
     # -- model versions -----------------------------------------------------------------------------------------
     def version(self, project_id: int, number: int | None) -> ModelVersionInfo | None:
         """Model version `number` of the project; None when it has none of that number (or `number` is None)."""
-        document = self.db.version(project_id, number) if number is not None else None
-        return ModelVersionInfo.model_validate(document) if document is not None else None
+        return _version_info(self.db.version(project_id, number) if number is not None else None)
 
     def current_version(self, project_id: int, state: ProjectState | None = None) -> ModelVersionInfo | None:
         """The version the session state names as current (`state`: the one the caller read already)."""
@@ -212,7 +211,7 @@ class StateStore:
 
     def publish_mosaic(self, path: Path) -> None:
         """A shared imagery mosaic this process built, to the remote store for the other processes (no-op locally)."""
-        if self.remote is not None and not self.files.stored(path):
+        if not self.files.stored(path):  # (StoredFiles: no-op without a remote store)
             self.files.publish(path.parent, last=(path.name,))
 
     # -- other folders of a project under PEARL_HOME (share snapshots, map folders, checkpoint maps) --------------
@@ -342,6 +341,10 @@ class ProjectWorkspace:
         return store.exists(f"{self.paths.layout.key(directory)}/{EMBEDDINGS_META}")
 
 
+def _version_info(document: dict[str, Any] | None) -> ModelVersionInfo | None:
+    return ModelVersionInfo.model_validate(document) if document is not None else None
+
+
 class StateChange:
     """A project's session state and model versions under its row lock (`StateStore.change`): what is read here is
     what the change is made to; versions put are written with the state, when the block ends without error."""
@@ -350,11 +353,10 @@ class StateChange:
         self.state, self._locked = state, locked
 
     def version(self, number: int | None) -> ModelVersionInfo | None:
-        document = self._locked.version(number) if number is not None else None
-        return ModelVersionInfo.model_validate(document) if document is not None else None
+        return _version_info(self._locked.version(number) if number is not None else None)
 
     def version_entries(self) -> list[VersionEntry]:
-        return list(self._locked.version_entries())
+        return self._locked.version_entries()
 
     def put_version(self, info: ModelVersionInfo) -> None:
         """Insert version `info.id`, or replace it (a version read here, changed and put back)."""

@@ -66,8 +66,8 @@ def upload_cache(directory: Path, store: ObjectStore, key: str, *, chunk: int = 
 
     directory = Path(directory)
     meta_text = (directory / EMBEDDINGS_META).read_text()  # FileNotFoundError: not a complete cache
-    array = np.load(directory / ARRAY_FILE, mmap_mode="r")
-    valid = np.load(directory / VALID_FILE, mmap_mode="r")
+    array = npy.load(directory / ARRAY_FILE, mmap_mode="r")
+    valid = npy.load(directory / VALID_FILE, mmap_mode="r")
     height, width, channels = array.shape
     index = {"height": height, "width": width, "channels": channels, "chunk": chunk, "dtype": str(array.dtype)}
     store.put_bytes(json.dumps(index).encode(), f"{key}/{CHUNKS_INDEX}")
